@@ -1,0 +1,52 @@
+# imaging-exchange: the two commands of the README, and their parts.
+#   make demo    set up, boot the local Debian 12 test host, deploy, print how to connect
+#   make test    the whole suite (unit and end to end); leaves nothing running
+
+SHELL := /bin/bash
+# Debian's own Python 3.11, the same as on the servers.
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+# What this machine needs to boot test hosts and talk to them.
+APT_PACKAGES := debootstrap systemd-container python3-venv openssh-client
+
+.PHONY: demo test unit e2e deps testhost testhost-down clean
+
+demo: deps
+	@$(BIN)/python -m tests.testhost up --reuse testhost
+	$(BIN)/pyinfra -y inventory/testhost.py deploy.py
+	@$(BIN)/python -m tests.testhost show testhost
+
+test: deps
+	$(BIN)/pytest
+
+unit: deps
+	$(BIN)/pytest tests/unit
+
+e2e: deps
+	$(BIN)/pytest -m e2e
+
+deps: $(VENV)/.installed
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PYTHON) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+testhost: deps
+	@$(BIN)/python -m tests.testhost up --reuse testhost
+
+testhost-down:
+	@$(PYTHON) -m tests.testhost down
+
+clean: testhost-down
+	rm -rf $(VENV) reports

@@ -1,0 +1,26 @@
+"""An example site: copy to inventory/<site>.py and run `pyinfra inventory/<site>.py deploy.py`.
+
+Host data keys the deploy reads are declared, with defaults and meaning, in
+roles/settings.py (HostSettings); `ssh_*` keys are pyinfra's connection settings and
+`_*` keys pyinfra's own. The policy (passwords, retention, sshd crypto, ...) is not
+here: it is policies.yaml.
+"""
+
+# A group is (hosts, group data); each host may add or override data of its own.
+exchange_servers = (
+    [
+        ("exchange01.radiology.example.org", {"sshd_listen_addresses": ["10.20.30.40"]}),
+    ],
+    {
+        # How the admin's pyinfra reaches the servers: a named admin account with a key, sudo.
+        "ssh_user": "deploy-admin",
+        "ssh_key": "~/.ssh/id_ed25519",
+        "_sudo": True,
+        # HostSettings (roles/settings.py)
+        "apt_cache_time": 3600,
+        "automatic_security_updates": True,
+        "automatic_reboot_time": "04:30",
+        "sshd_port": 22,
+        "admin_connects_as_root": False,
+    },
+)

@@ -1,0 +1,260 @@
+"""The exchange policy: one validated model for deploy, on-host tools and audit.
+
+`policies.yaml` is the single source of truth. Every consumer calls `load_policy()`;
+nobody reads the YAML by hand. Unknown keys, wrong types and inconsistent values stop
+with a `PolicyError` whose message names the file and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+# Where the deploy installs the policy on a server; the tools read it from there.
+HOST_POLICY_PATH = PurePosixPath("/etc/imaging-exchange/policies.yaml")
+# Lets an admin point deploy or tools at another policy file.
+POLICY_ENV = "EXCHANGE_POLICY"
+
+UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+GroupName = Annotated[str, StringConstraints(pattern=UNIX_NAME)]
+# A single path component: no slashes, no dot names.
+FolderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+AlgorithmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
+CRON_FIELD = r"[0-9*/,-]+"
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used. The message is meant for the admin as is."""
+
+
+class Section(BaseModel):
+    # Strict: a typo in a key or a quoted number is an error, never silently ignored.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SftpPolicy(Section):
+    """The SFTP subsystem that partners and link accounts are confined to."""
+
+    umask: Annotated[str, StringConstraints(pattern=r"^0[0-7]{3}$")] = "0077"
+    log_level: Literal["QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG"] = "VERBOSE"
+
+
+class SshdPolicy(Section):
+    """OpenSSH server settings. Defaults: CIS Debian 12 and dev-sec ssh-baseline."""
+
+    log_level: Literal["INFO", "VERBOSE"] = "VERBOSE"
+    max_auth_tries: int = Field(4, ge=1, le=6)
+    max_sessions: int = Field(10, ge=1, le=100)
+    max_startups: Annotated[str, StringConstraints(pattern=r"^\d+(:\d+:\d+)?$")] = "10:30:60"
+    login_grace_time: int = Field(60, ge=10, le=120)
+    client_alive_interval: int = Field(300, ge=0, le=900)
+    client_alive_count_max: int = Field(3, ge=0, le=10)
+    kex_algorithms: list[AlgorithmName] = Field(min_length=1)
+    ciphers: list[AlgorithmName] = Field(min_length=1)
+    macs: list[AlgorithmName] = Field(min_length=1)
+    host_key_algorithms: list[AlgorithmName] = Field(min_length=1)
+    rsa_host_key_bits: int = Field(4096, ge=3072)
+    moduli_min_bits: int = Field(3071, ge=2047)
+    sftp: SftpPolicy = SftpPolicy()
+
+
+class AccountsPolicy(Section):
+    """Where exchange data lives and which groups own what."""
+
+    root: str = "/srv/exchange"
+    partner_group: GroupName = "exchange-partners"
+    link_group: GroupName = "exchange-links"
+    staff_group: GroupName = "exchange-staff"
+    download_folder: FolderName = "download"
+    upload_folder: FolderName = "upload"
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_clean(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if not path.is_absolute() or ".." in path.parts or str(path) != value or path == PurePosixPath("/"):
+            raise ValueError("must be an absolute, normalised directory path other than /")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "AccountsPolicy":
+        groups = [self.partner_group, self.link_group, self.staff_group]
+        if len(set(groups)) != len(groups):
+            raise ValueError("partner_group, link_group and staff_group must be three different groups")
+        if self.download_folder == self.upload_folder:
+            raise ValueError("download_folder and upload_folder must differ")
+        return self
+
+
+class PasswordQuality(Section):
+    """pam_pwquality. Defaults: CIS Debian 12, section 5.3.3.2."""
+
+    minlen: int = Field(14, ge=8, le=128)
+    minclass: int = Field(3, ge=0, le=4)
+    dictcheck: bool = True
+    maxrepeat: int = Field(3, ge=0)
+    maxsequence: int = Field(3, ge=0)
+    difok: int = Field(2, ge=0)
+    enforce_for_root: bool = True
+
+
+class PasswordHistory(Section):
+    """pam_pwhistory."""
+
+    remember: int = Field(24, ge=0, le=400)
+
+
+class Lockout(Section):
+    """pam_faillock."""
+
+    deny: int = Field(5, ge=1, le=20)
+    unlock_time: int = Field(900, ge=0)
+    fail_interval: int = Field(900, ge=1)
+
+
+class PasswordAging(Section):
+    """Shadow aging for partner accounts (login.defs and chage)."""
+
+    min_days: int = Field(1, ge=0)
+    max_days: int = Field(90, ge=1, le=99999)
+    warn_days: int = Field(14, ge=0)
+    inactive_days: int = Field(30, ge=0)
+
+    @field_validator("max_days")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        if "min_days" in info.data and value < info.data["min_days"]:
+            raise ValueError(f"must not be below min_days ({info.data['min_days']})")
+        return value
+
+    @field_validator("warn_days")
+    @classmethod
+    def _warn_below_max(cls, value: int, info: ValidationInfo) -> int:
+        if "max_days" in info.data and value >= info.data["max_days"]:
+            raise ValueError(f"must be below max_days ({info.data['max_days']})")
+        return value
+
+
+class PasswordPolicy(Section):
+    quality: PasswordQuality = PasswordQuality()
+    history: PasswordHistory = PasswordHistory()
+    lockout: Lockout = Lockout()
+    aging: PasswordAging = PasswordAging()
+
+
+class RetentionPolicy(Section):
+    """How long files stay, and when the purge runs."""
+
+    days: int = Field(7, ge=1, le=365)
+    purge_schedule: str = "17 * * * *"
+
+    @field_validator("purge_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(re.fullmatch(CRON_FIELD, f) for f in fields):
+            raise ValueError("must be five cron fields (minute hour day month weekday), e.g. '17 * * * *'")
+        return value
+
+
+class LinkPolicy(Section):
+    """One-time link accounts."""
+
+    validity_days: int = Field(7, ge=1)
+
+
+class Policy(Section):
+    sshd: SshdPolicy
+    accounts: AccountsPolicy = AccountsPolicy()
+    passwords: PasswordPolicy = PasswordPolicy()
+    retention: RetentionPolicy = RetentionPolicy()
+    links: LinkPolicy = LinkPolicy()
+
+    @field_validator("links")
+    @classmethod
+    def _links_within_retention(cls, value: LinkPolicy, info: ValidationInfo) -> LinkPolicy:
+        retention = info.data.get("retention")
+        if retention and value.validity_days > retention.days:
+            # A link that outlives its files would open an empty page.
+            raise ValueError(
+                f"validity_days ({value.validity_days}) must not exceed retention.days ({retention.days})"
+            )
+        return value
+
+
+class LoadedPolicy(BaseModel):
+    """A policy together with where it came from (the audit reports the digest)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    sha256: str
+    policy: Policy
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors(include_url=False):
+        key = _location(item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif item["type"] == "missing":
+            msg = "required key is missing"
+        elif not isinstance(item.get("input"), (dict, list, type(None))):
+            msg = f"{msg} (got {item['input']!r})"
+        lines.append(f"{path}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_policy(text: str, path: Path) -> Policy:
+    """Validate policy text; `path` is only used in messages."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: (top level): must be a mapping of policy sections")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_describe(path, exc)) from None
+
+
+def default_policy_path() -> Path:
+    """The policy a tool uses when none is named: $EXCHANGE_POLICY, else the installed one."""
+    return Path(os.environ.get(POLICY_ENV) or HOST_POLICY_PATH)
+
+
+def load_policy(path: Path | str | None = None) -> LoadedPolicy:
+    path = Path(path) if path is not None else default_policy_path()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
+    return LoadedPolicy(path=path, sha256=hashlib.sha256(raw).hexdigest(), policy=parse_policy(text, path))

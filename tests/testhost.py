@@ -1,0 +1,468 @@
+"""Disposable Debian 12 test hosts: systemd as PID 1 and the stock OpenSSH server.
+
+A pristine rootfs is debootstrapped once and cached under /var/cache/imaging-exchange,
+keyed on its package list. Every host boots from a fresh overlayfs copy of it with
+systemd-nspawn, so no host ever sees another run's state. Hosts share this machine's
+network namespace; each gets its own sshd port on 127.0.0.1.
+
+    python -m tests.testhost up [--reuse] [NAME]   boot a host and print how to reach it
+    python -m tests.testhost show [NAME]           how to reach a running host
+    python -m tests.testhost down [NAME]           stop one host, or all (and reap killed runs)
+    python -m tests.testhost list                  the running hosts
+
+Everything a host owns lives in one run directory: its state.json, overlay layers,
+admin key, known_hosts and console log. Teardown stops the container, kills whatever
+still runs inside its root, unmounts the overlay and deletes the directory; it runs on
+failure and Ctrl-C too, and `down` reaps hosts left behind by a killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+# A plain Debian 12 server as a site would install it; the deploy adds the rest.
+PACKAGES = (
+    "dbus",
+    "iproute2",
+    "openssh-server",
+    "procps",
+    "python3",
+    "sudo",
+    "systemd",
+    "systemd-sysv",
+)
+# Bump when the preparation below changes, so cached rootfs trees are rebuilt.
+PREPARE_VERSION = 1
+APT_SOURCES = f"""\
+deb {MIRROR} {SUITE} main
+deb {MIRROR} {SUITE}-updates main
+deb http://deb.debian.org/debian-security {SUITE}-security main
+"""
+
+CACHE_DIR = Path(os.environ.get("EXCHANGE_TESTHOST_CACHE", "/var/cache/imaging-exchange"))
+# The inventory (inventory/testhost.py) lists every host in this directory.
+RUN_DIR_ENV = "EXCHANGE_TESTHOST_DIR"
+STATE_ROOT = Path("/var/tmp/imaging-exchange")
+DEFAULT_RUN_DIR = STATE_ROOT / "testhosts"
+# Each test session keeps its hosts in STATE_ROOT/session-<pid>, apart from `make testhost`.
+SESSION_PREFIX = "session-"
+FIRST_PORT = 2201
+BOOT_TIMEOUT = 120
+STOP_TIMEOUT = 30
+
+
+class TestHostError(RuntimeError):
+    pass
+
+
+def run_dir() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
+
+
+def rootfs_key() -> str:
+    spec = json.dumps([SUITE, MIRROR, "minbase", sorted(PACKAGES), PREPARE_VERSION])
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def _run(*cmd: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([str(c) for c in cmd], check=True, text=True, capture_output=True, **kwargs)
+    except subprocess.CalledProcessError as exc:
+        raise TestHostError(f"{' '.join(map(str, cmd))} failed ({exc.returncode}):\n{exc.stderr or exc.stdout}") from None
+    except FileNotFoundError as exc:
+        raise TestHostError(f"{exc.filename} is not installed; run `make deps` (apt-get install debootstrap systemd-container)") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def pristine_rootfs(log=print) -> Path:
+    """The cached pristine rootfs, built on first use (about a minute)."""
+    target = CACHE_DIR / f"rootfs-{SUITE}-{rootfs_key()}"
+    with _locked(CACHE_DIR / "rootfs.lock"):
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        log(f"building the pristine {SUITE} rootfs in {target} (once, about a minute) ...")
+        _run(
+            "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+            SUITE, building, MIRROR,
+        )
+        _prepare_pristine(building)
+        building.rename(target)
+        (target / ".complete").touch()
+        return target
+
+
+def _prepare_pristine(root: Path) -> None:
+    # A 0700 root makes dbus and logind time out for minutes.
+    root.chmod(0o755)
+    (root / "etc/apt/sources.list").write_text(APT_SOURCES)
+    # Host keys and machine id belong to each booted copy, not to the shared image.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    # A container has no consoles to serve.
+    for unit in ("getty.target", "console-getty.service"):
+        (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+
+
+@dataclass
+class TestHost:
+    name: str
+    port: int
+    pid: int
+    directory: str
+
+    hostname: str = "127.0.0.1"
+    user: str = "root"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "root"
+
+    @property
+    def key(self) -> Path:
+        return self.path / "admin_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.path / "known_hosts"
+
+    def ssh_args(self, user: str | None = None) -> list[str]:
+        return [
+            "ssh", "-p", str(self.port), "-i", str(self.key),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            f"{user or self.user}@{self.hostname}",
+        ]
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run a shell command on the host as root (over real ssh)."""
+        result = subprocess.run(
+            [*self.ssh_args(), command], text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+        if check and result.returncode != 0:
+            raise TestHostError(f"{self.name}: `{command}` exited {result.returncode}:\n{result.stderr}{result.stdout}")
+        return result
+
+    def how_to_connect(self) -> str:
+        return " ".join(self.ssh_args())
+
+
+def _state_file(directory: Path) -> Path:
+    return directory / "state.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether `pid` is still our systemd-nspawn (not a zombie, not a reused pid)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"systemd-nspawn")
+    except OSError:
+        return False
+
+
+def _ports_in_use(directory: Path) -> set[int]:
+    return {host.port for host in running_hosts(directory)}
+
+
+def _free_port(taken: set[int]) -> int:
+    port = FIRST_PORT
+    while True:
+        if port not in taken:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    pass
+        port += 1
+
+
+def running_hosts(directory: Path | None = None) -> list[TestHost]:
+    directory = directory or run_dir()
+    hosts = []
+    for state in sorted(directory.glob("*/state.json")):
+        try:
+            hosts.append(TestHost(**json.loads(state.read_text())))
+        except (ValueError, TypeError):
+            continue
+    return hosts
+
+
+def boot(name: str, log=print) -> TestHost:
+    """Boot a fresh host named `name` and wait until sshd answers and systemd is up."""
+    lower = pristine_rootfs(log)
+    base = run_dir()
+    directory = base / name
+    with _locked(base / ".lock"):
+        if directory.exists():
+            stale = _state_file(directory)
+            if stale.exists() and _pid_alive(json.loads(stale.read_text())["pid"]):
+                raise TestHostError(f"test host {name!r} is already running; `make testhost-down` stops it")
+            _teardown_directory(directory)
+        port = _free_port(_ports_in_use(base))
+        directory.mkdir(parents=True)
+        directory.chmod(0o755)
+        host = TestHost(name=name, port=port, pid=0, directory=str(directory))
+        # Written before anything is mounted, so `down` can always find what to clean.
+        _state_file(directory).write_text(json.dumps(asdict(host)))
+    try:
+        for sub in ("upper", "work", "root"):
+            (directory / sub).mkdir()
+        _run(
+            "mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={lower},upperdir={directory / 'upper'},workdir={directory / 'work'}",
+            host.merged,
+        )
+        _personalise(host)
+        console = open(directory / "console.log", "w")
+        process = subprocess.Popen(
+            [
+                "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
+                "--console=passive", "--link-journal=no", "--resolv-conf=copy-host",
+                f"--machine={name}", f"--directory={host.merged}",
+            ],
+            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        host.pid = process.pid
+        _state_file(directory).write_text(json.dumps(asdict(host)))
+        _wait_until_up(host, process)
+        return host
+    except BaseException:
+        shutdown(host)
+        raise
+
+
+def _personalise(host: TestHost) -> None:
+    root = host.merged
+    (root / "etc/hostname").write_text(host.name + "\n")
+    _run("ssh-keygen", "-q", "-A", "-f", root)
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"admin@{host.name}", "-f", host.key)
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(host.key.with_suffix(".pub").read_text())
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    # The port is host data too (inventory/testhost.py), so the deploy keeps it.
+    (root / "etc/ssh/sshd_config.d/10-testhost.conf").write_text(
+        f"Port {host.port}\nListenAddress {host.hostname}\n"
+    )
+    known = []
+    for pub in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub")):
+        keytype, blob = pub.read_text().split()[:2]
+        known.append(f"[{host.hostname}]:{host.port} {keytype} {blob}\n")
+    host.known_hosts.write_text("".join(known))
+
+
+def _wait_until_up(host: TestHost, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TestHostError(
+                f"{host.name}: systemd-nspawn exited {process.returncode}; console:\n"
+                + (host.path / "console.log").read_text()[-3000:]
+            )
+        try:
+            result = host.ssh("systemctl is-system-running --wait", check=False, timeout=BOOT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            break
+        state = result.stdout.strip()
+        if state in ("running", "degraded"):
+            if state == "degraded":
+                failed = host.ssh("systemctl --failed --no-legend", check=False).stdout
+                print(f"{host.name}: booted degraded:\n{failed}", file=sys.stderr)
+            return
+        time.sleep(0.5)
+    raise TestHostError(f"{host.name}: not reachable over ssh within {BOOT_TIMEOUT} s")
+
+
+def _processes_inside(root: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "root") == str(root):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def shutdown(host: TestHost) -> None:
+    """Stop the container cleanly if it runs, then remove every trace of it."""
+    if host.pid and _pid_alive(host.pid):
+        # nspawn turns SIGTERM into an orderly poweroff of the container.
+        os.kill(host.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _pid_alive(host.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(host.pid, os.WNOHANG)
+            time.sleep(0.2)
+    _teardown_directory(host.path)
+
+
+def _teardown_directory(directory: Path) -> None:
+    merged = directory / "root"
+    state = _state_file(directory)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pid = json.loads(state.read_text())["pid"]
+        if pid and _pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    # Whatever still runs inside (after a SIGKILLed nspawn) is found by its root.
+    for _ in range(50):
+        pids = _processes_inside(merged)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    if os.path.ismount(merged):
+        for attempt in range(20):
+            if subprocess.run(["umount", str(merged)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.25)
+        else:
+            _run("umount", "--lazy", merged)
+    shutil.rmtree(directory, ignore_errors=True)
+    if directory.exists():
+        raise TestHostError(f"could not remove {directory}")
+
+
+def down(name: str | None = None) -> list[str]:
+    stopped = []
+    for host in running_hosts():
+        if name in (None, host.name):
+            shutdown(host)
+            stopped.append(host.name)
+    # Run directories without a readable state (a crash mid-boot) go too.
+    base = run_dir()
+    if base.exists():
+        for leftover in base.iterdir():
+            if leftover.is_dir() and name in (None, leftover.name):
+                _teardown_directory(leftover)
+                stopped.append(leftover.name)
+    if name is None:
+        stopped += reap_stale_sessions()
+    return stopped
+
+
+def reap_stale_sessions() -> list[str]:
+    """Remove the hosts of test sessions whose process is gone (killed, or the machine lost power)."""
+    reaped = []
+    for session in sorted(STATE_ROOT.glob(SESSION_PREFIX + "*")):
+        pid = int(session.name.removeprefix(SESSION_PREFIX) or 0)
+        if pid and Path(f"/proc/{pid}").exists():
+            continue
+        for directory in sorted(p for p in session.iterdir() if p.is_dir()):
+            _teardown_directory(directory)
+            reaped.append(f"{session.name}/{directory.name}")
+        shutil.rmtree(session, ignore_errors=True)
+    return reaped
+
+
+@contextlib.contextmanager
+def session_directory():
+    """A run directory for this process's hosts, removed (hosts and all) on exit."""
+    reap_stale_sessions()
+    directory = STATE_ROOT / f"{SESSION_PREFIX}{os.getpid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        try:
+            down()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+            if previous is None:
+                os.environ.pop(RUN_DIR_ENV, None)
+            else:
+                os.environ[RUN_DIR_ENV] = previous
+
+
+def _terminate_as_interrupt(signum, frame):
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so teardown still runs.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+
+
+def find(name: str) -> TestHost | None:
+    return next((host for host in running_hosts() if host.name == name and _pid_alive(host.pid)), None)
+
+
+def _print_connect(host: TestHost) -> None:
+    print(f"test host {host.name!r} is up (Debian 12, systemd, OpenSSH on 127.0.0.1 port {host.port}).")
+    print(f"  ssh in:     {host.how_to_connect()}")
+    print("  deploy:     .venv/bin/pyinfra inventory/testhost.py deploy.py")
+    print("  stop it:    make testhost-down")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.testhost", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_cmd = sub.add_parser("up", help="boot a fresh test host")
+    up_cmd.add_argument("--reuse", action="store_true", help="keep a host of that name if it already runs")
+    up_cmd.add_argument("name", nargs="?", default="testhost")
+    show_cmd = sub.add_parser("show", help="how to reach a running test host")
+    show_cmd.add_argument("name", nargs="?", default="testhost")
+    down_cmd = sub.add_parser("down", help="stop test hosts and remove every trace")
+    down_cmd.add_argument("name", nargs="?")
+    sub.add_parser("list", help="list running test hosts")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("test hosts need root (debootstrap, mount, systemd-nspawn)")
+    try:
+        if args.command == "up":
+            host = find(args.name) if args.reuse else None
+            if host is None:
+                host = boot(args.name)
+            _print_connect(host)
+        elif args.command == "show":
+            host = find(args.name)
+            if host is None:
+                raise TestHostError(f"no test host {args.name!r} is running; `make testhost` boots one")
+            _print_connect(host)
+        elif args.command == "down":
+            for name in down(args.name):
+                print(f"stopped {name}")
+        else:
+            for host in running_hosts():
+                print(f"{host.name}\tport {host.port}\tpid {host.pid}\t{host.how_to_connect()}")
+    except TestHostError as exc:
+        print(f"testhost: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
