@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from exchange import __version__
 from exchange.policy import HOST_POLICY_PATH, POLICY_ENV, PolicyError, load_policy
@@ -17,7 +16,6 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Inspect the exchange policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
-err = Console(stderr=True)
 PolicyOption = Annotated[
     Optional[Path],
     typer.Argument(help=f"Policy file (default: ${POLICY_ENV}, else {HOST_POLICY_PATH}).", show_default=False),
@@ -43,7 +41,7 @@ def policy_check(path: PolicyOption = None) -> None:
     try:
         loaded = load_policy(path)
     except PolicyError as error:
-        err.print(str(error), markup=False, highlight=False)
+        typer.echo(str(error), err=True)
         raise typer.Exit(1)
     typer.echo(f"{loaded.path}: valid (sha256 {loaded.sha256})")
 
@@ -54,6 +52,6 @@ def policy_show(path: PolicyOption = None) -> None:
     try:
         loaded = load_policy(path)
     except PolicyError as error:
-        err.print(str(error), markup=False, highlight=False)
+        typer.echo(str(error), err=True)
         raise typer.Exit(1)
     typer.echo(loaded.policy.model_dump_json(indent=2))

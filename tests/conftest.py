@@ -1,0 +1,31 @@
+import os
+
+import pytest
+
+from tests import testhost
+
+
+@pytest.fixture(scope="session")
+def testhost_session():
+    """A run directory for this session's test hosts; every host in it is gone afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("end-to-end tests boot systemd-nspawn containers and need root")
+    testhost.interrupt_on_sigterm()
+    with testhost.session_directory() as directory:
+        yield directory
+
+
+@pytest.fixture
+def boot_host(testhost_session):
+    """Boot a fresh Debian 12 host by name; the test's hosts are shut down when it ends,
+    so inventory/testhost.py lists exactly the hosts of the running test."""
+    booted: list[testhost.TestHost] = []
+
+    def boot(name: str) -> testhost.TestHost:
+        host = testhost.boot(name, log=lambda message: print(message, flush=True))
+        booted.append(host)
+        return host
+
+    yield boot
+    for host in booted:
+        testhost.shutdown(host)

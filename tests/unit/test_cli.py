@@ -1,0 +1,41 @@
+"""The `exchange` console script, run as installed."""
+
+import json
+import subprocess
+from pathlib import Path
+
+from roles import REPO
+
+EXCHANGE = REPO / ".venv/bin/exchange"
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EXCHANGE), *args], text=True, capture_output=True, env=env)
+
+
+def test_policy_check_accepts_the_repository_policy():
+    result = run("policy", "check", str(REPO / "policies.yaml"))
+    assert result.returncode == 0
+    assert "valid (sha256 " in result.stdout
+
+
+def test_policy_check_rejects_a_bad_policy(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "policies.yaml").read_text().replace("days: 7 ", "days: 0 ", 1))
+    result = run("policy", "check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: retention.days: " in result.stderr
+    assert result.stdout == ""
+
+
+def test_policy_defaults_to_the_environment_then_the_installed_file(tmp_path: Path):
+    env = {"EXCHANGE_POLICY": str(REPO / "policies.yaml"), "PATH": "/usr/bin:/bin"}
+    shown = json.loads(run("policy", "show", env=env).stdout)
+    assert shown["retention"]["days"] == 7
+    missing = run("policy", "check", env={"PATH": "/usr/bin:/bin"})
+    assert missing.returncode == 1
+    assert "/etc/imaging-exchange/policies.yaml: cannot read policy file" in missing.stderr
+
+
+def test_version():
+    assert run("--version").stdout.startswith("exchange ")
