@@ -7,12 +7,29 @@ import sys
 
 from pyinfra import host
 
+from exchange.partners import PartnerDataError, load_partners
+from roles import REPO, deploy_policy
+from roles.accounts import accounts
 from roles.base import base
+from roles.logging import logging
+from roles.passwords import passwords
+from roles.retention import retention
 from roles.settings import HostSettingsError, host_settings
+from roles.sshd import sshd
+from roles.tools import tools
 
+loaded_policy = deploy_policy()  # config.py has already refused a bad one
+policy = loaded_policy.policy
 try:
     settings = host_settings(host.name, host.data.dict())
-except HostSettingsError as error:
+    partners = load_partners(REPO / settings.partners_file) if settings.partners_file else None
+except (HostSettingsError, PartnerDataError) as error:
     sys.exit(f"inventory error, nothing was deployed:\n{error}")
 
 base(settings)
+tools(loaded_policy)
+logging()
+passwords(policy)
+accounts(policy, partners)
+sshd(policy, settings)
+retention(policy)

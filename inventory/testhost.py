@@ -20,6 +20,7 @@ testhosts = [
             "admin_connects_as_root": True,
             "sshd_port": host.port,
             "sshd_listen_addresses": [host.hostname],
+            "partners_file": "inventory/partners.yaml",
         },
     )
     for host in running_hosts()

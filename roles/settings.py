@@ -34,6 +34,15 @@ class HostSettings(BaseModel):
     sshd_listen_addresses: list[str] = Field(
         default_factory=list, description="Addresses sshd binds to; empty means all.",
     )
+    ssh_admin_groups: list[str] = Field(
+        default_factory=lambda: ["sudo"],
+        description="Groups whose members may log in with a key besides staff and SFTP accounts (sshd AllowGroups).",
+    )
+    partners_file: str | None = Field(
+        None,
+        description="YAML file of fixed partners (relative to the repository, e.g. inventory/partners.yaml). "
+        "Unset: partner accounts are not managed on this host.",
+    )
     admin_connects_as_root: bool = Field(
         False, description="The deploying admin logs in as root (key only); otherwise root login is refused.",
     )

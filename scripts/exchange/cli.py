@@ -55,3 +55,39 @@ def policy_show(path: PolicyOption = None) -> None:
         typer.echo(str(error), err=True)
         raise typer.Exit(1)
     typer.echo(loaded.policy.model_dump_json(indent=2))
+
+
+def _policy_or_exit():
+    try:
+        return load_policy()
+    except PolicyError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; change nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")] = False,
+) -> None:
+    """Delete exchange files older than the retention, and accounts whose time is over.
+
+    Every deletion is one JSON line in the audit log and syslog (and on stdout).
+    """
+    from exchange.purge import PurgeBusy, purge as run_purge
+
+    loaded = _policy_or_exit()
+    try:
+        report = run_purge(loaded.policy, dry_run=dry_run, out=(lambda line: None) if quiet else typer.echo)
+    except PurgeBusy as busy:
+        typer.echo(f"purge skipped: {busy}", err=True)
+        return
+    if not quiet:
+        verb = "would delete" if dry_run else "deleted"
+        typer.echo(
+            f"{verb} {report.files} files ({report.bytes} bytes), {report.directories} folders, "
+            f"{report.accounts} accounts",
+            err=True,
+        )
+    for note in report.skipped:
+        typer.echo(f"skipped {note}", err=True)

@@ -50,8 +50,8 @@ class Section(BaseModel):
 class SftpPolicy(Section):
     """The SFTP subsystem that partners and link accounts are confined to."""
 
-    umask: Annotated[str, StringConstraints(pattern=r"^0[0-7]{3}$")] = "0077"
-    log_level: Literal["QUIET", "FATAL", "ERROR", "INFO", "VERBOSE", "DEBUG"] = "VERBOSE"
+    umask: Annotated[str, StringConstraints(pattern=r"^0[0-7]{3}$")] = "0027"
+    log_level: Literal["INFO", "VERBOSE", "DEBUG"] = "INFO"
 
 
 class SshdPolicy(Section):

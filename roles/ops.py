@@ -1,0 +1,74 @@
+"""Custom pyinfra facts and operations shared by the roles.
+
+Each operation reads one fact, yields only the commands needed, and calls host.noop()
+otherwise, like pyinfra's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FactBase, FileUploadCommand, operation
+
+import exchange.observe
+
+
+class ConfigState(FactBase):
+    """`owner:group:mode` and the SHA-256 of a regular file, or None if there is none."""
+
+    def command(self, path: str) -> str:
+        q = shlex.quote(path)
+        return f"if [ -f {q} ] && [ ! -L {q} ]; then stat -c '%U:%G:%a' {q} && sha256sum {q}; fi"
+
+    def process(self, output: list[str]) -> dict | None:
+        if len(output) < 2:
+            return None
+        owner, group, mode = output[0].split(":")
+        return {"owner": owner, "group": group, "mode": int(mode, 8), "sha256": output[1].split()[0]}
+
+
+class ExchangeAccounts(FactBase):
+    """Every exchange account's passwd, shadow, chroot and key state, in one command."""
+
+    def command(self, params_json: str) -> str:
+        source = Path(exchange.observe.__file__).read_text()
+        return f"python3 - {shlex.quote(params_json)} <<'IMAGING_EXCHANGE_OBSERVE'\n{source}\nIMAGING_EXCHANGE_OBSERVE"
+
+    def process(self, output: list[str]) -> dict:
+        return json.loads("\n".join(output))
+
+
+@operation()
+def config_file(
+    dest: str,
+    content: str,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+    validate: str | None = None,
+    apply: str | None = None,
+):
+    """Install `content` at `dest` if it differs: upload beside it, check it with `validate`
+    (a command with `{path}`), rename it into place, then run `apply` (reload a service).
+    A file that fails validation is removed and the live file is never touched."""
+    state = host.get_fact(ConfigState, path=dest)
+    wanted = hashlib.sha256(content.encode()).hexdigest()
+    if state == {"owner": user, "group": group, "mode": int(mode, 8), "sha256": wanted}:
+        host.noop(f"{dest} is up to date")
+        return
+    staged = f"{dest}.imaging-exchange-new"
+    q = shlex.quote(staged)
+    yield f"mkdir -p {shlex.quote(str(Path(dest).parent))}"
+    yield FileUploadCommand(StringIO(content), staged)
+    checks = [f"chown {user}:{group} {q}", f"chmod {mode} {q}"]
+    if validate:
+        checks.append(validate.format(path=q))
+    yield f"{{ {' && '.join(checks)}; }} || {{ rc=$?; rm -f {q}; echo 'refused {dest}: validation failed' >&2; exit $rc; }}"
+    yield f"mv -f {q} {shlex.quote(dest)}"
+    if apply:
+        yield apply

@@ -1,0 +1,86 @@
+"""Password rules: quality (pam_pwquality), history (pam_pwhistory), lockout (pam_faillock)
+and aging (login.defs, useradd defaults), all from policies.yaml passwords.
+
+PAM stacks are changed only through pam-auth-update profiles, never by hand-editing
+/etc/pam.d: hand-inserted lines shift the [success=N] jumps of the lines around them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.facts.files import FileContents
+from pyinfra.operations import apt, files
+
+from exchange.policy import Policy
+from roles.ops import config_file
+from roles.templating import render
+
+PROFILES = {
+    "imaging-exchange-faillock": "passwords/pam-faillock.j2",
+    "imaging-exchange-faillock-notify": "passwords/pam-faillock-notify.j2",
+    "imaging-exchange-pwhistory": "passwords/pam-pwhistory.j2",
+}
+STACKS = {"Auth": "/etc/pam.d/common-auth", "Account": "/etc/pam.d/common-account", "Password": "/etc/pam.d/common-password"}
+
+
+def _module_part(line: str) -> str | None:
+    """`pam_x.so args` of a PAM line, whitespace folded; controls like [success=2 ...] vary."""
+    found = re.search(r"\S+\.so\b.*$", line)
+    return " ".join(found.group(0).split()) if found else None
+
+
+def profile_lines(profile: str) -> dict[str, list[str]]:
+    """Stack file -> the `module args` lines a pam-auth-update profile puts there."""
+    wanted: dict[str, list[str]] = {}
+    section = None
+    for line in profile.splitlines():
+        header = re.match(r"^(Auth|Account|Password):\s*$", line)
+        if header:
+            section = header.group(1)
+        elif line.startswith("\t") and section:
+            wanted.setdefault(STACKS[section], []).append(_module_part(line))
+        elif line and not line.startswith("\t"):
+            section = None
+    return wanted
+
+
+@operation()
+def enable_pam_profiles(profiles: dict[str, str]):
+    """Run pam-auth-update when a stack lacks a line of one of our profiles."""
+    missing = []
+    for name, text in profiles.items():
+        for stack, lines in profile_lines(text).items():
+            contents = host.get_fact(FileContents, path=stack) or []
+            have = {_module_part(line) for line in contents if not line.lstrip().startswith("#")}
+            missing += [f"{stack}: {line}" for line in lines if line not in have]
+    if not missing:
+        host.noop("PAM stacks hold every profile line")
+        return
+    yield f"pam-auth-update --package --enable {' '.join(profiles)}"
+
+
+@deploy("Password rules")
+def passwords(policy: Policy) -> None:
+    apt.packages(name="Install pam_pwquality", packages=["libpam-pwquality", "libpam-modules"], no_recommends=True)
+    config_file(
+        name="Password quality",
+        dest="/etc/security/pwquality.conf.d/50-imaging-exchange.conf",
+        content=render("passwords/pwquality.conf.j2", policy=policy),
+    )
+    files.directory(name="Lockout tally directory", path="/var/lib/faillock", user="root", group="root", mode="700")
+    config_file(name="Lockout", dest="/etc/security/faillock.conf", content=render("passwords/faillock.conf.j2", policy=policy))
+    profiles = {name: render(template, policy=policy) for name, template in PROFILES.items()}
+    for name, text in profiles.items():
+        config_file(name=f"PAM profile {name}", dest=f"/usr/share/pam-configs/{name}", content=text)
+    enable_pam_profiles(name="Enable the PAM profiles", profiles=profiles)
+
+    aging = policy.passwords.aging
+    for key, value in (("PASS_MAX_DAYS", aging.max_days), ("PASS_MIN_DAYS", aging.min_days), ("PASS_WARN_AGE", aging.warn_days)):
+        files.line(name=f"login.defs {key}", path="/etc/login.defs", line=rf"^#?\s*{key}\s.*$", replace=f"{key}\t{value}")
+    files.line(
+        name="New accounts go inactive after an expired password",
+        path="/etc/default/useradd", line=r"^#?\s*INACTIVE=.*$", replace=f"INACTIVE={aging.inactive_days}",
+    )

@@ -1,0 +1,276 @@
+"""Exchange accounts (partners and link accounts): where they live and how to converge them.
+
+`plan()` compares the wanted accounts with an observation (exchange.observe) and returns
+the shell steps that make the host match, in order. The deploy yields these steps from
+one pyinfra operation; the on-host tools run the very same steps. Every step is
+idempotent, so a run killed half-way converges on the next.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from exchange.auditlog import audit_command as audit
+from exchange.policy import Policy
+
+KEYS_DIR = "/etc/ssh/authorized_keys"  # root-owned: a partner cannot change its own keys
+LOG_SOCKET_DIR = "/etc/imaging-exchange/log-sockets"  # one rsyslog input per chroot (/dev/log)
+NOLOGIN = "/usr/sbin/nologin"
+
+
+class AccountConflict(Exception):
+    """The host holds something the plan must not overwrite; an admin has to look."""
+
+
+@dataclass(frozen=True)
+class Step:
+    account: str
+    summary: str
+    command: str
+
+
+@dataclass(frozen=True)
+class WantedAccount:
+    name: str
+    kind: str  # "partner" or "link"
+    public_keys: tuple[str, ...] = ()
+    active: bool = True  # False: locked now, removed once retention has passed
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths, owners and modes of the exchange tree, all derived from the policy."""
+
+    policy: Policy
+
+    @property
+    def root(self) -> str:
+        return self.policy.accounts.root
+
+    def kind_dir(self, kind: str) -> str:
+        return f"{self.root}/{'partners' if kind == 'partner' else 'links'}"
+
+    def chroot(self, kind: str, name: str) -> str:
+        return f"{self.kind_dir(kind)}/{name}"
+
+    def group(self, kind: str) -> str:
+        accounts = self.policy.accounts
+        return accounts.partner_group if kind == "partner" else accounts.link_group
+
+    def skeleton(self, name: str) -> dict[str, tuple[str, str, str]]:
+        """Relative path in the chroot -> (owner, group, mode).
+
+        sshd requires the chroot itself root-owned and not group/other writable. Other
+        partners never reach it (each is chrooted to its own); other local users cannot
+        pass the 0750 kind directory, so the chroot's "other" bits reach its account only.
+        """
+        staff = self.policy.accounts.staff_group
+        return {
+            "": ("root", "root", "0755"),
+            # Staff write (setgid keeps group staff); the account reads through "other".
+            self.policy.accounts.download_folder: ("root", staff, "2775"),
+            # The account writes; setgid hands every upload to staff to read.
+            self.policy.accounts.upload_folder: (name, staff, "2770"),
+            # Holds the /dev/log socket rsyslog listens on, so internal-sftp can log.
+            "dev": ("root", "root", "0755"),
+        }
+
+    def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
+        staff = self.policy.accounts.staff_group
+        return {
+            self.root: ("root", "root", "0755"),
+            self.kind_dir("partner"): ("root", staff, "0750"),
+            self.kind_dir("link"): ("root", staff, "0750"),
+        }
+
+    def observe_params(self, names: list[str]) -> dict:
+        accounts = self.policy.accounts
+        return {
+            "groups": [accounts.partner_group, accounts.link_group, accounts.staff_group],
+            "partner_group": accounts.partner_group,
+            "link_group": accounts.link_group,
+            "download_folder": accounts.download_folder,
+            "upload_folder": accounts.upload_folder,
+            "names": sorted(names),
+            "dirs": sorted(self.tree_dirs()),
+            "keys_dir": KEYS_DIR,
+            "log_socket_dir": LOG_SOCKET_DIR,
+        }
+
+
+def _write_file(path: str, content: str, mode: str = "0644") -> str:
+    # Write beside, then rename: a reader never sees half a file.
+    tmp = f"{path}.tmp"
+    return (
+        f"install -d -m 0755 {shlex.quote(str(PurePosixPath(path).parent))} && "
+        f"printf %s {shlex.quote(content)} > {shlex.quote(tmp)} && chmod {mode} {shlex.quote(tmp)} && "
+        f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}"
+    )
+
+
+def log_socket_config(socket_path: str, account: str) -> str:
+    # HostName stamps every line from this chroot with its account.
+    return (
+        f'input(type="imuxsock" Socket="{socket_path}" CreatePath="on" '
+        f'HostName="{account}" UseSysTimeStamp="on" RateLimit.Interval="0")\n'
+    )
+
+
+def authorized_keys(keys: tuple[str, ...]) -> str:
+    return "".join(f"{key}\n" for key in keys)
+
+
+def _install_dir(path: str, owner: str, group: str, mode: str) -> str:
+    return f"install -d -o {shlex.quote(owner)} -g {shlex.quote(group)} -m {mode} {shlex.quote(path)}"
+
+
+def _node_matches(node: dict | None, owner: str, group: str, mode: str) -> bool:
+    return bool(node) and node["kind"] == "dir" and (node["owner"], node["group"], node["mode"]) == (owner, group, mode)
+
+
+def _refuse_non_directory(path: str, node: dict | None) -> None:
+    if node and node["kind"] != "dir":
+        raise AccountConflict(f"{path} is a {node['kind']}, not a directory; remove it by hand after checking it")
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    restart_rsyslog: bool = False
+
+    def add(self, account: str, summary: str, *commands: str) -> None:
+        for command in commands:
+            self.steps.append(Step(account, summary, command))
+
+
+def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kinds: set[str]) -> list[Step]:
+    """Steps that turn `observed` into `wanted`.
+
+    Accounts of a kind in `manage_kinds` that exist on the host but are not wanted are
+    locked (a partner dropped from the data); other kinds are left alone (the deploy
+    manages partners, the link tool manages links).
+    """
+    policy = layout.policy
+    result = Plan()
+    accounts = observed["accounts"]
+    today = observed["today"]
+
+    for group in (policy.accounts.partner_group, policy.accounts.link_group, policy.accounts.staff_group):
+        if observed["groups"].get(group) is None:
+            result.add("", f"create group {group}", f"groupadd --system {shlex.quote(group)}", audit("group-created", group=group))
+    for path, (owner, group, mode) in layout.tree_dirs().items():
+        node = observed["dirs"].get(path)
+        _refuse_non_directory(path, node)
+        if not _node_matches(node, owner, group, mode):
+            result.add("", f"directory {path}", _install_dir(path, owner, group, mode))
+
+    wanted_names = {account.name for account in wanted}
+    for name, seen in accounts.items():
+        kinds = {"partner" if g == policy.accounts.partner_group else "link" for g in seen["exchange_groups"]}
+        if name not in wanted_names and kinds & manage_kinds:
+            kind = sorted(kinds & manage_kinds)[0]
+            wanted = [*wanted, WantedAccount(name=name, kind=kind, active=False)]
+
+    for account in sorted(wanted, key=lambda a: a.name):
+        _plan_account(layout, account, accounts.get(account.name), today, result)
+
+    for name in observed.get("stray_log_sockets", []):
+        result.add(name, "remove the log socket of a removed account", f"rm -f {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}")
+        result.restart_rsyslog = True
+    if result.restart_rsyslog:
+        # rsyslog opens the new /dev/log sockets inside the chroots.
+        result.add("", "reload the chroot log sockets", "systemctl restart rsyslog")
+    return result.steps
+
+
+def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, today: int, result: Plan) -> None:
+    policy = layout.policy
+    name, kind = account.name, account.kind
+    q = shlex.quote(name)
+    chroot = layout.chroot(kind, name)
+    group = layout.group(kind)
+
+    if seen is None:
+        if not account.active:
+            return
+        result.add(
+            name, f"create {kind} account",
+            # No password yet ("!"): nothing opens until the staff tool hands one out.
+            f"useradd --user-group --no-create-home --home-dir {shlex.quote(chroot)} "
+            f"--shell {NOLOGIN} --groups {shlex.quote(group)} {q}",
+            audit("account-created", account=name, kind=kind),
+        )
+        seen = {"shadow": None, "paths": {}, "home": chroot, "shell": NOLOGIN,
+                "exchange_groups": [group], "authorized_keys": None, "log_socket": None}
+    else:
+        if group not in seen["exchange_groups"]:
+            raise AccountConflict(
+                f"user {name!r} exists but is not in {group}; it is not an exchange account, pick another name"
+            )
+        if seen["home"] != chroot or seen["shell"] != NOLOGIN:
+            result.add(name, "home and shell", f"usermod --home {shlex.quote(chroot)} --shell {NOLOGIN} {q}")
+
+    for relative, (owner, owner_group, mode) in layout.skeleton(name).items():
+        path = f"{chroot}/{relative}" if relative else chroot
+        node = seen["paths"].get(relative)
+        _refuse_non_directory(path, node)
+        if not _node_matches(node, owner, owner_group, mode):
+            result.add(name, f"folder {path}", _install_dir(path, owner, owner_group, mode))
+
+    keys_path = f"{KEYS_DIR}/{name}"
+    keys = authorized_keys(account.public_keys)
+    # A locked account keeps its keys (expiry refuses them), so unlocking restores them.
+    if account.active and keys != (seen["authorized_keys"] or ""):
+        if keys:
+            result.add(name, "public keys", _write_file(keys_path, keys))
+        else:
+            result.add(name, "public keys", f"rm -f {shlex.quote(keys_path)}")
+
+    socket = log_socket_config(f"{chroot}/dev/log", name)
+    if seen["log_socket"] != socket:
+        result.add(name, "log socket", _write_file(f"{LOG_SOCKET_DIR}/{name}.conf", socket))
+        result.restart_rsyslog = True
+
+    shadow = seen["shadow"] or {}
+    if kind == "partner":
+        aging = policy.passwords.aging
+        want = {"min_days": aging.min_days, "max_days": aging.max_days, "warn_days": aging.warn_days,
+                "inactive_days": aging.inactive_days}
+        if any(shadow.get(key) != value for key, value in want.items()):
+            result.add(
+                name, "password aging",
+                f"chage --mindays {aging.min_days} --maxdays {aging.max_days} --warndays {aging.warn_days} "
+                f"--inactive {aging.inactive_days} {q}",
+            )
+        expire = shadow.get("expire")
+        if account.active and expire is not None:
+            result.add(name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind))
+        elif not account.active and (expire is None or expire > today):
+            # Account expiry refuses every method (password and key); the expiry day also
+            # records when the lock began, from which retention counts down to removal.
+            lock_day = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + today).isoformat()
+            result.add(
+                name, "lock and end sessions",
+                f"usermod --expiredate {lock_day} {q}",
+                f"pkill -KILL -u {q} || true",
+                audit("account-locked", account=name, kind=kind, reason="absent from partner data"),
+            )
+
+
+def removal_steps(layout: Layout, name: str, kind: str, reason: str) -> list[Step]:
+    """Steps that remove an account with its chroot, keys and log socket."""
+    q = shlex.quote(name)
+    chroot = shlex.quote(layout.chroot(kind, name))
+    commands = [
+        f"pkill -KILL -u {q} || true",
+        f"userdel {q}",
+        # Never leave the exchange filesystem, whatever is mounted below the chroot.
+        f"rm -rf --one-file-system {chroot}",
+        f"rm -f {shlex.quote(f'{KEYS_DIR}/{name}')} {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}",
+        "systemctl restart rsyslog",
+        audit("account-removed", account=name, kind=kind, reason=reason),
+    ]
+    return [Step(name, f"remove {kind} account", command) for command in commands]

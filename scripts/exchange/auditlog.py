@@ -1,0 +1,26 @@
+"""The audit trail: one JSON line per event to syslog (authpriv), which rsyslog writes to
+/var/log/imaging-exchange/audit.log and passes on to the system log."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import syslog
+
+AUDIT_TAG = "imaging-exchange"
+
+
+def audit_line(event: str, **fields) -> str:
+    return json.dumps({"event": event, **fields}, sort_keys=True)
+
+
+def record(event: str, **fields) -> str:
+    line = audit_line(event, **fields)
+    syslog.openlog(AUDIT_TAG, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    syslog.syslog(syslog.LOG_NOTICE, line)
+    return line
+
+
+def audit_command(event: str, **fields) -> str:
+    """The same record as a shell command, for steps that run in a shell (exchange.accounts)."""
+    return f"logger -t {AUDIT_TAG} -p authpriv.notice -- {shlex.quote(audit_line(event, **fields))}"

@@ -1,0 +1,170 @@
+"""Retention: delete exchange files older than the policy allows, and expired accounts.
+
+Age is the file's mtime, which exchange accounts cannot set (sshd denies them setstat).
+Files are found by walking each account's download and upload folders through directory
+file descriptors: symlinks are never followed, other filesystems never entered, nothing
+outside the exchange root is reached, and the chroot skeleton itself is never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exchange import auditlog, observe
+from exchange.accounts import Layout, removal_steps
+from exchange.policy import Policy
+
+LOCK_FILE = Path("/run/lock/imaging-exchange-purge.lock")
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class PurgeBusy(Exception):
+    pass
+
+
+@dataclass
+class PurgeReport:
+    files: int = 0
+    bytes: int = 0
+    directories: int = 0
+    accounts: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def purge_lock(path: Path = LOCK_FILE) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PurgeBusy(f"another purge is running (lock {path})") from None
+        yield
+
+
+def _purge_tree(dir_fd: int, relative: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport) -> bool:
+    """Delete what is too old below `dir_fd`; return True if the directory ended up empty."""
+    empty = True
+    for entry in sorted(os.listdir(dir_fd)):
+        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+        path = f"{relative}/{entry}"
+        if st.st_dev != device:
+            report.skipped.append(f"{path}: another filesystem")
+            empty = False
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            child = os.open(entry, OPEN_DIR, dir_fd=dir_fd)
+            try:
+                child_empty = _purge_tree(child, path, device, cutoff, emit, dry_run, report)
+            finally:
+                os.close(child)
+            # A directory goes once it is empty and was itself last changed before the cutoff.
+            if child_empty and st.st_mtime < cutoff:
+                if not dry_run:
+                    os.rmdir(entry, dir_fd=dir_fd)
+                report.directories += 1
+                emit("directory-purged", path=path, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
+            else:
+                empty = False
+        elif st.st_mtime < cutoff:
+            # Files, and symlinks themselves (never their targets).
+            if not dry_run:
+                os.unlink(entry, dir_fd=dir_fd)
+            report.files += 1
+            report.bytes += st.st_size
+            emit("file-purged", path=path, size=st.st_size, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
+        else:
+            empty = False
+    return empty
+
+
+def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, report: PurgeReport) -> None:
+    policy = layout.policy
+    cutoff = now - policy.retention.days * 86400
+    root = layout.root
+    device = os.lstat(root).st_dev
+    folders = (policy.accounts.download_folder, policy.accounts.upload_folder)
+    for kind in ("partner", "link"):
+        kind_dir = layout.kind_dir(kind)
+        if not os.path.isdir(kind_dir) or os.path.islink(kind_dir):
+            continue
+        kind_fd = os.open(kind_dir, OPEN_DIR)
+        try:
+            for account in sorted(os.listdir(kind_fd)):
+                for folder in folders:
+                    try:
+                        chroot_fd = os.open(account, OPEN_DIR, dir_fd=kind_fd)
+                    except OSError:
+                        report.skipped.append(f"{kind_dir}/{account}: not a directory")
+                        break
+                    try:
+                        folder_fd = os.open(folder, OPEN_DIR, dir_fd=chroot_fd)
+                    except OSError:
+                        report.skipped.append(f"{kind_dir}/{account}/{folder}: missing or not a directory")
+                        continue
+                    finally:
+                        os.close(chroot_fd)
+                    try:
+                        if os.fstat(folder_fd).st_dev != device:
+                            report.skipped.append(f"{kind_dir}/{account}/{folder}: another filesystem")
+                            continue
+
+                        def emit_for(event, _account=account, _folder=folder, path="", **fields):
+                            emit(event, account=_account, kind=kind, path=f"/{_folder}{path}", **fields)
+
+                        _purge_tree(folder_fd, "", device, cutoff, emit_for, dry_run, report)
+                    finally:
+                        os.close(folder_fd)
+        finally:
+            os.close(kind_fd)
+
+
+def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str]]:
+    """(name, kind, reason) of link accounts past their validity and of partners locked
+    for longer than retention."""
+    today = observed["today"]
+    policy = layout.policy
+    expired = []
+    for name, seen in observed["accounts"].items():
+        expire = (seen.get("shadow") or {}).get("expire")
+        if expire is None:
+            continue
+        groups = seen["exchange_groups"]
+        if policy.accounts.link_group in groups and expire <= today:
+            expired.append((name, "link", "validity ended"))
+        elif policy.accounts.partner_group in groups and expire + policy.retention.days <= today:
+            expired.append((name, "partner", f"locked for {policy.retention.days} days"))
+    return expired
+
+
+def purge(policy: Policy, dry_run: bool = False, out: Callable[[str], None] = print, now: float | None = None) -> PurgeReport:
+    layout = Layout(policy)
+    report = PurgeReport()
+
+    def emit(event: str, **fields) -> None:
+        if dry_run:
+            out(json.dumps({"event": event, "dry_run": True, **fields}, sort_keys=True))
+        else:
+            out(auditlog.record(event, **fields))
+
+    with purge_lock():
+        purge_files(layout, time.time() if now is None else now, emit, dry_run, report)
+        observed = observe.observe(layout.observe_params([]))
+        for name, kind, reason in expired_accounts(layout, observed):
+            report.accounts += 1
+            if dry_run:
+                emit("account-removal-planned", account=name, kind=kind, reason=reason)
+                continue
+            for step in removal_steps(layout, name, kind, reason):
+                subprocess.run(["sh", "-c", step.command], check=True, capture_output=True)
+            out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason))
+    return report
