@@ -1,0 +1,98 @@
+"""A deployed exchange server shared by the end-to-end tests of one session, with two
+partners whose keys and passwords the tests hold."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from passlib.hash import sha512_crypt
+
+from tests import testhost
+from tests.pyinfra_run import pyinfra
+
+PARTNERS = ("alice-clinic", "bob-hospital")
+
+
+@dataclass
+class PartnerLogin:
+    name: str
+    password: str
+    key: Path
+
+
+@dataclass
+class Exchange:
+    host: testhost.TestHost
+    inventory: Path
+    partners_file: Path
+    logins: dict[str, PartnerLogin]
+
+    def deploy(self, *extra: str) -> subprocess.CompletedProcess:
+        return pyinfra("-y", *extra, str(self.inventory), "deploy.py")
+
+    def write_partners(self, partners: list[dict]) -> None:
+        self.partners_file.write_text(yaml.safe_dump({"partners": partners}))
+
+    def set_password(self, name: str, password: str) -> None:
+        # Set as root with a ready hash, as the staff tool will; PAM rules apply to changes.
+        self.host.ssh(f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --user {name} --reset")
+
+
+def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> Path:
+    """An inventory for test hosts, with host data of the test's choosing."""
+    entries = []
+    for host in hosts:
+        host_data = {
+            "ssh_hostname": host.hostname, "ssh_port": host.port, "ssh_user": "root",
+            "ssh_key": str(host.key), "ssh_known_hosts_file": str(host.known_hosts),
+            "ssh_strict_host_key_checking": "yes", "admin_connects_as_root": True,
+            "sshd_port": host.port, "sshd_listen_addresses": [host.hostname], **data,
+        }
+        entries.append((host.name, host_data))
+    path = directory / f"inventory_{'_'.join(h.name for h in hosts)}.py".replace("-", "_")
+    path.write_text(f"hosts = {entries!r}\n")
+    return path
+
+
+def partner_entry(name: str, key: Path | None = None, present: bool = True) -> dict:
+    entry = {"name": name, "organisation": f"{name} radiology", "email": f"{name}@partner.example",
+             "phone": "+31612345678", "present": present}
+    if key:
+        entry["public_keys"] = [key.with_suffix(".pub").read_text().strip()]
+    return entry
+
+
+def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
+    logins = {}
+    for name in PARTNERS:
+        key = directory / f"{name}_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+        logins[name] = PartnerLogin(name=name, password=f"Tulip-{name}-Harbour-42!", key=key)
+    partners_file = directory / "partners.yaml"
+    exchange = Exchange(host, write_inventory(directory, [host], partners_file=str(partners_file)), partners_file, logins)
+    exchange.write_partners([partner_entry(name, logins[name].key) for name in PARTNERS])
+    result = exchange.deploy()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for login in logins.values():
+        exchange.set_password(login.name, login.password)
+    return exchange
+
+
+@pytest.fixture(scope="session")
+def exchange(testhost_session, tmp_path_factory) -> Exchange:
+    """One deployed server for the tests that do not change its accounts."""
+    host = testhost.boot("exchange", log=lambda message: print(message, flush=True))
+    try:
+        yield make_exchange(host, tmp_path_factory.mktemp("exchange"))
+    finally:
+        testhost.shutdown(host)
+
+
+@pytest.fixture
+def own_exchange(boot_host, tmp_path) -> Exchange:
+    """A deployed server of the test's own, for tests that lock, remove or kill things."""
+    return make_exchange(boot_host("own-exchange"), tmp_path)
