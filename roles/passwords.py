@@ -18,6 +18,9 @@ from exchange.policy import Policy
 from roles.ops import config_file
 from roles.templating import render
 
+# On disk, not under /run, so the tally survives a reboot. The faillock command does not
+# read faillock.conf here (Debian 12): call it with `--dir FAILLOCK_DIR`.
+FAILLOCK_DIR = "/var/lib/faillock"
 PROFILES = {
     "imaging-exchange-faillock": "passwords/pam-faillock.j2",
     "imaging-exchange-faillock-notify": "passwords/pam-faillock-notify.j2",
@@ -64,14 +67,19 @@ def enable_pam_profiles(profiles: dict[str, str]):
 
 @deploy("Password rules")
 def passwords(policy: Policy) -> None:
-    apt.packages(name="Install pam_pwquality", packages=["libpam-pwquality", "libpam-modules"], no_recommends=True)
+    # cracklib-runtime holds the dictionary dictcheck needs: without it every password is refused.
+    apt.packages(
+        name="Install pam_pwquality and its dictionary",
+        packages=["libpam-pwquality", "libpam-modules", "cracklib-runtime", "libpwquality-tools"],
+        no_recommends=True,
+    )
     config_file(
         name="Password quality",
         dest="/etc/security/pwquality.conf.d/50-imaging-exchange.conf",
         content=render("passwords/pwquality.conf.j2", policy=policy),
     )
-    files.directory(name="Lockout tally directory", path="/var/lib/faillock", user="root", group="root", mode="700")
-    config_file(name="Lockout", dest="/etc/security/faillock.conf", content=render("passwords/faillock.conf.j2", policy=policy))
+    files.directory(name="Lockout tally directory", path=FAILLOCK_DIR, user="root", group="root", mode="700")
+    config_file(name="Lockout", dest="/etc/security/faillock.conf", content=render("passwords/faillock.conf.j2", policy=policy, faillock_dir=FAILLOCK_DIR))
     profiles = {name: render(template, policy=policy) for name, template in PROFILES.items()}
     for name, text in profiles.items():
         config_file(name=f"PAM profile {name}", dest=f"/usr/share/pam-configs/{name}", content=text)
@@ -79,8 +87,8 @@ def passwords(policy: Policy) -> None:
 
     aging = policy.passwords.aging
     for key, value in (("PASS_MAX_DAYS", aging.max_days), ("PASS_MIN_DAYS", aging.min_days), ("PASS_WARN_AGE", aging.warn_days)):
-        files.line(name=f"login.defs {key}", path="/etc/login.defs", line=rf"^#?\s*{key}\s.*$", replace=f"{key}\t{value}")
+        files.line(name=f"login.defs {key}", path="/etc/login.defs", line=rf"^{key}[[:space:]].*$", replace=f"{key}\t{value}")
     files.line(
         name="New accounts go inactive after an expired password",
-        path="/etc/default/useradd", line=r"^#?\s*INACTIVE=.*$", replace=f"INACTIVE={aging.inactive_days}",
+        path="/etc/default/useradd", line=r"^INACTIVE=.*$", replace=f"INACTIVE={aging.inactive_days}",
     )

@@ -35,10 +35,13 @@ def openssh(host: TestHost, user: str, key: Path, *args: str, timeout: float = 3
     )
 
 
-def answer(password: str, new_password: str | None = None) -> Callable:
-    """A keyboard-interactive handler for PAM's prompts (an expired password asks four)."""
+def answer(password: str, new_password: str | None = None, messages: list[str] | None = None) -> Callable:
+    """A keyboard-interactive handler for PAM's prompts (an expired password asks four).
+    PAM's messages to the user (why a new password was refused) go to `messages`."""
 
     def handler(title, instructions, prompts):
+        if messages is not None:
+            messages.extend(text for text in (title, instructions, *(prompt for prompt, _ in prompts)) if text)
         replies = []
         for prompt, _echo in prompts:
             text = prompt.lower()
@@ -63,13 +66,13 @@ def transport(host: TestHost) -> paramiko.Transport:
 
 
 def paramiko_sftp(host: TestHost, user: str, password: str | None = None, key: Path | None = None,
-                  new_password: str | None = None) -> paramiko.SFTPClient:
+                  new_password: str | None = None, messages: list[str] | None = None) -> paramiko.SFTPClient:
     sock = transport(host)
     try:
         if key:
             sock.auth_publickey(user, paramiko.Ed25519Key.from_private_key_file(str(key)))
         else:
-            sock.auth_interactive(user, answer(password, new_password))
+            sock.auth_interactive(user, answer(password, new_password, messages))
         return paramiko.SFTPClient.from_transport(sock)
     except BaseException:
         sock.close()

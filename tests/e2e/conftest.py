@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from roles.passwords import FAILLOCK_DIR
 import yaml
 from passlib.hash import sha512_crypt
 
@@ -30,6 +32,7 @@ class Exchange:
     inventory: Path
     partners_file: Path
     logins: dict[str, PartnerLogin]
+    initial_password_fields: dict[str, str] | None = None
 
     def deploy(self, *extra: str) -> subprocess.CompletedProcess:
         return pyinfra("-y", *extra, str(self.inventory), "deploy.py")
@@ -39,7 +42,7 @@ class Exchange:
 
     def set_password(self, name: str, password: str) -> None:
         # Set as root with a ready hash, as the staff tool will; PAM rules apply to changes.
-        self.host.ssh(f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --user {name} --reset")
+        self.host.ssh(f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --dir {FAILLOCK_DIR} --user {name} --reset")
 
 
 def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> Path:
@@ -77,6 +80,9 @@ def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
     exchange.write_partners([partner_entry(name, logins[name].key) for name in PARTNERS])
     result = exchange.deploy()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exchange.initial_password_fields = {
+        name: host.ssh(f"getent shadow {name} | cut -d: -f2").stdout.strip() for name in PARTNERS
+    }
     for login in logins.values():
         exchange.set_password(login.name, login.password)
     return exchange

@@ -1,0 +1,111 @@
+"""Password rules, enforced by PAM through sshd: quality, history, lockout and aging."""
+
+import paramiko
+import pytest
+
+from roles.passwords import FAILLOCK_DIR
+
+from tests.e2e.clients import paramiko_sftp
+from tests.e2e.conftest import PARTNERS
+
+pytestmark = pytest.mark.e2e
+
+
+def shadow_hash(exchange, name: str) -> str:
+    return exchange.host.ssh(f"getent shadow {name} | cut -d: -f2").stdout.strip()
+
+
+def login_works(exchange, name: str, password: str) -> bool:
+    try:
+        paramiko_sftp(exchange.host, name, password=password).close()
+        return True
+    except paramiko.AuthenticationException:
+        return False
+
+
+@pytest.fixture
+def partner(exchange):
+    """A partner with a known password and a clean lockout tally; restored afterwards."""
+    name = PARTNERS[1]
+    login = exchange.logins[name]
+    exchange.set_password(name, login.password)
+    yield name, login.password
+    exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name} --reset")
+    exchange.set_password(name, login.password)
+    exchange.host.ssh(f"chage --lastday $(( $(date +%s) / 86400 )) {name}")
+
+
+def test_aging_is_applied_to_every_partner(exchange):
+    for name in PARTNERS:
+        fields = exchange.host.ssh(f"getent shadow {name}").stdout.strip().split(":")
+        assert fields[3:7] == ["1", "90", "14", "30"], f"{name}: min/max/warn/inactive are {fields[3:7]}"
+    defs = exchange.host.ssh("grep -E '^PASS_(MAX_DAYS|MIN_DAYS|WARN_AGE)' /etc/login.defs").stdout.split()
+    assert defs == ["PASS_MAX_DAYS", "90", "PASS_MIN_DAYS", "1", "PASS_WARN_AGE", "14"]
+
+
+def test_new_partner_accounts_have_no_usable_password(exchange):
+    # As the deploy left them, before the tests set passwords: "!" matches no password.
+    assert exchange.initial_password_fields == {name: "!" for name in PARTNERS}
+    created = exchange.host.ssh("grep -h account-created /var/log/imaging-exchange/audit.log").stdout
+    assert all(f'"account": "{name}"' in created for name in PARTNERS)
+
+
+@pytest.mark.parametrize(
+    "weak, reason",
+    [
+        ("Sh0rt-pass!", "shorter than 14 characters"),
+        ("lowercaseonlyletterspass", "less than 3 character classes"),
+        ("Xq7-vvvvvv-Lk2-Wm9", "more than 3 same characters consecutively"),
+        ("Xq7-abcdefg-Lk2-Wm9", "monotonic sequence longer than 3 characters"),
+        ("Characterization7", "based on a dictionary word"),
+    ],
+    ids=["too-short", "one-class", "repeats", "sequence", "dictionary"],
+)
+def test_expired_password_must_change_and_weak_ones_are_refused(exchange, partner, weak, reason):
+    name, password = partner
+    exchange.host.ssh(f"chage --lastday 0 {name}")
+    before = shadow_hash(exchange, name)
+    messages: list[str] = []
+    with pytest.raises(paramiko.AuthenticationException):
+        paramiko_sftp(exchange.host, name, password=password, new_password=weak, messages=messages)
+    assert shadow_hash(exchange, name) == before, "PAM accepted a weak password"
+    assert any(reason in message for message in messages), messages
+
+
+def test_expired_password_is_changed_during_sftp_login(exchange, partner):
+    name, password = partner
+    exchange.host.ssh(f"chage --lastday 0 {name}")
+    new = "Lantern-Orchid-Basalt-71"
+    sftp = paramiko_sftp(exchange.host, name, password=password, new_password=new)
+    assert sorted(sftp.listdir("/")) == ["dev", "download", "upload"]
+    sftp.close()
+    assert login_works(exchange, name, new)
+    assert not login_works(exchange, name, password)
+    # The old password is remembered: changing back to it is refused.
+    exchange.host.ssh(f"chage --lastday 0 {name}")
+    with pytest.raises(paramiko.AuthenticationException):
+        paramiko_sftp(exchange.host, name, password=new, new_password=password)
+
+
+def test_lockout_after_repeated_failures(exchange, partner):
+    name, password = partner
+    for _ in range(5):
+        assert not login_works(exchange, name, "Wrong-Password-123456")
+    assert not login_works(exchange, name, password), "the right password worked during the lockout"
+    tally = exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name}").stdout
+    assert sum(1 for line in tally.splitlines() if line.rstrip().endswith(" V")) >= 5, tally
+    # The tally is on disk, so it survives a reboot.
+    assert exchange.host.ssh(f"test -s {FAILLOCK_DIR}/{name}", check=False).returncode == 0
+    exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name} --reset")
+    assert login_works(exchange, name, password)
+
+
+def test_admins_and_staff_cannot_use_passwords(exchange):
+    sock = paramiko.Transport((exchange.host.hostname, exchange.host.port))
+    sock.start_client(timeout=15)
+    try:
+        with pytest.raises(paramiko.BadAuthenticationType) as refused:
+            sock.auth_password("root", "anything")
+        assert refused.value.allowed_types == ["publickey"]
+    finally:
+        sock.close()
