@@ -98,7 +98,12 @@ def exchange(testhost_session, tmp_path_factory) -> Exchange:
         testhost.shutdown(host)
 
 
-@pytest.fixture
-def own_exchange(boot_host, tmp_path) -> Exchange:
-    """A deployed server of the test's own, for tests that lock, remove or kill things."""
-    return make_exchange(boot_host("own-exchange"), tmp_path)
+@pytest.fixture(scope="module")
+def own_exchange(testhost_session, tmp_path_factory, request) -> Exchange:
+    """A deployed server of the test module's own, for tests that lock or remove accounts."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:40]
+    host = testhost.boot(name, log=lambda message: print(message, flush=True))
+    try:
+        yield make_exchange(host, tmp_path_factory.mktemp(name))
+    finally:
+        testhost.shutdown(host)
