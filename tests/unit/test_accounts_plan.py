@@ -1,0 +1,114 @@
+"""exchange.accounts.plan: what the deploy and the tools would do, from an observation."""
+
+import pytest
+
+from exchange.accounts import AccountConflict, Layout, WantedAccount, plan
+from exchange.policy import load_policy
+from roles import REPO
+
+POLICY = load_policy(REPO / "policies.yaml").policy
+LAYOUT = Layout(POLICY)
+TODAY = 20_000
+
+
+def converged_account(name: str, kind: str = "partner", keys: str | None = None, expire=None) -> dict:
+    skeleton = {
+        rel: {"kind": "dir", "owner": o, "group": g, "mode": m} for rel, (o, g, m) in LAYOUT.skeleton(name).items()
+    }
+    aging = POLICY.passwords.aging
+    return {
+        "uid": 1001, "primary_group": name, "exchange_groups": [LAYOUT.group(kind)],
+        "home": LAYOUT.chroot(kind, name), "shell": "/usr/sbin/nologin",
+        "shadow": {"password_set": False, "lastchg": TODAY, "min_days": aging.min_days, "max_days": aging.max_days,
+                   "warn_days": aging.warn_days, "inactive_days": aging.inactive_days, "expire": expire},
+        "paths": skeleton, "authorized_keys": keys,
+        "log_socket": f'input(type="imuxsock" Socket="{LAYOUT.chroot(kind, name)}/dev/log" CreatePath="on" '
+                      f'HostName="{name}" UseSysTimeStamp="on" RateLimit.Interval="0")\n',
+    }
+
+
+def observation(**accounts) -> dict:
+    return {
+        "today": TODAY,
+        "groups": {g: {"gid": 900, "members": []} for g in ("exchange-partners", "exchange-links", "exchange-staff")},
+        "dirs": {p: {"kind": "dir", "owner": o, "group": g, "mode": m} for p, (o, g, m) in LAYOUT.tree_dirs().items()},
+        "accounts": {name.replace("_", "-"): value for name, value in accounts.items()},
+        "stray_log_sockets": [],
+    }
+
+
+def commands(steps) -> str:
+    return "\n".join(step.command for step in steps)
+
+
+def test_a_converged_host_needs_nothing():
+    observed = observation(alice=converged_account("alice"))
+    assert plan(LAYOUT, [WantedAccount("alice", "partner")], observed, {"partner"}) == []
+
+
+def test_a_new_partner_gets_account_chroot_aging_and_log_socket():
+    steps = plan(LAYOUT, [WantedAccount("alice", "partner", public_keys=("ssh-ed25519 AAAA alice",))], observation(), {"partner"})
+    text = commands(steps)
+    assert "useradd --user-group --no-create-home --home-dir /srv/exchange/partners/alice --shell /usr/sbin/nologin --groups exchange-partners alice" in text
+    assert "install -d -o root -g root -m 0755 /srv/exchange/partners/alice\n" in text
+    assert "install -d -o root -g exchange-staff -m 2775 /srv/exchange/partners/alice/download" in text
+    assert "install -d -o alice -g exchange-staff -m 2770 /srv/exchange/partners/alice/upload" in text
+    assert "chage --mindays 1 --maxdays 90 --warndays 14 --inactive 30 alice" in text
+    assert "/etc/ssh/authorized_keys/alice" in text and "systemctl restart rsyslog" in text
+    assert '"event": "account-created"' in text
+    assert "passwd" not in text and "chpasswd" not in text  # no password is ever set by the deploy
+
+
+def test_missing_groups_and_tree_come_first():
+    observed = observation()
+    observed["groups"]["exchange-staff"] = None
+    observed["dirs"]["/srv/exchange/partners"] = None
+    steps = plan(LAYOUT, [], observed, {"partner"})
+    assert [s.command for s in steps][:2][0] == "groupadd --system exchange-staff"
+    assert any("install -d -o root -g exchange-staff -m 0750 /srv/exchange/partners" == s.command for s in steps)
+
+
+def test_a_dropped_partner_is_locked_with_its_sessions_ended():
+    observed = observation(bob=converged_account("bob"))
+    text = commands(plan(LAYOUT, [], observed, {"partner"}))
+    assert "usermod --expiredate 2024-10-04 bob" in text  # day 20000 since 1970
+    assert "pkill -KILL -u bob" in text and '"event": "account-locked"' in text
+    assert "userdel" not in text and "rm -rf" not in text  # files stay for retention
+
+
+def test_a_locked_partner_stays_locked_without_new_steps():
+    observed = observation(bob=converged_account("bob", expire=TODAY - 2))
+    assert plan(LAYOUT, [WantedAccount("bob", "partner", active=False)], observed, {"partner"}) == []
+
+
+def test_a_returning_partner_is_unlocked():
+    observed = observation(bob=converged_account("bob", expire=TODAY - 2))
+    assert "usermod --expiredate '' bob" in commands(plan(LAYOUT, [WantedAccount("bob", "partner")], observed, {"partner"}))
+
+
+def test_link_accounts_are_not_the_deploys_to_lock():
+    observed = observation(lnk=converged_account("lnk", kind="link"))
+    assert plan(LAYOUT, [], observed, {"partner"}) == []
+
+
+def test_an_existing_non_exchange_user_is_never_taken_over():
+    seen = converged_account("postgres")
+    seen["exchange_groups"] = []
+    with pytest.raises(AccountConflict, match="'postgres' exists but is not in exchange-partners"):
+        plan(LAYOUT, [WantedAccount("postgres", "partner")], observation(postgres=seen), {"partner"})
+
+
+def test_a_symlink_in_the_skeleton_is_refused_not_followed():
+    seen = converged_account("alice")
+    seen["paths"]["upload"] = {"kind": "link", "owner": "alice", "group": "alice", "mode": "0777"}
+    with pytest.raises(AccountConflict, match="/srv/exchange/partners/alice/upload is a link"):
+        plan(LAYOUT, [WantedAccount("alice", "partner")], observation(alice=seen), {"partner"})
+
+
+def test_drift_in_modes_and_aging_is_corrected():
+    seen = converged_account("alice")
+    seen["paths"]["download"]["mode"] = "2777"
+    seen["shadow"]["max_days"] = 9999
+    text = commands(plan(LAYOUT, [WantedAccount("alice", "partner")], observation(alice=seen), {"partner"}))
+    assert "install -d -o root -g exchange-staff -m 2775 /srv/exchange/partners/alice/download" in text
+    assert "chage --mindays 1 --maxdays 90" in text

@@ -1,0 +1,48 @@
+"""Partner data: validated with messages naming the file and the key."""
+
+import pytest
+
+from exchange.partners import PartnerDataError, load_partners
+from roles import REPO
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "partners.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_test_hosts_partner_file_is_valid():
+    partners = load_partners(REPO / "inventory/partners.yaml")
+    assert [p.name for p in partners] == ["cardiology", "st-elsewhere"]
+    assert all(p.present for p in partners)
+
+
+GOOD = "  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678'}\n"
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("  - {name: Alice, organisation: A, email: a@b.example, phone: '+31612345678'}\n", "partners.0.name: String should match pattern"),
+        ("  - {name: root, organisation: A, email: a@b.example, phone: '+31612345678'}\n", "partners.0.name: 'root' is reserved"),
+        ("  - {name: alice, organisation: A, email: not-an-email, phone: '+31612345678'}\n", "partners.0.email: value is not a valid email address"),
+        ("  - {name: alice, organisation: A, email: a@b.example, phone: '0612345678'}\n", "partners.0.phone: String should match pattern"),
+        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', present: 'no'}\n", "partners.0.present: Input should be a valid boolean"),
+        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', public_keys: ['ssh-dss AAAA']}\n", "partners.0.public_keys: key 0 is not an OpenSSH public key line"),
+        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', shell: /bin/bash}\n", "partners.0.shell: unknown key"),
+        (GOOD + GOOD, "partners: partner name 'alice' appears twice"),
+    ],
+)
+def test_bad_partner_data(tmp_path, entry, words):
+    path = write(tmp_path, "partners:\n" + entry)
+    with pytest.raises(PartnerDataError) as caught:
+        load_partners(path)
+    assert f"{path}: {words}" in str(caught.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    assert "cannot read partner file" in str(pytest.raises(PartnerDataError, load_partners, tmp_path / "none.yaml").value)
+    assert "not valid YAML" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "partners: [")).value)
+    assert "must be a mapping" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "- a\n")).value)
+    assert load_partners(write(tmp_path, "")) == ()
