@@ -10,15 +10,23 @@ BIN := $(VENV)/bin
 # What this machine needs to boot test hosts and talk to them.
 APT_PACKAGES := debootstrap systemd-container python3-venv openssh-client
 
-.PHONY: demo test unit e2e deps testhost testhost-down clean
+LINTED := scripts roles tests bench inventory deploy.py config.py
+
+.PHONY: demo test lint unit e2e deps testhost testhost-down clean
 
 demo: deps
 	@$(BIN)/python -m tests.testhost up --reuse testhost
 	$(BIN)/pyinfra -y inventory/testhost.py deploy.py
 	@$(BIN)/python -m tests.testhost show testhost
+	@echo "  partners:   $$(sed -n 's/^  - name: //p' inventory/partners.yaml | tr '\n' ' ')(inventory/partners.yaml), chrooted SFTP;"
+	@echo "              their accounts start without a password until staff hand one out."
 
-test: deps
+test: deps lint
 	$(BIN)/pytest
+
+lint: deps
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 unit: deps
 	$(BIN)/pytest tests/unit

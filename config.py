@@ -3,7 +3,6 @@
 import sys
 
 from exchange.policy import PolicyError
-
 from roles import deploy_policy
 
 REQUIRE_PYINFRA_VERSION = ">=3.2,<4"

@@ -46,11 +46,17 @@ def measure(size: int, repeat: int, workdir: Path) -> dict:
         changes = {name: hosts for name, hosts in changed_operations(str(inventory)).items() if hosts}
         if changes:
             raise SystemExit(f"{size} partners: the re-run is not a no-op: {changes}")
-        accounts = int(host.ssh("getent group exchange-partners | awk -F: '{print $4}' | tr ',' '\\n' | grep -c .").stdout)
+        accounts = int(
+            host.ssh("getent group exchange-partners | awk -F: '{print $4}' | tr ',' '\\n' | grep -c .").stdout
+        )
         if accounts != size:
             raise SystemExit(f"{size} partners wanted, {accounts} on the host")
-        return {"partners": size, "converge_s": round(converge, 1), "noop_s": round(statistics.median(noops), 2),
-                "noop_runs_s": [round(n, 2) for n in noops]}
+        return {
+            "partners": size,
+            "converge_s": round(converge, 1),
+            "noop_s": round(statistics.median(noops), 2),
+            "noop_runs_s": [round(n, 2) for n in noops],
+        }
     finally:
         testhost.shutdown(host)
 
@@ -70,7 +76,9 @@ def main() -> int:
         print(f"{row['partners']:>8}  {row['converge_s']:>10}  {row['noop_s']:>8}  {row['noop_ratio']:>11}")
     worst = rows[-1]["noop_ratio"]
     verdict = "meets" if worst <= TARGET_RATIO else "MISSES"
-    print(f"no-op at {rows[-1]['partners']} partners = {worst}x no-op at {rows[0]['partners']}: {verdict} the target (<= {TARGET_RATIO}x)")
+    print(
+        f"no-op at {rows[-1]['partners']} partners = {worst}x no-op at {rows[0]['partners']}: {verdict} the target (<= {TARGET_RATIO}x)"
+    )
     print(json.dumps(rows))
     return 0 if worst <= TARGET_RATIO else 1
 

@@ -49,7 +49,11 @@ def logging() -> None:
         name="Route SFTP and audit messages to their logs",
         dest="/etc/rsyslog.d/30-imaging-exchange.conf",
         content=render(
-            "logging/rsyslog.conf.j2", log_dir=LOG_DIR, audit_log=AUDIT_LOG, socket_dir=LOG_SOCKET_DIR, audit_tag=AUDIT_TAG
+            "logging/rsyslog.conf.j2",
+            log_dir=LOG_DIR,
+            audit_log=AUDIT_LOG,
+            socket_dir=LOG_SOCKET_DIR,
+            audit_tag=AUDIT_TAG,
         ),
         # rsyslog checks its whole configuration only; a bad one is refused before the restart.
         apply="rsyslogd -N1 >/dev/null && systemctl restart rsyslog",

@@ -26,7 +26,11 @@ PROFILES = {
     "imaging-exchange-faillock-notify": "passwords/pam-faillock-notify.j2",
     "imaging-exchange-pwhistory": "passwords/pam-pwhistory.j2",
 }
-STACKS = {"Auth": "/etc/pam.d/common-auth", "Account": "/etc/pam.d/common-account", "Password": "/etc/pam.d/common-password"}
+STACKS = {
+    "Auth": "/etc/pam.d/common-auth",
+    "Account": "/etc/pam.d/common-account",
+    "Password": "/etc/pam.d/common-password",
+}
 
 
 def _module_part(line: str) -> str | None:
@@ -54,7 +58,7 @@ def profile_lines(profile: str) -> dict[str, list[str]]:
 def enable_pam_profiles(profiles: dict[str, str]):
     """Run pam-auth-update when a stack lacks a line of one of our profiles."""
     missing = []
-    for name, text in profiles.items():
+    for text in profiles.values():
         for stack, lines in profile_lines(text).items():
             contents = host.get_fact(FileContents, path=stack) or []
             have = {_module_part(line) for line in contents if not line.lstrip().startswith("#")}
@@ -79,16 +83,28 @@ def passwords(policy: Policy) -> None:
         content=render("passwords/pwquality.conf.j2", policy=policy),
     )
     files.directory(name="Lockout tally directory", path=FAILLOCK_DIR, user="root", group="root", mode="700")
-    config_file(name="Lockout", dest="/etc/security/faillock.conf", content=render("passwords/faillock.conf.j2", policy=policy, faillock_dir=FAILLOCK_DIR))
+    config_file(
+        name="Lockout",
+        dest="/etc/security/faillock.conf",
+        content=render("passwords/faillock.conf.j2", policy=policy, faillock_dir=FAILLOCK_DIR),
+    )
     profiles = {name: render(template, policy=policy) for name, template in PROFILES.items()}
     for name, text in profiles.items():
         config_file(name=f"PAM profile {name}", dest=f"/usr/share/pam-configs/{name}", content=text)
     enable_pam_profiles(name="Enable the PAM profiles", profiles=profiles)
 
     aging = policy.passwords.aging
-    for key, value in (("PASS_MAX_DAYS", aging.max_days), ("PASS_MIN_DAYS", aging.min_days), ("PASS_WARN_AGE", aging.warn_days)):
-        files.line(name=f"login.defs {key}", path="/etc/login.defs", line=rf"^{key}[[:space:]].*$", replace=f"{key}\t{value}")
+    for key, value in (
+        ("PASS_MAX_DAYS", aging.max_days),
+        ("PASS_MIN_DAYS", aging.min_days),
+        ("PASS_WARN_AGE", aging.warn_days),
+    ):
+        files.line(
+            name=f"login.defs {key}", path="/etc/login.defs", line=rf"^{key}[[:space:]].*$", replace=f"{key}\t{value}"
+        )
     files.line(
         name="New accounts go inactive after an expired password",
-        path="/etc/default/useradd", line=r"^INACTIVE=.*$", replace=f"INACTIVE={aging.inactive_days}",
+        path="/etc/default/useradd",
+        line=r"^INACTIVE=.*$",
+        replace=f"INACTIVE={aging.inactive_days}",
     )

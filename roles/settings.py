@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exchange.validation import describe
+
 PASS_THROUGH_PREFIXES = ("ssh_", "_")
 
 
@@ -20,19 +22,23 @@ class HostSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     apt_cache_time: int = Field(
-        3600, ge=0,
+        3600,
+        ge=0,
         description="Seconds an `apt-get update` stays fresh; within it a re-run does not refresh the index.",
     )
     automatic_security_updates: bool = Field(
-        True, description="Install Debian security updates daily with unattended-upgrades.",
+        True,
+        description="Install Debian security updates daily with unattended-upgrades.",
     )
     automatic_reboot_time: str | None = Field(
-        None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        None,
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
         description="If set (HH:MM), reboot at that time when an update needs it; otherwise never reboot by itself.",
     )
     sshd_port: int = Field(22, ge=1, le=65535, description="Port the OpenSSH server listens on.")
     sshd_listen_addresses: list[str] = Field(
-        default_factory=list, description="Addresses sshd binds to; empty means all.",
+        default_factory=list,
+        description="Addresses sshd binds to; empty means all.",
     )
     ssh_admin_groups: list[str] = Field(
         default_factory=lambda: ["sudo"],
@@ -44,7 +50,8 @@ class HostSettings(BaseModel):
         "Unset: partner accounts are not managed on this host.",
     )
     admin_connects_as_root: bool = Field(
-        False, description="The deploying admin logs in as root (key only); otherwise root login is refused.",
+        False,
+        description="The deploying admin logs in as root (key only); otherwise root login is refused.",
     )
 
 
@@ -53,9 +60,4 @@ def host_settings(name: str, data: dict) -> HostSettings:
     try:
         return HostSettings.model_validate(ours)
     except ValidationError as exc:
-        lines = []
-        for item in exc.errors(include_url=False):
-            key = ".".join(map(str, item["loc"]))
-            msg = "unknown host data key" if item["type"] == "extra_forbidden" else item["msg"]
-            lines.append(f"inventory host {name}: {key}: {msg}")
-        raise HostSettingsError("\n".join(lines)) from None
+        raise HostSettingsError(describe(f"inventory host {name}", exc, unknown="unknown host data key")) from None

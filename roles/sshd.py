@@ -118,13 +118,19 @@ def sshd(policy: Policy, settings: HostSettings) -> None:
     files.directory(name="Exchange accounts' public keys", path=KEYS_DIR, user="root", group="root", mode="755")
 
     allowed = allow_groups(policy, settings)
-    admin_keeps_access(name="The deploying admin keeps access", admin=host.data.get("ssh_user") or "root", allowed=allowed)
+    admin_keeps_access(
+        name="The deploying admin keeps access", admin=host.data.get("ssh_user") or "root", allowed=allowed
+    )
     config_file(
         name="sshd_config (validated with sshd -t)",
         dest="/etc/ssh/sshd_config",
         content=render(
-            "sshd/sshd_config.j2", policy=policy, settings=settings, allow_groups=allowed,
-            keys_dir=KEYS_DIR, sftp_denied_requests=SFTP_DENIED_REQUESTS,
+            "sshd/sshd_config.j2",
+            policy=policy,
+            settings=settings,
+            allow_groups=allowed,
+            keys_dir=KEYS_DIR,
+            sftp_denied_requests=SFTP_DENIED_REQUESTS,
         ),
         mode="600",
         validate="sshd -t -f {path}",

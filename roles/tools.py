@@ -35,7 +35,9 @@ TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"
 
 def _source_digest(arch: str) -> str:
     digest = hashlib.sha256(arch.encode())
-    for path in sorted([REPO / "pyproject.toml", *(REPO / "scripts").rglob("*.py"), *(REPO / "scripts").rglob("py.typed")]):
+    for path in sorted(
+        [REPO / "pyproject.toml", *(REPO / "scripts").rglob("*.py"), *(REPO / "scripts").rglob("py.typed")]
+    ):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -52,10 +54,13 @@ def wheelhouse(arch: str) -> tuple[Path, str]:
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
     subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(out), str(REPO)], check=True, env=env)
     (own,) = out.glob("imaging_exchange-*.whl")
-    platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in (17, 28, 34)] + [f"--platform=manylinux2014_{arch}"]
+    platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in (17, 28, 34)] + [
+        f"--platform=manylinux2014_{arch}"
+    ]
     subprocess.run(
         [*pip, "download", "--only-binary=:all:", *TARGET, *platforms, "--dest", str(out), str(own)],
-        check=True, env=env,
+        check=True,
+        env=env,
     )
     (out / ".complete").touch()
     return out, key
@@ -82,8 +87,20 @@ def tools(policy: LoadedPolicy) -> None:
     arch = host.get_fact(Arch)
     source, key = wheelhouse(arch)
     files.directory(name="Tools directory", path=PREFIX, user="root", group="root", mode="755")
-    files.directory(name="Configuration directory", path=str(HOST_POLICY_PATH.parent), user="root", group="root", mode="755")
-    files.sync(name="Upload the wheelhouse", src=str(source), dest=WHEELS, delete=True, user="root", group="root", mode="644", dir_mode="755", exclude=".complete")
+    files.directory(
+        name="Configuration directory", path=str(HOST_POLICY_PATH.parent), user="root", group="root", mode="755"
+    )
+    files.sync(
+        name="Upload the wheelhouse",
+        src=str(source),
+        dest=WHEELS,
+        delete=True,
+        user="root",
+        group="root",
+        mode="644",
+        dir_mode="755",
+        exclude=".complete",
+    )
     install_tools(name="Install the exchange tools", key=key)
     files.link(name="Put `exchange` on PATH", path="/usr/local/bin/exchange", target=f"{VENV}/bin/exchange")
     config_file(

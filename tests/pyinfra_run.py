@@ -12,8 +12,12 @@ PYINFRA = REPO / ".venv/bin/pyinfra"
 def pyinfra(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(PYINFRA), *args],
-        cwd=REPO, env={**os.environ, **(env or {})},
-        text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -83,9 +83,13 @@ def _run(*cmd: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([str(c) for c in cmd], check=True, text=True, capture_output=True, **kwargs)
     except subprocess.CalledProcessError as exc:
-        raise TestHostError(f"{' '.join(map(str, cmd))} failed ({exc.returncode}):\n{exc.stderr or exc.stdout}") from None
+        raise TestHostError(
+            f"{' '.join(map(str, cmd))} failed ({exc.returncode}):\n{exc.stderr or exc.stdout}"
+        ) from None
     except FileNotFoundError as exc:
-        raise TestHostError(f"{exc.filename} is not installed; run `make deps` (apt-get install debootstrap systemd-container)") from None
+        raise TestHostError(
+            f"{exc.filename} is not installed; run `make deps` (apt-get install debootstrap systemd-container)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -106,8 +110,12 @@ def pristine_rootfs(log=print) -> Path:
         shutil.rmtree(building, ignore_errors=True)
         log(f"building the pristine {SUITE} rootfs in {target} (once, about a minute) ...")
         _run(
-            "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-            SUITE, building, MIRROR,
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            building,
+            MIRROR,
         )
         _prepare_pristine(building)
         building.rename(target)
@@ -157,9 +165,19 @@ class TestHost:
 
     def ssh_args(self, user: str | None = None) -> list[str]:
         return [
-            "ssh", "-p", str(self.port), "-i", str(self.key),
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            str(self.key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
             f"{user or self.user}@{self.hostname}",
         ]
 
@@ -238,7 +256,11 @@ def boot(name: str, log=print) -> TestHost:
         for sub in ("upper", "work", "root"):
             (directory / sub).mkdir()
         _run(
-            "mount", "-t", "overlay", "overlay", "-o",
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
             f"lowerdir={lower},upperdir={directory / 'upper'},workdir={directory / 'work'}",
             host.merged,
         )
@@ -246,11 +268,21 @@ def boot(name: str, log=print) -> TestHost:
         console = open(directory / "console.log", "w")
         process = subprocess.Popen(
             [
-                "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
-                "--console=passive", "--link-journal=no", "--resolv-conf=copy-host",
-                f"--machine={name}", f"--directory={host.merged}",
+                "systemd-nspawn",
+                "--quiet",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                "--link-journal=no",
+                "--resolv-conf=copy-host",
+                f"--machine={name}",
+                f"--directory={host.merged}",
             ],
-            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         host.pid = process.pid
         _state_file(directory).write_text(json.dumps(asdict(host)))
@@ -271,9 +303,7 @@ def _personalise(host: TestHost) -> None:
     (ssh_dir / "authorized_keys").write_text(host.key.with_suffix(".pub").read_text())
     (ssh_dir / "authorized_keys").chmod(0o600)
     # The port is host data too (inventory/testhost.py), so the deploy keeps it.
-    (root / "etc/ssh/sshd_config.d/10-testhost.conf").write_text(
-        f"Port {host.port}\nListenAddress {host.hostname}\n"
-    )
+    (root / "etc/ssh/sshd_config.d/10-testhost.conf").write_text(f"Port {host.port}\nListenAddress {host.hostname}\n")
     known = []
     for pub in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub")):
         keytype, blob = pub.read_text().split()[:2]
@@ -343,7 +373,7 @@ def _teardown_directory(directory: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
     if os.path.ismount(merged):
-        for attempt in range(20):
+        for _attempt in range(20):
             if subprocess.run(["umount", str(merged)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.25)

@@ -160,7 +160,12 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
 
     for group in (policy.accounts.partner_group, policy.accounts.link_group, policy.accounts.staff_group):
         if observed["groups"].get(group) is None:
-            result.add("", f"create group {group}", f"groupadd --system {shlex.quote(group)}", audit("group-created", group=group))
+            result.add(
+                "",
+                f"create group {group}",
+                f"groupadd --system {shlex.quote(group)}",
+                audit("group-created", group=group),
+            )
     for path, (owner, group, mode) in layout.tree_dirs().items():
         node = observed["dirs"].get(path)
         _refuse_non_directory(path, node)
@@ -178,7 +183,9 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
         _plan_account(layout, account, accounts.get(account.name), today, result)
 
     for name in observed.get("stray_log_sockets", []):
-        result.add(name, "remove the log socket of a removed account", f"rm -f {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}")
+        result.add(
+            name, "remove the log socket of a removed account", f"rm -f {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}"
+        )
         result.restart_rsyslog = True
     if result.restart_rsyslog:
         # rsyslog opens the new /dev/log sockets inside the chroots.
@@ -197,14 +204,22 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
         if not account.active:
             return
         result.add(
-            name, f"create {kind} account",
+            name,
+            f"create {kind} account",
             # No password yet ("!"): nothing opens until the staff tool hands one out.
             f"useradd --user-group --no-create-home --home-dir {shlex.quote(chroot)} "
             f"--shell {NOLOGIN} --groups {shlex.quote(group)} {q}",
             audit("account-created", account=name, kind=kind),
         )
-        seen = {"shadow": None, "paths": {}, "home": chroot, "shell": NOLOGIN,
-                "exchange_groups": [group], "authorized_keys": None, "log_socket": None}
+        seen = {
+            "shadow": None,
+            "paths": {},
+            "home": chroot,
+            "shell": NOLOGIN,
+            "exchange_groups": [group],
+            "authorized_keys": None,
+            "log_socket": None,
+        }
     else:
         if group not in seen["exchange_groups"]:
             raise AccountConflict(
@@ -224,10 +239,10 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
     keys = authorized_keys(account.public_keys)
     # A locked account keeps its keys (expiry refuses them), so unlocking restores them.
     if account.active and keys != (seen["authorized_keys"] or ""):
-        if keys:
-            result.add(name, "public keys", _write_file(keys_path, keys))
-        else:
-            result.add(name, "public keys", f"rm -f {shlex.quote(keys_path)}")
+        change = _write_file(keys_path, keys) if keys else f"rm -f {shlex.quote(keys_path)}"
+        result.add(
+            name, "public keys", change, audit("keys-changed", account=name, kind=kind, keys=len(account.public_keys))
+        )
 
     socket = log_socket_config(f"{chroot}/dev/log", name)
     if seen["log_socket"] != socket:
@@ -237,23 +252,31 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
     shadow = seen["shadow"] or {}
     if kind == "partner":
         aging = policy.passwords.aging
-        want = {"min_days": aging.min_days, "max_days": aging.max_days, "warn_days": aging.warn_days,
-                "inactive_days": aging.inactive_days}
+        want = {
+            "min_days": aging.min_days,
+            "max_days": aging.max_days,
+            "warn_days": aging.warn_days,
+            "inactive_days": aging.inactive_days,
+        }
         if any(shadow.get(key) != value for key, value in want.items()):
             result.add(
-                name, "password aging",
+                name,
+                "password aging",
                 f"chage --mindays {aging.min_days} --maxdays {aging.max_days} --warndays {aging.warn_days} "
                 f"--inactive {aging.inactive_days} {q}",
             )
         expire = shadow.get("expire")
         if account.active and expire is not None:
-            result.add(name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind))
+            result.add(
+                name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind)
+            )
         elif not account.active and (expire is None or expire > today):
             # Account expiry refuses every method (password and key); the expiry day also
             # records when the lock began, from which retention counts down to removal.
             lock_day = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + today).isoformat()
             result.add(
-                name, "lock and end sessions",
+                name,
+                "lock and end sessions",
                 f"usermod --expiredate {lock_day} {q}",
                 f"pkill -KILL -u {q} || true",
                 audit("account-locked", account=name, kind=kind, reason="absent from partner data"),

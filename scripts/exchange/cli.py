@@ -1,7 +1,7 @@
 """`exchange`: the on-host tools, one command with subcommands."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ policy_app = typer.Typer(help="Inspect the exchange policy.", no_args_is_help=Tr
 app.add_typer(policy_app, name="policy")
 
 PolicyOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Argument(help=f"Policy file (default: ${POLICY_ENV}, else {HOST_POLICY_PATH}).", show_default=False),
 ]
 
@@ -30,39 +30,33 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     pass
+
+
+def _policy_or_exit(path: Path | None = None, status: int = 2):
+    """The policy, or exit with `status` and one line per problem."""
+    try:
+        return load_policy(path)
+    except PolicyError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(status) from None
 
 
 @policy_app.command("check")
 def policy_check(path: PolicyOption = None) -> None:
     """Validate a policy file; exit 1 with one line per problem."""
-    try:
-        loaded = load_policy(path)
-    except PolicyError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1)
+    loaded = _policy_or_exit(path, status=1)
     typer.echo(f"{loaded.path}: valid (sha256 {loaded.sha256})")
 
 
 @policy_app.command("show")
 def policy_show(path: PolicyOption = None) -> None:
     """Print the effective policy, defaults included, as JSON."""
-    try:
-        loaded = load_policy(path)
-    except PolicyError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(1)
-    typer.echo(loaded.policy.model_dump_json(indent=2))
-
-
-def _policy_or_exit():
-    try:
-        return load_policy()
-    except PolicyError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2)
+    typer.echo(_policy_or_exit(path, status=1).policy.model_dump_json(indent=2))
 
 
 @app.command()
@@ -74,7 +68,8 @@ def purge(
 
     Every deletion is one JSON line in the audit log and syslog (and on stdout).
     """
-    from exchange.purge import PurgeBusy, purge as run_purge
+    from exchange.purge import PurgeBusy
+    from exchange.purge import purge as run_purge
 
     loaded = _policy_or_exit()
     try:

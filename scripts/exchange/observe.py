@@ -116,7 +116,8 @@ def observe(params):
         "dirs": {path: _node(path) for path in params["dirs"]},
         "accounts": accounts,
         "stray_log_sockets": sorted(
-            entry[:-5] for entry in (os.listdir(params["log_socket_dir"]) if os.path.isdir(params["log_socket_dir"]) else [])
+            entry[:-5]
+            for entry in (os.listdir(params["log_socket_dir"]) if os.path.isdir(params["log_socket_dir"]) else [])
             if entry.endswith(".conf") and entry[:-5] not in accounts
         ),
     }

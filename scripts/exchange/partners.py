@@ -9,13 +9,38 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
+from exchange.validation import describe
+
 # A Debian username that is also safe as a path component and a syslog hostname.
 PARTNER_NAME = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 # Names that must never become an exchange account.
 RESERVED = frozenset(
-    {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
-     "www-data", "backup", "list", "irc", "nobody", "sshd", "systemd-network", "messagebus", "admin",
-     "staff", "auditor", "exchange"}
+    {
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "nobody",
+        "sshd",
+        "systemd-network",
+        "messagebus",
+        "admin",
+        "staff",
+        "auditor",
+        "exchange",
+    }
 )
 SSH_PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|sk-ssh-ed25519@openssh\.com|rsa-sha2-512|rsa-sha2-256|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
@@ -83,9 +108,4 @@ def load_partners(path: Path | str) -> tuple[Partner, ...]:
     try:
         return tuple(PartnerList.model_validate(data).partners)
     except ValidationError as exc:
-        lines = []
-        for item in exc.errors(include_url=False):
-            key = ".".join(str(part) for part in item["loc"])
-            msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {key}: {msg}")
-        raise PartnerDataError("\n".join(lines)) from None
+        raise PartnerDataError(describe(str(path), exc)) from None

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from exchange.validation import describe
+
 # Where the deploy installs the policy on a server; the tools read it from there.
 HOST_POLICY_PATH = PurePosixPath("/etc/imaging-exchange/policies.yaml")
 # Lets an admin point deploy or tools at another policy file.
@@ -92,7 +94,7 @@ class AccountsPolicy(Section):
         return value
 
     @model_validator(mode="after")
-    def _distinct(self) -> "AccountsPolicy":
+    def _distinct(self) -> AccountsPolicy:
         groups = [self.partner_group, self.link_group, self.staff_group]
         if len(set(groups)) != len(groups):
             raise ValueError("partner_group, link_group and staff_group must be three different groups")
@@ -191,9 +193,7 @@ class Policy(Section):
         retention = info.data.get("retention")
         if retention and value.validity_days > retention.days:
             # A link that outlives its files would open an empty page.
-            raise ValueError(
-                f"validity_days ({value.validity_days}) must not exceed retention.days ({retention.days})"
-            )
+            raise ValueError(f"validity_days ({value.validity_days}) must not exceed retention.days ({retention.days})")
         return value
 
 
@@ -205,25 +205,6 @@ class LoadedPolicy(BaseModel):
     path: Path
     sha256: str
     policy: Policy
-
-
-def _location(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
-
-
-def _describe(path: Path, error: ValidationError) -> str:
-    lines = []
-    for item in error.errors(include_url=False):
-        key = _location(item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif item["type"] == "missing":
-            msg = "required key is missing"
-        elif not isinstance(item.get("input"), (dict, list, type(None))):
-            msg = f"{msg} (got {item['input']!r})"
-        lines.append(f"{path}: {key}: {msg}")
-    return "\n".join(lines)
 
 
 def parse_policy(text: str, path: Path) -> Policy:
@@ -239,7 +220,7 @@ def parse_policy(text: str, path: Path) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(_describe(path, exc)) from None
+        raise PolicyError(describe(str(path), exc)) from None
 
 
 def default_policy_path() -> Path:

@@ -51,7 +51,9 @@ def purge_lock(path: Path = LOCK_FILE) -> Iterator[None]:
         yield
 
 
-def _purge_tree(dir_fd: int, relative: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport) -> bool:
+def _purge_tree(
+    dir_fd: int, relative: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport
+) -> bool:
     """Delete what is too old below `dir_fd`; return True if the directory ended up empty."""
     empty = True
     for entry in sorted(os.listdir(dir_fd)):
@@ -118,8 +120,8 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
                             report.skipped.append(f"{kind_dir}/{account}/{folder}: another filesystem")
                             continue
 
-                        def emit_for(event, _account=account, _folder=folder, path="", **fields):
-                            emit(event, account=_account, kind=kind, path=f"/{_folder}{path}", **fields)
+                        def emit_for(event, _account=account, _kind=kind, _folder=folder, path="", **fields):
+                            emit(event, account=_account, kind=_kind, path=f"/{_folder}{path}", **fields)
 
                         _purge_tree(folder_fd, "", device, cutoff, emit_for, dry_run, report)
                     finally:
@@ -146,7 +148,9 @@ def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str
     return expired
 
 
-def purge(policy: Policy, dry_run: bool = False, out: Callable[[str], None] = print, now: float | None = None) -> PurgeReport:
+def purge(
+    policy: Policy, dry_run: bool = False, out: Callable[[str], None] = print, now: float | None = None
+) -> PurgeReport:
     layout = Layout(policy)
     report = PurgeReport()
 

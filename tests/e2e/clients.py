@@ -12,11 +12,27 @@ from tests.testhost import TestHost
 
 
 def ssh_options(host: TestHost, key: Path | None) -> list[str]:
-    options = ["-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-               "-o", "HostKeyAlgorithms=ssh-ed25519", "-o", "ConnectTimeout=10"]
+    options = [
+        "-o",
+        f"UserKnownHostsFile={host.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "HostKeyAlgorithms=ssh-ed25519",
+        "-o",
+        "ConnectTimeout=10",
+    ]
     if key:
-        options += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                    "-o", "PreferredAuthentications=publickey"]
+        options += [
+            "-i",
+            str(key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PreferredAuthentications=publickey",
+        ]
     return options
 
 
@@ -24,14 +40,20 @@ def openssh_sftp(host: TestHost, user: str, key: Path, batch: str) -> subprocess
     """`sftp -b -`: stops at the first failing command, exit status 1."""
     return subprocess.run(
         ["sftp", *ssh_options(host, key), "-P", str(host.port), "-b", "-", f"{user}@{host.hostname}"],
-        input=batch, text=True, capture_output=True, timeout=60,
+        input=batch,
+        text=True,
+        capture_output=True,
+        timeout=60,
     )
 
 
 def openssh(host: TestHost, user: str, key: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["ssh", *ssh_options(host, key), "-p", str(host.port), *args[:-1], f"{user}@{host.hostname}", args[-1]],
-        text=True, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -58,15 +80,23 @@ def transport(host: TestHost) -> paramiko.Transport:
     sock = paramiko.Transport((host.hostname, host.port))
     sock.start_client(timeout=15)
     offered = sock.get_remote_server_key()
-    known = {line.split()[2] for line in host.known_hosts.read_text().splitlines() if line.split()[1] == offered.get_name()}
+    known = {
+        line.split()[2] for line in host.known_hosts.read_text().splitlines() if line.split()[1] == offered.get_name()
+    }
     if offered.get_base64() not in known:
         sock.close()
         raise AssertionError(f"host key {offered.get_name()} does not match known_hosts")
     return sock
 
 
-def paramiko_sftp(host: TestHost, user: str, password: str | None = None, key: Path | None = None,
-                  new_password: str | None = None, messages: list[str] | None = None) -> paramiko.SFTPClient:
+def paramiko_sftp(
+    host: TestHost,
+    user: str,
+    password: str | None = None,
+    key: Path | None = None,
+    new_password: str | None = None,
+    messages: list[str] | None = None,
+) -> paramiko.SFTPClient:
     sock = transport(host)
     try:
         if key:

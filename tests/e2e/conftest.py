@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from roles.passwords import FAILLOCK_DIR
 import yaml
 from passlib.hash import sha512_crypt
 
+from roles.passwords import FAILLOCK_DIR
 from tests import testhost
 from tests.pyinfra_run import pyinfra
 
@@ -42,7 +41,9 @@ class Exchange:
 
     def set_password(self, name: str, password: str) -> None:
         # Set as root with a ready hash, as the staff tool will; PAM rules apply to changes.
-        self.host.ssh(f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --dir {FAILLOCK_DIR} --user {name} --reset")
+        self.host.ssh(
+            f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --dir {FAILLOCK_DIR} --user {name} --reset"
+        )
 
 
 def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> Path:
@@ -50,10 +51,16 @@ def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> 
     entries = []
     for host in hosts:
         host_data = {
-            "ssh_hostname": host.hostname, "ssh_port": host.port, "ssh_user": "root",
-            "ssh_key": str(host.key), "ssh_known_hosts_file": str(host.known_hosts),
-            "ssh_strict_host_key_checking": "yes", "admin_connects_as_root": True,
-            "sshd_port": host.port, "sshd_listen_addresses": [host.hostname], **data,
+            "ssh_hostname": host.hostname,
+            "ssh_port": host.port,
+            "ssh_user": "root",
+            "ssh_key": str(host.key),
+            "ssh_known_hosts_file": str(host.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            "admin_connects_as_root": True,
+            "sshd_port": host.port,
+            "sshd_listen_addresses": [host.hostname],
+            **data,
         }
         entries.append((host.name, host_data))
     path = directory / f"inventory_{'_'.join(h.name for h in hosts)}.py".replace("-", "_")
@@ -62,8 +69,13 @@ def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> 
 
 
 def partner_entry(name: str, key: Path | None = None, present: bool = True) -> dict:
-    entry = {"name": name, "organisation": f"{name} radiology", "email": f"{name}@partner.example",
-             "phone": "+31612345678", "present": present}
+    entry = {
+        "name": name,
+        "organisation": f"{name} radiology",
+        "email": f"{name}@partner.example",
+        "phone": "+31612345678",
+        "present": present,
+    }
     if key:
         entry["public_keys"] = [key.with_suffix(".pub").read_text().strip()]
     return entry
@@ -76,7 +88,9 @@ def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
         logins[name] = PartnerLogin(name=name, password=f"Tulip-{name}-Harbour-42!", key=key)
     partners_file = directory / "partners.yaml"
-    exchange = Exchange(host, write_inventory(directory, [host], partners_file=str(partners_file)), partners_file, logins)
+    exchange = Exchange(
+        host, write_inventory(directory, [host], partners_file=str(partners_file)), partners_file, logins
+    )
     exchange.write_partners([partner_entry(name, logins[name].key) for name in PARTNERS])
     result = exchange.deploy()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -14,13 +14,18 @@ def test_audit_log_is_append_only_even_for_root(exchange):
     assert "a" in host.ssh(f"lsattr -d {AUDIT_LOG}").stdout.split()[0]
     assert host.ssh(f"stat -c '%U:%G:%a' {AUDIT_LOG}").stdout.strip() == "root:adm:640"
     size = int(host.ssh(f"stat -c %s {AUDIT_LOG}").stdout)
-    for attempt in (f": > {AUDIT_LOG}", f"echo forged > {AUDIT_LOG}", f"rm -f {AUDIT_LOG}", f"mv {AUDIT_LOG} /tmp/gone"):
+    for attempt in (
+        f": > {AUDIT_LOG}",
+        f"echo forged > {AUDIT_LOG}",
+        f"rm -f {AUDIT_LOG}",
+        f"mv {AUDIT_LOG} /tmp/gone",
+    ):
         assert host.ssh(attempt, check=False).returncode != 0, f"root could: {attempt}"
     assert int(host.ssh(f"stat -c %s {AUDIT_LOG}").stdout) >= size
 
 
 def test_events_arrive_as_json_lines(exchange):
-    exchange.host.ssh("logger -t imaging-exchange -p authpriv.notice -- '{\"event\": \"probe\", \"n\": 1}'")
+    exchange.host.ssh('logger -t imaging-exchange -p authpriv.notice -- \'{"event": "probe", "n": 1}\'')
     time.sleep(1)
     last = exchange.host.ssh(f"tail -n 1 {AUDIT_LOG}").stdout
     assert json.loads(last) == {"event": "probe", "n": 1}
@@ -33,6 +38,6 @@ def test_rotation_keeps_the_new_log_append_only(exchange):
     host.ssh("logrotate --force /etc/logrotate.d/imaging-exchange")
     assert host.ssh(f"test -f {AUDIT_LOG}.1", check=False).returncode == 0
     assert "a" in host.ssh(f"lsattr -d {AUDIT_LOG}").stdout.split()[0]
-    host.ssh("logger -t imaging-exchange -p authpriv.notice -- '{\"event\": \"after-rotation\"}'")
+    host.ssh('logger -t imaging-exchange -p authpriv.notice -- \'{"event": "after-rotation"}\'')
     time.sleep(1)
     assert json.loads(host.ssh(f"tail -n 1 {AUDIT_LOG}").stdout) == {"event": "after-rotation"}

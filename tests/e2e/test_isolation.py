@@ -32,7 +32,12 @@ def test_openssh_sftp_reads_download_and_writes_upload_only(staged, tmp_path, me
     login = staged.logins[me]
     local = tmp_path / "report.txt"
     local.write_text(f"from {me}\n")
-    ok = openssh_sftp(staged.host, me, login.key, f"ls /\nget /download/study.zip {tmp_path}/got.zip\nput {local} /upload/report.txt\nls -l /upload\n")
+    ok = openssh_sftp(
+        staged.host,
+        me,
+        login.key,
+        f"ls /\nget /download/study.zip {tmp_path}/got.zip\nput {local} /upload/report.txt\nls -l /upload\n",
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "got.zip").read_text() == f"study for {me}\n"
     assert "report.txt" in ok.stdout
@@ -89,10 +94,27 @@ def test_no_shell_no_command_no_tty(exchange, me):
     assert "PTY allocation request failed" in tty.stderr
     # scp's legacy protocol runs `scp -t` on the server, which ForceCommand replaces.
     scp = subprocess.run(
-        ["scp", "-O", "-P", str(exchange.host.port), "-i", str(login.key), "-o", "IdentitiesOnly=yes",
-         "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={exchange.host.known_hosts}",
-         "-o", "HostKeyAlgorithms=ssh-ed25519", str(login.key) + ".pub", f"{me}@127.0.0.1:/etc/"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "scp",
+            "-O",
+            "-P",
+            str(exchange.host.port),
+            "-i",
+            str(login.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={exchange.host.known_hosts}",
+            "-o",
+            "HostKeyAlgorithms=ssh-ed25519",
+            str(login.key) + ".pub",
+            f"{me}@127.0.0.1:/etc/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert scp.returncode != 0
     rsync = openssh(exchange.host, me, login.key, "rsync --server -e.LsfxC . /tmp/")
@@ -114,11 +136,21 @@ def test_no_forwarding_of_any_kind(exchange, me):
         sock.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", 40000), timeout=1).close()
-    remote = openssh(exchange.host, me, exchange.logins[me].key, "-N", "-o", "ExitOnForwardFailure=yes",
-                     "-R", "0:127.0.0.1:9", "")
+    remote = openssh(
+        exchange.host, me, exchange.logins[me].key, "-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9", ""
+    )
     assert remote.returncode != 0 and "remote port forwarding failed" in remote.stderr
-    unix = openssh(exchange.host, me, exchange.logins[me].key, "-N", "-o", "ExitOnForwardFailure=yes",
-                   "-R", "/tmp/partner.sock:127.0.0.1:9", "")
+    unix = openssh(
+        exchange.host,
+        me,
+        exchange.logins[me].key,
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "/tmp/partner.sock:127.0.0.1:9",
+        "",
+    )
     assert unix.returncode != 0 and "forwarding failed" in unix.stderr
 
 
@@ -127,7 +159,12 @@ def test_sftp_sessions_and_file_operations_are_logged_with_the_account(exchange,
     login = exchange.logins[me]
     local = tmp_path / "audit-probe.dcm"
     local.write_bytes(b"DICM probe")
-    result = openssh_sftp(exchange.host, me, login.key, f"put {local} /upload/audit-probe.dcm\nget /upload/audit-probe.dcm {tmp_path}/back.dcm\nrename /upload/audit-probe.dcm /upload/renamed.dcm\nrm /upload/renamed.dcm\n")
+    result = openssh_sftp(
+        exchange.host,
+        me,
+        login.key,
+        f"put {local} /upload/audit-probe.dcm\nget /upload/audit-probe.dcm {tmp_path}/back.dcm\nrename /upload/audit-probe.dcm /upload/renamed.dcm\nrm /upload/renamed.dcm\n",
+    )
     assert result.returncode == 0, result.stderr
     log = exchange.host.ssh("cat /var/log/imaging-exchange/sftp.log").stdout
     mine = [line for line in log.splitlines() if f"account={me} " in line]

@@ -30,7 +30,7 @@ def can_login(exchange, name) -> dict[str, bool]:
 
 
 def audit_events(exchange, event):
-    text = exchange.host.ssh(f"grep -h '\"event\": \"{event}\"' /var/log/imaging-exchange/audit.log || true").stdout
+    text = exchange.host.ssh(f'grep -h \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -46,7 +46,9 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
     exchange.host.ssh(f"printf 'for bob' > /srv/exchange/partners/{bob}/download/keep.zip")
     session = paramiko_sftp(exchange.host, bob, password=exchange.logins[bob].password)
 
-    exchange.write_partners([partner_entry(alice, exchange.logins[alice].key), partner_entry(bob, exchange.logins[bob].key, present=False)])
+    exchange.write_partners(
+        [partner_entry(alice, exchange.logins[alice].key), partner_entry(bob, exchange.logins[bob].key, present=False)]
+    )
     result = exchange.deploy()
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -109,8 +111,12 @@ def test_a_deploy_killed_half_way_converges_on_the_next_run(boot_host, tmp_path)
     partners.write_text(json.dumps({"partners": [partner_entry(f"partner-{i:02d}") for i in range(5)]}))
     inventory = write_inventory(tmp_path, [host], partners_file=str(partners))
     run = subprocess.Popen(
-        [str(PYINFRA), "-y", str(inventory), "deploy.py"], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [str(PYINFRA), "-y", str(inventory), "deploy.py"],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     seen = []
     for line in run.stdout:
@@ -125,4 +131,8 @@ def test_a_deploy_killed_half_way_converges_on_the_next_run(boot_host, tmp_path)
     again = pyinfra("-y", str(inventory), "deploy.py")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert {name: hosts for name, hosts in changed_operations(str(inventory)).items() if hosts} == {}
-    assert host.ssh("getent group exchange-partners").stdout.strip().endswith(",".join(f"partner-{i:02d}" for i in range(5)))
+    assert (
+        host.ssh("getent group exchange-partners")
+        .stdout.strip()
+        .endswith(",".join(f"partner-{i:02d}" for i in range(5)))
+    )

@@ -4,7 +4,6 @@ import paramiko
 import pytest
 
 from roles.passwords import FAILLOCK_DIR
-
 from tests.e2e.clients import paramiko_sftp
 from tests.e2e.conftest import PARTNERS
 

@@ -46,7 +46,10 @@ def test_dry_run_lists_and_changes_nothing(exchange, aged_files):
     before = listing(exchange, chroot)
     result = exchange.host.ssh("exchange purge --dry-run")
     planned = [json.loads(line) for line in result.stdout.splitlines()]
-    assert {p["path"] for p in planned if p["event"] == "file-purged"} >= {"/upload/old.dcm", "/download/old-package.zip"}
+    assert {p["path"] for p in planned if p["event"] == "file-purged"} >= {
+        "/upload/old.dcm",
+        "/download/old-package.zip",
+    }
     assert all(p["dry_run"] for p in planned)
     assert listing(exchange, chroot) == before
 
@@ -58,15 +61,36 @@ def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged
     deleted = [json.loads(line) for line in result.stdout.splitlines()]
     paths = {d["path"] for d in deleted if d["account"] == name}
     assert paths == {
-        "/upload/old.dcm", "/upload/nested/deeper/old2.dcm", "/upload/nested/deeper", "/upload/nested",
-        "/upload/recent/old3.dcm", "/upload/old-link", "/download/old-package.zip",
+        "/upload/old.dcm",
+        "/upload/nested/deeper/old2.dcm",
+        "/upload/nested/deeper",
+        "/upload/nested",
+        "/upload/recent/old3.dcm",
+        "/upload/old-link",
+        "/download/old-package.zip",
     }
     left = listing(exchange, chroot)
-    for kept in ("./upload/young.dcm", "./upload/recent", "./upload/etc-link", "./download/new-package.zip", "./dev/log"):
+    for kept in (
+        "./upload/young.dcm",
+        "./upload/recent",
+        "./upload/etc-link",
+        "./download/new-package.zip",
+        "./dev/log",
+    ):
         assert kept in left
     # The links' targets are untouched, and the skeleton stays.
-    assert exchange.host.ssh("test -f /etc/passwd && test -d /etc && test -L " + chroot + "/upload/etc-link", check=False).returncode == 0
-    assert exchange.host.ssh(f"test -d {chroot}/upload && test -d {chroot}/download && test -d {chroot}/dev", check=False).returncode == 0
+    assert (
+        exchange.host.ssh(
+            "test -f /etc/passwd && test -d /etc && test -L " + chroot + "/upload/etc-link", check=False
+        ).returncode
+        == 0
+    )
+    assert (
+        exchange.host.ssh(
+            f"test -d {chroot}/upload && test -d {chroot}/download && test -d {chroot}/dev", check=False
+        ).returncode
+        == 0
+    )
 
     time.sleep(1)  # rsyslog writes asynchronously
     audit = exchange.host.ssh(f"tail -n +{int(audit_before) + 1} /var/log/imaging-exchange/audit.log").stdout
@@ -75,7 +99,9 @@ def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged
     assert {r["path"] for r in files} == {p for p in paths if not p.endswith(("nested", "deeper"))}
     old_dcm = next(r for r in files if r["path"] == "/upload/old.dcm")
     assert old_dcm["size"] == len("old study") and old_dcm["age_hours"] >= 168 and old_dcm["kind"] == "partner"
-    syslog = exchange.host.ssh("journalctl -t imaging-exchange --no-pager -o cat | grep file-purged | tail -n 20").stdout
+    syslog = exchange.host.ssh(
+        "journalctl -t imaging-exchange --no-pager -o cat | grep file-purged | tail -n 20"
+    ).stdout
     assert '"path": "/upload/old.dcm"' in syslog
 
 
@@ -91,7 +117,9 @@ def test_a_second_purge_at_the_same_time_waits_its_turn(exchange, aged_files):
 
 
 def test_purge_runs_from_cron_on_the_policy_schedule(exchange):
-    cron = exchange.host.ssh("stat -c '%U:%G:%a' /etc/cron.d/imaging-exchange-purge && cat /etc/cron.d/imaging-exchange-purge").stdout
+    cron = exchange.host.ssh(
+        "stat -c '%U:%G:%a' /etc/cron.d/imaging-exchange-purge && cat /etc/cron.d/imaging-exchange-purge"
+    ).stdout
     assert cron.startswith("root:root:644\n")
     assert "\n17 * * * * root /usr/local/bin/exchange purge --quiet\n" in cron
     assert exchange.host.ssh("systemctl is-active cron").stdout.strip() == "active"

@@ -26,8 +26,17 @@ def effective(exchange, match: str = "") -> dict[str, str]:
 
 def test_ssh_audit_hardened_debian_12_policy_passes(exchange):
     audit = subprocess.run(
-        [str(REPO / ".venv/bin/ssh-audit"), "-P", "Hardened Debian 12 (version 3)", "-p", str(exchange.host.port), exchange.host.hostname],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(REPO / ".venv/bin/ssh-audit"),
+            "-P",
+            "Hardened Debian 12 (version 3)",
+            "-p",
+            str(exchange.host.port),
+            exchange.host.hostname,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert audit.returncode == 0, audit.stdout
     assert "Passed" in audit.stdout
@@ -70,8 +79,9 @@ def test_sftp_accounts_get_the_match_block(exchange, account):
 
 def test_a_bad_value_is_refused_and_the_admin_keeps_access(exchange, tmp_path):
     before = exchange.host.ssh("sha256sum /etc/ssh/sshd_config").stdout
-    broken = write_inventory(tmp_path, [exchange.host], partners_file=str(exchange.partners_file),
-                             sshd_listen_addresses=["203.0.113.999"])
+    broken = write_inventory(
+        tmp_path, [exchange.host], partners_file=str(exchange.partners_file), sshd_listen_addresses=["203.0.113.999"]
+    )
     result = pyinfra("-y", str(broken), "deploy.py")
     assert result.returncode != 0
     assert "refused /etc/ssh/sshd_config: validation failed" in result.stdout + result.stderr
@@ -82,8 +92,13 @@ def test_a_bad_value_is_refused_and_the_admin_keeps_access(exchange, tmp_path):
 
 def test_a_config_that_would_shut_out_the_admin_is_refused(exchange, tmp_path):
     before = exchange.host.ssh("sha256sum /etc/ssh/sshd_config").stdout
-    lockout = write_inventory(tmp_path, [exchange.host], partners_file=str(exchange.partners_file),
-                              admin_connects_as_root=False, ssh_admin_groups=["sudo"])
+    lockout = write_inventory(
+        tmp_path,
+        [exchange.host],
+        partners_file=str(exchange.partners_file),
+        admin_connects_as_root=False,
+        ssh_admin_groups=["sudo"],
+    )
     result = pyinfra("-y", str(lockout), "deploy.py")
     assert result.returncode != 0
     assert "the admin 'root' (groups: root) is in none of AllowGroups" in result.stdout + result.stderr

@@ -30,8 +30,12 @@ HOLDER = textwrap.dedent(
 
 def start_holder() -> tuple[subprocess.Popen, Path, Path, int]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        [sys.executable, "-c", HOLDER],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k != testhost.RUN_DIR_ENV},
     )
     line = holder.stdout.readline()

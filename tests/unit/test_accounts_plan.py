@@ -17,13 +17,24 @@ def converged_account(name: str, kind: str = "partner", keys: str | None = None,
     }
     aging = POLICY.passwords.aging
     return {
-        "uid": 1001, "primary_group": name, "exchange_groups": [LAYOUT.group(kind)],
-        "home": LAYOUT.chroot(kind, name), "shell": "/usr/sbin/nologin",
-        "shadow": {"password_set": False, "lastchg": TODAY, "min_days": aging.min_days, "max_days": aging.max_days,
-                   "warn_days": aging.warn_days, "inactive_days": aging.inactive_days, "expire": expire},
-        "paths": skeleton, "authorized_keys": keys,
+        "uid": 1001,
+        "primary_group": name,
+        "exchange_groups": [LAYOUT.group(kind)],
+        "home": LAYOUT.chroot(kind, name),
+        "shell": "/usr/sbin/nologin",
+        "shadow": {
+            "password_set": False,
+            "lastchg": TODAY,
+            "min_days": aging.min_days,
+            "max_days": aging.max_days,
+            "warn_days": aging.warn_days,
+            "inactive_days": aging.inactive_days,
+            "expire": expire,
+        },
+        "paths": skeleton,
+        "authorized_keys": keys,
         "log_socket": f'input(type="imuxsock" Socket="{LAYOUT.chroot(kind, name)}/dev/log" CreatePath="on" '
-                      f'HostName="{name}" UseSysTimeStamp="on" RateLimit.Interval="0")\n',
+        f'HostName="{name}" UseSysTimeStamp="on" RateLimit.Interval="0")\n',
     }
 
 
@@ -47,9 +58,14 @@ def test_a_converged_host_needs_nothing():
 
 
 def test_a_new_partner_gets_account_chroot_aging_and_log_socket():
-    steps = plan(LAYOUT, [WantedAccount("alice", "partner", public_keys=("ssh-ed25519 AAAA alice",))], observation(), {"partner"})
+    steps = plan(
+        LAYOUT, [WantedAccount("alice", "partner", public_keys=("ssh-ed25519 AAAA alice",))], observation(), {"partner"}
+    )
     text = commands(steps)
-    assert "useradd --user-group --no-create-home --home-dir /srv/exchange/partners/alice --shell /usr/sbin/nologin --groups exchange-partners alice" in text
+    assert (
+        "useradd --user-group --no-create-home --home-dir /srv/exchange/partners/alice --shell /usr/sbin/nologin --groups exchange-partners alice"
+        in text
+    )
     assert "install -d -o root -g root -m 0755 /srv/exchange/partners/alice\n" in text
     assert "install -d -o root -g exchange-staff -m 2775 /srv/exchange/partners/alice/download" in text
     assert "install -d -o alice -g exchange-staff -m 2770 /srv/exchange/partners/alice/upload" in text
@@ -83,7 +99,9 @@ def test_a_locked_partner_stays_locked_without_new_steps():
 
 def test_a_returning_partner_is_unlocked():
     observed = observation(bob=converged_account("bob", expire=TODAY - 2))
-    assert "usermod --expiredate '' bob" in commands(plan(LAYOUT, [WantedAccount("bob", "partner")], observed, {"partner"}))
+    assert "usermod --expiredate '' bob" in commands(
+        plan(LAYOUT, [WantedAccount("bob", "partner")], observed, {"partner"})
+    )
 
 
 def test_link_accounts_are_not_the_deploys_to_lock():

@@ -24,13 +24,34 @@ GOOD = "  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345
 @pytest.mark.parametrize(
     "entry, words",
     [
-        ("  - {name: Alice, organisation: A, email: a@b.example, phone: '+31612345678'}\n", "partners.0.name: String should match pattern"),
-        ("  - {name: root, organisation: A, email: a@b.example, phone: '+31612345678'}\n", "partners.0.name: 'root' is reserved"),
-        ("  - {name: alice, organisation: A, email: not-an-email, phone: '+31612345678'}\n", "partners.0.email: value is not a valid email address"),
-        ("  - {name: alice, organisation: A, email: a@b.example, phone: '0612345678'}\n", "partners.0.phone: String should match pattern"),
-        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', present: 'no'}\n", "partners.0.present: Input should be a valid boolean"),
-        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', public_keys: ['ssh-dss AAAA']}\n", "partners.0.public_keys: key 0 is not an OpenSSH public key line"),
-        ("  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', shell: /bin/bash}\n", "partners.0.shell: unknown key"),
+        (
+            "  - {name: Alice, organisation: A, email: a@b.example, phone: '+31612345678'}\n",
+            "partners.0.name: String should match pattern",
+        ),
+        (
+            "  - {name: root, organisation: A, email: a@b.example, phone: '+31612345678'}\n",
+            "partners.0.name: 'root' is reserved",
+        ),
+        (
+            "  - {name: alice, organisation: A, email: not-an-email, phone: '+31612345678'}\n",
+            "partners.0.email: value is not a valid email address",
+        ),
+        (
+            "  - {name: alice, organisation: A, email: a@b.example, phone: '0612345678'}\n",
+            "partners.0.phone: String should match pattern",
+        ),
+        (
+            "  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', present: 'no'}\n",
+            "partners.0.present: Input should be a valid boolean",
+        ),
+        (
+            "  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', public_keys: ['ssh-dss AAAA']}\n",
+            "partners.0.public_keys: key 0 is not an OpenSSH public key line",
+        ),
+        (
+            "  - {name: alice, organisation: A, email: a@b.example, phone: '+31612345678', shell: /bin/bash}\n",
+            "partners.0.shell: unknown key",
+        ),
         (GOOD + GOOD, "partners: partner name 'alice' appears twice"),
     ],
 )
@@ -42,7 +63,9 @@ def test_bad_partner_data(tmp_path, entry, words):
 
 
 def test_unreadable_and_malformed_files(tmp_path):
-    assert "cannot read partner file" in str(pytest.raises(PartnerDataError, load_partners, tmp_path / "none.yaml").value)
+    assert "cannot read partner file" in str(
+        pytest.raises(PartnerDataError, load_partners, tmp_path / "none.yaml").value
+    )
     assert "not valid YAML" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "partners: [")).value)
     assert "must be a mapping" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "- a\n")).value)
     assert load_partners(write(tmp_path, "")) == ()

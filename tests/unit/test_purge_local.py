@@ -18,7 +18,11 @@ DAY = 86400
 @pytest.fixture
 def tree(tmp_path):
     policy = load_policy(REPO / "policies.yaml").policy.model_copy(
-        update={"accounts": load_policy(REPO / "policies.yaml").policy.accounts.model_copy(update={"root": str(tmp_path / "srv")})}
+        update={
+            "accounts": load_policy(REPO / "policies.yaml").policy.accounts.model_copy(
+                update={"root": str(tmp_path / "srv")}
+            )
+        }
     )
     layout = Layout(policy)
     chroot = Path(layout.chroot("partner", "alice"))
@@ -46,7 +50,9 @@ def test_age_boundary_is_exactly_seven_times_24_hours(tree):
     young = aged(chroot / "upload/young.dcm", 7 * DAY - 30)
     events, report = run(layout)
     assert not old.exists() and young.exists()
-    assert [(e, f["account"], f["path"], f["size"]) for e, f in events] == [("file-purged", "alice", "/upload/old.dcm", 1)]
+    assert [(e, f["account"], f["path"], f["size"]) for e, f in events] == [
+        ("file-purged", "alice", "/upload/old.dcm", 1)
+    ]
     assert report.files == 1
 
 

@@ -44,8 +44,12 @@ def sshd_config(**settings) -> str:
     policy = load_policy(REPO / "policies.yaml").policy
     host = HostSettings(**settings)
     return render(
-        "sshd/sshd_config.j2", policy=policy, settings=host, allow_groups=allow_groups(policy, host),
-        keys_dir="/etc/ssh/authorized_keys", sftp_denied_requests=SFTP_DENIED_REQUESTS,
+        "sshd/sshd_config.j2",
+        policy=policy,
+        settings=host,
+        allow_groups=allow_groups(policy, host),
+        keys_dir="/etc/ssh/authorized_keys",
+        sftp_denied_requests=SFTP_DENIED_REQUESTS,
     )
 
 

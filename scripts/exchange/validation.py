@@ -1,0 +1,19 @@
+"""One wording for validation errors: `<where>: <key.path>: <what is wrong>`, a line each."""
+
+from pydantic import ValidationError
+
+
+def describe(where: str, error: ValidationError, unknown: str = "unknown key") -> str:
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            message = unknown
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            if not isinstance(item.get("input"), (dict, list, type(None))):
+                message += f" (got {item['input']!r})"
+        lines.append(f"{where}: {key}: {message}")
+    return "\n".join(lines)
