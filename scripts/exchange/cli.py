@@ -1,5 +1,6 @@
 """`exchange`: the on-host tools, one command with subcommands."""
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -68,15 +69,21 @@ def purge(
 
     Every deletion is one JSON line in the audit log and syslog (and on stdout).
     """
-    from exchange.purge import PurgeBusy
+    from exchange.purge import PurgeBusy, PurgeError
     from exchange.purge import purge as run_purge
 
+    if os.geteuid() != 0:
+        typer.echo("exchange purge must run as root: sudo exchange purge", err=True)
+        raise typer.Exit(2)
     loaded = _policy_or_exit()
     try:
         report = run_purge(loaded.policy, dry_run=dry_run, out=(lambda line: None) if quiet else typer.echo)
     except PurgeBusy as busy:
         typer.echo(f"purge skipped: {busy}", err=True)
         return
+    except PurgeError as error:
+        typer.echo(f"purge failed: {error}", err=True)
+        raise typer.Exit(1) from None
     if not quiet:
         verb = "would delete" if dry_run else "deleted"
         typer.echo(

@@ -31,6 +31,10 @@ class PurgeBusy(Exception):
     pass
 
 
+class PurgeError(Exception):
+    """The purge cannot run at all; the message says why."""
+
+
 @dataclass
 class PurgeReport:
     files: int = 0
@@ -93,6 +97,10 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
     policy = layout.policy
     cutoff = now - policy.retention.days * 86400
     root = layout.root
+    if not os.path.isdir(root) or os.path.islink(root):
+        raise PurgeError(
+            f"the exchange root {root} (policy accounts.root) is not a directory; is this server deployed?"
+        )
     device = os.lstat(root).st_dev
     folders = (policy.accounts.download_folder, policy.accounts.upload_folder)
     for kind in ("partner", "link"):

@@ -104,3 +104,32 @@ def test_the_lock_refuses_a_second_purge(tmp_path, monkeypatch):
     with purge_lock(lock):
         pass
     assert purge_module.LOCK_FILE.name == "imaging-exchange-purge.lock"
+
+
+def test_a_missing_exchange_root_is_a_clear_error(tmp_path):
+    policy = load_policy(REPO / "policies.yaml").policy
+    layout = Layout(
+        policy.model_copy(update={"accounts": policy.accounts.model_copy(update={"root": str(tmp_path / "none")})})
+    )
+    with pytest.raises(
+        purge_module.PurgeError, match=r"exchange root .*/none \(policy accounts.root\) is not a directory"
+    ):
+        run(layout)
+
+
+def test_the_cli_reports_it_and_exits_1(tmp_path):
+    import subprocess
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        (REPO / "policies.yaml").read_text().replace("root: /srv/exchange", f"root: {tmp_path}/none")
+    )
+    result = subprocess.run(
+        [str(REPO / ".venv/bin/exchange"), "purge", "--dry-run"],
+        env={"EXCHANGE_POLICY": str(policy_file), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert f"purge failed: the exchange root {tmp_path}/none" in result.stderr
+    assert "Traceback" not in result.stderr
