@@ -42,7 +42,9 @@ def append_only(path: str, user: str = "root", group: str = "adm", mode: str = "
 
 @deploy("Audit trail")
 def logging() -> None:
-    apt.packages(name="Install rsyslog and chattr", packages=["rsyslog", "e2fsprogs"], no_recommends=True)
+    apt.packages(
+        name="Install rsyslog, logrotate and chattr", packages=["rsyslog", "logrotate", "e2fsprogs"], no_recommends=True
+    )
     files.directory(name="Log directory", path=LOG_DIR, user="root", group="adm", mode="750")
     files.directory(name="Chroot log socket directory", path=LOG_SOCKET_DIR, user="root", group="root", mode="755")
     config_file(

@@ -7,11 +7,20 @@ from tests import testhost
 
 @pytest.fixture(scope="session")
 def testhost_session():
-    """A run directory for this session's test hosts; every host in it is gone afterwards."""
+    """A run directory for the hosts of single tests (inventory/testhost.py lists exactly
+    these); every host in it is gone afterwards."""
     if os.geteuid() != 0:
         pytest.fail("end-to-end tests boot systemd-nspawn containers and need root")
     testhost.interrupt_on_sigterm()
     with testhost.session_directory() as directory:
+        yield directory
+
+
+@pytest.fixture(scope="session")
+def shared_hosts(testhost_session):
+    """A run directory for hosts that several tests share; inventory/testhost.py does not
+    list them, so a test's deploy never touches them."""
+    with testhost.session_directory("shared", export=False) as directory:
         yield directory
 
 

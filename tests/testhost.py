@@ -235,10 +235,11 @@ def running_hosts(directory: Path | None = None) -> list[TestHost]:
     return hosts
 
 
-def boot(name: str, log=print) -> TestHost:
-    """Boot a fresh host named `name` and wait until sshd answers and systemd is up."""
+def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
+    """Boot a fresh host named `name` (in `directory`, default: the run directory) and wait
+    until sshd answers and systemd is up."""
     lower = pristine_rootfs(log)
-    base = run_dir()
+    base = directory or run_dir()
     directory = base / name
     with _locked(base / ".lock"):
         if directory.exists():
@@ -406,8 +407,8 @@ def reap_stale_sessions() -> list[str]:
     """Remove the hosts of test sessions whose process is gone (killed, or the machine lost power)."""
     reaped = []
     for session in sorted(STATE_ROOT.glob(SESSION_PREFIX + "*")):
-        pid = int(session.name.removeprefix(SESSION_PREFIX) or 0)
-        if pid and Path(f"/proc/{pid}").exists():
+        owner = session.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and Path(f"/proc/{owner}").exists():
             continue
         for directory in sorted(p for p in session.iterdir() if p.is_dir()):
             _teardown_directory(directory)
@@ -417,24 +418,34 @@ def reap_stale_sessions() -> list[str]:
 
 
 @contextlib.contextmanager
-def session_directory():
-    """A run directory for this process's hosts, removed (hosts and all) on exit."""
+def session_directory(label: str = "hosts", export: bool = True):
+    """A run directory for this process's hosts, removed (hosts and all) on exit.
+
+    With `export`, it becomes the run directory that inventory/testhost.py lists; without,
+    its hosts stay out of that inventory (hosts a test session shares between tests).
+    """
     reap_stale_sessions()
-    directory = STATE_ROOT / f"{SESSION_PREFIX}{os.getpid()}"
+    directory = STATE_ROOT / f"{SESSION_PREFIX}{os.getpid()}-{label}"
     directory.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get(RUN_DIR_ENV)
-    os.environ[RUN_DIR_ENV] = str(directory)
+    if export:
+        os.environ[RUN_DIR_ENV] = str(directory)
     try:
         yield directory
     finally:
         try:
-            down()
+            for host in running_hosts(directory):
+                shutdown(host)
+            for leftover in directory.iterdir():
+                if leftover.is_dir():
+                    _teardown_directory(leftover)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-            if previous is None:
-                os.environ.pop(RUN_DIR_ENV, None)
-            else:
-                os.environ[RUN_DIR_ENV] = previous
+            if export:
+                if previous is None:
+                    os.environ.pop(RUN_DIR_ENV, None)
+                else:
+                    os.environ[RUN_DIR_ENV] = previous
 
 
 def _terminate_as_interrupt(signum, frame):

@@ -103,9 +103,9 @@ def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
 
 
 @pytest.fixture(scope="session")
-def exchange(testhost_session, tmp_path_factory) -> Exchange:
+def exchange(shared_hosts, tmp_path_factory) -> Exchange:
     """One deployed server for the tests that do not change its accounts."""
-    host = testhost.boot("exchange", log=lambda message: print(message, flush=True))
+    host = testhost.boot("exchange", log=lambda message: print(message, flush=True), directory=shared_hosts)
     try:
         yield make_exchange(host, tmp_path_factory.mktemp("exchange"))
     finally:
@@ -113,10 +113,10 @@ def exchange(testhost_session, tmp_path_factory) -> Exchange:
 
 
 @pytest.fixture(scope="module")
-def own_exchange(testhost_session, tmp_path_factory, request) -> Exchange:
+def own_exchange(shared_hosts, tmp_path_factory, request) -> Exchange:
     """A deployed server of the test module's own, for tests that lock or remove accounts."""
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:40]
-    host = testhost.boot(name, log=lambda message: print(message, flush=True))
+    host = testhost.boot(name, log=lambda message: print(message, flush=True), directory=shared_hosts)
     try:
         yield make_exchange(host, tmp_path_factory.mktemp(name))
     finally:
