@@ -10,6 +10,7 @@ from pyinfra import host
 from exchange.partners import PartnerDataError, load_partners
 from roles import REPO, deploy_policy
 from roles.accounts import accounts
+from roles.auditor import auditor
 from roles.base import base
 from roles.logging import logging
 from roles.passwords import passwords
@@ -31,5 +32,6 @@ tools(loaded_policy)
 logging()
 passwords(policy)
 accounts(policy, partners)
+auditor(policy, settings)
 sshd(policy, settings)
 retention(policy)

@@ -21,6 +21,9 @@ testhosts = [
             "sshd_port": host.port,
             "sshd_listen_addresses": [host.hostname],
             "partners_file": "inventory/partners.yaml",
+            "auditors": [
+                {"name": "auditor", "public_keys": [host.auditor_key.with_suffix(".pub").read_text().strip()]}
+            ],
         },
     )
     for host in running_hosts()

@@ -18,6 +18,13 @@ class HostSettingsError(Exception):
     pass
 
 
+class Auditor(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    public_keys: list[str] = Field(min_length=1)
+
+
 class HostSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,6 +55,11 @@ class HostSettings(BaseModel):
         None,
         description="YAML file of fixed partners (relative to the repository, e.g. inventory/partners.yaml). "
         "Unset: partner accounts are not managed on this host.",
+    )
+    auditors: list[Auditor] = Field(
+        default_factory=list,
+        description="Auditor accounts: {name, public_keys}. Key login only; sudo limited to the audit suite's "
+        "read-only commands (roles/auditor.py).",
     )
     admin_connects_as_root: bool = Field(
         False,

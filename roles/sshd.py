@@ -88,7 +88,13 @@ def strong_moduli(min_bits: int):
 
 def allow_groups(policy: Policy, settings: HostSettings) -> list[str]:
     accounts = policy.accounts
-    groups = [*settings.ssh_admin_groups, accounts.staff_group, accounts.partner_group, accounts.link_group]
+    groups = [
+        *settings.ssh_admin_groups,
+        accounts.staff_group,
+        accounts.auditor_group,
+        accounts.partner_group,
+        accounts.link_group,
+    ]
     if settings.admin_connects_as_root:
         groups.insert(0, "root")
     return list(dict.fromkeys(groups))

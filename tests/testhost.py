@@ -160,6 +160,11 @@ class TestHost:
         return self.path / "admin_ed25519"
 
     @property
+    def auditor_key(self) -> Path:
+        """A key for the auditor account the deploy creates (inventory/testhost.py)."""
+        return self.path / "auditor_ed25519"
+
+    @property
     def known_hosts(self) -> Path:
         return self.path / "known_hosts"
 
@@ -206,8 +211,13 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _ports_in_use(directory: Path) -> set[int]:
-    return {host.port for host in running_hosts(directory)}
+def _ports_in_use() -> set[int]:
+    """Ports of every host this machine runs, whichever session booted it."""
+    ports = set()
+    for state in STATE_ROOT.glob("*/*/state.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            ports.add(json.loads(state.read_text())["port"])
+    return ports
 
 
 def _free_port(taken: set[int]) -> int:
@@ -241,13 +251,14 @@ def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
     lower = pristine_rootfs(log)
     base = directory or run_dir()
     directory = base / name
-    with _locked(base / ".lock"):
+    # One lock for all sessions: two boots must not pick the same port.
+    with _locked(STATE_ROOT / "boot.lock"):
         if directory.exists():
             stale = _state_file(directory)
             if stale.exists() and _pid_alive(json.loads(stale.read_text())["pid"]):
                 raise TestHostError(f"test host {name!r} is already running; `make testhost-down` stops it")
             _teardown_directory(directory)
-        port = _free_port(_ports_in_use(base))
+        port = _free_port(_ports_in_use())
         directory.mkdir(parents=True)
         directory.chmod(0o755)
         host = TestHost(name=name, port=port, pid=0, directory=str(directory))
@@ -297,8 +308,12 @@ def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
 def _personalise(host: TestHost) -> None:
     root = host.merged
     (root / "etc/hostname").write_text(host.name + "\n")
+    (root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
     _run("ssh-keygen", "-q", "-A", "-f", root)
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"admin@{host.name}", "-f", host.key)
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"auditor@{host.name}", "-f", host.auditor_key)
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(host.key.with_suffix(".pub").read_text())

@@ -93,3 +93,22 @@ def purge(
         )
     for note in report.skipped:
         typer.echo(f"skipped {note}", err=True)
+
+
+@app.command("audit-read", hidden=True)
+def audit_read(
+    what: Annotated[str, typer.Argument(help="sshd | chage | stat | old-files | audit-log")],
+    argument: Annotated[str | None, typer.Argument(help="account name (sshd, chage) or path (stat)")] = None,
+) -> None:
+    """Run one read-only system command for the audit suite (auditors may sudo this only)."""
+    from exchange.auditread import AuditReadError, run
+
+    loaded = _policy_or_exit()
+    try:
+        result = run(loaded.policy, what, argument)
+    except AuditReadError as error:
+        typer.echo(f"audit-read refused: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.stdout, nl=False)
+    typer.echo(result.stderr, nl=False, err=True)
+    raise typer.Exit(result.returncode)

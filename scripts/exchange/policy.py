@@ -82,6 +82,7 @@ class AccountsPolicy(Section):
     partner_group: GroupName = "exchange-partners"
     link_group: GroupName = "exchange-links"
     staff_group: GroupName = "exchange-staff"
+    auditor_group: GroupName = "exchange-auditors"
     download_folder: FolderName = "download"
     upload_folder: FolderName = "upload"
 
@@ -95,9 +96,9 @@ class AccountsPolicy(Section):
 
     @model_validator(mode="after")
     def _distinct(self) -> AccountsPolicy:
-        groups = [self.partner_group, self.link_group, self.staff_group]
+        groups = [self.partner_group, self.link_group, self.staff_group, self.auditor_group]
         if len(set(groups)) != len(groups):
-            raise ValueError("partner_group, link_group and staff_group must be three different groups")
+            raise ValueError("partner_group, link_group, staff_group and auditor_group must all differ")
         if self.download_folder == self.upload_folder:
             raise ValueError("download_folder and upload_folder must differ")
         return self

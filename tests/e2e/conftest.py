@@ -60,6 +60,9 @@ def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> 
             "admin_connects_as_root": True,
             "sshd_port": host.port,
             "sshd_listen_addresses": [host.hostname],
+            "auditors": [
+                {"name": "auditor", "public_keys": [host.auditor_key.with_suffix(".pub").read_text().strip()]}
+            ],
             **data,
         }
         entries.append((host.name, host_data))

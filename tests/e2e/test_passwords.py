@@ -45,7 +45,7 @@ def test_aging_is_applied_to_every_partner(exchange):
 def test_new_partner_accounts_have_no_usable_password(exchange):
     # As the deploy left them, before the tests set passwords: "!" matches no password.
     assert exchange.initial_password_fields == {name: "!" for name in PARTNERS}
-    created = exchange.host.ssh("grep -h account-created /var/log/imaging-exchange/audit.log").stdout
+    created = exchange.host.ssh("zcat -f /var/log/imaging-exchange/audit.log* | grep account-created").stdout
     assert all(f'"account": "{name}"' in created for name in PARTNERS)
 
 

@@ -55,7 +55,7 @@ def sshd_config(**settings) -> str:
 
 def test_sshd_config_root_login_follows_the_inventory():
     assert "PermitRootLogin no\n" in sshd_config()
-    assert "AllowGroups sudo exchange-staff exchange-partners exchange-links\n" in sshd_config()
+    assert "AllowGroups sudo exchange-staff exchange-auditors exchange-partners exchange-links\n" in sshd_config()
     as_root = sshd_config(admin_connects_as_root=True)
     assert "PermitRootLogin prohibit-password\n" in as_root
     assert "AllowGroups root sudo exchange-staff" in as_root

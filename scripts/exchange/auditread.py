@@ -1,0 +1,68 @@
+"""`exchange audit-read`: the read-only root commands the audit suite needs, gated.
+
+Auditors get sudo for this command only. It checks its arguments, runs the system's own
+tool (sshd -T, chage -l, stat, find, lsattr) and prints that tool's raw output, so the
+evidence comes from the system, not from an interpretation of ours.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import subprocess
+from pathlib import PurePosixPath
+
+from exchange.policy import Policy
+
+AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
+# A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
+MATCH_SPEC = "user={user},host=audit.invalid,addr=192.0.2.1"
+NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class AuditReadError(Exception):
+    pass
+
+
+def exchange_account(policy: Policy, name: str) -> str:
+    if not NAME.match(name):
+        raise AuditReadError(f"{name!r} is not an account name")
+    for group in (policy.accounts.partner_group, policy.accounts.link_group):
+        try:
+            if name in grp.getgrnam(group).gr_mem:
+                return name
+        except KeyError:
+            continue
+    raise AuditReadError(f"{name!r} is not an exchange account (not in the partner or link group)")
+
+
+def readable_path(policy: Policy, path: str) -> str:
+    """Paths under the exchange root, and the directories above it (sshd checks them all)."""
+    clean = PurePosixPath(os.path.normpath(path))
+    root = PurePosixPath(policy.accounts.root)
+    if str(clean) != path or not clean.is_absolute():
+        raise AuditReadError(f"{path!r} is not a normalised absolute path")
+    if clean == root or root in clean.parents or clean in root.parents:
+        return path
+    raise AuditReadError(f"{path!r} is outside {root} and its parents")
+
+
+def command(policy: Policy, what: str, argument: str | None) -> list[str]:
+    if what == "sshd":
+        spec = ["-C", MATCH_SPEC.format(user=exchange_account(policy, argument))] if argument else []
+        return ["/usr/sbin/sshd", "-T", *spec]
+    if what == "chage":
+        return ["/usr/bin/chage", "-l", exchange_account(policy, argument or "")]
+    if what == "stat":
+        return ["/usr/bin/stat", "-c", "%n|%U|%G|%a|%F", readable_path(policy, argument or "")]
+    if what == "old-files":
+        minutes = policy.retention.days * 24 * 60
+        return ["/usr/bin/find", policy.accounts.root, "-xdev", "!", "-type", "d", "-mmin", f"+{minutes}"]
+    if what == "audit-log":
+        return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
+    raise AuditReadError(f"unknown read {what!r}")
+
+
+def run(policy: Policy, what: str, argument: str | None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(policy, what, argument), capture_output=True, text=True)

@@ -1,0 +1,151 @@
+"""Audit a live exchange server against policies.yaml, control by control (pytest-testinfra).
+
+    pytest tests/audit --hosts=ssh://auditor@HOST[:PORT] [--ssh-config=FILE] --policy policies.yaml \\
+        --junitxml=reports/audit.xml --html=reports/audit.html --self-contained-html
+
+The suite changes nothing on the host. It logs in as the auditor (key only) and reads
+what needs root through `sudo exchange audit-read`, the only command auditors may sudo,
+which prints the raw output of sshd -T, chage -l, stat, find and lsattr.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+
+import pytest
+
+from exchange.accounts import Layout
+from exchange.policy import PolicyError, load_policy
+from roles import REPO
+
+AUDIT_READ = "/usr/local/bin/exchange audit-read"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--policy", default=str(REPO / "policies.yaml"), help="the policy file to audit against")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "control(id, reference, source): an audit control and where it comes from")
+    try:
+        config.audit_policy = load_policy(config.getoption("--policy"))
+    except PolicyError as error:
+        raise pytest.UsageError(f"policy error, nothing was audited:\n{error}") from None
+    config.audit_started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+@pytest.fixture(scope="session")
+def loaded_policy(pytestconfig):
+    return pytestconfig.audit_policy
+
+
+@pytest.fixture(scope="session")
+def policy(loaded_policy):
+    return loaded_policy.policy
+
+
+@pytest.fixture(scope="session")
+def layout(policy):
+    return Layout(policy)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_properties(record_testsuite_property, pytestconfig, loaded_policy):
+    record_testsuite_property("hosts", ",".join(pytestconfig.getoption("hosts") or []))
+    record_testsuite_property("started", pytestconfig.audit_started)
+    record_testsuite_property("policy_file", str(loaded_policy.path))
+    record_testsuite_property("policy_sha256", loaded_policy.sha256)
+
+
+class Reader:
+    """Runs the reads; root-only ones through sudo exchange audit-read."""
+
+    def __init__(self, host):
+        self.host = host
+        self.is_root = host.user().name == "root"
+
+    def privileged(self, what: str, argument: str | None = None) -> str:
+        parts = [AUDIT_READ, what, *([argument] if argument else [])]
+        command = " ".join(parts) if self.is_root else "sudo -n " + " ".join(parts)
+        result = self.host.run(command)
+        if result.rc != 0:
+            pytest.fail(f"`{command}` failed ({result.rc}): {result.stderr.strip()}")
+        return result.stdout
+
+    def text(self, path: str) -> str | None:
+        file = self.host.file(path)
+        return file.content_string if file.exists else None
+
+    def sshd(self, user: str | None = None) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for line in self.privileged("sshd", user).splitlines():
+            key, _, value = line.partition(" ")
+            values[key] = f"{values[key]} {value}" if key in values else value
+        return values
+
+    def group_members(self, group: str) -> list[str]:
+        result = self.host.run(f"getent group {group}")
+        if result.rc != 0:
+            return []
+        return sorted(filter(None, result.stdout.strip().split(":")[3].split(",")))
+
+
+@pytest.fixture(scope="module")
+def read(host):
+    return Reader(host)
+
+
+class Control:
+    def __init__(self, request, record_property):
+        marker = request.node.get_closest_marker("control")
+        if marker is None:
+            raise RuntimeError(f"{request.node.nodeid} has no @pytest.mark.control")
+        self.id = marker.args[0]
+        self.reference = marker.kwargs.get("reference", "")
+        self.source = marker.kwargs.get("source", "")
+        self.record = record_property
+        record_property("control", self.id)
+        record_property("reference", self.reference)
+        record_property("source", self.source)
+
+    def verify(self, expected, actual) -> None:
+        """Record what was expected and found, then compare."""
+        self.record("expected", json.dumps(expected, sort_keys=True, default=str))
+        self.record("actual", json.dumps(actual, sort_keys=True, default=str))
+        assert actual == expected, f"{self.id}: expected {expected!r}, found {actual!r}"
+
+
+@pytest.fixture
+def control(request, record_property):
+    return Control(request, record_property)
+
+
+# pytest-html: the control columns and the report's header.
+def pytest_html_report_title(report):
+    report.title = "imaging-exchange audit"
+
+
+def pytest_html_results_summary(prefix, summary, postfix, session):
+    config = session.config
+    lines = [
+        f"Host: {', '.join(config.getoption('hosts') or []) or '(none)'}",
+        f"Started: {config.audit_started}",
+        f"Policy: {config.audit_policy.path} (SHA-256 {config.audit_policy.sha256})",
+    ]
+    prefix.extend(f"<p>{html.escape(line)}</p>" for line in lines)
+
+
+COLUMNS = ("control", "reference", "source", "expected", "actual")
+
+
+def pytest_html_results_table_header(cells):
+    for offset, column in enumerate(COLUMNS, start=1):
+        cells.insert(offset, f"<th>{column.capitalize()}</th>")
+
+
+def pytest_html_results_table_row(report, cells):
+    properties = dict(report.user_properties)
+    for offset, column in enumerate(COLUMNS, start=1):
+        cells.insert(offset, f"<td>{html.escape(str(properties.get(column, '')))}</td>")

@@ -1,0 +1,81 @@
+"""Every partner and link account: group, shell, chroot ownership and modes, folders."""
+
+import pytest
+
+control = pytest.mark.control
+NOLOGIN = "/usr/sbin/nologin"
+
+
+def accounts(read, policy):
+    return [(name, "partner") for name in read.group_members(policy.accounts.partner_group)] + [
+        (name, "link") for name in read.group_members(policy.accounts.link_group)
+    ]
+
+
+def stat(read, path):
+    out = read.privileged("stat", path).strip()
+    _, owner, group, mode, kind = out.split("|")
+    return owner, group, mode, kind
+
+
+@control(
+    "ACC-01", reference="this project: groups", source="accounts.partner_group, link_group, staff_group, auditor_group"
+)
+def test_groups_exist(host, policy, control):
+    groups = [
+        policy.accounts.partner_group,
+        policy.accounts.link_group,
+        policy.accounts.staff_group,
+        policy.accounts.auditor_group,
+    ]
+    control.verify({g: True for g in groups}, {g: host.group(g).exists for g in groups})
+
+
+@control("ACC-02", reference="this project: no shell for exchange accounts", source="accounts.*_group")
+def test_no_shell(host, read, policy, control):
+    found = {name: host.user(name).shell for name, _ in accounts(read, policy)}
+    control.verify({name: NOLOGIN for name in found}, found)
+
+
+@control("ACC-03", reference="sshd_config(5) ChrootDirectory; this project: isolation", source="accounts.root")
+def test_chroot_path_is_root_owned_and_closed(read, policy, layout, control):
+    deviations = {}
+    for name, kind in accounts(read, policy):
+        chroot = layout.chroot(kind, name)
+        parts = chroot.strip("/").split("/")
+        for depth in range(len(parts) + 1):
+            path = "/" + "/".join(parts[:depth])
+            owner, _group, mode, _ = stat(read, path)
+            if owner != "root" or int(mode, 8) & 0o022:
+                deviations[path] = f"{owner} {mode}"
+    control.verify({}, deviations)
+
+
+@control(
+    "ACC-04",
+    reference="this project: download/upload folders",
+    source="accounts.download_folder, upload_folder, staff_group",
+)
+def test_folders(read, policy, layout, control):
+    deviations = {}
+    for name, kind in accounts(read, policy):
+        chroot = layout.chroot(kind, name)
+        for relative, want in layout.skeleton(name).items():
+            if not relative:
+                continue  # the chroot itself: ACC-03
+            path = f"{chroot}/{relative}"
+            owner, group, mode, kind_ = stat(read, path)
+            got = (owner, group, mode.zfill(4), kind_)
+            if got != (*want, "directory"):
+                deviations[path] = " ".join(got)
+    control.verify({}, deviations)
+
+
+@control("ACC-05", reference="this project: the exchange tree", source="accounts.root, staff_group")
+def test_tree(read, layout, control):
+    expected = {path: " ".join(want) for path, want in layout.tree_dirs().items()}
+    found = {}
+    for path in expected:
+        owner, group, mode, _ = stat(read, path)
+        found[path] = f"{owner} {group} {mode.zfill(4)}"
+    control.verify(expected, found)

@@ -1,0 +1,153 @@
+"""Password rules in the files PAM reads, login.defs, and every partner's shadow aging."""
+
+import datetime
+import re
+
+import pytest
+
+control = pytest.mark.control
+
+
+def conf_values(text: str) -> dict[str, str]:
+    values = {}
+    for line in (text or "").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip() or "yes"
+    return values
+
+
+def module_line(read, stack: str, module: str, when: str | None = None) -> str | None:
+    for line in (read.text(f"/etc/pam.d/{stack}") or "").splitlines():
+        if line.strip().startswith("#"):
+            continue
+        if module in line and (when is None or when in line):
+            return " ".join(line.split())
+    return None
+
+
+@control("PW-01", reference="CIS Debian 12 5.3.3.2.x (pam_pwquality)", source="passwords.quality")
+def test_pwquality_settings(host, read, policy, control):
+    q = policy.passwords.quality
+    merged = conf_values(read.text("/etc/security/pwquality.conf"))
+    for path in sorted(
+        host.file("/etc/security/pwquality.conf.d").listdir()
+        if host.file("/etc/security/pwquality.conf.d").exists
+        else []
+    ):
+        merged.update(conf_values(read.text(f"/etc/security/pwquality.conf.d/{path}")))
+    expected = {
+        "minlen": str(q.minlen),
+        "minclass": str(q.minclass),
+        "dictcheck": "1" if q.dictcheck else "0",
+        "maxrepeat": str(q.maxrepeat),
+        "maxsequence": str(q.maxsequence),
+        "difok": str(q.difok),
+        "enforce_for_root": "yes" if q.enforce_for_root else None,
+    }
+    control.verify(expected, {key: merged.get(key) for key in expected})
+
+
+@control("PW-02", reference="CIS Debian 12 5.3.2.3, 5.3.3.2 (PAM stack)", source="passwords.quality, passwords.history")
+def test_password_stack(read, policy, control):
+    remember = policy.passwords.history.remember
+    pwquality = module_line(read, "common-password", "pam_pwquality.so")
+    pwhistory = module_line(read, "common-password", "pam_pwhistory.so") or ""
+    found = {
+        "pam_pwquality": pwquality is not None,
+        "pam_pwhistory remember": (re.search(r"remember=(\d+)", pwhistory) or [None, None])[1],
+        "pam_pwhistory enforce_for_root": "enforce_for_root" in pwhistory,
+    }
+    control.verify(
+        {
+            "pam_pwquality": True,
+            "pam_pwhistory remember": str(remember),
+            "pam_pwhistory enforce_for_root": policy.passwords.quality.enforce_for_root,
+        },
+        found,
+    )
+
+
+@control("PW-03", reference="CIS Debian 12 5.3.2.2, 5.3.3.1.x (pam_faillock)", source="passwords.lockout")
+def test_lockout(read, policy, control):
+    lockout = policy.passwords.lockout
+    conf = conf_values(read.text("/etc/security/faillock.conf"))
+    found = {
+        "deny": conf.get("deny"),
+        "unlock_time": conf.get("unlock_time"),
+        "fail_interval": conf.get("fail_interval"),
+        "tally survives reboot": not (conf.get("dir") or "/var/run/faillock").startswith(("/run", "/var/run")),
+        "auth preauth": module_line(read, "common-auth", "pam_faillock.so", "preauth") is not None,
+        "auth authfail": module_line(read, "common-auth", "pam_faillock.so", "authfail") is not None,
+        "account": module_line(read, "common-account", "pam_faillock.so") is not None,
+    }
+    expected = {
+        "deny": str(lockout.deny),
+        "unlock_time": str(lockout.unlock_time),
+        "fail_interval": str(lockout.fail_interval),
+        "tally survives reboot": True,
+        "auth preauth": True,
+        "auth authfail": True,
+        "account": True,
+    }
+    control.verify(expected, found)
+
+
+@control("PW-04", reference="CIS Debian 12 5.4.1.1-5.4.1.5 (login.defs, useradd)", source="passwords.aging")
+def test_login_defs(read, policy, control):
+    aging = policy.passwords.aging
+    defs = dict(
+        line.split(None, 1)
+        for line in (read.text("/etc/login.defs") or "").splitlines()
+        if line.strip() and not line.startswith("#") and len(line.split(None, 1)) == 2
+    )
+    useradd = conf_values(read.text("/etc/default/useradd"))
+    found = {
+        "PASS_MAX_DAYS": defs.get("PASS_MAX_DAYS", "").strip(),
+        "PASS_MIN_DAYS": defs.get("PASS_MIN_DAYS", "").strip(),
+        "PASS_WARN_AGE": defs.get("PASS_WARN_AGE", "").strip(),
+        "INACTIVE": useradd.get("INACTIVE"),
+    }
+    control.verify(
+        {
+            "PASS_MAX_DAYS": str(aging.max_days),
+            "PASS_MIN_DAYS": str(aging.min_days),
+            "PASS_WARN_AGE": str(aging.warn_days),
+            "INACTIVE": str(aging.inactive_days),
+        },
+        found,
+    )
+
+
+def chage(read, name: str) -> dict[str, str]:
+    return {
+        key.strip(): value.strip()
+        for key, _, value in (line.partition(":") for line in read.privileged("chage", name).splitlines())
+    }
+
+
+def days_between(later: str, earlier: str) -> int | None:
+    if "never" in (later, earlier):
+        return None
+    parse = lambda text: datetime.datetime.strptime(text, "%b %d, %Y").date()  # noqa: E731
+    return (parse(later) - parse(earlier)).days
+
+
+@control("PW-05", reference="CIS Debian 12 5.4.1.1, 5.4.1.3-5.4.1.5 (chage per account)", source="passwords.aging")
+def test_every_partner_ages(read, policy, control):
+    aging = policy.passwords.aging
+    want = {"min": aging.min_days, "max": aging.max_days, "warn": aging.warn_days, "inactive": aging.inactive_days}
+    deviations = {}
+    for name in read.group_members(policy.accounts.partner_group):
+        info = chage(read, name)
+        got = {
+            "min": int(info["Minimum number of days between password change"]),
+            "max": int(info["Maximum number of days between password change"]),
+            "warn": int(info["Number of days of warning before password expires"]),
+            "inactive": days_between(info["Password inactive"], info["Password expires"]),
+        }
+        if got != want:
+            deviations[name] = got
+    control.verify({}, deviations)

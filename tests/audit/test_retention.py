@@ -1,0 +1,43 @@
+"""Retention: the purge job, no file past retention, no link account past its validity."""
+
+import datetime
+
+import pytest
+
+from tests.audit.test_passwords import chage
+
+control = pytest.mark.control
+CRON_FILE = "/etc/cron.d/imaging-exchange-purge"
+
+
+@control(
+    "RET-01", reference="this project: retention (source document: at most 7 days)", source="retention.purge_schedule"
+)
+def test_purge_job(host, policy, control):
+    cron = host.file(CRON_FILE)
+    found = {"exists": cron.exists}
+    if cron.exists:
+        found.update(
+            owner=cron.user,
+            group=cron.group,
+            mode=oct(cron.mode),
+            entry=f"{policy.retention.purge_schedule} root /usr/local/bin/exchange purge --quiet"
+            in cron.content_string.splitlines(),
+        )
+    control.verify({"exists": True, "owner": "root", "group": "root", "mode": "0o644", "entry": True}, found)
+
+
+@control("RET-02", reference="this project: retention", source="retention.days")
+def test_no_file_older_than_retention(read, control):
+    control.verify([], sorted(filter(None, read.privileged("old-files").splitlines())))
+
+
+@control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")
+def test_no_link_account_past_validity(read, policy, control):
+    today = datetime.date.today()
+    overdue = {}
+    for name in read.group_members(policy.accounts.link_group):
+        expires = chage(read, name)["Account expires"]
+        if expires == "never" or datetime.datetime.strptime(expires, "%b %d, %Y").date() <= today:
+            overdue[name] = expires
+    control.verify({}, overdue)

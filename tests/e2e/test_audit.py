@@ -1,0 +1,94 @@
+"""The auditors' suite (tests/audit) run as auditors run it: against a live host, as the
+auditor account, with reports. It passes on a fresh deploy, changes nothing, and catches drift."""
+
+import subprocess
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+from exchange.policy import load_policy
+from tests.pyinfra_run import REPO
+
+pytestmark = pytest.mark.e2e
+SNAPSHOT = (
+    "find /etc /srv/exchange -xdev -printf '%p %y %m %u %g %s\\n' | sort | sha256sum; "
+    "find /etc /srv/exchange -xdev -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum"
+)
+
+
+def run_audit(host, workdir: Path) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """Run the suite as the auditor; return the result and, per control id, its outcome."""
+    config = workdir / "ssh_config"
+    config.write_text(
+        f"Host {host.hostname}\n  Port {host.port}\n  User auditor\n  IdentityFile {host.auditor_key}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {host.known_hosts}\n  StrictHostKeyChecking yes\n"
+        "  HostKeyAlgorithms ssh-ed25519\n  BatchMode yes\n"
+    )
+    junit, report = workdir / "audit.xml", workdir / "audit.html"
+    result = subprocess.run(
+        [
+            str(REPO / ".venv/bin/pytest"),
+            "tests/audit",
+            "-p",
+            "no:cacheprovider",
+            f"--hosts=ssh://{host.hostname}",
+            f"--ssh-config={config}",
+            f"--policy={REPO / 'policies.yaml'}",
+            f"--junitxml={junit}",
+            f"--html={report}",
+            "--self-contained-html",
+            "-q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    controls = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        failed = case.find("failure") is not None or case.find("error") is not None
+        controls[properties["control"]] = {"failed": failed, **properties}
+    return result, controls
+
+
+def test_the_audit_passes_on_a_fresh_deploy_and_changes_nothing(exchange, tmp_path):
+    before = exchange.host.ssh(SNAPSHOT).stdout
+    result, controls = run_audit(exchange.host, tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert exchange.host.ssh(SNAPSHOT).stdout == before, "the audit changed /etc or /srv/exchange"
+
+    assert not [control for control, outcome in controls.items() if outcome["failed"]]
+    assert len(controls) >= 20
+    for control, outcome in controls.items():
+        assert outcome["reference"] and outcome["source"] and "expected" in outcome and "actual" in outcome, control
+    suite = ElementTree.parse(tmp_path / "audit.xml").getroot()
+    properties = {p.get("name"): p.get("value") for p in suite.iter("property") if p.get("name") == "policy_sha256"}
+    assert properties["policy_sha256"] == load_policy(REPO / "policies.yaml").sha256
+    report = (tmp_path / "audit.html").read_text()
+    for needle in ("SSH-01", "RET-02", load_policy(REPO / "policies.yaml").sha256, f"ssh://{exchange.host.hostname}"):
+        assert needle in report
+
+
+def test_drift_fails_exactly_the_broken_controls(own_exchange, tmp_path):
+    host = own_exchange.host
+    partner = sorted(own_exchange.logins)[0]
+    host.ssh(
+        f"""set -e
+        chmod g+w /srv/exchange/partners/{partner}
+        chage --maxdays 9999 {partner}
+        echo '    AllowTcpForwarding yes' >> /etc/ssh/sshd_config && systemctl reload ssh
+        rm /etc/cron.d/imaging-exchange-purge
+        printf 'forgotten' > /srv/exchange/partners/{partner}/upload/forgotten.dcm
+        touch -d '8 days ago' /srv/exchange/partners/{partner}/upload/forgotten.dcm
+        """
+    )
+    time.sleep(2)  # sshd re-executes on reload
+    result, controls = run_audit(host, tmp_path)
+    assert result.returncode == 1
+    failed = {control for control, outcome in controls.items() if outcome["failed"]}
+    assert failed == {"ACC-03", "PW-05", "SFTP-01", "RET-01", "RET-02"}, result.stdout[-4000:]
+    assert partner in controls["PW-05"]["actual"] and "9999" in controls["PW-05"]["actual"]
+    assert "forgotten.dcm" in controls["RET-02"]["actual"]
