@@ -22,5 +22,8 @@ exchange_servers = (
         "automatic_reboot_time": "04:30",
         "sshd_port": 22,
         "admin_connects_as_root": False,
+        "ssh_admin_groups": ["sudo"],  # deploy-admin must be in one of these, or the deploy stops
+        "partners_file": "inventory/partners.yaml",
+        "auditors": [{"name": "audit-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@audit"]}],
     },
 )

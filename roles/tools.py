@@ -19,16 +19,18 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Arch
-from pyinfra.operations import apt, files
+from pyinfra.operations import apt, files, server
 
 from exchange.policy import HOST_POLICY_PATH, LoadedPolicy
 from roles import REPO
 from roles.ops import config_file
+from roles.templating import render
 
 PREFIX = "/opt/imaging-exchange"
 VENV = f"{PREFIX}/venv"
 WHEELS = f"{PREFIX}/wheels"
 MANIFEST = f"{VENV}/.wheelhouse"
+EXCHANGE = "/usr/local/bin/exchange"
 # The servers run Debian 12's CPython 3.11 (glibc 2.36).
 TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
 
@@ -102,11 +104,20 @@ def tools(policy: LoadedPolicy) -> None:
         exclude=".complete",
     )
     install_tools(name="Install the exchange tools", key=key)
-    files.link(name="Put `exchange` on PATH", path="/usr/local/bin/exchange", target=f"{VENV}/bin/exchange")
+    files.link(name="Put `exchange` on PATH", path=EXCHANGE, target=f"{VENV}/bin/exchange")
     config_file(
         name="Install the policy the tools obey",
         dest=str(HOST_POLICY_PATH),
         content=policy.path.read_text(encoding="utf-8"),
         mode="644",
         validate=f"{VENV}/bin/exchange policy check {{path}} >/dev/null",
+    )
+    staff = policy.policy.accounts.staff_group
+    server.group(name=f"Group {staff}", group=staff, system=True)
+    config_file(
+        name="Staff may run `exchange` as root, nothing else",
+        dest="/etc/sudoers.d/imaging-exchange-staff",
+        content=render("tools/sudoers.j2", group=staff, command=EXCHANGE),
+        mode="440",
+        validate="visudo -cqf {path}",
     )

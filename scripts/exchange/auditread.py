@@ -1,7 +1,7 @@
 """`exchange audit-read`: the read-only root commands the audit suite needs, gated.
 
 Auditors get sudo for this command only. It checks its arguments, runs the system's own
-tool (sshd -T, chage -l, stat, find, lsattr) and prints that tool's raw output, so the
+tool (sshd -T, chage -l, stat, find, lsattr, cat of the sudoers files) and prints that tool's raw output, so the
 evidence comes from the system, not from an interpretation of ours.
 """
 
@@ -11,7 +11,7 @@ import grp
 import os
 import re
 import subprocess
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from exchange.policy import Policy
 
@@ -61,6 +61,9 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
         return ["/usr/bin/find", policy.accounts.root, "-xdev", "!", "-type", "d", "-mmin", f"+{minutes}"]
     if what == "audit-log":
         return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
+    if what == "sudoers":
+        included = sorted(str(p) for p in Path("/etc/sudoers.d").iterdir() if p.is_file())
+        return ["/usr/bin/cat", "/etc/sudoers", *included]
     raise AuditReadError(f"unknown read {what!r}")
 
 

@@ -97,7 +97,7 @@ def purge(
 
 @app.command("audit-read", hidden=True)
 def audit_read(
-    what: Annotated[str, typer.Argument(help="sshd | chage | stat | old-files | audit-log")],
+    what: Annotated[str, typer.Argument(help="sshd | chage | stat | old-files | audit-log | sudoers")],
     argument: Annotated[str | None, typer.Argument(help="account name (sshd, chage) or path (stat)")] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""

@@ -33,3 +33,37 @@ def test_auditor_may_only_read(host, read, control):
     listing = host.run("sudo -n -l").stdout
     commands = [line.strip() for line in listing.splitlines() if line.strip().startswith("(")]
     control.verify(["(root) NOPASSWD: /usr/local/bin/exchange audit-read *"], commands)
+
+
+def sudo_rules(text: str, group: str) -> list[str]:
+    rules = []
+    for line in text.splitlines():
+        line = " ".join(line.split("#", 1)[0].split()) if not line.startswith("#include") else ""
+        if line and not line.startswith("Defaults") and f"%{group} " in f"{line} ":
+            rules.append(line)
+    return rules
+
+
+@control(
+    "SUDO-02",
+    reference="CIS Debian 12 5.2.x; this project: least privilege",
+    source="accounts.staff_group, auditor_group, partner_group, link_group",
+)
+def test_sudo_rules_of_the_exchange_groups(read, policy, control):
+    text = read.privileged("sudoers")
+    accounts = policy.accounts
+    found = {
+        group: sudo_rules(text, group)
+        for group in (accounts.staff_group, accounts.auditor_group, accounts.partner_group, accounts.link_group)
+    }
+    control.verify(
+        {
+            accounts.staff_group: [f"%{accounts.staff_group} ALL=(root) NOPASSWD: /usr/local/bin/exchange"],
+            accounts.auditor_group: [
+                f"%{accounts.auditor_group} ALL=(root) NOPASSWD: /usr/local/bin/exchange audit-read *"
+            ],
+            accounts.partner_group: [],
+            accounts.link_group: [],
+        },
+        found,
+    )
