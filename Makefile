@@ -12,7 +12,7 @@ APT_PACKAGES := debootstrap systemd-container python3-venv openssh-client
 
 LINTED := scripts roles tests bench inventory deploy.py config.py
 
-.PHONY: demo test lint unit e2e deps testhost testhost-down clean
+.PHONY: demo test lint unit e2e audit deps testhost testhost-down clean
 
 demo: deps
 	@$(BIN)/python -m tests.testhost up --reuse testhost
@@ -20,6 +20,14 @@ demo: deps
 	@$(BIN)/python -m tests.testhost show testhost
 	@echo "  partners:   $$(sed -n 's/^  - name: //p' inventory/partners.yaml | tr '\n' ' ')(inventory/partners.yaml), chrooted SFTP;"
 	@echo "              their accounts start without a password until staff hand one out."
+	@echo "  audit it:   make audit   (reports in reports/audit.html and reports/audit.xml)"
+
+# The auditors' suite against the running test host, as the auditor account, with reports.
+audit: deps
+	@mkdir -p reports
+	$(BIN)/pytest tests/audit -p no:cacheprovider --hosts=ssh://127.0.0.1 \
+	    --ssh-config=/var/tmp/imaging-exchange/testhosts/testhost/auditor_ssh_config \
+	    --junitxml=reports/audit.xml --html=reports/audit.html --self-contained-html
 
 test: deps lint
 	$(BIN)/pytest

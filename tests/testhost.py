@@ -320,6 +320,12 @@ def _personalise(host: TestHost) -> None:
     (ssh_dir / "authorized_keys").chmod(0o600)
     # The port is host data too (inventory/testhost.py), so the deploy keeps it.
     (root / "etc/ssh/sshd_config.d/10-testhost.conf").write_text(f"Port {host.port}\nListenAddress {host.hostname}\n")
+    # How an auditor reaches this host (`make audit`).
+    (host.path / "auditor_ssh_config").write_text(
+        f"Host {host.hostname}\n  Port {host.port}\n  User auditor\n  IdentityFile {host.auditor_key}\n"
+        f"  IdentitiesOnly yes\n  UserKnownHostsFile {host.known_hosts}\n  StrictHostKeyChecking yes\n"
+        "  HostKeyAlgorithms ssh-ed25519\n  BatchMode yes\n"
+    )
     known = []
     for pub in sorted((root / "etc/ssh").glob("ssh_host_*_key.pub")):
         keytype, blob = pub.read_text().split()[:2]

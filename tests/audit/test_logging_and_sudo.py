@@ -47,7 +47,7 @@ def sudo_rules(text: str, group: str) -> list[str]:
 @control(
     "SUDO-02",
     reference="CIS Debian 12 5.2.x; this project: least privilege",
-    source="accounts.staff_group, auditor_group, partner_group, link_group",
+    source="accounts.staff_group, accounts.auditor_group, accounts.partner_group, accounts.link_group",
 )
 def test_sudo_rules_of_the_exchange_groups(read, policy, control):
     text = read.privileged("sudoers")

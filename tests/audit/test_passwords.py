@@ -28,7 +28,11 @@ def module_line(read, stack: str, module: str, when: str | None = None) -> str |
     return None
 
 
-@control("PW-01", reference="CIS Debian 12 5.3.3.2.x (pam_pwquality)", source="passwords.quality")
+@control(
+    "PW-01",
+    reference="CIS Debian 12 5.3.3.2.x (pam_pwquality)",
+    source="passwords.quality.minlen, passwords.quality.minclass, passwords.quality.dictcheck, passwords.quality.maxrepeat, passwords.quality.maxsequence, passwords.quality.difok, passwords.quality.enforce_for_root",
+)
 def test_pwquality_settings(host, read, policy, control):
     q = policy.passwords.quality
     merged = conf_values(read.text("/etc/security/pwquality.conf"))
@@ -50,7 +54,11 @@ def test_pwquality_settings(host, read, policy, control):
     control.verify(expected, {key: merged.get(key) for key in expected})
 
 
-@control("PW-02", reference="CIS Debian 12 5.3.2.3, 5.3.3.2 (PAM stack)", source="passwords.quality, passwords.history")
+@control(
+    "PW-02",
+    reference="CIS Debian 12 5.3.2.3, 5.3.3.2 (PAM stack)",
+    source="passwords.history.remember, passwords.quality.enforce_for_root",
+)
 def test_password_stack(read, policy, control):
     remember = policy.passwords.history.remember
     pwquality = module_line(read, "common-password", "pam_pwquality.so")
@@ -70,7 +78,11 @@ def test_password_stack(read, policy, control):
     )
 
 
-@control("PW-03", reference="CIS Debian 12 5.3.2.2, 5.3.3.1.x (pam_faillock)", source="passwords.lockout")
+@control(
+    "PW-03",
+    reference="CIS Debian 12 5.3.2.2, 5.3.3.1.x (pam_faillock)",
+    source="passwords.lockout.deny, passwords.lockout.unlock_time, passwords.lockout.fail_interval",
+)
 def test_lockout(read, policy, control):
     lockout = policy.passwords.lockout
     conf = conf_values(read.text("/etc/security/faillock.conf"))
@@ -95,7 +107,11 @@ def test_lockout(read, policy, control):
     control.verify(expected, found)
 
 
-@control("PW-04", reference="CIS Debian 12 5.4.1.1-5.4.1.5 (login.defs, useradd)", source="passwords.aging")
+@control(
+    "PW-04",
+    reference="CIS Debian 12 5.4.1.1-5.4.1.5 (login.defs, useradd)",
+    source="passwords.aging.max_days, passwords.aging.min_days, passwords.aging.warn_days, passwords.aging.inactive_days",
+)
 def test_login_defs(read, policy, control):
     aging = policy.passwords.aging
     defs = dict(
@@ -135,7 +151,11 @@ def days_between(later: str, earlier: str) -> int | None:
     return (parse(later) - parse(earlier)).days
 
 
-@control("PW-05", reference="CIS Debian 12 5.4.1.1, 5.4.1.3-5.4.1.5 (chage per account)", source="passwords.aging")
+@control(
+    "PW-05",
+    reference="CIS Debian 12 5.4.1.1, 5.4.1.3-5.4.1.5 (chage per account)",
+    source="passwords.aging.max_days, passwords.aging.min_days, passwords.aging.warn_days, passwords.aging.inactive_days",
+)
 def test_every_partner_ages(read, policy, control):
     aging = policy.passwords.aging
     want = {"min": aging.min_days, "max": aging.max_days, "warn": aging.warn_days, "inactive": aging.inactive_days}

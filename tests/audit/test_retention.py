@@ -35,9 +35,16 @@ def test_no_file_older_than_retention(read, control):
 @control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")
 def test_no_link_account_past_validity(read, policy, control):
     today = datetime.date.today()
-    overdue = {}
+    latest = today + datetime.timedelta(days=policy.links.validity_days)
+    wrong = {}
     for name in read.group_members(policy.accounts.link_group):
         expires = chage(read, name)["Account expires"]
-        if expires == "never" or datetime.datetime.strptime(expires, "%b %d, %Y").date() <= today:
-            overdue[name] = expires
-    control.verify({}, overdue)
+        if expires == "never":
+            wrong[name] = "never expires"
+            continue
+        day = datetime.datetime.strptime(expires, "%b %d, %Y").date()
+        if day <= today:
+            wrong[name] = f"expired {day}, still present"
+        elif day > latest:
+            wrong[name] = f"valid until {day}, beyond {policy.links.validity_days} days"
+    control.verify({}, wrong)

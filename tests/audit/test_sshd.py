@@ -12,7 +12,7 @@ control = pytest.mark.control
 @control(
     "SSH-01",
     reference="ssh-audit Hardened Debian 12 (v3)",
-    source="sshd.kex_algorithms, ciphers, macs, host_key_algorithms",
+    source="sshd.kex_algorithms, sshd.ciphers, sshd.macs, sshd.host_key_algorithms",
 )
 def test_algorithms(read, policy, control):
     sshd = read.sshd()
@@ -28,7 +28,11 @@ def test_algorithms(read, policy, control):
     control.verify(expected, {k: sshd.get(v) for k, v in names.items()})
 
 
-@control("SSH-02", reference="CIS Debian 12 5.1.13-5.1.18, dev-sec ssh-baseline", source="sshd.*")
+@control(
+    "SSH-02",
+    reference="CIS Debian 12 5.1.13-5.1.18, dev-sec ssh-baseline",
+    source="sshd.log_level, sshd.max_auth_tries, sshd.max_sessions, sshd.max_startups, sshd.login_grace_time, sshd.client_alive_interval, sshd.client_alive_count_max",
+)
 def test_limits_and_logging(read, policy, control):
     sshd = read.sshd()
     p = policy.sshd
@@ -88,7 +92,11 @@ def resolved_address(host) -> tuple[str, str]:
     return values["hostname"], values["port"]
 
 
-@control("SSH-06", reference="ssh-audit -P 'Hardened Debian 12 (version 3)'", source="sshd.*")
+@control(
+    "SSH-06",
+    reference="ssh-audit -P 'Hardened Debian 12 (version 3)'",
+    source="sshd.kex_algorithms, sshd.ciphers, sshd.macs, sshd.host_key_algorithms, sshd.rsa_host_key_bits, sshd.moduli_min_bits",
+)
 def test_ssh_audit_policy(host, control):
     name, port = resolved_address(host)
     audit = subprocess.run(
@@ -114,7 +122,7 @@ def test_ssh_audit_policy(host, control):
 @control(
     "SFTP-01",
     reference="CIS Debian 12 5.1.x; this project: SFTP-only chrooted accounts",
-    source="sshd.sftp, accounts.*_group",
+    source="sshd.sftp.umask, sshd.sftp.log_level, accounts.partner_group, accounts.link_group",
 )
 def test_sftp_accounts_get_the_match_block(read, policy, control):
     sftp = policy.sshd.sftp

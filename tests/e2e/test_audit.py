@@ -20,12 +20,7 @@ SNAPSHOT = (
 
 def run_audit(host, workdir: Path) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
     """Run the suite as the auditor; return the result and, per control id, its outcome."""
-    config = workdir / "ssh_config"
-    config.write_text(
-        f"Host {host.hostname}\n  Port {host.port}\n  User auditor\n  IdentityFile {host.auditor_key}\n"
-        f"  IdentitiesOnly yes\n  UserKnownHostsFile {host.known_hosts}\n  StrictHostKeyChecking yes\n"
-        "  HostKeyAlgorithms ssh-ed25519\n  BatchMode yes\n"
-    )
+    config = host.path / "auditor_ssh_config"
     junit, report = workdir / "audit.xml", workdir / "audit.html"
     result = subprocess.run(
         [
