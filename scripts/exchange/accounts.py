@@ -172,14 +172,15 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
         if not _node_matches(node, owner, group, mode):
             result.add("", f"directory {path}", _install_dir(path, owner, group, mode))
 
+    # Accounts of a managed kind that the data no longer names are kept, locked.
     wanted_names = {account.name for account in wanted}
+    dropped = []
     for name, seen in accounts.items():
         kinds = {"partner" if g == policy.accounts.partner_group else "link" for g in seen["exchange_groups"]}
         if name not in wanted_names and kinds & manage_kinds:
-            kind = sorted(kinds & manage_kinds)[0]
-            wanted = [*wanted, WantedAccount(name=name, kind=kind, active=False)]
+            dropped.append(WantedAccount(name=name, kind=sorted(kinds & manage_kinds)[0], active=False))
 
-    for account in sorted(wanted, key=lambda a: a.name):
+    for account in sorted([*wanted, *dropped], key=lambda a: a.name):
         _plan_account(layout, account, accounts.get(account.name), today, result)
 
     for name in observed.get("stray_log_sockets", []):
