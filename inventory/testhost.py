@@ -7,24 +7,4 @@ tests/testhost.py made for it.
 
 from tests.testhost import running_hosts
 
-testhosts = [
-    (
-        host.name,
-        {
-            "ssh_hostname": host.hostname,
-            "ssh_port": host.port,
-            "ssh_user": "root",
-            "ssh_key": str(host.key),
-            "ssh_known_hosts_file": str(host.known_hosts),
-            "ssh_strict_host_key_checking": "yes",
-            "admin_connects_as_root": True,
-            "sshd_port": host.port,
-            "sshd_listen_addresses": [host.hostname],
-            "partners_file": "inventory/partners.yaml",
-            "auditors": [
-                {"name": "auditor", "public_keys": [host.auditor_key.with_suffix(".pub").read_text().strip()]}
-            ],
-        },
-    )
-    for host in running_hosts()
-]
+testhosts = [(host.name, {**host.host_data(), "partners_file": "inventory/partners.yaml"}) for host in running_hosts()]

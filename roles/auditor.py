@@ -4,9 +4,8 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from exchange.policy import Policy
-from roles.ops import config_file
+from roles.ops import sudo_rule
 from roles.settings import HostSettings
-from roles.templating import render
 
 AUDIT_READ = "/usr/local/bin/exchange audit-read"
 
@@ -25,10 +24,10 @@ def auditor(policy: Policy, settings: HostSettings) -> None:
             public_keys=person.public_keys,
             delete_keys=True,
         )
-    config_file(
+    # Any arguments: `exchange audit-read` itself refuses all but its read-only reads.
+    sudo_rule(
         name="Auditors' sudo rule",
         dest="/etc/sudoers.d/imaging-exchange-auditor",
-        content=render("auditor/sudoers.j2", group=group, command=AUDIT_READ),
-        mode="440",
-        validate="visudo -cqf {path}",
+        group=group,
+        command=f"{AUDIT_READ} *",
     )

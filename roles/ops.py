@@ -16,6 +16,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, operation
 
 import exchange.observe
+from roles.templating import render
 
 
 class ConfigState(FactBase):
@@ -72,3 +73,14 @@ def config_file(
     yield f"mv -f {q} {shlex.quote(dest)}"
     if apply:
         yield apply
+
+
+def sudo_rule(name: str, dest: str, group: str, command: str) -> None:
+    """A sudoers.d file letting `group` run `command` (and nothing else) as root, checked by visudo."""
+    config_file(
+        name=name,
+        dest=dest,
+        content=render("sudoers.j2", group=group, command=command),
+        mode="440",
+        validate="visudo -cqf {path}",
+    )

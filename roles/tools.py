@@ -23,8 +23,7 @@ from pyinfra.operations import apt, files, server
 
 from exchange.policy import HOST_POLICY_PATH, LoadedPolicy
 from roles import REPO
-from roles.ops import config_file
-from roles.templating import render
+from roles.ops import config_file, sudo_rule
 
 PREFIX = "/opt/imaging-exchange"
 VENV = f"{PREFIX}/venv"
@@ -114,10 +113,9 @@ def tools(policy: LoadedPolicy) -> None:
     )
     staff = policy.policy.accounts.staff_group
     server.group(name=f"Group {staff}", group=staff, system=True)
-    config_file(
+    sudo_rule(
         name="Staff may run `exchange` as root, nothing else",
         dest="/etc/sudoers.d/imaging-exchange-staff",
-        content=render("tools/sudoers.j2", group=staff, command=EXCHANGE),
-        mode="440",
-        validate="visudo -cqf {path}",
+        group=staff,
+        command=EXCHANGE,
     )

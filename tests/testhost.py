@@ -195,6 +195,24 @@ class TestHost:
             raise TestHostError(f"{self.name}: `{command}` exited {result.returncode}:\n{result.stderr}{result.stdout}")
         return result
 
+    def host_data(self) -> dict:
+        """pyinfra host data that reaches this host as root and keeps its sshd port; the
+        deploy also creates an `auditor` account with this host's auditor key."""
+        return {
+            "ssh_hostname": self.hostname,
+            "ssh_port": self.port,
+            "ssh_user": "root",
+            "ssh_key": str(self.key),
+            "ssh_known_hosts_file": str(self.known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            "admin_connects_as_root": True,
+            "sshd_port": self.port,
+            "sshd_listen_addresses": [self.hostname],
+            "auditors": [
+                {"name": "auditor", "public_keys": [self.auditor_key.with_suffix(".pub").read_text().strip()]}
+            ],
+        }
+
     def how_to_connect(self) -> str:
         return " ".join(self.ssh_args())
 

@@ -48,24 +48,7 @@ class Exchange:
 
 def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> Path:
     """An inventory for test hosts, with host data of the test's choosing."""
-    entries = []
-    for host in hosts:
-        host_data = {
-            "ssh_hostname": host.hostname,
-            "ssh_port": host.port,
-            "ssh_user": "root",
-            "ssh_key": str(host.key),
-            "ssh_known_hosts_file": str(host.known_hosts),
-            "ssh_strict_host_key_checking": "yes",
-            "admin_connects_as_root": True,
-            "sshd_port": host.port,
-            "sshd_listen_addresses": [host.hostname],
-            "auditors": [
-                {"name": "auditor", "public_keys": [host.auditor_key.with_suffix(".pub").read_text().strip()]}
-            ],
-            **data,
-        }
-        entries.append((host.name, host_data))
+    entries = [(host.name, {**host.host_data(), **data}) for host in hosts]
     path = directory / f"inventory_{'_'.join(h.name for h in hosts)}.py".replace("-", "_")
     path.write_text(f"hosts = {entries!r}\n")
     return path
