@@ -36,6 +36,11 @@ def pytest_configure(config):
     config.audit_started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def audited_hosts(config) -> str:
+    hosts = config.getoption("hosts")  # testinfra: one comma-separated string
+    return hosts if isinstance(hosts, str) else ",".join(hosts or [])
+
+
 @pytest.fixture(scope="session")
 def loaded_policy(pytestconfig):
     return pytestconfig.audit_policy
@@ -53,7 +58,7 @@ def layout(policy):
 
 @pytest.fixture(scope="session", autouse=True)
 def _suite_properties(record_testsuite_property, pytestconfig, loaded_policy):
-    record_testsuite_property("hosts", ",".join(pytestconfig.getoption("hosts") or []))
+    record_testsuite_property("hosts", audited_hosts(pytestconfig))
     record_testsuite_property("started", pytestconfig.audit_started)
     record_testsuite_property("policy_file", str(loaded_policy.path))
     record_testsuite_property("policy_sha256", loaded_policy.sha256)
@@ -130,7 +135,7 @@ def pytest_html_report_title(report):
 def pytest_html_results_summary(prefix, summary, postfix, session):
     config = session.config
     lines = [
-        f"Host: {', '.join(config.getoption('hosts') or []) or '(none)'}",
+        f"Host: {audited_hosts(config) or '(none)'}",
         f"Started: {config.audit_started}",
         f"Policy: {config.audit_policy.path} (SHA-256 {config.audit_policy.sha256})",
     ]

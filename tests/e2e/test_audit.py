@@ -63,8 +63,15 @@ def test_the_audit_passes_on_a_fresh_deploy_and_changes_nothing(exchange, tmp_pa
     properties = {p.get("name"): p.get("value") for p in suite.iter("property") if p.get("name") == "policy_sha256"}
     assert properties["policy_sha256"] == load_policy(REPO / "policies.yaml").sha256
     report = (tmp_path / "audit.html").read_text()
-    for needle in ("SSH-01", "RET-02", load_policy(REPO / "policies.yaml").sha256, f"ssh://{exchange.host.hostname}"):
+    for needle in (
+        "SSH-01",
+        "RET-02",
+        load_policy(REPO / "policies.yaml").sha256,
+        f"Host: ssh://{exchange.host.hostname}<",
+    ):
         assert needle in report
+    hosts = {p.get("name"): p.get("value") for p in suite.iter("property") if p.get("name") == "hosts"}
+    assert hosts["hosts"] == f"ssh://{exchange.host.hostname}"
 
 
 def test_drift_fails_exactly_the_broken_controls(own_exchange, tmp_path):
