@@ -183,7 +183,10 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
     for account in sorted([*wanted, *dropped], key=lambda a: a.name):
         _plan_account(layout, account, accounts.get(account.name), today, result)
 
+    planned = {account.name for account in [*wanted, *dropped]}
     for name in observed.get("stray_log_sockets", []):
+        if name in planned:
+            continue  # an account (re)created by this plan keeps its socket
         result.add(
             name, "remove the log socket of a removed account", f"rm -f {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}"
         )

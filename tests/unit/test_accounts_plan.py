@@ -130,3 +130,11 @@ def test_drift_in_modes_and_aging_is_corrected():
     text = commands(plan(LAYOUT, [WantedAccount("alice", "partner")], observation(alice=seen), {"partner"}))
     assert "install -d -o root -g exchange-staff -m 2775 /srv/exchange/partners/alice/download" in text
     assert "chage --mindays 1 --maxdays 90" in text
+
+
+def test_a_stray_log_socket_is_removed_unless_its_account_comes_back():
+    observed = observation()
+    observed["stray_log_sockets"] = ["gone", "back"]
+    text = commands(plan(LAYOUT, [WantedAccount("back", "partner")], observed, {"partner"}))
+    assert "rm -f /etc/imaging-exchange/log-sockets/gone.conf" in text
+    assert "log-sockets/back.conf" in text and "rm -f /etc/imaging-exchange/log-sockets/back.conf" not in text
