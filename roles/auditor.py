@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import server
 
+from exchange.accounts import authorized_keys
 from exchange.policy import Policy
 from roles.ops import sudo_rule
 from roles.settings import HostSettings
@@ -46,7 +47,7 @@ class KeyLoginAccount(FactBase):
 def key_login_account(user: str, group: str, public_keys: list[str]):
     """An account with a shell, in `group`, whose only way in is the given keys."""
     seen = host.get_fact(KeyLoginAccount, user=user)
-    keys = "".join(f"{key.strip()}\n" for key in public_keys)
+    keys = authorized_keys(tuple(key.strip() for key in public_keys))
     q = shlex.quote(user)
     changed = False
     if seen is None:

@@ -424,19 +424,24 @@ def _teardown_directory(directory: Path) -> None:
         raise TestHostError(f"could not remove {directory}")
 
 
-def down(name: str | None = None) -> list[str]:
+def clear(directory: Path, name: str | None = None) -> list[str]:
+    """Stop the hosts in `directory` (all, or the one named), then remove what is left of
+    any host there whose state could not be read (a crash mid-boot)."""
     stopped = []
-    for host in running_hosts():
+    for host in running_hosts(directory):
         if name in (None, host.name):
             shutdown(host)
             stopped.append(host.name)
-    # Run directories without a readable state (a crash mid-boot) go too.
-    base = run_dir()
-    if base.exists():
-        for leftover in base.iterdir():
+    if directory.exists():
+        for leftover in directory.iterdir():
             if leftover.is_dir() and name in (None, leftover.name):
                 _teardown_directory(leftover)
                 stopped.append(leftover.name)
+    return stopped
+
+
+def down(name: str | None = None) -> list[str]:
+    stopped = clear(run_dir(), name)
     if name is None:
         stopped += reap_stale_sessions()
     return stopped
@@ -449,9 +454,7 @@ def reap_stale_sessions() -> list[str]:
         owner = session.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
         if owner.isdigit() and Path(f"/proc/{owner}").exists():
             continue
-        for directory in sorted(p for p in session.iterdir() if p.is_dir()):
-            _teardown_directory(directory)
-            reaped.append(f"{session.name}/{directory.name}")
+        reaped += [f"{session.name}/{name}" for name in clear(session)]
         shutil.rmtree(session, ignore_errors=True)
     return reaped
 
@@ -473,11 +476,7 @@ def session_directory(label: str = "hosts", export: bool = True):
         yield directory
     finally:
         try:
-            for host in running_hosts(directory):
-                shutdown(host)
-            for leftover in directory.iterdir():
-                if leftover.is_dir():
-                    _teardown_directory(leftover)
+            clear(directory)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
             if export:
