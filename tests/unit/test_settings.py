@@ -17,6 +17,11 @@ def test_defaults_and_pass_through_keys():
         ({"sshd_prot": 22}, "inventory host web1: sshd_prot: unknown host data key"),
         ({"sshd_port": 70000}, "inventory host web1: sshd_port: Input should be less than or equal to 65535"),
         ({"automatic_reboot_time": "4:30am"}, "inventory host web1: automatic_reboot_time: String should match"),
+        ({"auditors": [{"name": "jdoe"}]}, "inventory host web1: auditors.0.public_keys: required key is missing"),
+        (
+            {"auditors": [{"name": "J Doe", "public_keys": ["k"]}]},
+            "inventory host web1: auditors.0.name: String should match",
+        ),
     ],
 )
 def test_bad_host_data(data, words):
