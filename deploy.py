@@ -16,6 +16,7 @@ from roles.logging import logging
 from roles.passwords import passwords
 from roles.retention import retention
 from roles.settings import HostSettingsError, host_settings
+from roles.site import site
 from roles.sshd import sshd
 from roles.tools import tools
 
@@ -29,6 +30,7 @@ except (HostSettingsError, PartnerDataError) as error:
 
 base(settings)
 tools(loaded_policy)
+site(settings, partners)
 logging()
 passwords(policy)
 accounts(policy, partners)

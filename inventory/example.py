@@ -6,6 +6,8 @@ roles/settings.py (HostSettings); `ssh_*` keys are pyinfra's connection settings
 here: it is policies.yaml.
 """
 
+import os
+
 # A group is (hosts, group data); each host may add or override data of its own.
 exchange_servers = (
     [
@@ -25,5 +27,36 @@ exchange_servers = (
         "ssh_admin_groups": ["sudo"],  # deploy-admin must be in one of these, or the deploy stops
         "partners_file": "inventory/partners.yaml",
         "auditors": [{"name": "audit-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@audit"]}],
+        # Site data (scripts/exchange/site.py): names, contacts and transports in every message.
+        # Secrets come from the admin's environment (or a vault), never from this file.
+        "site": {
+            "institution": {"nl": "het Voorbeeldziekenhuis", "en": "Example Hospital"},  # as in a sentence
+            "department": {"nl": "afdeling Radiologie", "en": "Department of Radiology"},
+            "portal_url": "https://beelden.radiology.example.org",
+            "contact": {
+                "email": "beelduitwisseling@radiology.example.org",
+                "phone": "012-345 6789",
+                "hours": {"nl": "op werkdagen 8:30-17:00", "en": "weekdays 8:30-17:00"},
+            },
+            "windows_viewer": "run_cdviewer.exe",
+            "staff_mailbox": "radiologie-balie@radiology.example.org",
+            "staff_language": "nl",
+            "email": {
+                "transport": "smtp",
+                "host": "smtp-relay.radiology.example.org",
+                "port": 587,
+                "security": "starttls",
+                "username": "imaging-exchange",
+                "password": os.environ.get("EXCHANGE_SMTP_PASSWORD"),
+                "sender": "no-reply@radiology.example.org",
+            },
+            "sms": {
+                "transport": "http",
+                "url": "https://sms-gateway.example.net/v1/messages",
+                "headers": {"Authorization": f"Bearer {os.environ.get('EXCHANGE_SMS_TOKEN', '')}"},
+                "sender": "Radiologie",
+                "fields": {"to": "recipient", "text": "body", "sender": "originator"},
+            },
+        },
     },
 )

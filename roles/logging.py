@@ -8,12 +8,9 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import apt, files
 
 from exchange.accounts import LOG_SOCKET_DIR
-from exchange.auditlog import AUDIT_TAG
+from exchange.auditlog import AUDIT_LOG, AUDIT_TAG, LOG_DIR
 from roles.ops import config_file
 from roles.templating import render
-
-LOG_DIR = "/var/log/imaging-exchange"
-AUDIT_LOG = f"{LOG_DIR}/audit.log"
 
 
 class AttributeFlags(FactBase):
@@ -47,6 +44,16 @@ def logging() -> None:
     )
     files.directory(name="Log directory", path=LOG_DIR, user="root", group="adm", mode="750")
     files.directory(name="Chroot log socket directory", path=LOG_SOCKET_DIR, user="root", group="root", mode="755")
+    config_file(
+        name="rsyslog may restart as often as accounts come and go",
+        dest="/etc/systemd/system/rsyslog.service.d/imaging-exchange.conf",
+        # Every new chroot needs a new /dev/log socket, which rsyslog only opens at a start:
+        # twenty link accounts issued in a minute must not hit systemd's start rate limit.
+        # The host's own syslog socket is systemd's (syslog.socket), so a restart loses no
+        # host message; a chroot socket is away for the restart itself (about 30 ms).
+        content="# Managed by imaging-exchange (roles/logging.py).\n[Unit]\nStartLimitIntervalSec=0\n",
+        apply="systemctl daemon-reload",
+    )
     config_file(
         name="Route SFTP and audit messages to their logs",
         dest="/etc/rsyslog.d/30-imaging-exchange.conf",

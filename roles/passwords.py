@@ -14,13 +14,11 @@ from pyinfra.api import deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files
 
+from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import Policy
 from roles.ops import config_file
 from roles.templating import render
 
-# On disk, not under /run, so the tally survives a reboot. The faillock command does not
-# read faillock.conf here (Debian 12): call it with `--dir FAILLOCK_DIR`.
-FAILLOCK_DIR = "/var/lib/faillock"
 PROFILES = {
     "imaging-exchange-faillock": "passwords/pam-faillock.j2",
     "imaging-exchange-faillock-notify": "passwords/pam-faillock-notify.j2",

@@ -3,6 +3,7 @@
 from pyinfra.api import deploy
 
 from exchange.policy import Policy
+from exchange.site import HOST_SITE_PATH
 from roles.ops import config_file
 from roles.templating import render
 
@@ -11,4 +12,9 @@ CRON_FILE = "/etc/cron.d/imaging-exchange-purge"
 
 @deploy("Retention")
 def retention(policy: Policy) -> None:
-    config_file(name="Purge schedule", dest=CRON_FILE, content=render("retention/cron.j2", policy=policy), mode="644")
+    config_file(
+        name="Purge schedule",
+        dest=CRON_FILE,
+        content=render("retention/cron.j2", policy=policy, site_path=HOST_SITE_PATH),
+        mode="644",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exchange.site import Site
 from exchange.validation import describe
 
 PASS_THROUGH_PREFIXES = ("ssh_", "_")
@@ -60,6 +61,12 @@ class HostSettings(BaseModel):
         default_factory=list,
         description="Auditor accounts: {name, public_keys}. Key login only; sudo limited to the audit suite's "
         "read-only commands (roles/auditor.py).",
+    )
+    site: Site | None = Field(
+        None,
+        description="Site data for the staff tools and messages: institution, department, portal_url, contact, "
+        "staff_mailbox, and the e-mail and SMS transports (scripts/exchange/site.py; inventory/example.py). "
+        "Unset: link accounts and credentials cannot be issued on this host.",
     )
     admin_connects_as_root: bool = Field(
         False,

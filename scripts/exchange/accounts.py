@@ -8,10 +8,14 @@ idempotent, so a run killed half-way converges on the next.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import shlex
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from exchange.auditlog import audit_command as audit
 from exchange.policy import Policy
@@ -19,6 +23,7 @@ from exchange.policy import Policy
 KEYS_DIR = "/etc/ssh/authorized_keys"  # root-owned: a partner cannot change its own keys
 LOG_SOCKET_DIR = "/etc/imaging-exchange/log-sockets"  # one rsyslog input per chroot (/dev/log)
 NOLOGIN = "/usr/sbin/nologin"
+ACCOUNT_LOCK = Path("/run/lock/imaging-exchange-accounts.lock")
 
 
 class AccountConflict(Exception):
@@ -287,8 +292,9 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
             )
 
 
-def removal_steps(layout: Layout, name: str, kind: str, reason: str) -> list[Step]:
-    """Steps that remove an account with its chroot, keys and log socket."""
+def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-removed", **audit_fields) -> list[Step]:
+    """Steps that remove an account with its chroot, keys and log socket; the last writes
+    `event` with `audit_fields` to the audit log."""
     q = shlex.quote(name)
     chroot = shlex.quote(layout.chroot(kind, name))
     commands = [
@@ -298,6 +304,29 @@ def removal_steps(layout: Layout, name: str, kind: str, reason: str) -> list[Ste
         f"rm -rf --one-file-system {chroot}",
         f"rm -f {shlex.quote(f'{KEYS_DIR}/{name}')} {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}",
         "systemctl restart rsyslog",
-        audit("account-removed", account=name, kind=kind, reason=reason),
+        audit(event, account=name, kind=kind, **audit_fields),
     ]
     return [Step(name, f"remove {kind} account", command) for command in commands]
+
+
+class StepFailed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def account_lock(path: Path = ACCOUNT_LOCK) -> Iterator[None]:
+    """One account change at a time: useradd and userdel refuse to run while another holds
+    /etc/passwd, and rsyslog restarts must not overlap."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def run_steps(steps: list[Step]) -> None:
+    """Run steps in order on this host; stop at the first failure and say which and why."""
+    for step in steps:
+        result = subprocess.run(["sh", "-c", step.command], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            account = f"{step.account}: " if step.account else ""
+            raise StepFailed(f"{account}{step.summary} failed: {result.stderr.strip() or f'exit {result.returncode}'}")

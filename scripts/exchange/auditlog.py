@@ -4,14 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shlex
 import syslog
 
 AUDIT_TAG = "imaging-exchange"
+LOG_DIR = "/var/log/imaging-exchange"
+AUDIT_LOG = f"{LOG_DIR}/audit.log"
+SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<name>
 
 
 def audit_line(event: str, **fields) -> str:
     return json.dumps({"event": event, **fields}, sort_keys=True)
+
+
+def actor() -> str:
+    """Who runs the tool: the staff member behind sudo, else the login itself."""
+    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
 def record(event: str, **fields) -> str:

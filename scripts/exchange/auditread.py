@@ -13,9 +13,9 @@ import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
+from exchange.auditlog import AUDIT_LOG
 from exchange.policy import Policy
 
-AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
 MATCH_SPEC = "user={user},host=audit.invalid,addr=192.0.2.1"
 NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

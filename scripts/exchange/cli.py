@@ -1,13 +1,22 @@
 """`exchange`: the on-host tools, one command with subcommands."""
 
+from __future__ import annotations
+
+import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from exchange import __version__
-from exchange.policy import HOST_POLICY_PATH, POLICY_ENV, PolicyError, load_policy
+from exchange.policy import HOST_POLICY_PATH, POLICY_ENV, Policy, PolicyError, load_policy
+from exchange.site import HOST_SITE_PATH, SITE_ENV, Site
+
+if TYPE_CHECKING:
+    from exchange.messages import Messages
 
 app = typer.Typer(
     help="imaging-exchange: secure exchange of imaging studies over SFTP and the web.",
@@ -16,6 +25,12 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Inspect the exchange policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+site_app = typer.Typer(help="Inspect the site data (institution, contacts, message transports).", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+link_app = typer.Typer(help="One-time link accounts: link by e-mail, password by SMS.", no_args_is_help=True)
+app.add_typer(link_app, name="link")
+partner_app = typer.Typer(help="Fixed partner accounts.", no_args_is_help=True)
+app.add_typer(partner_app, name="partner")
 
 PolicyOption = Annotated[
     Path | None,
@@ -60,6 +75,215 @@ def policy_show(path: PolicyOption = None) -> None:
     typer.echo(_policy_or_exit(path, status=1).policy.model_dump_json(indent=2))
 
 
+def _fail(message: object, status: int = 1) -> typer.Exit:
+    typer.echo(str(message), err=True)
+    return typer.Exit(status)
+
+
+def _require_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise _fail(f"exchange {command} must run as root: sudo exchange {command}", 2)
+
+
+@dataclass(frozen=True)
+class Tools:
+    policy: Policy
+    site: Site
+    messages: Messages
+
+
+def _tools(command: str) -> Tools:
+    """Root, the policy, the site data and the message templates, or a clear exit."""
+    from exchange.messages import Messages
+    from exchange.site import SiteError, load_site
+
+    _require_root(command)
+    policy = _policy_or_exit().policy
+    try:
+        site = load_site()
+    except SiteError as error:
+        raise _fail(error, 2) from None
+    return Tools(policy, site, Messages(site))
+
+
+@site_app.command("check")
+def site_check(
+    path: Annotated[
+        Path | None, typer.Argument(help=f"Site file (default: ${SITE_ENV}, else {HOST_SITE_PATH}).")
+    ] = None,
+) -> None:
+    """Validate a site file; exit 1 with one line per problem."""
+    from exchange.site import SiteError, load_site
+
+    try:
+        load_site(path)
+    except SiteError as error:
+        raise _fail(error) from None
+    typer.echo(f"{path or os.environ.get(SITE_ENV) or HOST_SITE_PATH}: valid")
+
+
+ShowPassword = Annotated[
+    bool,
+    typer.Option("--show-password", help="Also print the password, once, to read it out on the phone. Never stored."),
+]
+
+
+@link_app.command("issue")
+def link_issue(
+    email: Annotated[str, typer.Option("--email", help="The recipient's e-mail address: gets the link.")],
+    phone: Annotated[
+        str, typer.Option("--phone", help="The recipient's mobile number, E.164 (+31612345678): gets the password.")
+    ],
+    lang: Annotated[str, typer.Option("--lang", help="Language of the messages: nl or en.")] = "nl",
+    note: Annotated[str, typer.Option("--note", help="A note for staff (list, upload notices); never sent.")] = "",
+    days: Annotated[
+        int | None, typer.Option("--days", help="Validity in days (default and maximum: the policy's).")
+    ] = None,
+    show_password: ShowPassword = False,
+) -> None:
+    """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
+    from exchange.links import LinkError, Links, LinkStore, validate_request
+    from exchange.messages import MessageError, mask_email, mask_phone, when
+
+    _require_root("link issue")
+    policy = _policy_or_exit().policy
+    try:
+        request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
+    except LinkError as error:
+        raise _fail(error, 2) from None
+    tools = _tools("link issue")
+    try:
+        issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
+    except (LinkError, MessageError) as error:
+        raise _fail(error) from None
+    record = issued.record
+    typer.echo(f"issued {record.account}")
+    typer.echo(f"  expires  {when(record.expires, 'en')}")
+    typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
+    typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
+    if show_password:
+        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@link_app.command("list")
+def link_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
+) -> None:
+    """Link accounts: recipient (masked), created, expires, files waiting, last login."""
+    from exchange.linkstatus import link_rows
+
+    tools = _tools("link list")
+    rows = link_rows(tools.policy)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("account", "e-mail", "created", "expires", "download", "upload", "last login", "note", box=None)
+    for row in rows:
+        table.add_row(
+            row["account"],
+            row["email"],
+            row["created"][:16].replace("T", " "),
+            row["expires"][:16].replace("T", " "),
+            str(row["download_files"]),
+            str(row["upload_files"]),
+            (row["last_login"] or "never")[:16].replace("T", " "),
+            row["note"],
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    typer.echo(f"{len(rows)} link accounts (times UTC)", err=True)
+
+
+@link_app.command("resend")
+def link_resend(
+    account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")],
+    show_password: ShowPassword = False,
+) -> None:
+    """A new password by SMS (the old one stops working; the link stays)."""
+    from exchange.links import LinkError, Links, LinkStore
+    from exchange.messages import MessageError, mask_phone
+    from exchange.transports import DeliveryError
+
+    tools = _tools("link resend")
+    try:
+        issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).resend(account)
+    except LinkError as error:
+        raise _fail(error, 2) from None
+    except (DeliveryError, MessageError) as error:
+        raise _fail(f"{error}\nthe previous password still works") from None
+    typer.echo(f"new password for {account} sent to {mask_phone(issued.record.phone)}")
+    if show_password:
+        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@link_app.command("revoke")
+def link_revoke(account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")]) -> None:
+    """End the account's sessions and remove it with its files and link."""
+    from exchange.accounts import StepFailed
+    from exchange.links import LinkError, Links, LinkStore
+
+    tools = _tools("link revoke")
+    try:
+        record = Links(tools.policy, tools.site, tools.messages, LinkStore()).revoke(account)
+    except LinkError as error:
+        raise _fail(error, 2) from None
+    except StepFailed as error:
+        raise _fail(error) from None
+    typer.echo(f"revoked {record.account} ({record.recipient}): sessions ended, account, files and link removed")
+
+
+@partner_app.command("credentials")
+def partner_credentials(
+    name: Annotated[str, typer.Argument(help="The partner's account name (partner data).")],
+    show_password: ShowPassword = False,
+) -> None:
+    """A fresh password by SMS, a notice by e-mail; the partner must change it at first login."""
+    from exchange.messages import MessageError, mask_email, mask_phone
+    from exchange.partner_access import PartnerAccessError, new_credentials
+    from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
+
+    tools = _tools("partner credentials")
+    try:
+        partners = {p.name: p for p in load_partners(HOST_PARTNERS_PATH)}
+    except PartnerDataError as error:
+        raise _fail(error, 2) from None
+    if name not in partners:
+        raise _fail(f"{name}: not in the partner data ({HOST_PARTNERS_PATH}); known: {', '.join(sorted(partners))}", 2)
+    try:
+        issued = new_credentials(tools.policy, tools.site, tools.messages, partners[name])
+    except (PartnerAccessError, MessageError) as error:
+        raise _fail(error) from None
+    partner = issued.partner
+    typer.echo(
+        f"new password for {name}: notice to {mask_email(partner.email)}, password to {mask_phone(partner.phone)}"
+    )
+    typer.echo("  the partner must choose a new password at the first login")
+    if show_password:
+        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@app.command("notify-uploads")
+def notify_uploads(
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")] = False,
+) -> None:
+    """E-mail the staff mailbox about new uploads: one notice per account, each file once."""
+    from exchange.notices import notify_uploads as run_notices
+
+    tools = _tools("notify-uploads")
+    sent, failures = run_notices(
+        tools.policy, tools.site, tools.messages, out=(lambda line: None) if quiet else typer.echo
+    )
+    for failure in failures:
+        typer.echo(f"notice not sent: {failure}", err=True)
+    if not quiet:
+        typer.echo(f"{sent} upload notices sent", err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; change nothing.")] = False,
@@ -72,9 +296,7 @@ def purge(
     from exchange.purge import PurgeBusy, PurgeError
     from exchange.purge import purge as run_purge
 
-    if os.geteuid() != 0:
-        typer.echo("exchange purge must run as root: sudo exchange purge", err=True)
-        raise typer.Exit(2)
+    _require_root("purge")
     loaded = _policy_or_exit()
     try:
         report = run_purge(loaded.policy, dry_run=dry_run, out=(lambda line: None) if quiet else typer.echo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
@@ -47,6 +47,10 @@ SSH_PUBLIC_KEY = re.compile(
 )
 
 
+# The deploy installs the validated partner data here, for the staff tools (contacts).
+HOST_PARTNERS_PATH = "/etc/imaging-exchange/partners.yaml"
+
+
 class PartnerDataError(Exception):
     pass
 
@@ -58,13 +62,14 @@ class Partner(BaseModel):
     organisation: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     email: EmailStr
     phone: Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")] = Field(description="E.164")
+    language: Literal["nl", "en"] = "nl"  # of the messages the partner's contact receives
     public_keys: list[str] = []
     present: bool = True
 
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        if value in RESERVED or value.startswith("exchange"):
+        if value in RESERVED or value.startswith(("exchange", "link-")):  # link- names are link accounts
             raise ValueError(f"{value!r} is reserved")
         return value
 

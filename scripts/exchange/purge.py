@@ -9,18 +9,18 @@ outside the exchange root is reached, and the chroot skeleton itself is never re
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exchange import auditlog, observe
-from exchange.accounts import Layout, removal_steps
+from exchange import auditlog, links, observe
+from exchange.accounts import Layout, account_lock, removal_steps, run_steps
 from exchange.policy import Policy
 
 LOCK_FILE = Path("/run/lock/imaging-exchange-purge.lock")
@@ -161,6 +161,7 @@ def purge(
 ) -> PurgeReport:
     layout = Layout(policy)
     report = PurgeReport()
+    now = time.time() if now is None else now
 
     def emit(event: str, **fields) -> None:
         if dry_run:
@@ -169,14 +170,28 @@ def purge(
             out(auditlog.record(event, **fields))
 
     with purge_lock():
-        purge_files(layout, time.time() if now is None else now, emit, dry_run, report)
+        purge_files(layout, now, emit, dry_run, report)
         observed = observe.observe(layout.observe_params([]))
+        store = links.LinkStore()
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        removed = set()
+        for record in links.expired_links(store, observed, moment):
+            report.accounts += 1
+            removed.add(record.account)
+            fields = {"recipient": record.recipient, "expired": record.expires.isoformat()}
+            if dry_run:
+                emit("link-expiry-planned", account=record.account, **fields)
+                continue
+            links.remove_link(layout, store, record.account, "link-expired", by="purge", **fields)
+            out(auditlog.audit_line("link-expired", account=record.account, kind="link", by="purge", **fields))
         for name, kind, reason in expired_accounts(layout, observed):
+            if name in removed:
+                continue
             report.accounts += 1
             if dry_run:
                 emit("account-removal-planned", account=name, kind=kind, reason=reason)
                 continue
-            for step in removal_steps(layout, name, kind, reason):
-                subprocess.run(["sh", "-c", step.command], check=True, capture_output=True)
-            out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason))
+            with account_lock():
+                run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
+            out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason, by="purge"))
     return report

@@ -3,10 +3,11 @@
 from pydantic import ValidationError
 
 
-def describe(where: str, error: ValidationError, unknown: str = "unknown key") -> str:
+def describe(where: str, error: ValidationError, unknown: str = "unknown key", prefix: str = "") -> str:
+    """`prefix` is put before every key path, for a model that sits inside a larger file."""
     lines = []
     for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = prefix + ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             message = unknown
         elif item["type"] == "missing":

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from passlib.hash import sha512_crypt
 
-from roles.passwords import FAILLOCK_DIR
+from exchange.credentials import FAILLOCK_DIR
 from tests import testhost
 from tests.pyinfra_run import pyinfra
 
@@ -67,7 +67,7 @@ def partner_entry(name: str, key: Path | None = None, present: bool = True) -> d
     return entry
 
 
-def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
+def make_exchange(host: testhost.TestHost, directory: Path, **host_data) -> Exchange:
     logins = {}
     for name in PARTNERS:
         key = directory / f"{name}_ed25519"
@@ -75,7 +75,7 @@ def make_exchange(host: testhost.TestHost, directory: Path) -> Exchange:
         logins[name] = PartnerLogin(name=name, password=f"Tulip-{name}-Harbour-42!", key=key)
     partners_file = directory / "partners.yaml"
     exchange = Exchange(
-        host, write_inventory(directory, [host], partners_file=str(partners_file)), partners_file, logins
+        host, write_inventory(directory, [host], partners_file=str(partners_file), **host_data), partners_file, logins
     )
     exchange.write_partners([partner_entry(name, logins[name].key) for name in PARTNERS])
     result = exchange.deploy()

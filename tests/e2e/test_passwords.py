@@ -3,7 +3,7 @@
 import paramiko
 import pytest
 
-from roles.passwords import FAILLOCK_DIR
+from exchange.credentials import FAILLOCK_DIR
 from tests.e2e.clients import paramiko_sftp
 from tests.e2e.conftest import PARTNERS
 

@@ -1,0 +1,76 @@
+"""Staff tools from a workstation, over SSH with sudo (Fabric):
+
+    fab -H staff-jdoe@exchange01 link-issue --email patient@example.org --phone +31612345678 [--lang en]
+    fab -H staff-jdoe@exchange01 link-list
+    fab -H staff-jdoe@exchange01 link-resend link-k7m2p9qa
+    fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
+    fab -H staff-jdoe@exchange01 partner-credentials cardiology
+
+Each task runs the same `exchange` command on the server that staff may run there by hand
+(members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
+already be in ~/.ssh/known_hosts: an unknown or changed key is refused, never added.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from fabric import Connection, task
+from paramiko import RejectPolicy
+
+
+def _exchange(c: Connection, *args: str) -> None:
+    # Fabric by itself trusts any host key; staff must reach the real server.
+    c.client.load_system_host_keys()  # ~/.ssh/known_hosts
+    for known_hosts in (c.ssh_config.get("userknownhostsfile") or "").split():
+        if os.path.exists(os.path.expanduser(known_hosts)):
+            c.client.load_host_keys(os.path.expanduser(known_hosts))
+    c.client.set_missing_host_key_policy(RejectPolicy())
+    c.sudo(shlex.join(["exchange", *args]), pty=False)
+
+
+@task(
+    help={
+        "email": "the recipient's e-mail address (gets the link)",
+        "phone": "the recipient's mobile number in E.164, e.g. +31612345678 (gets the password)",
+        "lang": "nl or en",
+        "note": "a note for staff, never sent",
+        "days": "validity in days (default and maximum: the policy's)",
+        "show-password": "print the password once, to read it out on the phone",
+    }
+)
+def link_issue(c, email, phone, lang="nl", note="", days=0, show_password=False):
+    """Issue a one-time link: link by e-mail, password by SMS."""
+    args = ["link", "issue", "--email", email, "--phone", phone, "--lang", lang]
+    if note:
+        args += ["--note", note]
+    if days:
+        args += ["--days", str(days)]
+    if show_password:
+        args.append("--show-password")
+    _exchange(c, *args)
+
+
+@task(help={"json": "one JSON object per line"})
+def link_list(c, json=False):
+    """List the link accounts."""
+    _exchange(c, "link", "list", *(["--json"] if json else []))
+
+
+@task
+def link_resend(c, account):
+    """Send a link account a new password by SMS."""
+    _exchange(c, "link", "resend", account)
+
+
+@task
+def link_revoke(c, account):
+    """End a link account's sessions and remove it with its files."""
+    _exchange(c, "link", "revoke", account)
+
+
+@task
+def partner_credentials(c, name):
+    """A fresh password for a partner by SMS, a notice by e-mail."""
+    _exchange(c, "partner", "credentials", name)

@@ -1,0 +1,53 @@
+"""What the staff tools read on the server besides the policy: the site data (institution,
+contacts, message transports with their credentials), the partners' contacts, and the
+message templates; and where they keep their state."""
+
+from __future__ import annotations
+
+import yaml
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from exchange.links import STATE_DIR
+from exchange.messages import HOST_MESSAGES_DIR
+from exchange.partners import HOST_PARTNERS_PATH, Partner
+from exchange.site import HOST_SITE_PATH, site_yaml
+from roles import REPO
+from roles.ops import config_file
+from roles.settings import HostSettings
+from roles.tools import EXCHANGE
+
+
+@deploy("Site data for the staff tools")
+def site(settings: HostSettings, partners: tuple[Partner, ...] | None) -> None:
+    # Recipients' addresses and numbers, token hashes, notice state: root only.
+    files.directory(name="Tool state", path=str(STATE_DIR), user="root", group="root", mode="700")
+    if settings.site is not None:
+        config_file(
+            name="Site data (holds the transports' credentials: root only)",
+            dest=str(HOST_SITE_PATH),
+            content=site_yaml(settings.site),
+            mode="600",
+            validate=f"{EXCHANGE} site check {{path}} >/dev/null",
+        )
+    else:
+        files.file(name="No site data on this host", path=str(HOST_SITE_PATH), present=False)
+    files.sync(
+        name="Message templates",
+        src=str(REPO / "templates" / "messages"),
+        dest=str(HOST_MESSAGES_DIR),
+        delete=True,
+        user="root",
+        group="root",
+        mode="644",
+        dir_mode="755",
+    )
+    if partners is not None:
+        data = {"partners": [partner.model_dump() for partner in partners]}
+        config_file(
+            name="Partner contacts (for credentials and notices: root only)",
+            dest=HOST_PARTNERS_PATH,
+            content="# Managed by imaging-exchange (roles/site.py) from the inventory's partners_file.\n"
+            + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+            mode="600",
+        )

@@ -1,0 +1,294 @@
+"""One-time link accounts: issued by staff, reached with a web link (e-mail) and a password
+(SMS), removed when their validity ends.
+
+A link account is an ordinary chrooted SFTP account in the link group (exchange.accounts
+makes it, exactly like a partner's). Beside it the tool keeps, root-only:
+- links/<account>.json: the recipient's address and number (for resend and list), the
+  staff note, times, who issued it, and the SHA-256 of the link token;
+- link-tokens/<sha256 of token>: the account and expiry the web page looks a token up by.
+The token itself exists only in the e-mail; the password only in the SMS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
+
+from exchange import auditlog, credentials, observe
+from exchange.accounts import Layout, Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
+from exchange.auditlog import actor
+from exchange.messages import Messages, mask_email, mask_phone
+from exchange.policy import Policy
+from exchange.site import E164, Site
+from exchange.transports import DeliveryError, send_email, send_sms
+from exchange.validation import describe
+
+STATE_DIR = Path(os.environ.get("EXCHANGE_STATE") or "/var/lib/imaging-exchange")
+ACCOUNT_PREFIX = "link-"  # partner names may not start with it (exchange.partners)
+ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # read out on the phone without look-alikes
+ID_LENGTH = 8
+TOKEN_BYTES = 32  # 256 bits
+
+
+class LinkError(Exception):
+    """The request cannot be done; the message says why, and nothing was changed."""
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: EmailStr
+    phone: Annotated[str, StringConstraints(pattern=E164)] = Field(description="E.164, e.g. +31612345678")
+    lang: Literal["nl", "en"] = "nl"
+    note: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
+    days: int = Field(ge=1)
+
+
+class LinkRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account: str
+    email: str
+    phone: str
+    lang: Literal["nl", "en"]
+    note: str
+    created: datetime.datetime
+    expires: datetime.datetime
+    issued_by: str
+    token_sha256: str
+
+    @property
+    def recipient(self) -> str:
+        return f"{mask_email(self.email)} {mask_phone(self.phone)}"
+
+
+def validate_request(policy: Policy, email: str, phone: str, lang: str, note: str, days: int | None) -> LinkRequest:
+    days = policy.links.validity_days if days is None else days
+    try:
+        request = LinkRequest(email=email, phone=phone, lang=lang, note=note, days=days)
+    except ValidationError as exc:
+        message = describe("link issue", exc, prefix="--")
+        if "--phone" in message:
+            message += (
+                "\n(the phone number must be in E.164 form: + country code and number, no spaces, e.g. +31612345678)"
+            )
+        raise LinkError(message) from None
+    if request.days > policy.links.validity_days:
+        raise LinkError(f"link issue: --days: at most {policy.links.validity_days} (policies.yaml links.validity_days)")
+    return request
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class LinkStore:
+    """The records beside the link accounts; written whole, then renamed into place."""
+
+    def __init__(self, state_dir: Path = STATE_DIR) -> None:
+        self.records = state_dir / "links"
+        self.tokens = state_dir / "link-tokens"
+
+    def _write(self, path: Path, text: str) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.tmp")
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        staged.rename(path)
+
+    def save(self, record: LinkRecord) -> None:
+        self._write(
+            self.tokens / record.token_sha256,
+            json.dumps({"account": record.account, "expires": record.expires.isoformat()}),
+        )
+        self._write(self.records / f"{record.account}.json", record.model_dump_json(indent=2))
+
+    def get(self, account: str) -> LinkRecord | None:
+        try:
+            return LinkRecord.model_validate_json((self.records / f"{account}.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def all(self) -> list[LinkRecord]:
+        if not self.records.is_dir():
+            return []
+        return sorted(
+            (
+                LinkRecord.model_validate_json(p.read_text(encoding="utf-8"))
+                for p in self.records.glob(f"{ACCOUNT_PREFIX}*.json")
+            ),
+            key=lambda record: record.created,
+        )
+
+    def delete(self, account: str) -> None:
+        record = self.get(account)
+        if record:
+            (self.tokens / record.token_sha256).unlink(missing_ok=True)
+        (self.records / f"{account}.json").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Issued:
+    record: LinkRecord
+    password: str  # for --show-password only; never stored
+
+
+@dataclass
+class Links:
+    """The link operations, with everything they depend on passed in."""
+
+    policy: Policy
+    site: Site
+    messages: Messages
+    store: LinkStore
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.policy)
+
+    def _new_account_name(self) -> str:
+        while True:
+            name = ACCOUNT_PREFIX + "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                return name
+
+    def _create_account(self, name: str, expires: datetime.datetime, password: str) -> None:
+        observed = observe.observe(self.layout.observe_params([name]))
+        if name in observed["accounts"]:
+            raise LinkError(f"{name}: exists already")
+        run_steps(plan(self.layout, [WantedAccount(name=name, kind="link")], observed, manage_kinds=set()))
+        # pam_unix refuses an account from its expiry day on (UTC days): the day after the
+        # validity ends, so no minute is lost; the purge removes it within the hour after.
+        expire_day = (expires + datetime.timedelta(days=1)).date().isoformat()
+        run_steps([Step(name, "account expiry", f"usermod --expiredate {expire_day} {name}")])
+        credentials.set_password(name, password)
+
+    def _remove(self, name: str, event: str, **fields) -> None:
+        remove_link(self.layout, self.store, name, event, **fields)
+
+    def require(self, account: str) -> LinkRecord:
+        record = self.store.get(account)
+        if record is None or not _is_link_account(self.policy, account):
+            raise LinkError(f"{account}: no such link account (see `exchange link list`)")
+        return record
+
+    def issue(self, request: LinkRequest) -> Issued:
+        now = self.now().replace(microsecond=0)
+        expires = now + datetime.timedelta(days=request.days)
+        name = self._new_account_name()
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        password = credentials.generate_password(self.policy)
+        # Rendered before anything exists, so a template error leaves nothing behind.
+        mail = self.messages.email(
+            "link-email", request.lang, to=request.email, link=f"{self.site.portal_url}/l/{token}", expires=expires
+        )
+        sms = self.messages.sms("link-sms", request.lang, password=password, expires=expires, resent=False)
+        record = LinkRecord(
+            account=name,
+            email=request.email,
+            phone=request.phone,
+            lang=request.lang,
+            note=request.note,
+            created=now,
+            expires=expires,
+            issued_by=actor(),
+            token_sha256=token_hash(token),
+        )
+        created = False
+        try:
+            with account_lock():
+                created = True
+                self._create_account(name, expires, password)
+            self.store.save(record)
+            send_email(self.site, mail)
+            send_sms(self.site, request.phone, sms)
+        except BaseException as failure:
+            if created:
+                self._remove(name, "link-issue-rolled-back", by=record.issued_by, reason=_reason(failure))
+            if isinstance(failure, (DeliveryError, StepFailed, credentials.CredentialError)):
+                raise LinkError(
+                    f"{failure}\nnothing was issued: the account {name} and its folders were removed"
+                ) from None
+            raise
+        auditlog.record(
+            "link-issued",
+            account=name,
+            by=record.issued_by,
+            recipient=record.recipient,
+            expires=expires.isoformat(),
+            days=request.days,
+        )
+        return Issued(record=record, password=password)
+
+    def resend(self, account: str) -> Issued:
+        """A new password by SMS; the old one stops working. If the SMS fails the old one stays."""
+        record = self.require(account)
+        password = credentials.generate_password(self.policy)
+        sms = self.messages.sms("link-sms", record.lang, password=password, expires=record.expires, resent=True)
+        with account_lock():
+            before = credentials.shadow_entry(account)
+            credentials.set_password(account, password)
+        try:
+            send_sms(self.site, record.phone, sms)
+        except BaseException:
+            with account_lock():
+                credentials.restore(account, before)
+            raise
+        credentials.reset_failures(account)
+        auditlog.record("link-password-resent", account=account, by=actor(), recipient=mask_phone(record.phone))
+        return Issued(record=record, password=password)
+
+    def revoke(self, account: str) -> LinkRecord:
+        record = self.require(account)
+        self._remove(account, "link-revoked", by=actor(), recipient=record.recipient)
+        return record
+
+
+def remove_link(layout: Layout, store: LinkStore, name: str, event: str, **fields) -> None:
+    """The account with its chroot, keys and log socket, then its record and token."""
+    with account_lock():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            pass  # only the record is left (the account went by hand)
+        else:
+            run_steps(removal_steps(layout, name, "link", event=event, **fields))
+    store.delete(name)
+
+
+def expired_links(store: LinkStore, observed: dict, now: datetime.datetime) -> list[LinkRecord]:
+    """Records whose time is over, by the record's expiry or by the account's (set by hand)."""
+    over = []
+    for record in store.all():
+        shadow = (observed["accounts"].get(record.account) or {}).get("shadow") or {}
+        if record.expires <= now or (shadow.get("expire") is not None and shadow["expire"] <= observed["today"]):
+            over.append(record)
+    return over
+
+
+def _is_link_account(policy: Policy, account: str) -> bool:
+    try:
+        return account in grp.getgrnam(policy.accounts.link_group).gr_mem
+    except KeyError:
+        return False
+
+
+def _reason(failure: BaseException) -> str:
+    return (
+        type(failure).__name__ if isinstance(failure, (KeyboardInterrupt, SystemExit)) else str(failure).splitlines()[0]
+    )

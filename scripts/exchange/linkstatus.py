@@ -1,0 +1,62 @@
+"""What `exchange link list` shows: each link account with its files and last login."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from exchange.accounts import Layout
+from exchange.auditlog import SFTP_LOG
+from exchange.links import LinkStore
+from exchange.messages import mask_email
+from exchange.policy import Policy
+
+# rsyslog's line (roles/logging.py): "<rfc3339 time> account=<name> internal-sftp[pid]: session opened for ..."
+_SESSION = re.compile(r"^(\S+) account=(\S+) internal-sftp\[\d+\]: session opened for local user ")
+
+
+def last_logins(logs: list[Path]) -> dict[str, str]:
+    """Account -> time of its latest SFTP session (web logins are SFTP sessions too)."""
+    latest: dict[str, str] = {}
+    for log in logs:
+        try:
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                for line in handle:
+                    match = _SESSION.match(line)
+                    if match and match[1] > latest.get(match[2], ""):
+                        latest[match[2]] = match[1]
+        except FileNotFoundError:
+            continue
+    return latest
+
+
+def count_files(folder: str) -> int:
+    count = 0
+    for _top, _dirs, files in os.walk(folder, followlinks=False):
+        count += len(files)
+    return count
+
+
+def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
+    layout = Layout(policy)
+    store = store or LinkStore()
+    # The link validity is shorter than a log rotation period: the current and previous file suffice.
+    logins = last_logins([Path(SFTP_LOG + ".1"), Path(SFTP_LOG)])
+    rows = []
+    for record in store.all():
+        chroot = layout.chroot("link", record.account)
+        rows.append(
+            {
+                "account": record.account,
+                "email": mask_email(record.email),
+                "created": record.created.isoformat(),
+                "expires": record.expires.isoformat(),
+                "download_files": count_files(f"{chroot}/{policy.accounts.download_folder}"),
+                "upload_files": count_files(f"{chroot}/{policy.accounts.upload_folder}"),
+                "last_login": logins.get(record.account),
+                "issued_by": record.issued_by,
+                "note": record.note,
+            }
+        )
+    return rows

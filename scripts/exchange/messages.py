@@ -1,0 +1,104 @@
+"""The texts sent to recipients and staff, rendered from jinja2 templates.
+
+The templates live in the repository's templates/messages/ (one file per message and
+language, `<message>.<lang>.j2`); the deploy installs them in /etc/imaging-exchange/messages,
+so a site can read and adjust exactly what is sent. An e-mail template starts with a
+`Subject:` line and a blank line; an SMS template is the text only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from exchange.site import Site
+
+HOST_MESSAGES_DIR = PurePosixPath("/etc/imaging-exchange/messages")
+MESSAGES_ENV = "EXCHANGE_MESSAGES"
+
+_MONTHS = {
+    "nl": "januari februari maart april mei juni juli augustus september oktober november december".split(),
+    "en": "January February March April May June July August September October November December".split(),
+}
+_WEEKDAYS = {
+    "nl": "maandag dinsdag woensdag donderdag vrijdag zaterdag zondag".split(),
+    "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split(),
+}
+
+
+class MessageError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Email:
+    to: str
+    subject: str
+    body: str
+
+
+def when(moment: datetime.datetime, lang: str) -> str:
+    """A date and time as recipients read it, in the server's time zone."""
+    local = moment.astimezone()
+    weekday, month = _WEEKDAYS[lang][local.weekday()], _MONTHS[lang][local.month - 1]
+    clock = local.strftime("%H:%M")
+    zone = local.tzname() or ""
+    if lang == "nl":
+        return f"{weekday} {local.day} {month} {local.year} om {clock} ({zone})"
+    return f"{weekday} {local.day} {month} {local.year} at {clock} ({zone})"
+
+
+def mask_email(address: str) -> str:
+    """Enough for staff to recognise an address, too little to use it: p***@example.org."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(number: str) -> str:
+    """+31*******78: country code and the last two digits."""
+    return number[:3] + "*" * (len(number) - 5) + number[-2:]
+
+
+def messages_dir() -> Path:
+    return Path(os.environ.get(MESSAGES_ENV) or HOST_MESSAGES_DIR)
+
+
+class Messages:
+    def __init__(self, site: Site, directory: Path | None = None) -> None:
+        self.site = site
+        self.directory = directory or messages_dir()
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(self.directory)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            autoescape=False,  # plain text: e-mail bodies and SMS
+        )
+        self.env.filters["when"] = when
+        self.env.filters["capfirst"] = lambda text: text[:1].upper() + text[1:]  # "het LUMC" opens a sentence
+
+    def _render(self, message: str, lang: str, **context) -> str:
+        name = f"{message}.{lang}.j2"
+        try:
+            template = self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise MessageError(f"{self.directory}/{name}: message template missing; is the server deployed?") from None
+        try:
+            return template.render(site=self.site, lang=lang, **context)
+        except jinja2.TemplateError as exc:
+            raise MessageError(f"{self.directory}/{name}: {exc}") from None
+
+    def email(self, message: str, lang: str, to: str, **context) -> Email:
+        text = self._render(message, lang, **context)
+        head, _, body = text.partition("\n\n")
+        if not head.startswith("Subject: ") or "\n" in head:
+            raise MessageError(
+                f"{self.directory}/{message}.{lang}.j2: must start with one `Subject:` line and a blank line"
+            )
+        return Email(to=to, subject=head.removeprefix("Subject: ").strip(), body=body.strip() + "\n")
+
+    def sms(self, message: str, lang: str, **context) -> str:
+        return " ".join(self._render(message, lang, **context).split())

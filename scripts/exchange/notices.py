@@ -1,0 +1,123 @@
+"""Upload notices: staff hear of what recipients upload, one e-mail per account per run.
+
+Run from the purge's cron job. A file counts as uploaded once it has not changed for
+SETTLE_SECONDS (an upload in progress keeps growing) and is not a hidden temporary name.
+What was announced is remembered per account (upload-notices/<account>.json), so a file
+is announced once, and an account's notice is only marked sent when the mail went out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange import auditlog
+from exchange.accounts import Layout
+from exchange.links import STATE_DIR, LinkStore
+from exchange.messages import Messages
+from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
+from exchange.policy import Policy
+from exchange.site import Site
+from exchange.transports import DeliveryError, send_email
+
+SETTLE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Upload:
+    path: str  # relative to the upload folder
+    size: int
+    modified: datetime.datetime
+    mtime_ns: int
+
+
+def settled_uploads(folder: Path, now: float) -> list[Upload]:
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            st = os.lstat(os.path.join(top, name))
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < SETTLE_SECONDS:
+                continue
+            found.append(
+                Upload(
+                    path=os.path.relpath(os.path.join(top, name), folder),
+                    size=st.st_size,
+                    modified=datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC),
+                    mtime_ns=st.st_mtime_ns,
+                )
+            )
+    return found
+
+
+def _describe_accounts(policy: Policy, store: LinkStore) -> dict[str, str]:
+    who = {
+        record.account: f"link for {record.recipient}" + (f", {record.note}" if record.note else "")
+        for record in store.all()
+    }
+    try:
+        for partner in load_partners(HOST_PARTNERS_PATH) if Path(HOST_PARTNERS_PATH).exists() else ():
+            who[partner.name] = f"partner {partner.organisation}"
+    except PartnerDataError:
+        pass  # the notice still names the account
+    return who
+
+
+def notify_uploads(
+    policy: Policy, site: Site, messages: Messages, out: Callable[[str], None] = print, state_dir: Path = STATE_DIR
+) -> tuple[int, list[str]]:
+    """(notices sent, failures). A failed account is retried on the next run."""
+    layout = Layout(policy)
+    seen_dir = state_dir / "upload-notices"
+    seen_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    who = _describe_accounts(policy, LinkStore(state_dir))
+    now = time.time()
+    sent, failures = 0, []
+    for kind in ("partner", "link"):
+        kind_dir = Path(layout.kind_dir(kind))
+        if not kind_dir.is_dir():
+            continue
+        for chroot in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+            account = chroot.name
+            folder = chroot / policy.accounts.upload_folder
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            seen_file = seen_dir / f"{account}.json"
+            seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
+            uploads = settled_uploads(folder, now)
+            new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
+            current = {u.path: [u.size, u.mtime_ns] for u in uploads}
+            if new:
+                mail = messages.email(
+                    "upload-notice-email",
+                    site.staff_language,
+                    to=site.staff_mailbox,
+                    account=account,
+                    who=who.get(account, kind),
+                    folder=str(folder),
+                    files=new,
+                    retention_days=policy.retention.days,
+                )
+                try:
+                    send_email(site, mail)
+                except DeliveryError as error:
+                    failures.append(f"{account}: {error}")
+                    continue
+                sent += 1
+                out(auditlog.record("upload-notice-sent", account=account, kind=kind, files=len(new), by="purge"))
+            if current != seen:
+                staged = seen_file.with_name(f".{seen_file.name}.tmp")
+                staged.write_text(json.dumps(current, sort_keys=True))
+                staged.rename(seen_file)
+    for stale in seen_dir.glob("*.json"):
+        if not any((Path(layout.kind_dir(k)) / stale.stem).is_dir() for k in ("partner", "link")):
+            stale.unlink()  # the account is gone
+    return sent, failures

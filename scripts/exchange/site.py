@@ -1,0 +1,187 @@
+"""Site data: who the institution is, how recipients reach it, and how messages leave the server.
+
+Not policy (policies.yaml holds rules that are the same everywhere); this is the part that
+differs per hospital. Admins set it as the `site` host data key in the inventory; the
+deploy validates it with this model and installs it as /etc/imaging-exchange/site.yaml
+(root only: it holds the transports' credentials), where the staff tools read it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
+
+from exchange.validation import describe
+
+HOST_SITE_PATH = PurePosixPath("/etc/imaging-exchange/site.yaml")
+SITE_ENV = "EXCHANGE_SITE"
+LANGUAGES = ("nl", "en")
+Language = Literal["nl", "en"]
+E164 = r"^\+[1-9]\d{6,14}$"
+Text = Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whitespace=True)]
+
+
+class SiteError(Exception):
+    """Site data that cannot be used; the message names the file or host and the key."""
+
+
+class Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _both_languages(value: dict[str, str]) -> dict[str, str]:
+    missing = [lang for lang in LANGUAGES if lang not in value]
+    if missing:
+        raise ValueError(f"needs a text for every language ({', '.join(LANGUAGES)}); missing {', '.join(missing)}")
+    return value
+
+
+Localised = Annotated[dict[Language, Text], Field(description="one text per language: {nl: ..., en: ...}")]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host in ("localhost", None):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Contact(Part):
+    """Shown to recipients in every message and on every page."""
+
+    email: EmailStr
+    phone: Text  # as people dial it, e.g. "071-526 3497"
+    hours: Localised  # when the phone is answered, e.g. {nl: "op werkdagen 8:30-17:00", en: ...}
+
+    _languages = field_validator("hours")(_both_languages)
+
+
+class SmtpTransport(Part):
+    """E-mail through the hospital's mail relay: STARTTLS (port 587) or TLS (465), with AUTH."""
+
+    transport: Literal["smtp"]
+    sender: EmailStr  # From:
+    host: Text
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls"] = "starttls"
+    username: Text | None = None
+    password: str | None = Field(None, repr=False)
+    ca_file: str | None = None  # a private CA for the relay's certificate; else the system's
+    timeout: float = Field(30, gt=0, le=300)
+
+
+class HttpSmsTransport(Part):
+    """SMS through a provider's HTTP API: one JSON POST per message, 2xx is success.
+
+    The body is {fields.to: "+316...", fields.text: "...", fields.sender: sender}; rename
+    the fields and add headers (an API key or "Authorization: Bearer ...") to match the
+    provider. Anything else a provider needs is one small class beside this one.
+    """
+
+    transport: Literal["http"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    sender: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 ]{1,11}$|^\+[1-9]\d{6,14}$")] | None = None
+    fields: dict[Literal["to", "text", "sender"], Annotated[str, StringConstraints(min_length=1)]] = Field(
+        default_factory=lambda: {"to": "to", "text": "text", "sender": "from"}
+    )
+    ca_file: str | None = None
+    timeout: float = Field(30, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "https" and parts.hostname:
+            return value
+        if parts.scheme == "http" and _is_loopback(parts.hostname):
+            return value  # a gateway relay on the server itself
+        raise ValueError("must be an https:// URL (plain http only to a gateway on the server's loopback)")
+
+
+class OutboxTransport(Part):
+    """Writes each message to a spool directory instead of sending it: for demos and tests.
+    An SMS in the outbox holds a password; never use it for real recipients."""
+
+    transport: Literal["outbox"]
+    sender: EmailStr | None = None
+
+
+EmailTransport = Annotated[SmtpTransport | OutboxTransport, Field(discriminator="transport")]
+SmsTransport = Annotated[HttpSmsTransport | OutboxTransport, Field(discriminator="transport")]
+
+
+class Site(Part):
+    institution: Localised  # as it reads in a sentence: {nl: "het LUMC", en: "LUMC"}
+    department: Localised  # {nl: "afdeling Radiologie", en: "Department of Radiology"}
+    portal_url: str  # the secure web page, https://<name>; links are <portal_url>/l/<token>
+    sftp_host: Text | None = None  # what partners put in their SFTP client; default: the portal's host name
+    contact: Contact
+    windows_viewer: Text | None = None  # what recipients start on Windows, e.g. run_cdviewer.exe (the CD viewer)
+    staff_mailbox: EmailStr  # upload notices go here
+    staff_language: Language = "nl"
+    email: EmailTransport
+    sms: SmsTransport
+    outbox_dir: str = "/var/spool/imaging-exchange/outbox"
+
+    _languages = field_validator("institution", "department")(_both_languages)
+
+    @field_validator("portal_url")
+    @classmethod
+    def _portal(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError("must be https://<host name>[:port] with no path")
+        return value.rstrip("/")
+
+    @field_validator("outbox_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+            raise ValueError("must be an absolute path")
+        return value
+
+    @property
+    def sftp_server(self) -> str:
+        return self.sftp_host or urlsplit(self.portal_url).hostname
+
+
+def parse_site(data: object, where: str, prefix: str = "") -> Site:
+    """`prefix`: the key the site data sits under where it came from ("site." in an inventory)."""
+    if not isinstance(data, dict):
+        raise SiteError(
+            f"{where}: {prefix or '(top level)'}: must be a mapping (institution, department, portal_url, contact, ...)"
+        )
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        raise SiteError(describe(where, exc, prefix=prefix)) from None
+
+
+def site_yaml(site: Site) -> str:
+    return "# Managed by imaging-exchange (roles/site.py) from the inventory's `site` data.\n" + yaml.safe_dump(
+        site.model_dump(mode="json", exclude_none=True), sort_keys=True, allow_unicode=True
+    )
+
+
+def load_site(path: Path | str | None = None) -> Site:
+    path = Path(path or os.environ.get(SITE_ENV) or HOST_SITE_PATH)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SiteError(
+            f"{path}: no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"
+        ) from None
+    except OSError as exc:
+        raise SiteError(f"{path}: cannot read site data: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SiteError(f"{path}: not valid YAML: {exc}") from None
+    return parse_site(data, str(path))

@@ -1,0 +1,396 @@
+"""One-time link accounts and partner credentials on a real host, with real message servers:
+aiosmtpd (STARTTLS and AUTH under a test CA) and an HTTP SMS gateway on the outer loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from tests import testhost
+from tests.e2e.clients import paramiko_sftp
+from tests.e2e.conftest import PARTNERS, make_exchange
+from tests.messaging import SmsGateway, SmtpServer, make_ca, site_data
+from tests.pyinfra_run import REPO
+
+pytestmark = pytest.mark.e2e
+
+CA_ON_HOST = "/etc/imaging-exchange/test-relay-ca.pem"
+STATE = "/var/lib/imaging-exchange"
+LINK_URL = re.compile(r"https://exchange\.test\.example/l/([A-Za-z0-9_-]{43})\b")
+PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
+
+
+@dataclass
+class Relay:
+    smtp: SmtpServer
+    sms: SmsGateway
+    ca: Path
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("relay")
+    ca, cert, key = make_ca(directory)
+    smtp, sms = SmtpServer(cert=cert, key=key).start(), SmsGateway().start()
+    yield Relay(smtp, sms, ca)
+    smtp.stop()
+    sms.stop()
+
+
+@pytest.fixture(scope="module")
+def linked(shared_hosts, tmp_path_factory, relay):
+    """A deployed host whose site sends through `relay`."""
+    host = testhost.boot("links", log=lambda message: print(message, flush=True), directory=shared_hosts)
+    try:
+        ca = base64.b64encode(relay.ca.read_bytes()).decode()
+        host.ssh(f"install -d /etc/imaging-exchange && echo {ca} | base64 -d > {CA_ON_HOST}")
+        yield make_exchange(
+            host,
+            tmp_path_factory.mktemp("links"),
+            site=site_data(relay.smtp.port, relay.sms.url, CA_ON_HOST),
+        )
+    finally:
+        testhost.shutdown(host)
+
+
+_counter = iter(range(10_000))
+
+
+def recipient() -> tuple[str, str]:
+    n = next(_counter)
+    return f"patient{n}@example.org", f"+3161234{n:04d}"
+
+
+def run(exchange, *args: str):
+    return exchange.host.ssh(shlex.join(["exchange", *args]), check=False)
+
+
+@dataclass
+class IssuedLink:
+    account: str
+    email: str
+    phone: str
+    mail: str
+    token: str
+    sms: str
+    password: str
+    output: str
+
+
+def issue(exchange, relay, *extra: str) -> IssuedLink:
+    email, phone = recipient()
+    result = run(exchange, "link", "issue", "--email", email, "--phone", phone, *extra)
+    assert result.returncode == 0, result.stderr
+    account = re.search(r"issued (link-[a-z0-9]{8})", result.stdout)[1]
+    (mail,) = relay.smtp.to(email)
+    (sms,) = relay.sms.to(phone)
+    text = sms.body["text"]
+    return IssuedLink(
+        account, email, phone, mail.body, LINK_URL.search(mail.body)[1], text, PASSWORD.search(text)[1], result.stdout
+    )
+
+
+def can_login(exchange, account: str, password: str) -> bool:
+    try:
+        paramiko_sftp(exchange.host, account, password=password).close()
+        return True
+    except paramiko.AuthenticationException:
+        return False
+
+
+def audit_events(exchange, event: str) -> list[dict]:
+    """Audit lines whose event is `event`, or starts with it if it ends in "-"."""
+    pattern = f'"event": "{event}' + ("" if event.endswith("-") else '"')
+    text = exchange.host.ssh(f"grep -hF {shlex.quote(pattern)} /var/log/imaging-exchange/audit.log || true").stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def link_state(exchange) -> str:
+    """Everything an issue creates: accounts, chroots, records, tokens, keys and log sockets."""
+    return exchange.host.ssh(
+        f"getent group exchange-links; ls /srv/exchange/links {STATE}/links {STATE}/link-tokens "
+        "/etc/imaging-exchange/log-sockets; grep -c '^link-' /etc/passwd || true"
+    ).stdout
+
+
+def test_link_by_mail_password_by_sms_and_the_password_opens_sftp(linked, relay):
+    link = issue(linked, relay, "--lang", "en", "--note", "CT thorax")
+    assert re.search(r"e-mail +link sent to p\*\*\*@example\.org", link.output)
+    assert re.search(r"SMS +password sent to \+31\*+\d\d", link.output)
+    assert link.password not in link.output  # printed only with --show-password
+    # Two channels: the mail has the link and no password, the SMS the password and no link.
+    assert link.password not in link.mail and "Through the image exchange website" in link.mail
+    assert link.token not in link.sms and "/l/" not in link.sms
+    # The token is stored only as its hash; the password nowhere.
+    digest = hashlib.sha256(link.token.encode()).hexdigest()
+    assert json.loads(linked.host.ssh(f"cat {STATE}/link-tokens/{digest}").stdout)["account"] == link.account
+    for secret in (link.token, link.password):
+        found = linked.host.ssh(
+            f"grep -rlF -- {shlex.quote(secret)} /var/lib/imaging-exchange /var/log /etc /srv /var/spool || true"
+        )
+        assert found.stdout == "", f"a secret was written to {found.stdout}"
+    # The password opens the account's own chroot over SFTP (keyboard-interactive).
+    session = paramiko_sftp(linked.host, link.account, password=link.password)
+    try:
+        assert {"download", "upload"} <= set(session.listdir("/"))
+        with session.open("/upload/from-patient.txt", "w") as handle:
+            handle.write("images from elsewhere")
+    finally:
+        session.close()
+    assert linked.host.ssh(f"cat /srv/exchange/links/{link.account}/upload/from-patient.txt").stdout == (
+        "images from elsewhere"
+    )
+    (event,) = [e for e in audit_events(linked, "link-issued") if e["account"] == link.account]
+    assert event["by"] == "root" and event["recipient"] == "p***@example.org +31*******" + link.phone[-2:]
+    assert link.email not in json.dumps(event) and link.phone not in json.dumps(event)
+
+
+def test_show_password_prints_it_once_for_the_phone(linked, relay):
+    link = issue(linked, relay, "--show-password")
+    assert f"password {link.password}" in link.output
+
+
+def test_revoke_ends_access_and_removes_everything(linked, relay):
+    link = issue(linked, relay)
+    session = paramiko_sftp(linked.host, link.account, password=link.password)
+    result = run(linked, "link", "revoke", link.account)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises((EOFError, OSError, paramiko.SSHException)):
+        session.listdir("/")  # the open session was ended
+    assert not can_login(linked, link.account, link.password)
+    digest = hashlib.sha256(link.token.encode()).hexdigest()
+    gone = linked.host.ssh(
+        f"test -e /srv/exchange/links/{link.account} || test -e {STATE}/links/{link.account}.json || "
+        f"test -e {STATE}/link-tokens/{digest} || getent passwd {link.account}",
+        check=False,
+    )
+    assert gone.returncode != 0
+    assert [e["by"] for e in audit_events(linked, "link-revoked") if e["account"] == link.account] == ["root"]
+    again = run(linked, "link", "revoke", link.account)
+    assert again.returncode == 2 and f"{link.account}: no such link account" in again.stderr
+
+
+def test_an_expired_link_opens_nothing_and_the_purge_removes_it(linked, relay):
+    by_account = issue(linked, relay)  # the account's expiry date set into the past
+    by_record = issue(linked, relay)  # the record's validity over (the hourly purge's usual case)
+    linked.host.ssh(f"usermod --expiredate 2020-01-01 {by_account.account}")
+    assert not can_login(linked, by_account.account, by_account.password)
+    record = f"{STATE}/links/{by_record.account}.json"
+    linked.host.ssh(
+        f'python3 -c \'import json,sys; r=json.load(open(sys.argv[1])); r["expires"]="2020-01-01T00:00:00Z"; '
+        f'json.dump(r, open(sys.argv[1], "w"))\' {record}'
+    )
+    purge = linked.host.ssh("exchange purge")
+    for link in (by_account, by_record):
+        assert f'"account": "{link.account}", "by": "purge", "event": "link-expired"' in purge.stdout
+        assert linked.host.ssh(f"getent passwd {link.account}", check=False).returncode == 2
+        assert not can_login(linked, link.account, link.password)
+    expired = {e["account"]: e for e in audit_events(linked, "link-expired")}
+    assert expired[by_record.account]["recipient"].startswith("p***@example.org")
+
+
+def test_resend_replaces_the_password_by_sms(linked, relay):
+    link = issue(linked, relay)
+    result = run(linked, "link", "resend", link.account)
+    assert result.returncode == 0, result.stderr
+    new_sms = relay.sms.to(link.phone)[-1].body["text"]
+    new_password = PASSWORD.search(new_sms)[1]
+    assert new_password != link.password and ("new password" in new_sms or "nieuwe wachtwoord" in new_sms)
+    assert not can_login(linked, link.account, link.password)
+    assert can_login(linked, link.account, new_password)
+    assert [e["account"] for e in audit_events(linked, "link-password-resent")].count(link.account) == 1
+
+
+def test_failed_resend_keeps_the_old_password(linked, relay):
+    link = issue(linked, relay)
+    relay.sms.status = 503
+    try:
+        result = run(linked, "link", "resend", link.account)
+    finally:
+        relay.sms.status = 200
+    assert (
+        result.returncode == 1 and "SMS not sent" in result.stderr and "previous password still works" in result.stderr
+    )
+    assert can_login(linked, link.account, link.password)
+
+
+def test_twenty_issues_in_parallel_all_succeed_distinctly(linked, relay):
+    # Started together on the server (twenty ssh logins at once would meet sshd's MaxStartups).
+    recipients = [recipient() for _ in range(20)]
+    script = " ".join(
+        f"( exchange link issue --email {email} --phone {phone} > /tmp/parallel.{n}.out 2>&1; "
+        f"echo $? > /tmp/parallel.{n}.rc ) &"
+        for n, (email, phone) in enumerate(recipients)
+    )
+    linked.host.ssh(f"{script} wait", timeout=300)
+    for n in range(20):
+        rc = linked.host.ssh(f"cat /tmp/parallel.{n}.rc /tmp/parallel.{n}.out").stdout
+        assert rc.startswith("0\n"), rc
+    accounts = set(re.findall(r"issued (link-[a-z0-9]{8})", linked.host.ssh("cat /tmp/parallel.*.out").stdout))
+    tokens = {LINK_URL.search(relay.smtp.to(email)[0].body)[1] for email, _ in recipients}
+    passwords = {PASSWORD.search(relay.sms.to(phone)[0].body["text"])[1] for _, phone in recipients}
+    assert len(accounts) == len(tokens) == len(passwords) == 20
+    members = linked.host.ssh("getent group exchange-links").stdout.strip().rsplit(":", 1)[1].split(",")
+    assert accounts <= set(members)
+    email, phone = recipients[0]
+    account = next(
+        a for a in accounts if json.loads(linked.host.ssh(f"cat {STATE}/links/{a}.json").stdout)["email"] == email
+    )
+    assert can_login(linked, account, PASSWORD.search(relay.sms.to(phone)[0].body["text"])[1])
+
+
+def test_mail_relay_down_rolls_the_issue_back(linked, relay):
+    before = link_state(linked)
+    relay.smtp.stop()
+    try:
+        email, phone = recipient()
+        result = run(linked, "link", "issue", "--email", email, "--phone", phone)
+    finally:
+        relay.smtp.start()
+    assert result.returncode == 1
+    assert re.search(r"e-mail not sent: smtp 127\.0\.0\.1:\d+: Connection refused", result.stderr)
+    assert "nothing was issued" in result.stderr
+    assert link_state(linked) == before
+    assert relay.sms.to(phone) == []  # the password never left
+
+
+def test_sms_gateway_refusal_rolls_the_issue_back(linked, relay):
+    before = link_state(linked)
+    relay.sms.status = 401
+    try:
+        email, phone = recipient()
+        result = run(linked, "link", "issue", "--email", email, "--phone", phone)
+    finally:
+        relay.sms.status = 200
+    assert result.returncode == 1 and "SMS not sent" in result.stderr and "401" in result.stderr
+    assert link_state(linked) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--email", "patient-at-example.org", "--phone", "+31612345678"],
+            "--email: value is not a valid email address",
+        ),
+        (["--email", "p@example.org", "--phone", "06-12345678"], "E.164"),
+        (["--email", "p@example.org", "--phone", "+31612345678", "--days", "30"], "--days: at most 7"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_created(linked, relay, args, message):
+    before, mails = link_state(linked), len(relay.smtp.received)
+    result = run(linked, "link", "issue", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert link_state(linked) == before and len(relay.smtp.received) == mails
+
+
+def test_list_shows_masked_recipients_files_and_last_login(linked, relay):
+    link = issue(linked, relay, "--note", "MRI knee")
+    linked.host.ssh(f"printf study > /srv/exchange/links/{link.account}/download/study.zip")
+    paramiko_sftp(linked.host, link.account, password=link.password).close()
+    rows = {
+        json.loads(line)["account"]: json.loads(line)
+        for line in run(linked, "link", "list", "--json").stdout.splitlines()
+    }
+    row = rows[link.account]
+    assert row["email"] == "p***@example.org" and row["note"] == "MRI knee"
+    assert (row["download_files"], row["upload_files"]) == (1, 0)
+    assert row["last_login"] is not None
+    table = run(linked, "link", "list").stdout
+    assert link.account in table and link.email not in table
+
+
+def test_partner_credentials_notice_by_mail_password_by_sms_change_forced(linked, relay):
+    name = PARTNERS[0]
+    mails = len(relay.smtp.to(f"{name}@partner.example"))
+    result = run(linked, "partner", "credentials", name)
+    assert result.returncode == 0, result.stderr
+    mail = relay.smtp.to(f"{name}@partner.example")[mails:][0].body
+    password = PASSWORD.search(relay.sms.calls[-1].body["text"])[1]
+    assert name in mail and password not in mail
+    messages: list[str] = []
+    own = "Quiet-Harbour-Lantern-2741"
+    paramiko_sftp(linked.host, name, password=password, new_password=own, messages=messages).close()
+    assert any("change your password" in m.lower() or "password expired" in m.lower() for m in messages), messages
+    assert can_login(linked, name, own) and not can_login(linked, name, password)
+    (event,) = [e for e in audit_events(linked, "partner-credentials-issued") if e["account"] == name]
+    assert event["recipient"].startswith(f"{name[0]}***@partner.example")
+    unknown = run(linked, "partner", "credentials", "nobody-here")
+    assert unknown.returncode == 2 and "nobody-here: not in the partner data" in unknown.stderr
+
+
+def test_uploads_are_announced_to_staff_once_per_account_and_run(linked, relay):
+    link = issue(linked, relay, "--note", "second opinion")
+    session = paramiko_sftp(linked.host, link.account, password=link.password)
+    try:
+        for name in ("scan-1.dcm", "scan-2.dcm"):
+            with session.open(f"/upload/{name}", "w") as handle:
+                handle.write("DICM")
+    finally:
+        session.close()
+    # Settled: unchanged for longer than an upload in progress would be.
+    linked.host.ssh(f"touch -d '-10 minutes' /srv/exchange/links/{link.account}/upload/*")
+    first = linked.host.ssh("exchange notify-uploads")
+    notices = [r for r in relay.smtp.to("desk@hospital.example") if link.account in r.message["Subject"]]
+    assert len(notices) == 1, first.stderr
+    assert "scan-1.dcm" in notices[0].body and "scan-2.dcm" in notices[0].body and "second opinion" in notices[0].body
+    linked.host.ssh("exchange notify-uploads")
+    assert len([r for r in relay.smtp.to("desk@hospital.example") if link.account in r.message["Subject"]]) == 1
+
+
+def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, tmp_path):
+    key = tmp_path / "staff_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    linked.host.ssh(
+        "id staff-jdoe >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --groups exchange-staff staff-jdoe; "
+        "install -d -m 700 -o staff-jdoe -g staff-jdoe ~staff-jdoe/.ssh && "
+        f"echo {shlex.quote(key.with_suffix('.pub').read_text().strip())} > ~staff-jdoe/.ssh/authorized_keys"
+    )
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host exchange01\n  HostName {linked.host.hostname}\n  Port {linked.host.port}\n"
+        f"  User staff-jdoe\n  IdentityFile {key}\n"
+    )
+    (home / ".ssh" / "known_hosts").write_text(linked.host.known_hosts.read_text())
+
+    def fab(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(REPO / ".venv" / "bin" / "fab"), "-H", "exchange01", *args],
+            cwd=REPO,
+            env={**os.environ, "HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    email, phone = recipient()
+    issued = fab("link-issue", "--email", email, "--phone", phone, "--lang", "en")
+    assert issued.returncode == 0, issued.stderr
+    account = re.search(r"issued (link-[a-z0-9]{8})", issued.stdout)[1]
+    assert relay.smtp.to(email) and relay.sms.to(phone)
+    listed = fab("link-list", "--json")
+    assert listed.returncode == 0 and account in listed.stdout and email not in listed.stdout
+    revoked = fab("link-revoke", account)
+    assert revoked.returncode == 0, revoked.stderr
+    by = {e["event"]: e["by"] for e in audit_events(linked, "link-") if e["account"] == account}
+    assert by == {"link-issued": "staff-jdoe", "link-revoked": "staff-jdoe"}
+    # Staff may run `exchange` as root and nothing else.
+    other = fab("link-revoke", "link-nosuch1")
+    assert other.returncode != 0 and "no such link account" in other.stderr
+    shell = linked.host.ssh("su staff-jdoe -c 'sudo -n /usr/bin/id'", check=False)
+    assert shell.returncode != 0
+    # An unknown server key is refused, never added.
+    (home / ".ssh" / "known_hosts").write_text("")
+    refused = fab("link-list")
+    assert refused.returncode != 0 and "not found in known_hosts" in refused.stderr
