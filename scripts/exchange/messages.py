@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -50,6 +52,26 @@ def when(moment: datetime.datetime, lang: str) -> str:
     if lang == "nl":
         return f"{weekday} {local.day} {month} {local.year} om {clock} ({zone})"
     return f"{weekday} {local.day} {month} {local.year} at {clock} ({zone})"
+
+
+def wrap(text: str, width: int = 76) -> str:
+    """Plain-text mail lines of at most `width`; indented lines (links) and words stay whole."""
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= width or line.startswith(" "):
+            lines.append(line)
+            continue
+        item = re.match(r"^(\d+\. |- )", line)
+        lines.extend(
+            textwrap.wrap(
+                line,
+                width,
+                subsequent_indent=" " * len(item[1]) if item else "",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(lines)
 
 
 def mask_email(address: str) -> str:
@@ -98,7 +120,7 @@ class Messages:
             raise MessageError(
                 f"{self.directory}/{message}.{lang}.j2: must start with one `Subject:` line and a blank line"
             )
-        return Email(to=to, subject=head.removeprefix("Subject: ").strip(), body=body.strip() + "\n")
+        return Email(to=to, subject=head.removeprefix("Subject: ").strip(), body=wrap(body.strip()) + "\n")
 
     def sms(self, message: str, lang: str, **context) -> str:
         return " ".join(self._render(message, lang, **context).split())

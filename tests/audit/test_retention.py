@@ -21,8 +21,11 @@ def test_purge_job(host, policy, control):
             owner=cron.user,
             group=cron.group,
             mode=oct(cron.mode),
-            entry=f"{policy.retention.purge_schedule} root /usr/local/bin/exchange purge --quiet"
-            in cron.content_string.splitlines(),
+            # The purge first; the upload notices may follow it on the same line.
+            entry=any(
+                line.split(";")[0] == f"{policy.retention.purge_schedule} root /usr/local/bin/exchange purge --quiet"
+                for line in cron.content_string.splitlines()
+            ),
         )
     control.verify({"exists": True, "owner": "root", "group": "root", "mode": "0o644", "entry": True}, found)
 
@@ -35,7 +38,8 @@ def test_no_file_older_than_retention(read, control):
 @control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")
 def test_no_link_account_past_validity(read, policy, control):
     today = datetime.date.today()
-    latest = today + datetime.timedelta(days=policy.links.validity_days)
+    # The account expiry day is the first day refused: the day after the validity ends.
+    latest = today + datetime.timedelta(days=policy.links.validity_days + 1)
     wrong = {}
     for name in read.group_members(policy.accounts.link_group):
         expires = chage(read, name)["Account expires"]

@@ -83,6 +83,7 @@ def test_drift_fails_exactly_the_broken_controls(own_exchange, tmp_path):
         chage --maxdays 9999 {partner}
         echo '    AllowTcpForwarding yes' >> /etc/ssh/sshd_config && systemctl reload ssh
         rm /etc/cron.d/imaging-exchange-purge
+        chmod 644 /etc/imaging-exchange/partners.yaml
         printf 'forgotten' > /srv/exchange/partners/{partner}/upload/forgotten.dcm
         touch -d '8 days ago' /srv/exchange/partners/{partner}/upload/forgotten.dcm
         """
@@ -91,6 +92,7 @@ def test_drift_fails_exactly_the_broken_controls(own_exchange, tmp_path):
     result, controls = run_audit(host, tmp_path)
     assert result.returncode == 1
     failed = {control for control, outcome in controls.items() if outcome["failed"]}
-    assert failed == {"ACC-03", "PW-05", "SFTP-01", "RET-01", "RET-02"}, result.stdout[-4000:]
+    assert failed == {"ACC-03", "PW-05", "SFTP-01", "RET-01", "RET-02", "TOOLS-01"}, result.stdout[-4000:]
+    assert "partners.yaml" in controls["TOOLS-01"]["actual"] and "0644" in controls["TOOLS-01"]["actual"]
     assert partner in controls["PW-05"]["actual"] and "9999" in controls["PW-05"]["actual"]
     assert "forgotten.dcm" in controls["RET-02"]["actual"]

@@ -52,7 +52,7 @@ def test_dutch_disclaimer_is_the_source_documents_text_with_the_sites_name(messa
 
 
 def test_english_disclaimer_says_the_same(messages):
-    body = messages.email("link-email", "en", to="p@example.org", link=LINK, expires=EXPIRES).body
+    body = " ".join(messages.email("link-email", "en", to="p@example.org", link=LINK, expires=EXPIRES).body.split())
     assert "receive files from Test Hospital" in body
     assert "not permitted to view, copy or distribute files that are not intended for you" in body
 
@@ -102,3 +102,9 @@ def test_a_broken_or_missing_template_is_named(messages, tmp_path):
         broken.email("link-email", "nl", to="p@example.org")
     with pytest.raises(MessageError, match="link-sms.nl.j2: message template missing"):
         broken.sms("link-sms", "nl")
+
+
+def test_mail_lines_are_wrapped_but_links_stay_whole(messages):
+    body = messages.email("link-email", "nl", to="p@example.org", link=LINK, expires=EXPIRES).body
+    assert f"    {LINK}\n" in body
+    assert all(len(line) <= 76 for line in body.splitlines() if not line.startswith(" "))

@@ -1,0 +1,28 @@
+"""The staff tools' data: transport credentials, recipients' addresses and token hashes."""
+
+import pytest
+
+control = pytest.mark.control
+
+# Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
+# addresses and numbers and the link token hashes, the partner file the partners' contacts.
+ROOT_ONLY = {
+    "/etc/imaging-exchange/site.yaml": ("root", "root", 0o600),
+    "/etc/imaging-exchange/partners.yaml": ("root", "root", 0o600),
+    "/var/lib/imaging-exchange": ("root", "root", 0o700),
+    "/var/spool/imaging-exchange/outbox": ("root", "root", 0o700),
+}
+
+
+@control(
+    "TOOLS-01", reference="CIS Debian 12 7.1.x (file permissions); this project: secrets root only", source="(baseline)"
+)
+def test_credentials_and_recipient_data_are_root_only(host, control):
+    expected, found = {}, {}
+    for path, (owner, group, mode) in ROOT_ONLY.items():
+        item = host.file(path)
+        if not item.exists:
+            continue  # e.g. no outbox on a site that sends through SMTP and an SMS gateway
+        expected[path] = f"{owner}:{group} {mode:04o}"
+        found[path] = f"{item.user}:{item.group} {item.mode:04o}"
+    control.verify(expected, found)
