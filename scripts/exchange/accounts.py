@@ -324,9 +324,16 @@ def account_lock(path: Path = ACCOUNT_LOCK) -> Iterator[None]:
 
 
 def run_steps(steps: list[Step]) -> None:
-    """Run steps in order on this host; stop at the first failure and say which and why."""
-    for step in steps:
-        result = subprocess.run(["sh", "-c", step.command], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            account = f"{step.account}: " if step.account else ""
-            raise StepFailed(f"{account}{step.summary} failed: {result.stderr.strip() or f'exit {result.returncode}'}")
+    """Run steps in order on this host, in one shell; stop at the first failure and say which and why."""
+    if not steps:
+        return
+    # Each step that succeeds reports its index on fd 3; the first one missing is the one that failed.
+    script = " && ".join(f"{{ {step.command}\n}} && echo {index} >&3" for index, step in enumerate(steps))
+    result = subprocess.run(
+        ["sh", "-c", f"exec 3>&1 1>/dev/null; {script}"], capture_output=True, text=True, check=False
+    )
+    done = len(result.stdout.split())
+    if result.returncode != 0 or done < len(steps):
+        step = steps[min(done, len(steps) - 1)]
+        account = f"{step.account}: " if step.account else ""
+        raise StepFailed(f"{account}{step.summary} failed: {result.stderr.strip() or f'exit {result.returncode}'}")

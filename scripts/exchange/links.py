@@ -171,11 +171,15 @@ class Links:
         observed = observe.observe(self.layout.observe_params([name]))
         if name in observed["accounts"]:
             raise LinkError(f"{name}: exists already")
-        run_steps(plan(self.layout, [WantedAccount(name=name, kind="link")], observed, manage_kinds=set()))
         # pam_unix refuses an account from its expiry day on (UTC days): the day after the
         # validity ends, so no minute is lost; the purge removes it within the hour after.
         expire_day = (expires + datetime.timedelta(days=1)).date().isoformat()
-        run_steps([Step(name, "account expiry", f"usermod --expiredate {expire_day} {name}")])
+        run_steps(
+            [
+                *plan(self.layout, [WantedAccount(name=name, kind="link")], observed, manage_kinds=set()),
+                Step(name, "account expiry", f"usermod --expiredate {expire_day} {name}"),
+            ]
+        )
         credentials.set_password(name, password)
 
     def _remove(self, name: str, event: str, **fields) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
-from exchange.validation import describe
+from exchange.validation import describe, load_yaml
 
 # A Debian username that is also safe as a path component and a syslog hostname.
 PARTNER_NAME = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -101,7 +101,7 @@ class PartnerList(BaseModel):
 def load_partners(path: Path | str) -> tuple[Partner, ...]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PartnerDataError(f"{path}: cannot read partner file: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

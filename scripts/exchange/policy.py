@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from exchange.validation import describe
+from exchange.validation import describe, load_yaml
 
 # Where the deploy installs the policy on a server; the tools read it from there.
 HOST_POLICY_PATH = PurePosixPath("/etc/imaging-exchange/policies.yaml")
@@ -211,7 +211,7 @@ class LoadedPolicy(BaseModel):
 def parse_policy(text: str, path: Path) -> Policy:
     """Validate policy text; `path` is only used in messages."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
-from exchange.validation import describe
+from exchange.validation import describe, load_yaml
 
 HOST_SITE_PATH = PurePosixPath("/etc/imaging-exchange/site.yaml")
 SITE_ENV = "EXCHANGE_SITE"
@@ -175,7 +175,7 @@ def site_yaml(site: Site) -> str:
 def load_site(path: Path | str | None = None) -> Site:
     path = Path(path or os.environ.get(SITE_ENV) or HOST_SITE_PATH)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SiteError(
             f"{path}: no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"

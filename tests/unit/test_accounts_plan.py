@@ -138,3 +138,19 @@ def test_a_stray_log_socket_is_removed_unless_its_account_comes_back():
     text = commands(plan(LAYOUT, [WantedAccount("back", "partner")], observed, {"partner"}))
     assert "rm -f /etc/imaging-exchange/log-sockets/gone.conf" in text
     assert "log-sockets/back.conf" in text and "rm -f /etc/imaging-exchange/log-sockets/back.conf" not in text
+
+
+def test_steps_run_in_one_shell_and_the_failing_one_is_named(tmp_path):
+    from exchange.accounts import Step, StepFailed, run_steps
+
+    marker = tmp_path / "ran"
+    steps = [
+        Step("link-abc", "first", f"echo first >> {marker}"),
+        Step("link-abc", "folder", "echo 'install: cannot create directory' >&2; false"),
+        Step("link-abc", "never", f"echo never >> {marker}"),
+    ]
+    with pytest.raises(StepFailed, match="^link-abc: folder failed: install: cannot create directory$"):
+        run_steps(steps)
+    assert marker.read_text() == "first\n"
+    run_steps(steps[:1] + steps[2:])
+    assert marker.read_text() == "first\nfirst\nnever\n"
