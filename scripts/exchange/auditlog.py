@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pwd
@@ -16,7 +17,9 @@ SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<n
 
 
 def audit_line(event: str, **fields) -> str:
-    return json.dumps({"event": event, **fields}, sort_keys=True)
+    """One JSON object: the event, its fields, and the time (UTC, to the second)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return json.dumps({"event": event, "time": now, **fields}, sort_keys=True)
 
 
 def actor() -> str:
