@@ -121,5 +121,8 @@ def test_purge_runs_from_cron_on_the_policy_schedule(exchange):
         "stat -c '%U:%G:%a' /etc/cron.d/imaging-exchange-purge && cat /etc/cron.d/imaging-exchange-purge"
     ).stdout
     assert cron.startswith("root:root:644\n")
-    assert "\n17 * * * * root /usr/local/bin/exchange purge --quiet\n" in cron
+    assert (
+        "\n17 * * * * root /usr/local/bin/exchange purge --quiet; "
+        "[ ! -f /etc/imaging-exchange/site.yaml ] || /usr/local/bin/exchange notify-uploads --quiet\n"
+    ) in cron
     assert exchange.host.ssh("systemctl is-active cron").stdout.strip() == "active"
