@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -263,6 +264,77 @@ def partner_credentials(
     typer.echo("  the partner must choose a new password at the first login")
     if show_password:
         typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@app.command("package")
+def package(
+    to: Annotated[str, typer.Option("--to", help="The partner or link account whose download folder gets the zip.")],
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders, or received media (a folder or zip).")],
+    label: Annotated[str, typer.Option("--label", help="A title for the package and its file name.")] = "",
+    viewer: Annotated[
+        Path | None, typer.Option("--viewer", help="Viewer folder to include (default: the site's viewer_dir).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse non-DICOM files and duplicates instead of skipping.")
+    ] = False,
+    allow_multiple_patients: Annotated[
+        bool, typer.Option("--allow-multiple-patients", help="Allow images of more than one patient in one package.")
+    ] = False,
+) -> None:
+    """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
+    from exchange.messages import MessageError
+    from exchange.package import PackageError, download_folder, make_package
+
+    tools = _tools("package")
+    try:
+        folder = download_folder(tools.policy, to)
+    except PackageError as error:
+        raise _fail(error, 2) from None
+    viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
+    with _progress() as progress:
+        try:
+            made = make_package(
+                tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
+                allow_multiple_patients=allow_multiple_patients, progress=progress,
+            )  # fmt: skip
+        except (PackageError, MessageError) as error:
+            raise _fail(error) from None
+        except FileNotFoundError as error:
+            raise _fail(f"{error.filename}: no such file or folder") from None
+    for label_ in made.scan.not_dicom:
+        typer.echo(f"skipped (not DICOM): {label_}", err=True)
+    for line in made.scan.duplicates:
+        typer.echo(f"skipped (duplicate): {line}", err=True)
+    for line in made.tree.filled:
+        typer.echo(f"filled: {line}", err=True)
+    studies = sum(len(p.studies) for p in made.tree.patients.values())
+    typer.echo(f"packed {made.files} files of {studies} studies into {made.path} ({made.bytes} bytes)")
+    typer.echo(f"  sha256 {made.sha256}")
+
+
+@contextlib.contextmanager
+def _progress():
+    """A progress bar on a terminal, plain lines otherwise; yields progress(stage, done, total)."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+            task = bar.add_task("reading headers", total=None)
+
+            def update(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total or None)
+
+            yield update
+        return
+    last = {"stage": "", "percent": -10}
+
+    def plain(stage: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 0
+        if stage != last["stage"] or percent >= last["percent"] + 10:
+            typer.echo(f"{stage}: {percent}%" if total else f"{stage} ...", err=True)
+            last.update(stage=stage, percent=percent)
+
+    yield plain
 
 
 @app.command("notify-uploads")

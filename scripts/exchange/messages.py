@@ -74,6 +74,19 @@ def wrap(text: str, width: int = 76) -> str:
     return "\n".join(lines)
 
 
+def dicom_date(value: object) -> str:
+    """DICOM DA (20260105) as 2026-01-05; anything else as it is."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if re.fullmatch(r"\d{8}", text) else text
+
+
+def person(value: object) -> str:
+    """DICOM PN (DOE^JANE^^^) as "DOE, JANE"."""
+    family, _, rest = str(value or "").partition("^")
+    given = " ".join(part for part in rest.split("^") if part)
+    return f"{family}, {given}" if given else family
+
+
 def mask_email(address: str) -> str:
     """Enough for staff to recognise an address, too little to use it: p***@example.org."""
     local, _, domain = address.rpartition("@")
@@ -97,10 +110,13 @@ class Messages:
             loader=jinja2.FileSystemLoader(str(self.directory)),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
-            autoescape=False,  # plain text: e-mail bodies and SMS
+            # Plain text (e-mail, SMS, README.TXT), except the package's HTML page.
+            autoescape=jinja2.select_autoescape(enabled_extensions=("htm.j2",), default=False),
         )
         self.env.filters["when"] = when
         self.env.filters["capfirst"] = lambda text: text[:1].upper() + text[1:]  # "het LUMC" opens a sentence
+        self.env.filters["dicom_date"] = dicom_date
+        self.env.filters["person"] = person
 
     def _render(self, message: str, lang: str, **context) -> str:
         name = f"{message}.{lang}.j2"
@@ -121,6 +137,15 @@ class Messages:
                 f"{self.directory}/{message}.{lang}.j2: must start with one `Subject:` line and a blank line"
             )
         return Email(to=to, subject=head.removeprefix("Subject: ").strip(), body=wrap(body.strip()) + "\n")
+
+    def document(self, name: str, **context) -> str:
+        """A file for the study package (README.TXT, INDEX.HTM): both languages in one."""
+        try:
+            return self.env.get_template(name).render(site=self.site, **context)
+        except jinja2.TemplateNotFound:
+            raise MessageError(f"{self.directory}/{name}: template missing; is the server deployed?") from None
+        except jinja2.TemplateError as exc:
+            raise MessageError(f"{self.directory}/{name}: {exc}") from None
 
     def sms(self, message: str, lang: str, **context) -> str:
         return " ".join(self._render(message, lang, **context).split())

@@ -126,6 +126,7 @@ class Site(Part):
     sftp_host: Text | None = None  # what partners put in their SFTP client; default: the portal's host name
     contact: Contact
     windows_viewer: Text | None = None  # what recipients start on Windows, e.g. run_cdviewer.exe (the CD viewer)
+    viewer_dir: str | None = None  # on the server: the viewer bundle put beside DICOMDIR in every study package
     staff_mailbox: EmailStr  # upload notices go here
     staff_language: Language = "nl"
     email: EmailTransport

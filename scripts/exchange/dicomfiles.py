@@ -1,0 +1,187 @@
+"""Find the DICOM instances among what staff hand in, reading headers only.
+
+Input is files, folders (walked without following symlinks) and received media: a zip
+file (with or without a DICOMDIR). Every candidate is read up to its pixel data
+(`stop_before_pixels`, `specific_tags`), then the pixel data element's own length is
+checked against the file's size, so a truncated file is caught without reading its
+images. What is not DICOM is listed; what is broken is named with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+# What the directory records and the package index need; nothing else is parsed.
+HEADER_TAGS = [
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContentDate",
+    "ContentTime",
+    "AccessionNumber",
+    "Modality",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "StudyID",
+    "SeriesNumber",
+    "InstanceNumber",
+]
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
+_ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One candidate file: on disk, or a member of a received zip."""
+
+    label: str  # how staff know it: the path, or zip!member
+    size: int
+    open: Callable[[], BinaryIO]
+
+
+@dataclass
+class Instance:
+    source: Source
+    header: Dataset  # headers only
+    transfer_syntax: str
+    compressed: bool  # encapsulated pixel data: stored in the zip, not deflated again
+
+
+@dataclass
+class Scan:
+    instances: list[Instance] = field(default_factory=list)
+    not_dicom: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # "label: reason"
+    duplicates: list[str] = field(default_factory=list)
+
+
+def sources(paths: list[Path]) -> Iterator[Source]:
+    for path in paths:
+        st = os.lstat(path)  # a missing path raises FileNotFoundError with its name
+        if stat.S_ISDIR(st.st_mode):
+            for top, dirs, files in os.walk(path, followlinks=False):
+                dirs.sort()
+                for name in sorted(files):
+                    yield from _file_sources(Path(top) / name)
+        else:
+            yield from _file_sources(path)
+
+
+def _file_sources(path: Path) -> Iterator[Source]:
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return  # symlinks, devices: never followed
+    if zipfile.is_zipfile(path):
+        yield from _zip_sources(path)
+        return
+    yield Source(str(path), st.st_size, lambda: open(path, "rb"))
+
+
+def _zip_sources(path: Path) -> Iterator[Source]:
+    archive = zipfile.ZipFile(path)
+    for info in archive.infolist():
+        if info.is_dir() or info.filename.upper().rstrip("/").endswith("DICOMDIR"):
+            continue  # our own DICOMDIR replaces theirs
+        yield Source(f"{path}!{info.filename}", info.file_size, lambda info=info: archive.open(info))
+
+
+def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool) -> str | None:
+    """None if the pixel data element (at the handle's position) fits in the file, else why not."""
+    start = handle.tell()
+    head = handle.read(12 if not implicit else 8)
+    if not head:
+        return None  # no pixel data (e.g. a structured report)
+    if len(head) < 8:
+        return "truncated in the pixel data element header"
+    if implicit:
+        (length,) = struct.unpack("<I", head[4:8])
+        value = start + 8
+    elif head[4:6] in _LONG_VRS:
+        (length,) = struct.unpack("<I", head[8:12])
+        value = start + 12
+    else:
+        (length,) = struct.unpack("<H", head[6:8])
+        value = start + 8
+    if length != 0xFFFFFFFF:
+        return (
+            None if value + length <= size else f"truncated: pixel data needs {value + length} bytes, file has {size}"
+        )
+    # Encapsulated: walk the fragment items to the sequence delimiter (seeks, no reading).
+    handle.seek(value)
+    position = value
+    while True:
+        item = handle.read(8)
+        if len(item) < 8:
+            return "truncated: the encapsulated pixel data ends without its delimiter"
+        group, element, length = struct.unpack("<HHI", item)
+        if (group, element) == _SEQUENCE_END:
+            return None
+        if (group, element) != _ITEM or length == 0xFFFFFFFF:
+            return f"corrupt pixel data at byte {position}"
+        position += 8 + length
+        if position > size:
+            return f"truncated: a pixel data fragment needs {position} bytes, file has {size}"
+        handle.seek(position)
+
+
+def read_header(source: Source) -> Instance | str:
+    """The instance, or the reason it is not one ("not DICOM" or what is broken)."""
+    try:
+        with source.open() as handle:
+            header = dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            meta = header.file_meta
+            syntax = meta.get("TransferSyntaxUID")
+            if syntax is None or "SOPInstanceUID" not in header or "SOPClassUID" not in header:
+                return "broken: no transfer syntax, SOP Class or SOP Instance UID in the header"
+            # Zip members seek too (a deflated one by decompressing forward, in bounded memory).
+            problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR)
+            if problem:
+                return f"broken: {problem}"
+            return Instance(source, header, str(syntax), syntax.is_compressed)
+    except InvalidDicomError:
+        return "not DICOM"
+    except (OSError, EOFError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
+        return f"broken: {exc}"
+
+
+def scan(paths: list[Path], progress: Callable[[str], None] = lambda label: None) -> Scan:
+    result = Scan()
+    seen: dict[str, Instance] = {}
+    for source in sources(paths):
+        progress(source.label)
+        found = read_header(source)
+        if isinstance(found, str):
+            if found == "not DICOM":
+                result.not_dicom.append(source.label)
+            else:
+                result.broken.append(f"{source.label}: {found.removeprefix('broken: ')}")
+            continue
+        uid = str(found.header.SOPInstanceUID)
+        if uid in seen:
+            result.duplicates.append(f"{source.label}: same SOP Instance UID as {seen[uid].source.label}")
+            continue
+        seen[uid] = found
+        result.instances.append(found)
+    return result

@@ -1,0 +1,229 @@
+"""Study packages: one zip with a DICOMDIR, the DICOM files, README.TXT, INDEX.HTM and the
+site's viewer, written straight into an account's download folder.
+
+Layout (DICOM PS3.12 Annex V, IHE PDI): DICOMDIR at the root, the instances under DICOM/
+with conformant File IDs, copied byte for byte. Entries whose pixel data is already
+compressed (JPEG, JPEG-LS, JPEG 2000, RLE, video) are stored; the rest are deflated at a
+fast level. The zip is streamed (bounded memory, ZIP64 when needed) under a hidden name in
+the download folder, hashed while it is written, and renamed when complete, so a recipient
+never sees half a package.
+"""
+
+from __future__ import annotations
+
+import datetime
+import grp
+import hashlib
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exchange import auditlog
+from exchange.accounts import Layout
+from exchange.auditlog import actor
+from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
+from exchange.dicomfiles import Scan, Source, scan
+from exchange.messages import Messages
+from exchange.policy import Policy
+
+DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work
+CHUNK = 1 << 20
+
+
+class PackageError(Exception):
+    """Nothing was written; the message says why."""
+
+
+@dataclass
+class Package:
+    path: Path
+    sha256: str
+    files: int
+    bytes: int
+    tree: Tree
+    scan: Scan
+    notes: list[str] = field(default_factory=list)
+
+
+class _HashingWriter:
+    """The zip's file, hashed as it is written. Unseekable on purpose: zipfile then streams
+    every entry with a data descriptor and never goes back, so the hash is the file's."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.position = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.position += len(data)
+        return self.handle.write(data)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def download_folder(policy: Policy, account: str) -> Path:
+    """The account's download folder; the account must be a partner or link account."""
+    layout = Layout(policy)
+    for kind, group in (("partner", policy.accounts.partner_group), ("link", policy.accounts.link_group)):
+        try:
+            if account in grp.getgrnam(group).gr_mem:
+                return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
+        except KeyError:
+            continue
+    raise PackageError(f"{account}: no partner or link account of that name (see `exchange link list`)")
+
+
+def examine(
+    paths: list[Path], strict: bool, allow_multiple_patients: bool, progress: Callable[[str], None]
+) -> tuple[Scan, Tree]:
+    """Scan the input and build the directory tree, or refuse with every reason."""
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise PackageError(f"no such file or folder: {', '.join(missing)}")
+    found = scan(paths, progress)
+    problems = [f"  {line}" for line in found.broken]
+    if strict:
+        problems += [f"  {label}: not DICOM (--strict)" for label in found.not_dicom]
+        problems += [f"  {line} (--strict)" for line in found.duplicates]
+    if problems:
+        raise PackageError("refused, nothing was written:\n" + "\n".join(problems))
+    if not found.instances:
+        raise PackageError("no DICOM files found in " + ", ".join(map(str, paths)))
+    try:
+        tree = build_tree(found.instances)
+    except DicomDirError as error:
+        raise PackageError(f"refused, nothing was written: {error}") from None
+    if len(tree.patients) > 1 and not allow_multiple_patients:
+        ids = ", ".join(sorted(tree.patients))
+        raise PackageError(
+            f"refused: the images belong to {len(tree.patients)} patients (PatientID {ids}); a package for one "
+            "patient must never carry another's images (--allow-multiple-patients if this is intended)"
+        )
+    return found, tree
+
+
+def _entry(name: str, stored: bool, when: datetime.datetime) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
+    info.external_attr = 0o644 << 16
+    info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    # ZipInfo's level: `compress_level` from Python 3.13, `_compresslevel` before.
+    setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel", DEFLATE_LEVEL)
+    return info
+
+
+def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Source) -> int:
+    with source.open() as src, archive.open(info, "w", force_zip64=source.size > 0x7FFFFFFF) as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+    return source.size
+
+
+def _viewer_sources(viewer: Path | None) -> list[tuple[str, Source]]:
+    if viewer is None:
+        return []
+    if not viewer.is_dir():
+        raise PackageError(f"viewer folder {viewer}: not a directory")
+    found = []
+    for top, dirs, files in os.walk(viewer, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(top) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            relative = path.relative_to(viewer).as_posix()
+            if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith("DICOM/"):
+                raise PackageError(f"viewer folder {viewer}: {relative} would collide with the package's own files")
+            found.append((relative, Source(str(path), path.stat().st_size, lambda path=path: open(path, "rb"))))
+    return found
+
+
+def package_name(label: str, now: datetime.datetime) -> str:
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.")[:60] or "study"
+    return f"{clean}-{now:%Y%m%d-%H%M%S}.zip"
+
+
+def make_package(
+    policy: Policy,
+    messages: Messages,
+    account: str,
+    folder: Path,
+    paths: list[Path],
+    label: str = "",
+    viewer: Path | None = None,
+    strict: bool = False,
+    allow_multiple_patients: bool = False,
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+) -> Package:
+    found, tree = examine(paths, strict, allow_multiple_patients, lambda label: progress("reading headers", 0, 0))
+    viewer_files = _viewer_sources(viewer)
+    now = datetime.datetime.now().astimezone()
+    context = {"patients": summary(tree), "label": label, "now": now, "viewer": bool(viewer_files), "policy": policy}
+    documents = {
+        "DICOMDIR": dicomdir_bytes(tree),
+        "README.TXT": messages.document("package-readme.txt.j2", **context).replace("\n", "\r\n").encode("utf-8"),
+        "INDEX.HTM": messages.document("package-index.htm.j2", **context).encode("utf-8"),
+    }
+    images = list(tree.images())
+    total = sum(image.instance.source.size for image in images)
+    final = folder / package_name(label or _patient_label(tree), now)
+    staged = folder / f".{final.name}.partial"
+    written = 0
+    try:
+        with open(staged, "xb") as handle:
+            writer = _HashingWriter(handle)
+            with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
+                for name, data in documents.items():
+                    archive.writestr(_entry(name, stored=False, when=now), data)
+                for image in images:
+                    written += _copy(
+                        archive, _entry("/".join(image.file_id), image.instance.compressed, now), image.instance.source
+                    )
+                    progress("packing", written, total)
+                for relative, source in viewer_files:
+                    _copy(archive, _entry(relative, stored=False, when=now), source)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Staff (the group) and the account (other) read it; nobody but root changes it.
+        os.chmod(staged, 0o644)
+        digest = writer.digest.hexdigest()
+        checksum = folder / f".{final.name}.sha256.partial"
+        checksum.write_text(f"{digest}  {final.name}\n")
+        os.chmod(checksum, 0o644)
+        os.rename(checksum, folder / f"{final.name}.sha256")
+        os.rename(staged, final)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        (folder / f".{final.name}.sha256.partial").unlink(missing_ok=True)
+        raise
+    size = final.stat().st_size
+    studies = [study for patient in tree.patients.values() for study in patient.studies.values()]
+    auditlog.record(
+        "study-packaged",
+        by=actor(),
+        account=account,
+        package=final.name,
+        sha256=digest,
+        patient_ids=sorted(tree.patients),
+        study_uids=[study.uid for study in studies],
+        accession_numbers=sorted({str(s.header.get("AccessionNumber") or "") for s in studies} - {""}),
+        files=len(images),
+        bytes=size,
+    )
+    return Package(final, digest, len(images), size, tree, found)
+
+
+def _patient_label(tree: Tree) -> str:
+    patient = next(iter(tree.patients.values()))
+    study = next(iter(patient.studies.values()))
+    return f"{study.header.get('StudyDate') or 'study'}"
