@@ -312,6 +312,40 @@ def package(
     typer.echo(f"  sha256 {made.sha256}")
 
 
+@app.command("inspect")
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Received media: a zip file or a folder.")],
+    max_gb: Annotated[float, typer.Option("--max-gb", help="Refuse media that unpack to more than this.")] = 50,
+    max_ratio: Annotated[int, typer.Option("--max-ratio", help="Refuse an entry that expands more than this.")] = 200,
+) -> None:
+    """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems."""
+    from exchange.dicomdir import DicomDirError, build_tree, summary
+    from exchange.media import inspect_media
+
+    report = inspect_media(path, max_total=int(max_gb * 1024**3), max_ratio=max_ratio)
+    typer.echo(f"{path}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
+    try:
+        patients = summary(build_tree(report.instances)) if report.instances else []
+    except DicomDirError as error:
+        report.problems.append(str(error))
+        patients = []
+    for patient in patients:
+        typer.echo(f"  patient {patient['id']} {patient['name']}")
+        for study in patient["studies"]:
+            typer.echo(
+                f"    {study['date']} {study['modalities']} {study['description']} "
+                f"({study['series']} series, {study['images']} images)"
+            )
+    typer.echo(f"  DICOMDIR: {report.dicomdir or 'none'}")
+    for name in report.not_dicom:
+        typer.echo(f"  not DICOM: {name}")
+    for problem in report.problems:
+        typer.echo(f"  PROBLEM: {problem}", err=True)
+    typer.echo("refused: do not import" if report.problems else "ok", err=bool(report.problems))
+    if report.problems:
+        raise typer.Exit(1)
+
+
 @contextlib.contextmanager
 def _progress():
     """A progress bar on a terminal, plain lines otherwise; yields progress(stage, done, total)."""

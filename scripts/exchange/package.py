@@ -16,7 +16,6 @@ import grp
 import hashlib
 import os
 import re
-import shutil
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, s
 from exchange.dicomfiles import Scan, Source, scan
 from exchange.messages import Messages
 from exchange.policy import Policy
+from exchange.zipstream import Entry, write_entries
 
 DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work
-CHUNK = 1 << 20
 
 
 class PackageError(Exception):
@@ -123,12 +122,6 @@ def _entry(name: str, stored: bool, when: datetime.datetime) -> zipfile.ZipInfo:
     return info
 
 
-def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, source: Source) -> int:
-    with source.open() as src, archive.open(info, "w", force_zip64=source.size > 0x7FFFFFFF) as dst:
-        shutil.copyfileobj(src, dst, CHUNK)
-    return source.size
-
-
 def _viewer_sources(viewer: Path | None) -> list[tuple[str, Source]]:
     if viewer is None:
         return []
@@ -178,20 +171,19 @@ def make_package(
     total = sum(image.instance.source.size for image in images)
     final = folder / package_name(label or _patient_label(tree), now)
     staged = folder / f".{final.name}.partial"
-    written = 0
     try:
         with open(staged, "xb") as handle:
             writer = _HashingWriter(handle)
             with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
                 for name, data in documents.items():
                     archive.writestr(_entry(name, stored=False, when=now), data)
-                for image in images:
-                    written += _copy(
-                        archive, _entry("/".join(image.file_id), image.instance.compressed, now), image.instance.source
-                    )
-                    progress("packing", written, total)
-                for relative, source in viewer_files:
-                    _copy(archive, _entry(relative, stored=False, when=now), source)
+                entries = [
+                    Entry(_entry("/".join(image.file_id), image.instance.compressed, now), image.instance.source)
+                    for image in images
+                ] + [Entry(_entry(relative, stored=False, when=now), source) for relative, source in viewer_files]
+                write_entries(
+                    archive, entries, level=DEFLATE_LEVEL, progress=lambda done: progress("packing", done, total)
+                )
             handle.flush()
             os.fsync(handle.fileno())
         # Staff (the group) and the account (other) read it; nobody but root changes it.
