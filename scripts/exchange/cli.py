@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,6 +287,8 @@ def package(
     from exchange.package import PackageError, download_folder, make_package
 
     tools = _tools("package")
+    # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         folder = download_folder(tools.policy, to)
     except PackageError as error:

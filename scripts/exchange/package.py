@@ -104,6 +104,19 @@ def examine(
         tree = build_tree(found.instances)
     except DicomDirError as error:
         raise PackageError(f"refused, nothing was written: {error}") from None
+    names = {
+        patient_id: sorted(
+            {str(i.header.get("PatientName") or "") for i in found.instances if i.header.PatientID == patient_id}
+        )
+        for patient_id in tree.patients
+    }
+    clashing = {patient_id: n for patient_id, n in names.items() if len(n) > 1}
+    if clashing and not allow_multiple_patients:
+        detail = "; ".join(f"PatientID {pid}: {' / '.join(n)}" for pid, n in clashing.items())
+        raise PackageError(
+            f"refused: one PatientID with different patient names ({detail}); the same ID from two sources may be "
+            "two people (--allow-multiple-patients if this is one patient)"
+        )
     if len(tree.patients) > 1 and not allow_multiple_patients:
         ids = ", ".join(sorted(tree.patients))
         raise PackageError(

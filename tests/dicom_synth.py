@@ -1,0 +1,110 @@
+"""Synthetic DICOM studies for tests and benchmarks, made offline.
+
+`ct_study` writes uncompressed CT instances (512x512, 12 bits, a body-shaped disc in air,
+so deflate sees about what it sees in a real CT); `clone` copies an existing instance
+(e.g. one of pydicom's JPEG 2000 test files) under new UIDs and a patient of our choosing,
+pixel data untouched.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from functools import cache
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+@cache
+def _ct_pixels(rows: int = 512, cols: int = 512) -> bytes:
+    noise = random.Random(7)
+    out = bytearray()
+    for r in range(rows):
+        values = [
+            1000 + ((r * 3 + c * 5) % 200) + noise.randrange(64)
+            if (r - rows // 2) ** 2 + (c - cols // 2) ** 2 < (rows * 2 // 5) ** 2
+            else 0xFC18  # -1000 HU: air
+            for c in range(cols)
+        ]
+        out += struct.pack(f"<{cols}H", *values)
+    return bytes(out)
+
+
+def ct_study(
+    directory: Path,
+    count: int,
+    patient_id: str = "SYN0001",
+    series: int = 1,
+    omit: tuple[str, ...] = (),
+    study_uid: str | None = None,
+) -> list[Path]:
+    """`count` instances per series; keywords in `omit` are left out (to test the fill rules)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    paths = []
+    for s in range(series):
+        series_uid = generate_uid()
+        for i in range(count):
+            uid = generate_uid()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CTImageStorage
+            meta.MediaStorageSOPInstanceUID = uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            values = {
+                "SOPClassUID": CTImageStorage,
+                "SOPInstanceUID": uid,
+                "PatientID": patient_id,
+                "PatientName": "SYNTHETIC^PATIENT",
+                "PatientBirthDate": "19700101",
+                "StudyInstanceUID": study_uid,
+                "SeriesInstanceUID": series_uid,
+                "StudyDate": "20260101",
+                "StudyTime": "120000",
+                "StudyID": "1",
+                "AccessionNumber": "ACC0001",
+                "StudyDescription": "CT THORAX",
+                "Modality": "CT",
+                "SeriesNumber": s + 1,
+                "InstanceNumber": i + 1,
+                "Rows": 512,
+                "Columns": 512,
+                "BitsAllocated": 16,
+                "BitsStored": 12,
+                "HighBit": 11,
+                "PixelRepresentation": 1,
+                "SamplesPerPixel": 1,
+                "PhotometricInterpretation": "MONOCHROME2",
+            }
+            for keyword, value in values.items():
+                if keyword not in omit:
+                    setattr(ds, keyword, value)
+            ds.PixelData = _ct_pixels()
+            path = directory / f"s{s:02d}-{i:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
+
+
+def clone(
+    template: Path, directory: Path, count: int, patient_id: str = "SYN0001", patient_name: str = "SYNTHETIC^PATIENT"
+) -> list[Path]:
+    """`count` copies of `template` in one new series of one new study, new UIDs, same pixels."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = dcmread(template)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = []
+    for i in range(count):
+        uid = generate_uid()
+        source.SOPInstanceUID = uid
+        source.file_meta.MediaStorageSOPInstanceUID = uid
+        source.StudyInstanceUID, source.SeriesInstanceUID = study_uid, series_uid
+        source.PatientID, source.PatientName, source.InstanceNumber = patient_id, patient_name, i + 1
+        path = directory / f"{template.stem}-{i:05d}.dcm"
+        source.save_as(path)
+        paths.append(path)
+    return paths
