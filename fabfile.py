@@ -5,6 +5,7 @@
     fab -H staff-jdoe@exchange01 link-resend link-k7m2p9qa
     fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
     fab -H staff-jdoe@exchange01 partner-credentials cardiology
+    fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa /data/export/ct-thorax [--label "CT thorax"]
 
 Each task runs the same `exchange` command on the server that staff may run there by hand
 (members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
@@ -74,3 +75,27 @@ def link_revoke(c, account):
 def partner_credentials(c, name):
     """A fresh password for a partner by SMS, a notice by e-mail."""
     _exchange(c, "partner", "credentials", name)
+
+
+@task(
+    help={
+        "to": "the partner or link account whose download folder gets the zip",
+        "paths": "DICOM files or folders on the server (comma-separated for several)",
+        "label": "a title for the package and its file name",
+        "viewer": "a viewer folder on the server (default: the site's)",
+        "strict": "refuse non-DICOM files and duplicates instead of skipping them",
+        "allow-multiple-patients": "allow images of more than one patient",
+    }
+)
+def package(c, to, paths, label="", viewer="", strict=False, allow_multiple_patients=False):
+    """Pack DICOM studies on the server into one zip in an account's download folder."""
+    args = ["package", "--to", to, *[p.strip() for p in paths.split(",") if p.strip()]]
+    if label:
+        args += ["--label", label]
+    if viewer:
+        args += ["--viewer", viewer]
+    if strict:
+        args.append("--strict")
+    if allow_multiple_patients:
+        args.append("--allow-multiple-patients")
+    _exchange(c, *args)

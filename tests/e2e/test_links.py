@@ -15,14 +15,18 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from pydicom.data import get_testdata_file
 
 from tests import testhost
+from tests.dicom_synth import clone, ct_study
 from tests.e2e.clients import paramiko_sftp
 from tests.e2e.conftest import PARTNERS, make_exchange
 from tests.messaging import SmsGateway, SmtpServer, make_ca, site_data
 from tests.pyinfra_run import REPO
 
 pytestmark = pytest.mark.e2e
+
+J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 
 CA_ON_HOST = "/etc/imaging-exchange/test-relay-ca.pem"
 STATE = "/var/lib/imaging-exchange"
@@ -349,32 +353,44 @@ def test_uploads_are_announced_to_staff_once_per_account_and_run(linked, relay):
     assert len([r for r in relay.smtp.to("desk@hospital.example") if link.account in r.message["Subject"]]) == 1
 
 
-def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, tmp_path):
-    key = tmp_path / "staff_ed25519"
+@dataclass
+class Workstation:
+    """A staff member's workstation: a home with an ssh config, a key and known_hosts."""
+
+    home: Path
+
+    def fab(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(REPO / ".venv" / "bin" / "fab"), "-H", "exchange01", *args],
+            cwd=REPO,
+            env={**os.environ, "HOME": str(self.home)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
+@pytest.fixture(scope="module")
+def workstation(linked, tmp_path_factory) -> Workstation:
+    home = tmp_path_factory.mktemp("staff-home")
+    key = home / "staff_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     linked.host.ssh(
-        "id staff-jdoe >/dev/null 2>&1 || useradd --create-home --shell /bin/bash --groups exchange-staff staff-jdoe; "
+        "useradd --create-home --shell /bin/bash --groups exchange-staff staff-jdoe && "
         "install -d -m 700 -o staff-jdoe -g staff-jdoe ~staff-jdoe/.ssh && "
         f"echo {shlex.quote(key.with_suffix('.pub').read_text().strip())} > ~staff-jdoe/.ssh/authorized_keys"
     )
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh").mkdir()
     (home / ".ssh" / "config").write_text(
         f"Host exchange01\n  HostName {linked.host.hostname}\n  Port {linked.host.port}\n"
         f"  User staff-jdoe\n  IdentityFile {key}\n"
     )
     (home / ".ssh" / "known_hosts").write_text(linked.host.known_hosts.read_text())
+    return Workstation(home)
 
-    def fab(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(REPO / ".venv" / "bin" / "fab"), "-H", "exchange01", *args],
-            cwd=REPO,
-            env={**os.environ, "HOME": str(home)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
 
+def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, workstation):
+    fab = workstation.fab
     email, phone = recipient()
     issued = fab("link-issue", "--email", email, "--phone", phone, "--lang", "en")
     assert issued.returncode == 0, issued.stderr
@@ -389,9 +405,53 @@ def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, t
     # Staff may run `exchange` as root and nothing else.
     other = fab("link-revoke", "link-nosuch1")
     assert other.returncode != 0 and "no such link account" in other.stderr
-    shell = linked.host.ssh("su staff-jdoe -c 'sudo -n /usr/bin/id'", check=False)
-    assert shell.returncode != 0
-    # An unknown server key is refused, never added.
-    (home / ".ssh" / "known_hosts").write_text("")
-    refused = fab("link-list")
+    assert linked.host.ssh("su staff-jdoe -c 'sudo -n /usr/bin/id'", check=False).returncode != 0
+
+
+def test_an_unknown_server_key_is_refused_not_added(workstation, tmp_path):
+    refusing = Workstation(tmp_path / "home")
+    (refusing.home / ".ssh").mkdir(parents=True)
+    (refusing.home / ".ssh" / "config").write_text((workstation.home / ".ssh" / "config").read_text())
+    (refusing.home / ".ssh" / "known_hosts").write_text("")
+    refused = refusing.fab("link-list")
     assert refused.returncode != 0 and "not found in known_hosts" in refused.stderr
+    assert (refusing.home / ".ssh" / "known_hosts").read_text() == ""
+
+
+def test_staff_package_a_study_that_the_recipient_downloads_intact(linked, relay, workstation, tmp_path):
+    link = issue(linked, relay, "--note", "CT for second opinion")
+    files = ct_study(tmp_path / "study", 4) + clone(J2K, tmp_path / "study", 2)
+    tar = subprocess.run(["tar", "-C", str(tmp_path / "study"), "-c", "."], check=True, capture_output=True).stdout
+    subprocess.run(
+        [*linked.host.ssh_args(), "rm -rf /tmp/incoming && mkdir /tmp/incoming && tar -C /tmp/incoming -x"],
+        input=tar,
+        check=True,
+    )
+    packed = workstation.fab("package", "--to", link.account, "/tmp/incoming", "--label", "CT thorax")
+    assert packed.returncode == 0, packed.stderr
+    session = paramiko_sftp(linked.host, link.account, password=link.password)
+    try:
+        names = sorted(session.listdir("/download"))
+        (package,) = [n for n in names if n.endswith(".zip")]
+        assert names == [package, f"{package}.sha256"]
+        local = tmp_path / package
+        session.get(f"/download/{package}", str(local))
+        with session.open(f"/download/{package}.sha256") as handle:
+            expected = handle.read().decode().split()[0]
+        with pytest.raises(OSError):
+            session.remove(f"/download/{package}")  # the recipient reads it, cannot change it
+    finally:
+        session.close()
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == expected
+    out = tmp_path / "unpacked"
+    subprocess.run(["unzip", "-q", str(local), "-d", str(out)], check=True)
+    unpacked = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "DICOM").rglob("IM*")}
+    assert unpacked == {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    (event,) = [e for e in audit_events(linked, "study-packaged") if e["account"] == link.account]
+    assert event["by"] == "staff-jdoe" and event["files"] == 6 and event["patient_ids"] == ["SYN0001"]
+    assert event["accession_numbers"] == ["ACC0001"] and event["package"] == package
+    listed = {
+        json.loads(line)["account"]: json.loads(line)
+        for line in run(linked, "link", "list", "--json").stdout.splitlines()
+    }
+    assert listed[link.account]["download_files"] == 2
