@@ -20,6 +20,8 @@ A file without PatientID is refused: whose images they are must never be guessed
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -29,7 +31,7 @@ from pydicom.fileset import DIRECTORY_RECORDERS, _four_level_record_type  # pydi
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
-from exchange.dicomfiles import Instance
+from exchange.dicomfiles import Header, Instance, as_dataset, full_header
 
 FILE_SET_ID = "IMAGINGEXCHANGE"
 
@@ -49,21 +51,21 @@ class Image:
 @dataclass
 class Series:
     uid: str
-    header: Dataset
+    header: Header
     images: list[Image] = field(default_factory=list)
 
 
 @dataclass
 class Study:
     uid: str
-    header: Dataset
+    header: Header
     series: dict[str, Series] = field(default_factory=dict)
 
 
 @dataclass
 class Patient:
     id: str
-    header: Dataset
+    header: Header
     studies: dict[str, Study] = field(default_factory=dict)
 
 
@@ -87,6 +89,17 @@ def _value(header: Dataset, *keywords: str) -> str | None:
     return None
 
 
+def _record_type(header: Header) -> str:
+    return _record_type_of(header.get("SOPClassUID"), header.get("Modality"), "RTPlanLabel" in header)
+
+
+@functools.cache
+def _record_type_of(sop_class: str | None, modality: str | None, rt_plan: bool) -> str:
+    """pydicom's choice (PS3.3 F.5), asked once per kind of instance."""
+    probe = {"SOPClassUID": sop_class, "Modality": modality, "RTPlanLabel": "x" if rt_plan else None}
+    return _four_level_record_type(as_dataset({k: v for k, v in probe.items() if v is not None}))
+
+
 def build_tree(instances: list[Instance]) -> Tree:
     tree = Tree()
     for instance in instances:
@@ -102,10 +115,10 @@ def build_tree(instances: list[Instance]) -> Tree:
         study = patient.studies.setdefault(study_uid, Study(study_uid, header))
         series = study.series.setdefault(series_uid, Series(series_uid, header))
         try:
-            number = int(header.InstanceNumber) if _value(header, "InstanceNumber") else 0
+            number = int(header["InstanceNumber"]) if _value(header, "InstanceNumber") else 0
         except (TypeError, ValueError):
             number = 0
-        series.images.append(Image(instance, number, _four_level_record_type(header)))
+        series.images.append(Image(instance, number, _record_type(header)))
     for p, patient in enumerate(tree.patients.values(), 1):
         for s, study in enumerate(patient.studies.values(), 1):
             for e, series in enumerate(study.series.values(), 1):
@@ -148,78 +161,98 @@ def _filled(tree: Tree, where: str, keyword: str, value: str) -> str:
     return value
 
 
-def _study_keys(tree: Tree, study: Study, index: int) -> Dataset:
-    header, keys = study.header, Dataset()
-    where = f"study {study.uid}"
-    keys.StudyDate = _value(header, "StudyDate") or _filled(
-        tree, where, "StudyDate", _value(header, "SeriesDate", "AcquisitionDate", "ContentDate") or "19000101"
-    )
-    keys.StudyTime = _value(header, "StudyTime") or _filled(
-        tree, where, "StudyTime", _value(header, "SeriesTime", "AcquisitionTime", "ContentTime") or "000000"
-    )
+def _study_keys(tree: Tree, study: Study, index: int) -> dict:
+    header, where = study.header, f"study {study.uid}"
     accession = _value(header, "AccessionNumber")
-    keys.StudyID = _value(header, "StudyID") or _filled(
-        tree, where, "StudyID", accession[-16:] if accession else f"S{index}"
-    )
-    return keys
+    return {
+        "StudyDate": _value(header, "StudyDate")
+        or _filled(
+            tree, where, "StudyDate", _value(header, "SeriesDate", "AcquisitionDate", "ContentDate") or "19000101"
+        ),
+        "StudyTime": _value(header, "StudyTime")
+        or _filled(
+            tree, where, "StudyTime", _value(header, "SeriesTime", "AcquisitionTime", "ContentTime") or "000000"
+        ),
+        "StudyID": _value(header, "StudyID")
+        or _filled(tree, where, "StudyID", accession[-16:] if accession else f"S{index}"),
+    }
 
 
-def _record(record_type: str, source: Dataset, keys: Dataset | None = None) -> Dataset:
-    merged = Dataset()
-    merged.update(source)
-    if keys is not None:
-        merged.update(keys)
+def _record(record_type: str, header: Header, keys: dict | None = None, source=None) -> Dataset:
+    merged = as_dataset({**header, **(keys or {})})
+    if record_type not in ("PATIENT", "STUDY", "SERIES", "IMAGE") and source is not None:
+        # SR, presentation states, RT objects, ...: their records need elements beyond ours.
+        merged = full_header(source)
+        for keyword, value in (keys or {}).items():
+            setattr(merged, keyword, value)
     try:
         record = DIRECTORY_RECORDERS[record_type](merged)
     except ValueError as exc:
         raise DicomDirError(f"cannot make a {record_type} record: {exc}") from None
+    # The three offsets first (PS3.3 F.3.2.2): their byte positions in the encoded record are
+    # fixed, so they are patched in after the layout is known (see _OFFSET_FIELDS).
     record.OffsetOfTheNextDirectoryRecord = 0
     record.RecordInUseFlag = 0xFFFF
     record.OffsetOfReferencedLowerLevelDirectoryEntity = 0
     record.DirectoryRecordType = record_type
-    if "SpecificCharacterSet" in source:
-        record.SpecificCharacterSet = source.SpecificCharacterSet
+    if "SpecificCharacterSet" in header:
+        record.SpecificCharacterSet = header["SpecificCharacterSet"]
     return record
+
+
+# In Explicit VR Little Endian a record starts with (0004,1400) UL, (0004,1410) US and
+# (0004,1420) UL: the next-record offset's value at bytes 8-12, the lower-level one's at 30-34.
+_OFFSET_FIELDS = ((0, b"\x04\x00\x00\x14UL\x04\x00"), (22, b"\x04\x00\x20\x14UL\x04\x00"))
+
+
+def _encode(record: Dataset) -> bytearray:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, record)
+    encoded = bytearray(buffer.getvalue())
+    for at, head in _OFFSET_FIELDS:
+        if encoded[at : at + 8] != head:
+            raise DicomDirError("unexpected directory record layout")  # never: pydicom sorts by tag
+    return encoded
 
 
 @dataclass
 class _Node:
-    record: Dataset
+    encoded: bytearray
     children: list[_Node] = field(default_factory=list)
     offset: int = 0
 
 
 def _nodes(tree: Tree) -> list[_Node]:
+    """Every record encoded once, in a tree; only the bytes are kept."""
     roots = []
     for patient in tree.patients.values():
-        patient_node = _Node(_record("PATIENT", patient.header))
+        patient_node = _Node(_encode(_record("PATIENT", patient.header)))
         roots.append(patient_node)
         for s, study in enumerate(patient.studies.values(), 1):
-            study_node = _Node(_record("STUDY", study.header, _study_keys(tree, study, s)))
+            study_node = _Node(_encode(_record("STUDY", study.header, _study_keys(tree, study, s))))
             patient_node.children.append(study_node)
             for e, series in enumerate(study.series.values(), 1):
-                keys = Dataset()
-                keys.Modality = _value(series.header, "Modality") or _filled(
-                    tree, f"series {series.uid}", "Modality", "OT"
-                )
-                keys.SeriesNumber = _value(series.header, "SeriesNumber") or _filled(
-                    tree, f"series {series.uid}", "SeriesNumber", str(e)
-                )
-                series_node = _Node(_record("SERIES", series.header, keys))
+                where = f"series {series.uid}"
+                keys = {
+                    "Modality": _value(series.header, "Modality") or _filled(tree, where, "Modality", "OT"),
+                    "SeriesNumber": _value(series.header, "SeriesNumber")
+                    or _filled(tree, where, "SeriesNumber", str(e)),
+                }
+                series_node = _Node(_encode(_record("SERIES", series.header, keys)))
                 study_node.children.append(series_node)
                 for i, image in enumerate(series.images, 1):
                     header = image.instance.header
-                    leaf_keys = Dataset()
+                    leaf_keys = {}
                     if not _value(header, "InstanceNumber"):
-                        leaf_keys.InstanceNumber = _filled(
-                            tree, f"instance {header.SOPInstanceUID}", "InstanceNumber", str(i)
-                        )
-                    leaf = _record(image.record_type, header, leaf_keys)
+                        where = f"instance {header['SOPInstanceUID']}"
+                        leaf_keys["InstanceNumber"] = _filled(tree, where, "InstanceNumber", str(i))
+                    leaf = _record(image.record_type, header, leaf_keys, image.instance.source)
                     leaf.ReferencedFileID = list(image.file_id)
-                    leaf.ReferencedSOPClassUIDInFile = header.SOPClassUID
-                    leaf.ReferencedSOPInstanceUIDInFile = header.SOPInstanceUID
+                    leaf.ReferencedSOPClassUIDInFile = header["SOPClassUID"]
+                    leaf.ReferencedSOPInstanceUIDInFile = header["SOPInstanceUID"]
                     leaf.ReferencedTransferSyntaxUIDInFile = image.instance.transfer_syntax
-                    series_node.children.append(_Node(leaf))
+                    series_node.children.append(_Node(_encode(leaf)))
     return roots
 
 
@@ -229,17 +262,10 @@ def _preorder(nodes: list[_Node]) -> Iterable[_Node]:
         yield from _preorder(node.children)
 
 
-def _encoded_length(record: Dataset) -> int:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_dataset(buffer, record)
-    return len(buffer.getvalue())
-
-
 def _link(siblings: list[_Node]) -> None:
     for node, following in zip(siblings, [*siblings[1:], None], strict=False):
-        node.record.OffsetOfTheNextDirectoryRecord = following.offset if following else 0
-        node.record.OffsetOfReferencedLowerLevelDirectoryEntity = node.children[0].offset if node.children else 0
+        node.encoded[8:12] = struct.pack("<I", following.offset if following else 0)
+        node.encoded[30:34] = struct.pack("<I", node.children[0].offset if node.children else 0)
         _link(node.children)
 
 
@@ -258,26 +284,31 @@ def dicomdir_bytes(tree: Tree) -> bytes:
     directory.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
     directory.FileSetConsistencyFlag = 0
 
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, False
-    out.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    write_dataset(out, directory[:0x00041200])
-    offsets_at = out.tell()
-    write_dataset(out, directory[0x00041200:0x00041220])
-    # Every record is an item of defined length after the sequence's 12-byte header; the
-    # offset fields are fixed-size, so lengths are known before the offsets are.
-    offset = out.tell() + 12
+    # Offsets count from the file's first byte; the records follow the header elements and
+    # the sequence's 12-byte element header, each as an item of defined length (8-byte header).
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    offset = head.tell() + sum(_element_length(directory[tag]) for tag in directory.keys()) + 12
     for node in _preorder(roots):
         node.offset = offset
-        offset += 8 + _encoded_length(node.record)
+        offset += 8 + len(node.encoded)
     _link(roots)
-    directory.DirectoryRecordSequence = [node.record for node in _preorder(roots)]
-    write_dataset(out, directory[0x00041220:])
     if roots:
         directory.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = roots[0].offset
         directory.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = roots[-1].offset
-        out.seek(offsets_at)
-        write_data_element(out, directory[0x00041200])
-        write_data_element(out, directory[0x00041202])
-    return out.getvalue()
+    write_dataset(head, directory)
+    parts = [head.getvalue(), struct.pack("<HH2sHI", 0x0004, 0x1220, b"SQ", 0, 0xFFFFFFFF)]
+    for node in _preorder(roots):
+        parts.append(struct.pack("<HHI", 0xFFFE, 0xE000, len(node.encoded)))
+        parts.append(bytes(node.encoded))
+    parts.append(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))  # sequence delimitation item
+    return b"".join(parts)
+
+
+def _element_length(element) -> int:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_data_element(buffer, element)
+    return len(buffer.getvalue())

@@ -47,7 +47,9 @@ HEADER_TAGS = [
     "StudyID",
     "SeriesNumber",
     "InstanceNumber",
+    "RTPlanLabel",  # for the record type, as pydicom decides it
 ]
+Header = dict[str, object]  # keyword -> value (str; SpecificCharacterSet as read): a few hundred bytes
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
@@ -64,7 +66,7 @@ class Source:
 @dataclass
 class Instance:
     source: Source
-    header: Dataset  # headers only
+    header: Header  # the HEADER_TAGS it has, as plain values: thousands of instances stay small
     transfer_syntax: str
     compressed: bool  # encapsulated pixel data: stored in the zip, not deflated again
 
@@ -146,6 +148,31 @@ def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool) -> str | N
         handle.seek(position)
 
 
+def compact(header: Dataset) -> Header:
+    values: Header = {}
+    for keyword in HEADER_TAGS:
+        value = header.get(keyword)
+        if value is None or value == "":
+            continue
+        values[keyword] = value if keyword == "SpecificCharacterSet" and not isinstance(value, str) else str(value)
+    if isinstance(values.get("SpecificCharacterSet"), list | tuple):
+        values["SpecificCharacterSet"] = [str(v) for v in values["SpecificCharacterSet"]]
+    return values
+
+
+def as_dataset(header: Header) -> Dataset:
+    dataset = Dataset()
+    for keyword, value in header.items():
+        setattr(dataset, keyword, value)
+    return dataset
+
+
+def full_header(source: Source) -> Dataset:
+    """Every element before the pixel data, for the rare record types that need more."""
+    with source.open() as handle:
+        return dcmread(handle, stop_before_pixels=True)
+
+
 def read_header(source: Source) -> Instance | str:
     """The instance, or the reason it is not one ("not DICOM" or what is broken)."""
     try:
@@ -159,7 +186,7 @@ def read_header(source: Source) -> Instance | str:
             problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR)
             if problem:
                 return f"broken: {problem}"
-            return Instance(source, header, str(syntax), syntax.is_compressed)
+            return Instance(source, compact(header), str(syntax), syntax.is_compressed)
     except InvalidDicomError:
         return "not DICOM"
     except (OSError, EOFError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
@@ -178,7 +205,7 @@ def scan(paths: list[Path], progress: Callable[[str], None] = lambda label: None
             else:
                 result.broken.append(f"{source.label}: {found.removeprefix('broken: ')}")
             continue
-        uid = str(found.header.SOPInstanceUID)
+        uid = found.header["SOPInstanceUID"]
         if uid in seen:
             result.duplicates.append(f"{source.label}: same SOP Instance UID as {seen[uid].source.label}")
             continue

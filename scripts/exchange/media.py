@@ -136,7 +136,7 @@ def _check_dicomdir(directory: Source, instances: list[Instance], root: str, rep
             continue
         referenced.add(target)
         expected = (record.get("ReferencedSOPInstanceUIDInFile"), record.get("ReferencedSOPClassUIDInFile"))
-        found = (instance.header.SOPInstanceUID, instance.header.SOPClassUID)
+        found = (instance.header["SOPInstanceUID"], instance.header["SOPClassUID"])
         if tuple(map(str, expected)) != tuple(map(str, found)):
             report.problems.append(f"DICOMDIR record for {'/'.join(parts)} names other UIDs than the file has")
         syntax = record.get("ReferencedTransferSyntaxUIDInFile")

@@ -15,7 +15,9 @@ import datetime
 import grp
 import hashlib
 import os
+import queue
 import re
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,16 +51,25 @@ class Package:
 
 
 class _HashingWriter:
-    """The zip's file, hashed as it is written. Unseekable on purpose: zipfile then streams
-    every entry with a data descriptor and never goes back, so the hash is the file's."""
+    """The zip's file, hashed as it is written, on a thread of its own (hashlib releases the
+    GIL). Unseekable on purpose: zipfile then streams every entry with a data descriptor and
+    never goes back, so the hash is the file's."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
-        self.digest = hashlib.sha256()
         self.position = 0
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._hash, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._digest.update(data)
 
     def write(self, data) -> int:
-        self.digest.update(data)
+        data = bytes(data)
+        self._queue.put(data)
         self.position += len(data)
         return self.handle.write(data)
 
@@ -70,6 +81,11 @@ class _HashingWriter:
 
     def flush(self) -> None:
         self.handle.flush()
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._digest.hexdigest()
 
 
 def download_folder(policy: Policy, account: str) -> Path:
@@ -106,7 +122,7 @@ def examine(
         raise PackageError(f"refused, nothing was written: {error}") from None
     names = {
         patient_id: sorted(
-            {str(i.header.get("PatientName") or "") for i in found.instances if i.header.PatientID == patient_id}
+            {str(i.header.get("PatientName") or "") for i in found.instances if i.header.get("PatientID") == patient_id}
         )
         for patient_id in tree.patients
     }
@@ -201,7 +217,7 @@ def make_package(
             os.fsync(handle.fileno())
         # Staff (the group) and the account (other) read it; nobody but root changes it.
         os.chmod(staged, 0o644)
-        digest = writer.digest.hexdigest()
+        digest = writer.hexdigest()
         checksum = folder / f".{final.name}.sha256.partial"
         checksum.write_text(f"{digest}  {final.name}\n")
         os.chmod(checksum, 0o644)

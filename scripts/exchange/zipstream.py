@@ -1,11 +1,13 @@
-"""Write zip entries with deflate spread over all cores, in order, in bounded memory.
+"""Write zip entries with deflate and CRC spread over all cores, in order, in bounded memory.
 
-zlib releases the GIL, so threads deflate in parallel: every entry is read in 1 MiB chunks;
+zlib releases the GIL, so threads work in parallel: every entry is read in 1 MiB chunks;
 each chunk is deflated on its own (raw deflate, ended with a sync flush, so the pieces
-join into one valid stream, as pigz does) by a thread pool, while the main thread reads
-ahead and writes finished chunks in order. At most IN_FLIGHT_PER_WORKER chunks per worker
-are in memory. The zip container itself is Python's zipfile: its entry writer gets the
-deflated pieces and, at close, the entry's CRC and size and the final (empty) block.
+join into one valid stream, as pigz does) by a thread pool, and each entry's CRC-32 is
+computed by another pool job reading the file once more (from the page cache), while the
+main thread only reads ahead and writes finished pieces in order. At most
+IN_FLIGHT_PER_WORKER chunks per worker are in memory. The zip container itself is Python's
+zipfile: its entry writer gets the pieces and, at close, the entry's CRC and size (and, when
+deflating, adds the final empty block).
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ class Entry:
         return self.info.compress_type == zipfile.ZIP_STORED
 
 
+def _crc32(source: Source) -> int:
+    crc = 0
+    with source.open() as handle:
+        while chunk := handle.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def _deflate(chunk: bytes, level: int) -> bytes:
     compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
     return compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
@@ -48,20 +58,22 @@ class _EntryWriter:
         self.index, self.handle, self.entry = -1, None, None
         self.crc, self.size = 0, 0
 
-    def write(self, index: int, entry: Entry, piece: bytes, crc: int, size: int) -> None:
+    def write(self, index: int, entry: Entry, piece: bytes, size: int) -> None:
         if index != self.index:
             self.handle = self.archive.open(entry.info, "w", force_zip64=entry.source.size > ZIP64_AT)
             self.index, self.entry = index, entry
-        if entry.stored or not PIECES:
-            self.handle.write(piece)
-        else:
+        if PIECES:
             self.handle._fileobj.write(piece)
             self.handle._compress_size += len(piece)
-            self.handle._crc, self.handle._file_size = crc, size
+            self.handle._file_size = size
+        else:
+            self.handle.write(piece)
 
-    def close(self) -> None:
+    def close(self, crc: Future | None) -> None:
         if self.handle is not None:
-            self.handle.close()  # its compressor adds the final empty block
+            if PIECES and crc is not None:
+                self.handle._crc = crc.result()
+            self.handle.close()  # a deflating entry's compressor adds the final empty block
             self.handle = None
 
 
@@ -75,31 +87,31 @@ def write_entries(
     """Write `entries` into `archive` in order; returns the bytes read."""
     workers = workers or os.cpu_count() or 1
     writer = _EntryWriter(archive, level)
-    pending: deque[tuple[int, Entry, Future | bytes, int, int, bool]] = deque()
+    pending: deque[tuple[int, Entry, Future | bytes, int, bool, Future | None]] = deque()
     total = 0
 
     def drain(keep: int) -> None:
         while len(pending) > keep:
-            index, entry, piece, crc, size, last = pending.popleft()
-            data = piece.result() if isinstance(piece, Future) else piece
-            writer.write(index, entry, data, crc, size)
+            index, entry, piece, size, last, crc = pending.popleft()
+            writer.write(index, entry, piece.result() if isinstance(piece, Future) else piece, size)
             if last:
-                writer.close()
+                writer.close(crc)
 
     with ThreadPoolExecutor(workers, thread_name_prefix="deflate") as pool:
         try:
             for index, entry in enumerate(entries):
-                crc = size = 0
+                size = 0
                 compress = not entry.stored and PIECES
+                crc = pool.submit(_crc32, entry.source) if PIECES else None
                 with entry.source.open() as src:
                     chunk = src.read(CHUNK)
                     if not chunk:
-                        pending.append((index, entry, b"", 0, 0, True))
+                        pending.append((index, entry, b"", 0, True, crc))
                     while chunk:
                         following = src.read(CHUNK)
-                        crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+                        size += len(chunk)
                         piece = pool.submit(_deflate, chunk, level) if compress else chunk
-                        pending.append((index, entry, piece, crc, size, not following))
+                        pending.append((index, entry, piece, size, not following, crc))
                         total += len(chunk)
                         progress(total)
                         drain(keep=workers * IN_FLIGHT_PER_WORKER)
@@ -109,7 +121,7 @@ def write_entries(
             for item in pending:
                 if isinstance(item[2], Future):
                     item[2].cancel()
-            writer.close()
+            writer.close(None)
     return total
 
 

@@ -1,0 +1,150 @@
+"""Benchmark: `exchange package` against Info-ZIP `zip -r -1` and `cp -r`, same files, same run.
+
+Two synthetic studies of about 1 GB each (tests/dicom_synth.py): uncompressed CT (512x512,
+12 bits) and JPEG 2000 (pydicom-data's RG1_J2KR cloned under new UIDs). Every tool's time
+includes `sync`, so each is measured until its output is on disk (our packager fsyncs
+anyway); the input is in the page cache for all three. Also: the DICOMDIR (header reads,
+tree, encoding) for 2,000 instances, and the peak RSS of packaging a ~5 GB study in a child
+process.
+
+Targets: uncompressed at least 1.5x the throughput of `zip -1`; JPEG 2000 at least 0.9x of
+`cp`; DICOMDIR for 2,000 instances under 5 s; peak RSS for 5 GB under 200 MB.
+
+    .venv/bin/python -m bench.package_throughput [--gb 1] [--rss-gb 5] [--workdir /var/tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+
+from tests.dicom_synth import clone, ct_study
+
+TARGETS = {"uncompressed_vs_zip": 1.5, "j2k_vs_cp": 0.9, "dicomdir_2000_s": 5.0, "rss_mb": 200}
+CT_BYTES = 512 * 512 * 2
+
+# Packages in a child process, so its peak RSS is its own.
+CHILD = r"""
+import sys
+from pathlib import Path
+from exchange.messages import Messages
+from exchange.package import make_package
+from exchange.policy import load_policy
+from exchange.site import parse_site
+from tests.messaging import site_data
+policy = load_policy("policies.yaml").policy
+messages = Messages(parse_site(site_data(25, "https://sms.invalid/", "/x"), "bench"), Path("templates/messages"))
+make_package(policy, messages, "bench", Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], label="bench")
+"""
+
+
+def timed(command: list[str], cwd: Path | None = None) -> float:
+    subprocess.run(["sync"], check=True)  # no earlier writeback competes with the measured tool
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True)
+    subprocess.run(["sync"], check=True)
+    return time.perf_counter() - start
+
+
+def size_of(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def warm(folder: Path) -> None:
+    subprocess.run(f"cat {folder}/* > /dev/null", shell=True, check=True)
+
+
+def ours(study: Path, out: Path) -> float:
+    out.mkdir()
+    return timed([sys.executable, "-c", CHILD, str(out), str(study)])
+
+
+def compare(name: str, study: Path, work: Path) -> dict:
+    warm(study)
+    size = size_of(study)
+    results = {"study": name, "bytes": size}
+    results["ours_s"] = ours(study, work / f"{name}-ours")
+    results["zip_s"] = timed(["zip", "-q", "-r", "-1", str(work / f"{name}.zip"), "."], cwd=study)
+    results["cp_s"] = timed(["cp", "-r", str(study), str(work / f"{name}-cp")])
+    (package,) = (work / f"{name}-ours").glob("*.zip")
+    results["ours_zip_bytes"] = package.stat().st_size
+    results["zip_bytes"] = (work / f"{name}.zip").stat().st_size
+    for tool in ("ours", "zip", "cp"):
+        results[f"{tool}_mb_s"] = round(size / results[f"{tool}_s"] / 1e6, 1)
+    return results
+
+
+def dicomdir_time(study: Path) -> float:
+    from exchange.dicomdir import build_tree, dicomdir_bytes
+    from exchange.dicomfiles import scan
+
+    start = time.perf_counter()
+    dicomdir_bytes(build_tree(scan([study]).instances))
+    return time.perf_counter() - start
+
+
+def peak_rss_mb(study: Path, out: Path) -> float:
+    out.mkdir()
+    subprocess.run([sys.executable, "-c", CHILD, str(out), str(study)], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gb", type=float, default=1.0, help="size of each throughput study")
+    parser.add_argument("--rss-gb", type=float, default=5.0, help="size of the study for the memory measurement")
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-package-") as tmp:
+        work = Path(tmp)
+        uncompressed = work / "ct"
+        ct_study(uncompressed, int(args.gb * 1e9 / CT_BYTES))
+        template = Path(get_testdata_file("RG1_J2KR.dcm", download=False))
+        j2k = work / "j2k"
+        clone(template, j2k, int(args.gb * 1e9 / template.stat().st_size))
+        rows = [compare("uncompressed", uncompressed, work), compare("jpeg2000", j2k, work)]
+        dicomdir_2000 = dicomdir_time(uncompressed) * 2000 / len(list(uncompressed.iterdir()))
+        for row in rows:
+            print(
+                f"{row['study']:>12}: {row['bytes'] / 1e9:.2f} GB   ours {row['ours_mb_s']:6.1f} MB/s "
+                f"({row['ours_zip_bytes'] / 1e6:.0f} MB)   zip -1 {row['zip_mb_s']:6.1f} MB/s "
+                f"({row['zip_bytes'] / 1e6:.0f} MB)   cp {row['cp_mb_s']:6.1f} MB/s"
+            )
+        shutil.rmtree(j2k)
+        for row in rows:
+            shutil.rmtree(work / f"{row['study']}-cp")
+            shutil.rmtree(work / f"{row['study']}-ours")
+            (work / f"{row['study']}.zip").unlink()
+        big = work / "big"
+        ct_study(big, int(args.rss_gb * 1e9 / CT_BYTES))
+        rss = peak_rss_mb(big, work / "big-ours")
+    ratios = {
+        "uncompressed_vs_zip": rows[0]["ours_mb_s"] / rows[0]["zip_mb_s"],
+        "j2k_vs_cp": rows[1]["ours_mb_s"] / rows[1]["cp_mb_s"],
+    }
+    print(
+        f"uncompressed: ours / zip -1 = {ratios['uncompressed_vs_zip']:.2f}x (target >= {TARGETS['uncompressed_vs_zip']}x)"
+    )
+    print(f"JPEG 2000:    ours / cp     = {ratios['j2k_vs_cp']:.2f}x (target >= {TARGETS['j2k_vs_cp']}x)")
+    print(f"DICOMDIR for 2,000 instances: {dicomdir_2000:.2f} s (target < {TARGETS['dicomdir_2000_s']} s)")
+    print(f"peak RSS packaging {args.rss_gb:.0f} GB: {rss:.0f} MB (target < {TARGETS['rss_mb']} MB)")
+    ok = (
+        ratios["uncompressed_vs_zip"] >= TARGETS["uncompressed_vs_zip"]
+        and ratios["j2k_vs_cp"] >= TARGETS["j2k_vs_cp"]
+        and dicomdir_2000 < TARGETS["dicomdir_2000_s"]
+        and rss < TARGETS["rss_mb"]
+    )
+    print("meets the targets" if ok else "MISSES a target")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
