@@ -39,9 +39,17 @@ from exchange.messages import Messages
 from exchange.package import make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site
-from tests.messaging import site_data
+site = {
+    "institution": {"nl": "het Testziekenhuis", "en": "Test Hospital"},
+    "department": {"nl": "afdeling Radiologie", "en": "Department of Radiology"},
+    "portal_url": "https://exchange.test.example",
+    "contact": {"email": "helpdesk@hospital.example", "phone": "012-345 6789", "hours": {"nl": "-", "en": "-"}},
+    "staff_mailbox": "desk@hospital.example",
+    "email": {"transport": "outbox"},
+    "sms": {"transport": "outbox"},
+}
 policy = load_policy("policies.yaml").policy
-messages = Messages(parse_site(site_data(25, "https://sms.invalid/", "/x"), "bench"), Path("templates/messages"))
+messages = Messages(parse_site(site, "bench"), Path("templates/messages"))
 make_package(policy, messages, "bench", Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], label="bench")
 """
 

@@ -248,3 +248,39 @@ def test_one_patient_id_with_two_names_is_refused(tmp_path):
     clone(J2K, tmp_path / "in", 1, patient_name="SOMEONE^ELSE")
     with pytest.raises(PackageError, match=r"one PatientID with different patient names \(PatientID SYN0001: "):
         package(tmp_path, tmp_path / "in")
+
+
+def test_the_sites_viewer_sits_beside_the_dicomdir(study, tmp_path):
+    root, _ = study
+    viewer = tmp_path / "cdviewer"
+    (viewer / "bin").mkdir(parents=True)
+    (viewer / "run_cdviewer.exe").write_bytes(b"MZ viewer")
+    (viewer / "bin" / "viewer.dll").write_bytes(b"MZ library")
+    made = package(tmp_path, root, viewer=viewer)
+    with zipfile.ZipFile(made.path) as archive:
+        assert archive.read("run_cdviewer.exe") == b"MZ viewer"
+        assert archive.read("bin/viewer.dll") == b"MZ library"
+        assert "DICOMDIR" in archive.namelist()
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "DICOMDIR").write_bytes(b"x")
+    with pytest.raises(PackageError, match="DICOMDIR would collide with the package's own files"):
+        package(tmp_path, root, viewer=clash)
+
+
+def test_zip64_records_are_written_when_sizes_need_them(study, tmp_path, monkeypatch):
+    # Lower the limits so that small test files take the ZIP64 paths a 4 GB study takes.
+    import exchange.zipstream
+
+    root, files = study
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+    monkeypatch.setattr(exchange.zipstream, "ZIP64_AT", 1000)
+    made = package(tmp_path, root)
+    monkeypatch.undo()
+    assert subprocess.run(["unzip", "-tq", str(made.path)], capture_output=True).returncode == 0
+    with zipfile.ZipFile(made.path) as archive:
+        assert archive.testzip() is None
+        extras = [info.extra for info in archive.infolist() if info.filename.startswith("DICOM/")]
+    assert all(b"\x01\x00" in extra[:2] for extra in extras)  # the ZIP64 extra field (id 0x0001)
+    out = unpack(made.path, tmp_path / "out")
+    assert sorted(sha(p) for p in (out / "DICOM").rglob("IM*")) == sorted(sha(f) for f in files)
