@@ -55,9 +55,12 @@ class _HashingWriter:
     GIL). Unseekable on purpose: zipfile then streams every entry with a data descriptor and
     never goes back, so the hash is the file's."""
 
+    WRITEBACK_EVERY = 32 << 20
+
     def __init__(self, handle) -> None:
         self.handle = handle
         self.position = 0
+        self._written_back = 0
         self._digest = hashlib.sha256()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._hash, name="sha256", daemon=True)
@@ -71,7 +74,16 @@ class _HashingWriter:
         data = bytes(data)
         self._queue.put(data)
         self.position += len(data)
-        return self.handle.write(data)
+        written = self.handle.write(data)
+        if self.position - self._written_back >= self.WRITEBACK_EVERY:
+            # Start writing to disk now, not all at the final fsync; and keep the page cache
+            # for the server's other work (DONTNEED starts writeback of dirty pages on Linux).
+            self.handle.flush()
+            os.posix_fadvise(
+                self.handle.fileno(), self._written_back, self.position - self._written_back, os.POSIX_FADV_DONTNEED
+            )
+            self._written_back = self.position
+        return written
 
     def tell(self) -> int:
         return self.position
