@@ -12,8 +12,6 @@ APT_PACKAGES := debootstrap systemd-container python3-venv openssh-client dcmtk 
 
 LINTED := scripts roles tests bench inventory deploy.py config.py fabfile.py
 
-TESTHOST_RUN := $(BIN)/python -m tests.testhost run testhost
-
 .PHONY: demo test lint unit e2e audit deps testhost testhost-down clean
 
 demo: deps
@@ -21,20 +19,9 @@ demo: deps
 	$(BIN)/pyinfra -y inventory/testhost.py deploy.py
 	@$(BIN)/python -m tests.testhost show testhost
 	@echo "  partners:   $$(sed -n 's/^  - name: //p' inventory/partners.yaml | tr '\n' ' ')(inventory/partners.yaml), chrooted SFTP;"
-	@echo "              their accounts start without a password until staff hand one out."
+	@echo "              without a password until staff send one: exchange partner credentials NAME"
 	@echo
-	@echo "== the main job: staff issue a one-time link (messages go to the host's outbox, not to anyone)"
-	$(TESTHOST_RUN) 'exchange link issue --email patient@example.org --phone +31612345678 --lang en --note "demo: CT thorax"'
-	@echo
-	@echo "== the e-mail the patient gets (the link; the password is only in the SMS):"
-	@$(TESTHOST_RUN) 'cat "$$(ls -t /var/spool/imaging-exchange/outbox/*.eml | head -1)"'
-	@echo
-	@echo "== the SMS (the password only):"
-	@$(TESTHOST_RUN) 'cat "$$(ls -t /var/spool/imaging-exchange/outbox/*.sms | head -1)"'; echo
-	@echo
-	@$(TESTHOST_RUN) 'exchange link list'
-	@echo
-	@echo "  log in as the recipient:  sftp -P <port above> <account>@127.0.0.1   (the SMS password)"
+	$(BIN)/python -m tests.demo
 	@echo "  audit it:   make audit   (reports in reports/audit.html and reports/audit.xml)"
 
 # The auditors' suite against the running test host, as the auditor account, with reports.

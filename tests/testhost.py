@@ -517,9 +517,6 @@ def main(argv: list[str] | None = None) -> int:
     down_cmd = sub.add_parser("down", help="stop test hosts and remove every trace")
     down_cmd.add_argument("name", nargs="?")
     sub.add_parser("list", help="list running test hosts")
-    run_cmd = sub.add_parser("run", help="run a shell command on a running test host as root, over ssh")
-    run_cmd.add_argument("name")
-    run_cmd.add_argument("shell_command")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("test hosts need root (debootstrap, mount, systemd-nspawn)")
@@ -534,14 +531,6 @@ def main(argv: list[str] | None = None) -> int:
             if host is None:
                 raise TestHostError(f"no test host {args.name!r} is running; `make testhost` boots one")
             _print_connect(host)
-        elif args.command == "run":
-            host = find(args.name)
-            if host is None:
-                raise TestHostError(f"no test host {args.name!r} is running; `make testhost` boots one")
-            result = host.ssh(args.shell_command, check=False)
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-            return result.returncode
         elif args.command == "down":
             for name in down(args.name):
                 print(f"stopped {name}")

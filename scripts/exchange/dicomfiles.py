@@ -61,6 +61,11 @@ class Source:
     label: str  # how staff know it: the path, or zip!member
     size: int
     open: Callable[[], BinaryIO]
+    path: Path | None = None  # a file on disk (the kernel can copy it); None for a zip member
+
+    @classmethod
+    def file(cls, path: Path, size: int) -> Source:
+        return cls(str(path), size, lambda: open(path, "rb"), path)
 
 
 @dataclass
@@ -98,7 +103,7 @@ def _file_sources(path: Path) -> Iterator[Source]:
     if zipfile.is_zipfile(path):
         yield from _zip_sources(path)
         return
-    yield Source(str(path), st.st_size, lambda: open(path, "rb"))
+    yield Source.file(path, st.st_size)
 
 
 def _zip_sources(path: Path) -> Iterator[Source]:

@@ -105,7 +105,7 @@ def _check_folder(path: Path, report: Report) -> list[Source]:
             if full.is_symlink() or not full.is_file():
                 continue
             report.total_bytes += full.stat().st_size
-            sources.append(Source(str(full), full.stat().st_size, lambda full=full: open(full, "rb")))
+            sources.append(Source.file(full, full.stat().st_size))
     return sources
 
 

@@ -62,13 +62,31 @@ class _HashingWriter:
         self.position = 0
         self._written_back = 0
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[bytes | Path | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._hash, name="sha256", daemon=True)
         self._thread.start()
 
     def _hash(self) -> None:
-        while (data := self._queue.get()) is not None:
-            self._digest.update(data)
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, bytes):
+                self._digest.update(item)
+                continue
+            with open(item, "rb") as handle:  # a file the kernel copied: hashed from the page cache
+                while chunk := handle.read(1 << 20):
+                    self._digest.update(chunk)
+
+    def copy_file(self, path: Path, size: int) -> None:
+        """Append a whole file by the kernel (sendfile: no copy through Python)."""
+        self.handle.flush()
+        with open(path, "rb") as source:
+            sent = 0
+            while sent < size:
+                count = os.sendfile(self.handle.fileno(), source.fileno(), sent, size - sent)
+                if count == 0:
+                    raise OSError(f"{path}: shorter than its {size} bytes (changed while packing?)")
+                sent += count
+        self._queue.put(path)
+        self.position += size
 
     def write(self, data) -> int:
         data = bytes(data)
@@ -178,7 +196,7 @@ def _viewer_sources(viewer: Path | None) -> list[tuple[str, Source]]:
             relative = path.relative_to(viewer).as_posix()
             if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith("DICOM/"):
                 raise PackageError(f"viewer folder {viewer}: {relative} would collide with the package's own files")
-            found.append((relative, Source(str(path), path.stat().st_size, lambda path=path: open(path, "rb"))))
+            found.append((relative, Source.file(path, path.stat().st_size)))
     return found
 
 

@@ -58,11 +58,16 @@ class _EntryWriter:
         self.index, self.handle, self.entry = -1, None, None
         self.crc, self.size = 0, 0
 
-    def write(self, index: int, entry: Entry, piece: bytes, size: int) -> None:
+    def write(self, index: int, entry: Entry, piece: bytes | None, size: int) -> None:
+        """`piece` None: the whole stored file, copied by the kernel (see `copies_files`)."""
         if index != self.index:
             self.handle = self.archive.open(entry.info, "w", force_zip64=entry.source.size > ZIP64_AT)
             self.index, self.entry = index, entry
-        if PIECES:
+        if piece is None:
+            self.handle._fileobj.copy_file(entry.source.path, size)
+            self.handle._compress_size += size
+            self.handle._file_size = size
+        elif PIECES:
             self.handle._fileobj.write(piece)
             self.handle._compress_size += len(piece)
             self.handle._file_size = size
@@ -103,6 +108,13 @@ def write_entries(
                 size = 0
                 compress = not entry.stored and PIECES
                 crc = pool.submit(_crc32, entry.source) if PIECES else None
+                if entry.stored and PIECES and entry.source.path and hasattr(archive.fp, "copy_file"):
+                    # Already-compressed images: the kernel copies the file, threads hash it.
+                    pending.append((index, entry, None, entry.source.size, True, crc))
+                    total += entry.source.size
+                    progress(total)
+                    drain(keep=workers * IN_FLIGHT_PER_WORKER)
+                    continue
                 with entry.source.open() as src:
                     chunk = src.read(CHUNK)
                     if not chunk:
