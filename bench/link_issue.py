@@ -25,8 +25,8 @@ from statistics import median
 
 from tests import testhost
 from tests.e2e.conftest import write_inventory
-from tests.messaging import site_data
 from tests.pyinfra_run import pyinfra
+from tests.sites import outbox_site
 
 TARGET_ISSUE_RATIO = 3.0
 TARGET_GROWTH = 1.5
@@ -72,11 +72,7 @@ def main() -> int:
     with testhost.session_directory(), tempfile.TemporaryDirectory() as tmp:
         host = testhost.boot("bench-links", log=lambda message: print(message, file=sys.stderr))
         try:
-            site = site_data(25, "https://sms.invalid/", "/etc/ssl/certs/ca-certificates.crt") | {
-                "email": {"transport": "outbox", "sender": "no-reply@hospital.example"},
-                "sms": {"transport": "outbox"},
-            }
-            inventory = write_inventory(Path(tmp), [host], site=site)
+            inventory = write_inventory(Path(tmp), [host], site=outbox_site())
             deployed = pyinfra("-y", str(inventory), "deploy.py", timeout=1800)
             if deployed.returncode != 0:
                 raise SystemExit(f"deploy failed:\n{deployed.stdout[-3000:]}{deployed.stderr[-3000:]}")

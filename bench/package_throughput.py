@@ -41,17 +41,9 @@ from exchange.messages import Messages
 from exchange.package import make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site
-site = {
-    "institution": {"nl": "het Testziekenhuis", "en": "Test Hospital"},
-    "department": {"nl": "afdeling Radiologie", "en": "Department of Radiology"},
-    "portal_url": "https://exchange.test.example",
-    "contact": {"email": "helpdesk@hospital.example", "phone": "012-345 6789", "hours": {"nl": "-", "en": "-"}},
-    "staff_mailbox": "desk@hospital.example",
-    "email": {"transport": "outbox"},
-    "sms": {"transport": "outbox"},
-}
+from tests.sites import outbox_site
 policy = load_policy("policies.yaml").policy
-messages = Messages(parse_site(site, "bench"), Path("templates/messages"))
+messages = Messages(parse_site(outbox_site(), "bench"), Path("templates/messages"))
 make_package(policy, messages, "bench", Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], label="bench")
 """
 

@@ -19,12 +19,10 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests.sites import SMTP_PASSWORD, SMTP_USER
+
 # aiosmtpd 1.4 warns about its own deprecated attribute on every login.
 logging.getLogger("mail.log").setLevel(logging.ERROR)
-
-SMTP_USER = "exchange-relay"
-SMTP_PASSWORD = "relay-Secret-4711"
-SMS_TOKEN = "sms-token-0815"
 
 
 def free_port() -> int:
@@ -147,38 +145,3 @@ class SmsGateway:
 
     def to(self, phone: str) -> list[SmsCall]:
         return [call for call in self.calls if call.body.get("to") == phone]
-
-
-def site_data(smtp_port: int, sms_url: str, ca_file: str) -> dict:
-    """Site data whose transports are these servers; `ca_file` is the test CA's path where the tool runs."""
-    return {
-        "institution": {"nl": "het Testziekenhuis", "en": "Test Hospital"},
-        "department": {"nl": "afdeling Radiologie", "en": "Department of Radiology"},
-        "portal_url": "https://exchange.test.example",
-        "contact": {
-            "email": "helpdesk@hospital.example",
-            "phone": "012-345 6789",
-            "hours": {"nl": "op werkdagen 8:30-17:00", "en": "weekdays 8:30-17:00"},
-        },
-        "windows_viewer": "run_cdviewer.exe",
-        "staff_mailbox": "desk@hospital.example",
-        "staff_language": "en",
-        "email": {
-            "transport": "smtp",
-            "host": "127.0.0.1",
-            "port": smtp_port,
-            "security": "starttls",
-            "username": SMTP_USER,
-            "password": SMTP_PASSWORD,
-            "sender": "no-reply@hospital.example",
-            "ca_file": ca_file,
-            "timeout": 10,
-        },
-        "sms": {
-            "transport": "http",
-            "url": sms_url,
-            "headers": {"Authorization": f"Bearer {SMS_TOKEN}"},
-            "sender": "Radiology",
-            "timeout": 10,
-        },
-    }

@@ -21,8 +21,9 @@ from tests import testhost
 from tests.dicom_synth import clone, ct_study
 from tests.e2e.clients import paramiko_sftp
 from tests.e2e.conftest import PARTNERS, make_exchange
-from tests.messaging import SmsGateway, SmtpServer, make_ca, site_data
+from tests.messaging import SmsGateway, SmtpServer, make_ca
 from tests.pyinfra_run import REPO
+from tests.sites import relay_site
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +62,7 @@ def linked(shared_hosts, tmp_path_factory, relay):
         yield make_exchange(
             host,
             tmp_path_factory.mktemp("links"),
-            site=site_data(relay.smtp.port, relay.sms.url, CA_ON_HOST),
+            site=relay_site(relay.smtp.port, relay.sms.url, CA_ON_HOST),
         )
     finally:
         testhost.shutdown(host)

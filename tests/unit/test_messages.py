@@ -9,7 +9,7 @@ from exchange.messages import MessageError, Messages, mask_email, mask_phone, wh
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
-from tests.messaging import site_data
+from tests.sites import outbox_site
 
 MESSAGES = REPO / "templates" / "messages"
 POLICY = load_policy(REPO / "policies.yaml").policy
@@ -19,7 +19,7 @@ LINK = "https://exchange.test.example/l/tOkEn-ExAmPlE_0123456789abcdefghijklmnop
 
 @pytest.fixture(scope="module")
 def messages():
-    return Messages(parse_site(site_data(2525, "http://127.0.0.1:9/sms", "/etc/ssl/certs/ca.pem"), "test"), MESSAGES)
+    return Messages(parse_site(outbox_site(), "test"), MESSAGES)
 
 
 # The source document's disclaimer (issue 5), with the site's name where it names the hospital.

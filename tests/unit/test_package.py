@@ -25,10 +25,10 @@ from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
 from tests.dicom_synth import clone, ct_study
-from tests.messaging import site_data
+from tests.sites import outbox_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
-MESSAGES = Messages(parse_site(site_data(25, "http://127.0.0.1:1/", "/x"), "test"), REPO / "templates" / "messages")
+MESSAGES = Messages(parse_site(outbox_site(), "test"), REPO / "templates" / "messages")
 J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 FILE_ID = re.compile(r"^DICOM(/[A-Z0-9_]{1,8}){1,7}$")
 

@@ -8,10 +8,10 @@ from exchange.policy import load_policy
 from exchange.site import SiteError, load_site, parse_site, site_yaml
 from roles import REPO
 from roles.settings import HostSettingsError, host_settings
-from tests.messaging import site_data
+from tests.sites import relay_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
-GOOD = site_data(2525, "http://127.0.0.1:8080/sms", "/etc/imaging-exchange/ca.pem")
+GOOD = relay_site(2525, "http://127.0.0.1:8080/sms", "/etc/imaging-exchange/ca.pem")
 
 
 def test_good_site_data_round_trips_through_the_file_the_deploy_writes(tmp_path):

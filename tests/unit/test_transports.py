@@ -7,7 +7,8 @@ import pytest
 from exchange.messages import Email
 from exchange.site import parse_site
 from exchange.transports import DeliveryError, send_email, send_sms
-from tests.messaging import SMS_TOKEN, SmsGateway, SmtpServer, free_port, make_ca, site_data
+from tests.messaging import SmsGateway, SmtpServer, free_port, make_ca
+from tests.sites import SMS_TOKEN, outbox_site, relay_site
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def servers(tmp_path_factory):
 
 def site(servers, **changes):
     smtp, sms, ca = servers
-    data = site_data(smtp.port, sms.url, str(ca))
+    data = relay_site(smtp.port, sms.url, str(ca))
     for key, value in changes.items():
         data[key] = {**data[key], **value}
     return parse_site(data, "test")
@@ -95,11 +96,7 @@ def test_a_gateway_refusal_is_reported_without_the_text(servers):
 
 def test_outbox_writes_whole_private_files(tmp_path):
     outbox = tmp_path / "outbox"
-    data = site_data(1, "http://127.0.0.1:1/", "/x") | {
-        "email": {"transport": "outbox", "sender": "no-reply@hospital.example"},
-        "sms": {"transport": "outbox"},
-        "outbox_dir": str(outbox),
-    }
+    data = outbox_site() | {"outbox_dir": str(outbox)}
     local = parse_site(data, "test")
     send_email(local, MAIL)
     send_sms(local, "+31612345678", "pw")
