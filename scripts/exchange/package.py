@@ -20,7 +20,7 @@ import re
 import threading
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from exchange import auditlog
@@ -47,7 +47,6 @@ class Package:
     bytes: int
     tree: Tree
     scan: Scan
-    notes: list[str] = field(default_factory=list)
 
 
 class _HashingWriter:
