@@ -284,3 +284,18 @@ def test_zip64_records_are_written_when_sizes_need_them(study, tmp_path, monkeyp
     assert all(b"\x01\x00" in extra[:2] for extra in extras)  # the ZIP64 extra field (id 0x0001)
     out = unpack(made.path, tmp_path / "out")
     assert sorted(sha(p) for p in (out / "DICOM").rglob("IM*")) == sorted(sha(f) for f in files)
+
+
+def test_missing_input_an_unknown_account_and_missing_media_are_named(tmp_path):
+    from exchange.package import download_folder
+
+    with pytest.raises(PackageError, match=f"no such file or folder: {tmp_path}/nowhere"):
+        package(tmp_path, tmp_path / "nowhere")
+    assert not any((tmp_path / "download").iterdir())
+    with pytest.raises(PackageError, match="link-nosuch12: no partner or link account of that name"):
+        download_folder(POLICY, "link-nosuch12")
+    assert inspect_media(tmp_path / "missing.zip").problems == [
+        f"{tmp_path}/missing.zip: no such file or folder (symlinks are not followed)"
+    ]
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    assert "not a readable zip" in inspect_media(tmp_path / "broken.zip").problems[0]
