@@ -250,8 +250,8 @@ def make_package(
         checksum = folder / f".{final.name}.sha256.partial"
         checksum.write_text(f"{digest}  {final.name}\n")
         os.chmod(checksum, 0o644)
+        os.rename(staged, final)  # complete: the recipient may see it from now on
         os.rename(checksum, folder / f"{final.name}.sha256")
-        os.rename(staged, final)
     except BaseException:
         staged.unlink(missing_ok=True)
         (folder / f".{final.name}.sha256.partial").unlink(missing_ok=True)
