@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import grp
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -64,6 +65,16 @@ class Layout:
     def group(self, kind: str) -> str:
         accounts = self.policy.accounts
         return accounts.partner_group if kind == "partner" else accounts.link_group
+
+    def kind_of(self, name: str) -> str | None:
+        """ "partner" or "link" if `name` is an exchange account on this host, else None."""
+        for kind in ("partner", "link"):
+            try:
+                if name in grp.getgrnam(self.group(kind)).gr_mem:
+                    return kind
+            except KeyError:
+                continue
+        return None
 
     def skeleton(self, name: str) -> dict[str, tuple[str, str, str]]:
         """Relative path in the chroot -> (owner, group, mode).

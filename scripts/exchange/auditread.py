@@ -7,12 +7,12 @@ evidence comes from the system, not from an interpretation of ours.
 
 from __future__ import annotations
 
-import grp
 import os
 import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
+from exchange.accounts import Layout
 from exchange.auditlog import AUDIT_LOG
 from exchange.policy import Policy
 
@@ -28,12 +28,8 @@ class AuditReadError(Exception):
 def exchange_account(policy: Policy, name: str) -> str:
     if not NAME.match(name):
         raise AuditReadError(f"{name!r} is not an account name")
-    for group in (policy.accounts.partner_group, policy.accounts.link_group):
-        try:
-            if name in grp.getgrnam(group).gr_mem:
-                return name
-        except KeyError:
-            continue
+    if Layout(policy).kind_of(name):
+        return name
     raise AuditReadError(f"{name!r} is not an exchange account (not in the partner or link group)")
 
 

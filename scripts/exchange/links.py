@@ -12,7 +12,6 @@ The token itself exists only in the e-mail; the password only in the SMS.
 from __future__ import annotations
 
 import datetime
-import grp
 import hashlib
 import json
 import os
@@ -182,12 +181,9 @@ class Links:
         )
         credentials.set_password(name, password)
 
-    def _remove(self, name: str, event: str, **fields) -> None:
-        remove_link(self.layout, self.store, name, event, **fields)
-
     def require(self, account: str) -> LinkRecord:
         record = self.store.get(account)
-        if record is None or not _is_link_account(self.policy, account):
+        if record is None or self.layout.kind_of(account) != "link":
             raise LinkError(f"{account}: no such link account (see `exchange link list`)")
         return record
 
@@ -223,7 +219,14 @@ class Links:
             send_sms(self.site, request.phone, sms)
         except BaseException as failure:
             if created:
-                self._remove(name, "link-issue-rolled-back", by=record.issued_by, reason=_reason(failure))
+                remove_link(
+                    self.layout,
+                    self.store,
+                    name,
+                    "link-issue-rolled-back",
+                    by=record.issued_by,
+                    reason=_reason(failure),
+                )
             if isinstance(failure, (DeliveryError, StepFailed, credentials.CredentialError)):
                 raise LinkError(
                     f"{failure}\nnothing was issued: the account {name} and its folders were removed"
@@ -259,7 +262,7 @@ class Links:
 
     def revoke(self, account: str) -> LinkRecord:
         record = self.require(account)
-        self._remove(account, "link-revoked", by=actor(), recipient=record.recipient)
+        remove_link(self.layout, self.store, account, "link-revoked", by=actor(), recipient=record.recipient)
         return record
 
 
@@ -283,13 +286,6 @@ def expired_links(store: LinkStore, observed: dict, now: datetime.datetime) -> l
         if record.expires <= now or (shadow.get("expire") is not None and shadow["expire"] <= observed["today"]):
             over.append(record)
     return over
-
-
-def _is_link_account(policy: Policy, account: str) -> bool:
-    try:
-        return account in grp.getgrnam(policy.accounts.link_group).gr_mem
-    except KeyError:
-        return False
 
 
 def _reason(failure: BaseException) -> str:

@@ -12,7 +12,6 @@ never sees half a package.
 from __future__ import annotations
 
 import datetime
-import grp
 import hashlib
 import os
 import queue
@@ -120,12 +119,9 @@ class _HashingWriter:
 def download_folder(policy: Policy, account: str) -> Path:
     """The account's download folder; the account must be a partner or link account."""
     layout = Layout(policy)
-    for kind, group in (("partner", policy.accounts.partner_group), ("link", policy.accounts.link_group)):
-        try:
-            if account in grp.getgrnam(group).gr_mem:
-                return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
-        except KeyError:
-            continue
+    kind = layout.kind_of(account)
+    if kind:
+        return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
     raise PackageError(f"{account}: no partner or link account of that name (see `exchange link list`)")
 
 

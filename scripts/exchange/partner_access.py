@@ -4,12 +4,11 @@ policy)."""
 
 from __future__ import annotations
 
-import grp
 import subprocess
 from dataclasses import dataclass
 
 from exchange import auditlog, credentials
-from exchange.accounts import account_lock
+from exchange.accounts import Layout, account_lock
 from exchange.auditlog import actor
 from exchange.messages import Messages, mask_email, mask_phone
 from exchange.partners import Partner
@@ -29,11 +28,7 @@ class NewCredentials:
 
 
 def _require_account(policy: Policy, partner: Partner) -> None:
-    try:
-        members = grp.getgrnam(policy.accounts.partner_group).gr_mem
-    except KeyError:
-        members = []
-    if partner.name not in members:
+    if Layout(policy).kind_of(partner.name) != "partner":
         raise PartnerAccessError(f"{partner.name}: no partner account on this server; deploy the partner data first")
     if not partner.present:
         raise PartnerAccessError(f"{partner.name}: the partner is marked absent (locked); set present: true and deploy")

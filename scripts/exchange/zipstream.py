@@ -53,16 +53,16 @@ def _deflate(chunk: bytes, level: int) -> bytes:
 class _EntryWriter:
     """The open zipfile entry that pieces are written into, one entry at a time."""
 
-    def __init__(self, archive: zipfile.ZipFile, level: int) -> None:
-        self.archive, self.level = archive, level
-        self.index, self.handle, self.entry = -1, None, None
+    def __init__(self, archive: zipfile.ZipFile) -> None:
+        self.archive = archive
+        self.index, self.handle = -1, None
         self.crc, self.size = 0, 0
 
     def write(self, index: int, entry: Entry, piece: bytes | None, size: int) -> None:
         """`piece` None: the whole stored file, copied by the kernel (see `copies_files`)."""
         if index != self.index:
             self.handle = self.archive.open(entry.info, "w", force_zip64=entry.source.size > ZIP64_AT)
-            self.index, self.entry = index, entry
+            self.index = index
         if piece is None:
             self.handle._fileobj.copy_file(entry.source.path, size)
             self.handle._compress_size += size
@@ -91,7 +91,7 @@ def write_entries(
 ) -> int:
     """Write `entries` into `archive` in order; returns the bytes read."""
     workers = workers or os.cpu_count() or 1
-    writer = _EntryWriter(archive, level)
+    writer = _EntryWriter(archive)
     pending: deque[tuple[int, Entry, Future | bytes, int, bool, Future | None]] = deque()
     total = 0
 
