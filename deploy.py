@@ -14,6 +14,7 @@ from roles.auditor import auditor
 from roles.base import base
 from roles.logging import logging
 from roles.passwords import passwords
+from roles.portal import portal
 from roles.retention import retention
 from roles.settings import HostSettingsError, host_settings
 from roles.site import site
@@ -36,4 +37,6 @@ passwords(policy)
 accounts(policy, partners)
 auditor(policy, settings)
 sshd(policy, settings)
+if settings.portal is not None:
+    portal(loaded_policy, settings)
 retention(policy)

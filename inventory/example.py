@@ -11,7 +11,8 @@ import os
 # A group is (hosts, group data); each host may add or override data of its own.
 exchange_servers = (
     [
-        ("exchange01.radiology.example.org", {"sshd_listen_addresses": ["10.20.30.40"]}),
+        # sshd on loopback too: the web page logs every user in through it.
+        ("exchange01.radiology.example.org", {"sshd_listen_addresses": ["10.20.30.40", "127.0.0.1"]}),
     ],
     {
         # How the admin's pyinfra reaches the servers: a named admin account with a key, sudo.
@@ -27,6 +28,14 @@ exchange_servers = (
         "ssh_admin_groups": ["sudo"],  # deploy-admin must be in one of these, or the deploy stops
         "partners_file": "inventory/partners.yaml",
         "auditors": [{"name": "audit-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@audit"]}],
+        # The secure web page (roles/portal.py): nginx with the site's own certificate.
+        "portal": {
+            "server_name": "beelden.radiology.example.org",  # the host name of site.portal_url
+            "listen_port": 443,
+            "http_redirect_port": 80,
+            "tls_certificate": "/etc/ssl/imaging-exchange/portal.crt",  # full chain, placed by the hospital's PKI
+            "tls_certificate_key": "/etc/ssl/imaging-exchange/portal.key",
+        },
         # Site data (scripts/exchange/site.py): names, contacts and transports in every message.
         # Secrets come from the admin's environment (or a vault), never from this file.
         "site": {

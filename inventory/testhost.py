@@ -9,6 +9,14 @@ from tests.sites import outbox_site
 from tests.testhost import running_hosts
 
 testhosts = [
-    (host.name, {**host.host_data(), "partners_file": "inventory/partners.yaml", "site": outbox_site()})
+    (
+        host.name,
+        {
+            **host.host_data(),
+            "partners_file": "inventory/partners.yaml",
+            "site": outbox_site() | {"portal_url": host.portal_url},
+            "portal": host.portal_data(),
+        },
+    )
     for host in running_hosts()
 ]

@@ -7,7 +7,9 @@ is not declared here is an error, so a typo never silently falls back to a defau
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exchange.site import Site
 from exchange.validation import describe
@@ -24,6 +26,30 @@ class Auditor(BaseModel):
 
     name: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     public_keys: list[str] = Field(min_length=1)
+
+
+class PortalSettings(BaseModel):
+    """The secure web page on this host (roles/portal.py): nginx with TLS in front of the portal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server_name: str = Field(
+        pattern=r"^[A-Za-z0-9.-]+$", description="The name in the site's portal_url (nginx server_name)."
+    )
+    listen_port: int = Field(443, ge=1, le=65535, description="HTTPS port.")
+    listen_addresses: list[str] = Field(default_factory=list, description="Addresses nginx binds to; empty: all.")
+    http_redirect_port: int | None = Field(
+        80, ge=1, le=65535, description="Plain HTTP port that only redirects to HTTPS; null: none."
+    )
+    tls_certificate: str = Field(
+        "/etc/ssl/imaging-exchange/portal.crt", description="PEM certificate chain for server_name (the site's own)."
+    )
+    tls_certificate_key: str = Field("/etc/ssl/imaging-exchange/portal.key", description="Its private key.")
+    self_signed: bool = Field(
+        False,
+        description="Make a self-signed certificate at those paths if none is there: test hosts only; browsers "
+        "warn about it and recipients must never be asked to accept that.",
+    )
 
 
 class HostSettings(BaseModel):
@@ -68,10 +94,26 @@ class HostSettings(BaseModel):
         "staff_mailbox, and the e-mail and SMS transports (scripts/exchange/site.py; inventory/example.py). "
         "Unset: link accounts and credentials cannot be issued on this host.",
     )
+    portal: PortalSettings | None = Field(
+        None,
+        description="The secure web page (nginx, TLS, the portal service); needs `site`. Unset: SFTP only.",
+    )
     admin_connects_as_root: bool = Field(
         False,
         description="The deploying admin logs in as root (key only); otherwise root login is refused.",
     )
+
+    @model_validator(mode="after")
+    def _portal_needs_site(self) -> HostSettings:
+        if self.portal is not None and self.site is None:
+            raise ValueError("portal needs site data (institution, contact, portal_url): set `site` as well")
+        if (
+            self.portal is not None
+            and self.sshd_listen_addresses
+            and not any(ipaddress.ip_address(a).is_loopback for a in self.sshd_listen_addresses)
+        ):
+            raise ValueError("portal logs users in through sshd on loopback: sshd_listen_addresses must include one")
+        return self
 
 
 def host_settings(name: str, data: dict) -> HostSettings:

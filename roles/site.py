@@ -20,8 +20,10 @@ from roles.tools import EXCHANGE
 
 @deploy("Site data for the staff tools")
 def site(settings: HostSettings, partners: tuple[Partner, ...] | None) -> None:
-    # Recipients' addresses and numbers, token hashes, notice state: root only.
-    files.directory(name="Tool state", path=str(STATE_DIR), user="root", group="root", mode="700")
+    if settings.portal is None:
+        # Recipients' addresses and numbers, token hashes, notice state: root only.
+        # (With a web page, roles/portal.py lets its group pass to the token index.)
+        files.directory(name="Tool state", path=str(STATE_DIR), user="root", group="root", mode="700")
     if settings.site is not None:
         config_file(
             name="Site data (holds the transports' credentials: root only)",

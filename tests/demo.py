@@ -7,11 +7,17 @@ and the SMS (the password) from the host's outbox, and the package over SFTP.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
 
 from tests.dicom_synth import ct_study
 from tests.testhost import TestHostError, find
@@ -47,13 +53,33 @@ def main() -> int:
     print(run(f"exchange package --to {account} /tmp/demo-study --label 'CT thorax'"))
 
     print("== the e-mail the patient gets (the link; the password is only in the SMS):")
-    print(run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.eml | head -1)"'))
+    mail = run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.eml | head -1)"')
+    print(mail)
     print("== the SMS (the password only):")
-    print(run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.sms | head -1)"'))
+    sms = run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.sms | head -1)"')
+    print(sms)
     print()
     print(run("exchange link list"))
     print(f"== what the recipient sees over SFTP (sftp -P {host.port} {account}@{host.hostname}, the SMS password):")
     print(run(f"ls -l /srv/exchange/links/{account}/download"))
+
+    print("== and on the web page: the link, the SMS password, the download (as a browser does it)")
+    link = re.search(re.escape(host.portal_url) + r"/l/[A-Za-z0-9_-]{43}", mail)[0]
+    password = re.search(r"\b[A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,}\b", json.loads(sms)["text"])[0]
+    certificate = run("cat /etc/ssl/imaging-exchange/portal.crt")
+    with httpx.Client(verify=ssl.create_default_context(cadata=certificate), follow_redirects=True) as web:
+        web.get(link, headers={"accept-language": "en"})
+        files = web.post(link, data={"csrf": web.cookies["exchange_csrf"], "password": password})
+        package = re.search(r'href="/files/download/([^"]+\.zip)"', files.text)[1]
+        digest = hashlib.sha256()
+        with web.stream("GET", f"{host.portal_url}/files/download/{package}") as download:
+            for chunk in download.iter_bytes():
+                digest.update(chunk)
+    stored = run(f"cat /srv/exchange/links/{account}/download/*.zip.sha256").split()[0]
+    if digest.hexdigest() != stored:
+        sys.exit(f"the package downloaded from the web page differs from the one staff made ({package})")
+    print(f"   logged in at {link[:40]}..., downloaded {unquote(package)}: SHA-256 matches its .sha256")
+    print(f"   open the link yourself: {link}  (self-signed test certificate: the browser warns)")
     return 0
 
 

@@ -62,6 +62,7 @@ DEFAULT_RUN_DIR = STATE_ROOT / "testhosts"
 # Each test session keeps its hosts in STATE_ROOT/session-<pid>, apart from `make testhost`.
 SESSION_PREFIX = "session-"
 FIRST_PORT = 2201
+PORTAL_PORT_OFFSET = 1000  # a host's web page listens here above its sshd port
 BOOT_TIMEOUT = 120
 STOP_TIMEOUT = 30
 
@@ -213,6 +214,24 @@ class TestHost:
             ],
         }
 
+    @property
+    def portal_port(self) -> int:
+        return self.port + PORTAL_PORT_OFFSET
+
+    @property
+    def portal_url(self) -> str:
+        return f"https://{self.hostname}:{self.portal_port}"
+
+    def portal_data(self) -> dict:
+        """Host data for the web page on this host: loopback only, a self-signed certificate."""
+        return {
+            "server_name": self.hostname,
+            "listen_port": self.portal_port,
+            "listen_addresses": [self.hostname],
+            "http_redirect_port": None,
+            "self_signed": True,
+        }
+
     def how_to_connect(self) -> str:
         return " ".join(self.ssh_args())
 
@@ -238,18 +257,22 @@ def _ports_in_use() -> set[int]:
     return ports
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def _free_port(taken: set[int]) -> int:
+    """A port for sshd whose web page port (PORTAL_PORT_OFFSET above it) is free too."""
     port = FIRST_PORT
-    while True:
-        if port not in taken:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                    return port
-                except OSError:
-                    pass
+    while port in taken or not (_bindable(port) and _bindable(port + PORTAL_PORT_OFFSET)):
         port += 1
+    return port
 
 
 def running_hosts(directory: Path | None = None) -> list[TestHost]:

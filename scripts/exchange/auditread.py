@@ -1,7 +1,7 @@
 """`exchange audit-read`: the read-only root commands the audit suite needs, gated.
 
 Auditors get sudo for this command only. It checks its arguments, runs the system's own
-tool (sshd -T, chage -l, stat, find, lsattr, cat of the sudoers files) and prints that tool's raw output, so the
+tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, cat of the sudoers files) and prints that tool's raw output, so the
 evidence comes from the system, not from an interpretation of ours.
 """
 
@@ -50,6 +50,8 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
         return ["/usr/sbin/sshd", "-T", *spec]
     if what == "chage":
         return ["/usr/bin/chage", "-l", exchange_account(policy, argument or "")]
+    if what == "password-status":  # name, status, last change, min, max, warn, inactive; never the hash
+        return ["/usr/bin/passwd", "-S", exchange_account(policy, argument or "")]
     if what == "stat":
         return ["/usr/bin/stat", "-c", "%n|%U|%G|%a|%F", readable_path(policy, argument or "")]
     if what == "old-files":

@@ -33,6 +33,8 @@ link_app = typer.Typer(help="One-time link accounts: link by e-mail, password by
 app.add_typer(link_app, name="link")
 partner_app = typer.Typer(help="Fixed partner accounts.", no_args_is_help=True)
 app.add_typer(partner_app, name="partner")
+portal_app = typer.Typer(help="The secure web page.", no_args_is_help=True)
+app.add_typer(portal_app, name="portal")
 
 PolicyOption = Annotated[
     Path | None,
@@ -106,6 +108,27 @@ def _tools(command: str) -> Tools:
     except SiteError as error:
         raise _fail(error, 2) from None
     return Tools(policy, site, Messages(site))
+
+
+@portal_app.command("check")
+def portal_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="The portal's file (default: /etc/imaging-exchange/portal.yaml).")
+    ] = None,
+) -> None:
+    """Validate the portal's file with the policy and its page templates; exit 1 naming the problem."""
+    import jinja2
+
+    from exchange.policy import PolicyError, load_policy
+    from exchange.portal.app import Portal
+    from exchange.portal.config import PortalConfigError, load_portal_config
+
+    try:
+        config = load_portal_config(path)
+        Portal(config, load_policy().policy).check()
+    except (PortalConfigError, PolicyError, OSError, ValueError, jinja2.TemplateError) as error:
+        raise _fail(error) from None
+    typer.echo(f"{path or 'portal configuration'}: valid")
 
 
 @site_app.command("check")
@@ -428,8 +451,8 @@ def purge(
 
 @app.command("audit-read", hidden=True)
 def audit_read(
-    what: Annotated[str, typer.Argument(help="sshd | chage | stat | old-files | audit-log | sudoers")],
-    argument: Annotated[str | None, typer.Argument(help="account name (sshd, chage) or path (stat)")] = None,
+    what: Annotated[str, typer.Argument(help="sshd | chage | password-status | stat | old-files | audit-log | sudoers")],
+    argument: Annotated[str | None, typer.Argument(help="account name (sshd, chage, password-status) or path (stat)")] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""
     from exchange.auditread import AuditReadError, run

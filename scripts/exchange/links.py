@@ -99,10 +99,11 @@ class LinkStore:
         self.records = state_dir / "links"
         self.tokens = state_dir / "link-tokens"
 
-    def _write(self, path: Path, text: str) -> None:
+    def _write(self, path: Path, text: str, mode: int = 0o600) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         staged = path.with_name(f".{path.name}.tmp")
-        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.fchmod(descriptor, mode)  # whatever the caller's umask
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
         staged.rename(path)
@@ -111,6 +112,7 @@ class LinkStore:
         self._write(
             self.tokens / record.token_sha256,
             json.dumps({"account": record.account, "expires": record.expires.isoformat()}),
+            mode=0o640,  # the web page's group reads it (roles/portal.py: setgid directory, no listing)
         )
         self._write(self.records / f"{record.account}.json", record.model_dump_json(indent=2))
 

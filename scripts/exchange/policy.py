@@ -181,12 +181,34 @@ class LinkPolicy(Section):
     validity_days: int = Field(7, ge=1)
 
 
+class PortalPolicy(Section):
+    """The secure web page (scripts/exchange/portal): limits for recipients and partners."""
+
+    service_user: GroupName = "exchange-portal"  # runs the portal; no access to the exchange folders
+    idle_minutes: int = Field(15, ge=1, le=240)  # a web session ends after this long without a request
+    upload_max_mb: int = Field(4096, ge=1, le=1_048_576)  # largest single upload through the page
+    login_failures_per_ip: int = Field(20, ge=1)  # failed logins from one address before it must wait
+    login_failure_window_seconds: int = Field(900, ge=60)  # ... for this long
+    login_requests_per_minute: int = Field(30, ge=1)  # nginx: login form posts per address
+    max_sessions: int = Field(200, ge=1, le=10_000)  # open web sessions (each holds one SFTP session)
+
+
 class Policy(Section):
     sshd: SshdPolicy
     accounts: AccountsPolicy = AccountsPolicy()
     passwords: PasswordPolicy = PasswordPolicy()
     retention: RetentionPolicy = RetentionPolicy()
     links: LinkPolicy = LinkPolicy()
+    portal: PortalPolicy = PortalPolicy()
+
+    @model_validator(mode="after")
+    def _portal_user_apart(self) -> Policy:
+        accounts = self.accounts
+        groups = {accounts.partner_group, accounts.link_group, accounts.staff_group, accounts.auditor_group}
+        if self.portal.service_user in groups:
+            # The portal must hold no file privileges of its own.
+            raise ValueError(f"portal.service_user ({self.portal.service_user}) must not be one of the account groups")
+        return self
 
     @field_validator("links")
     @classmethod

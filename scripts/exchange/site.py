@@ -119,19 +119,15 @@ EmailTransport = Annotated[SmtpTransport | OutboxTransport, Field(discriminator=
 SmsTransport = Annotated[HttpSmsTransport | OutboxTransport, Field(discriminator="transport")]
 
 
-class Site(Part):
+class PublicSite(Part):
+    """What recipients see of the site: the web page shows it too (scripts/exchange/portal)."""
+
     institution: Localised  # as it reads in a sentence: {nl: "het LUMC", en: "LUMC"}
     department: Localised  # {nl: "afdeling Radiologie", en: "Department of Radiology"}
     portal_url: str  # the secure web page, https://<name>; links are <portal_url>/l/<token>
     sftp_host: Text | None = None  # what partners put in their SFTP client; default: the portal's host name
     contact: Contact
     windows_viewer: Text | None = None  # what recipients start on Windows, e.g. run_cdviewer.exe (the CD viewer)
-    viewer_dir: str | None = None  # on the server: the viewer bundle put beside DICOMDIR in every study package
-    staff_mailbox: EmailStr  # upload notices go here
-    staff_language: Language = "nl"
-    email: EmailTransport
-    sms: SmsTransport
-    outbox_dir: str = "/var/spool/imaging-exchange/outbox"
 
     _languages = field_validator("institution", "department")(_both_languages)
 
@@ -143,16 +139,32 @@ class Site(Part):
             raise ValueError("must be https://<host name>[:port] with no path")
         return value.rstrip("/")
 
+    @property
+    def portal_host(self) -> str:
+        return urlsplit(self.portal_url).hostname
+
+    @property
+    def sftp_server(self) -> str:
+        return self.sftp_host or self.portal_host
+
+    def public(self) -> PublicSite:
+        return PublicSite.model_validate(self.model_dump(include=set(PublicSite.model_fields)))
+
+
+class Site(PublicSite):
+    viewer_dir: str | None = None  # on the server: the viewer bundle put beside DICOMDIR in every study package
+    staff_mailbox: EmailStr  # upload notices go here
+    staff_language: Language = "nl"
+    email: EmailTransport
+    sms: SmsTransport
+    outbox_dir: str = "/var/spool/imaging-exchange/outbox"
+
     @field_validator("outbox_dir")
     @classmethod
     def _absolute(cls, value: str) -> str:
         if not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
             raise ValueError("must be an absolute path")
         return value
-
-    @property
-    def sftp_server(self) -> str:
-        return self.sftp_host or urlsplit(self.portal_url).hostname
 
 
 def parse_site(data: object, where: str, prefix: str = "") -> Site:

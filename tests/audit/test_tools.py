@@ -17,9 +17,17 @@ ROOT_ONLY = {
 @control(
     "TOOLS-01", reference="CIS Debian 12 7.1.x (file permissions); this project: secrets root only", source="(baseline)"
 )
-def test_credentials_and_recipient_data_are_root_only(host, control):
+def test_credentials_and_recipient_data_are_root_only(host, policy, control):
+    wanted = dict(ROOT_ONLY)
+    if host.file("/etc/imaging-exchange/portal.yaml").exists:
+        # With the web page its group may pass to the link token index and read a token by
+        # name; it can list neither directory.
+        portal = policy.portal.service_user
+        wanted["/var/lib/imaging-exchange"] = ("root", portal, 0o710)
+        wanted["/var/lib/imaging-exchange/link-tokens"] = ("root", portal, 0o2710)
+        wanted["/etc/imaging-exchange/portal.yaml"] = ("root", portal, 0o640)
     expected, found = {}, {}
-    for path, (owner, group, mode) in ROOT_ONLY.items():
+    for path, (owner, group, mode) in wanted.items():
         item = host.file(path)
         if not item.exists:
             continue  # e.g. no outbox on a site that sends through SMTP and an SMS gateway

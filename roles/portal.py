@@ -1,0 +1,203 @@
+"""The secure web page: nginx with TLS in front of the portal service (scripts/exchange/portal).
+
+The portal runs as its own system user that is in no exchange group and for which the
+exchange folders do not exist (systemd InaccessiblePaths); it reads only its own file, the
+page templates and, by name, the link token index. Every file it shows comes through the
+user's own SFTP session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import shlex
+
+from pyinfra import host
+from pyinfra.api import OperationError, deploy, operation
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Arch, Command
+from pyinfra.operations import files, systemd
+
+from exchange.links import STATE_DIR
+from exchange.policy import LoadedPolicy
+from exchange.portal.config import HOST_PORTAL_CONFIG, HOST_PORTAL_TEMPLATES, PortalConfig, portal_yaml
+from roles import REPO
+from roles.ops import config_file
+from roles.settings import HostSettings
+from roles.sshd import UserGroups
+from roles.templating import render
+from roles.tools import EXCHANGE, VENV, _source_digest
+
+SERVICE = "imaging-exchange-portal"
+RUNTIME_DIR = "imaging-exchange-portal"
+SOCKET = f"/run/{RUNTIME_DIR}/portal.sock"
+NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
+# nginx -t of the staged site alone, in place of the live sites (Debian's nginx.conf includes them).
+NGINX_VALIDATE = (
+    "sed -e 's#include /etc/nginx/sites-enabled/\\*;#include {path};#' "
+    "-e 's#include /etc/nginx/conf.d/\\*.conf;##' /etc/nginx/nginx.conf > /etc/nginx/.imaging-exchange-check.conf"
+    " && nginx -q -t -c /etc/nginx/.imaging-exchange-check.conf; rc=$?; rm -f /etc/nginx/.imaging-exchange-check.conf;"
+    " exit $rc"
+)
+
+
+@operation()
+def nginx_installed():
+    """nginx, installed without starting Debian's default site (port 80 may be taken)."""
+    if "nginx" in host.get_fact(DebPackages):
+        host.noop("nginx is installed")
+        return
+    yield "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d"
+    yield (
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx openssl;"
+        " rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc"
+    )
+    yield "rm -f /etc/nginx/sites-enabled/default"
+
+
+@operation()
+def service_account(user: str):
+    """A system user with its own group, no home, no shell, in no other group."""
+    groups = host.get_fact(UserGroups, user=user)
+    if groups == [user]:
+        host.noop(f"service user {user} exists")
+        return
+    q = shlex.quote(user)
+    if not groups:
+        yield f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {q}"
+    else:
+        yield f"usermod --groups '' {q}"
+
+
+@operation()
+def self_signed_certificate(certificate: str, key: str, server_name: str):
+    """A certificate for `server_name` if there is none: for test hosts (host data `portal.self_signed`)."""
+    if host.get_fact(File, path=certificate) and host.get_fact(File, path=key):
+        host.noop(f"{certificate} exists")
+        return
+    try:
+        san = f"IP:{ipaddress.ip_address(server_name)}"
+    except ValueError:
+        san = f"DNS:{server_name}"
+    yield f"install -d -m 755 $(dirname {shlex.quote(certificate)}) $(dirname {shlex.quote(key)})"
+    yield (
+        f"(umask 077 && openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days 825 -subj /CN={shlex.quote(server_name)}"
+        f" -addext subjectAltName={shlex.quote(san)} -keyout {shlex.quote(key)} -out {shlex.quote(certificate)}"
+        " 2>/dev/null) && chmod 644 " + shlex.quote(certificate)
+    )
+
+
+@operation()
+def certificate_in_place(certificate: str, key: str):
+    """The site's own certificate must be on the host before nginx is pointed at it."""
+    missing = [path for path in (certificate, key) if not host.get_fact(File, path=path)]
+    if missing:
+        raise OperationError(
+            f"portal: {', '.join(missing)} not on the host; place the site's certificate chain and key there "
+            "(or set portal.self_signed on a test host)"
+        )
+    host.noop("the site's certificate and key are in place")
+    yield from ()
+
+
+@operation()
+def token_files_readable(directory: str, group: str):
+    """Link tokens written before the portal was deployed: readable by its group like new ones."""
+    q, g = shlex.quote(directory), shlex.quote(group)
+    find = f"find {q} -maxdepth 1 -type f ! -name '.*' \\( ! -group {g} -o ! -perm 0640 \\)"
+    if not host.get_fact(Command, command=f"{find} -print 2>/dev/null | head -1 || true"):
+        host.noop("every link token is readable by the portal")
+        return
+    yield f"{find} -exec chgrp {g} {{}} + -exec chmod 0640 {{}} +"
+
+
+def sshd_loopback(settings: HostSettings) -> str:
+    loopback = [a for a in settings.sshd_listen_addresses if ipaddress.ip_address(a).is_loopback]
+    return loopback[0] if loopback else "127.0.0.1"
+
+
+@deploy("Secure web page")
+def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
+    policy = loaded_policy.policy
+    web = settings.portal
+    user = policy.portal.service_user
+    nginx_installed(name="nginx (without its default site)")
+    service_account(name=f"Service user {user} (no exchange group)", user=user)
+
+    # The token index: the portal's group may pass and read a token by its name, never list.
+    files.directory(name="Tool state: portal may pass", path=str(STATE_DIR), user="root", group=user, mode="710")
+    tokens = f"{STATE_DIR}/link-tokens"
+    files.directory(name="Link tokens: portal reads by name", path=tokens, user="root", group=user, mode="2710")
+    token_files_readable(name="Link tokens written before: group readable", directory=tokens, group=user)
+
+    files.sync(
+        name="Page templates",
+        src=str(REPO / "templates" / "portal"),
+        dest=str(HOST_PORTAL_TEMPLATES),
+        delete=True,
+        user="root",
+        group="root",
+        mode="644",
+        dir_mode="755",
+    )
+    config = PortalConfig(site=settings.site.public(), sshd_host=sshd_loopback(settings), sshd_port=settings.sshd_port)
+    content = portal_yaml(config)
+    config_file(
+        name="Portal configuration (checked with the policy and templates)",
+        dest=str(HOST_PORTAL_CONFIG),
+        content=content,
+        mode="640",
+        group=user,
+        validate=f"{EXCHANGE} portal check {{path}} >/dev/null",
+    )
+    if web.self_signed:
+        self_signed_certificate(
+            name="Self-signed certificate (test host)",
+            certificate=web.tls_certificate,
+            key=web.tls_certificate_key,
+            server_name=web.server_name,
+        )
+    else:
+        certificate_in_place(
+            name="The site's certificate is in place", certificate=web.tls_certificate, key=web.tls_certificate_key
+        )
+    files.link(
+        name="nginx site enabled (written next)", path="/etc/nginx/sites-enabled/imaging-exchange", target=NGINX_SITE
+    )
+    config_file(
+        name="nginx site (validated with nginx -t)",
+        dest=NGINX_SITE,
+        content=render("webserver/nginx-site.conf.j2", portal=web, policy=policy, socket=SOCKET),
+        validate=NGINX_VALIDATE,
+        apply="systemctl reload-or-restart nginx",
+    )
+    systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
+
+    # The unit names what the portal runs (code, policy, its file, templates): any change restarts it.
+    revision = hashlib.sha256(
+        (_source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content + _templates_digest()).encode()
+    ).hexdigest()[:16]
+    config_file(
+        name="Portal service",
+        dest=f"/etc/systemd/system/{SERVICE}.service",
+        content=render(
+            "webserver/imaging-exchange-portal.service.j2",
+            user=user,
+            runtime_dir=RUNTIME_DIR,
+            socket=SOCKET,
+            venv=VENV,
+            policy=policy,
+            revision=revision,
+        ),
+        apply=f"systemctl daemon-reload && systemctl enable --quiet {SERVICE} && systemctl restart {SERVICE}",
+    )
+    systemd.service(name="Portal running", service=SERVICE, running=True, enabled=True)
+
+
+def _templates_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "templates" / "portal").rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()

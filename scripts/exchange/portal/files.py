@@ -1,0 +1,172 @@
+"""The two folders of an account, through its own SFTP session: list, download, upload.
+
+File names are checked here for clear answers; the chroot and the folder modes stay the
+final guard (a name that slipped through still cannot leave the account's folders).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncssh
+
+CHUNK = 4 << 20  # one SFTP read or write: asyncssh splits it into parallel requests
+MAX_NAME_BYTES = 255
+UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+class BadName(ValueError):
+    pass
+
+
+class RangeNotSatisfiable(ValueError):
+    pass
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Listed:
+    name: str
+    size: int
+    mtime: int
+
+
+def check_name(name: str) -> str:
+    """A plain file name in one folder: no path, no hidden name, no control characters."""
+    if not name or name.strip() != name or name.startswith(".") or UNSAFE.search(name):
+        raise BadName(name)
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise BadName(name)
+    return name
+
+
+def upload_name(filename: str) -> str:
+    """The name a browser sent, without any directory part some browsers add."""
+    return check_name(re.split(r"[/\\]", filename)[-1].strip())
+
+
+async def listing(sftp: asyncssh.SFTPClient, folder: str) -> list[Listed]:
+    """Regular, visible files, newest first (a package being written is hidden: `.name.partial`)."""
+    entries = []
+    for entry in await sftp.readdir(folder):
+        attrs = entry.attrs
+        if entry.filename.startswith(".") or attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
+            continue
+        entries.append(Listed(entry.filename, attrs.size or 0, attrs.mtime or 0))
+    return sorted(entries, key=lambda e: (-e.mtime, e.name))
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """One `bytes=` range as (start, end inclusive); None for the whole file (no header, or
+    a form this server answers whole, such as several ranges)."""
+    if not header:
+        return None
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        raise RangeNotSatisfiable(header)
+    return start, end
+
+
+async def read_file(sftp: asyncssh.SFTPClient, path: str, start: int, length: int) -> AsyncIterator[bytes]:
+    """`length` bytes from `start`, one chunk read ahead while the last one is sent."""
+    async with sftp.open(path, "rb") as handle:
+        offset, end = start, start + length
+        ahead = asyncio.ensure_future(handle.read(min(CHUNK, end - offset), offset)) if offset < end else None
+        try:
+            while ahead is not None:
+                data = await ahead
+                if not data:
+                    raise OSError(f"{path}: shorter than announced (changed while downloading)")
+                offset += len(data)
+                ahead = asyncio.ensure_future(handle.read(min(CHUNK, end - offset), offset)) if offset < end else None
+                yield data
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+
+
+class Upload:
+    """One file written to a hidden name in the upload folder, renamed when complete, so
+    staff and the upload notice never see half a file. Writes overlap with receiving."""
+
+    def __init__(self, sftp: asyncssh.SFTPClient, folder: str, name: str, limit: int) -> None:
+        self.sftp, self.folder, self.name, self.limit = sftp, folder, name, limit
+        self.partial = f"{folder}/.upload-{secrets.token_hex(8)}.partial"
+        self.size = 0
+        self._buffer = bytearray()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+        self._handle = None
+        self._writer: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Upload:
+        self._handle = await self.sftp.open(self.partial, "wb")
+        self._writer = asyncio.create_task(self._write_all())
+        return self
+
+    async def _write_all(self) -> None:
+        offset = 0
+        while (data := await self._queue.get()) is not None:
+            await self._handle.write(data, offset)
+            offset += len(data)
+
+    async def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise TooLarge()
+        self._buffer += data
+        if len(self._buffer) >= CHUNK:
+            await self._put(bytes(self._buffer))
+            self._buffer.clear()
+
+    async def _put(self, data: bytes | None) -> None:
+        if self._writer.done():
+            await self._writer  # raises the writer's error
+        await self._queue.put(data)
+
+    async def finish(self) -> str:
+        """Flush, close and rename into place; returns the final name (with " (2)" and so on
+        if the name is taken: an upload never replaces a file)."""
+        if self._buffer:
+            await self._put(bytes(self._buffer))
+        await self._put(None)
+        await self._writer
+        await self._handle.close()
+        self._handle = None
+        stem, dot, suffix = self.name.rpartition(".") if "." in self.name else (self.name, "", "")
+        for attempt in range(1, 100):
+            name = self.name if attempt == 1 else f"{stem} ({attempt}){dot}{suffix}"
+            try:
+                await self.sftp.rename(self.partial, f"{self.folder}/{name}")
+                return name
+            except asyncssh.SFTPFailure:
+                if not await self.sftp.exists(f"{self.folder}/{name}"):
+                    raise
+        raise asyncssh.SFTPFailure(f"no free name for {self.name}")
+
+    async def __aexit__(self, kind, error, traceback) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        if self._handle is not None:  # not finished: leave nothing behind
+            try:
+                await self._handle.close()
+            except (OSError, asyncssh.Error):
+                pass
+            try:
+                await self.sftp.remove(self.partial)
+            except (OSError, asyncssh.Error):
+                pass

@@ -1,0 +1,108 @@
+"""Web sessions (each holding its user's SFTP session) and the per-address login limit.
+
+Both live in the memory of the one portal process: a restart logs everybody out, which is
+the safe direction. The cookie carries a random session id; nothing else is in it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from exchange.portal.sftp import Session
+
+
+@dataclass
+class WebSession:
+    id: str
+    account: str
+    kind: Literal["partner", "link"]
+    ip: str
+    sftp: Session
+    expires: datetime.datetime | None = None  # a link account's end
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class TooManySessions(Exception):
+    pass
+
+
+class SessionStore:
+    def __init__(self, idle_seconds: float, max_sessions: int) -> None:
+        self.idle_seconds = idle_seconds
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, WebSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, account: str, kind: str, ip: str, sftp: Session, expires=None) -> WebSession:
+        self.close_idle()
+        if len(self._sessions) >= self.max_sessions:
+            sftp.close()
+            raise TooManySessions()
+        session = WebSession(secrets.token_urlsafe(32), account, kind, ip, sftp, expires)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str | None) -> WebSession | None:
+        """The live session for this id, touched; None if unknown, idle too long or its SSH
+        connection is gone (account removed, sshd restarted)."""
+        session = self._sessions.get(session_id or "")
+        if session is None:
+            return None
+        now = time.monotonic()
+        if now - session.last_seen > self.idle_seconds or session.sftp.connection.is_closed():
+            self.close(session.id)
+            return None
+        session.last_seen = now
+        return session
+
+    def close(self, session_id: str) -> WebSession | None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.sftp.close()
+        return session
+
+    def close_idle(self) -> list[WebSession]:
+        cutoff = time.monotonic() - self.idle_seconds
+        idle = [s for s in self._sessions.values() if s.last_seen < cutoff or s.sftp.connection.is_closed()]
+        for session in idle:
+            self.close(session.id)
+        return idle
+
+    def close_all(self) -> None:
+        for session_id in list(self._sessions):
+            self.close(session_id)
+
+
+class LoginLimit:
+    """At most `limit` failed logins per address within `window` seconds. PAM's lockout
+    protects each account; this protects against one address trying many accounts."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> deque[float]:
+        failures = self._failures.get(ip, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            self._failures.pop(ip, None)
+        return failures
+
+    def blocked(self, ip: str) -> bool:
+        return len(self._recent(ip, time.monotonic())) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        now = time.monotonic()
+        self._failures.setdefault(ip, self._recent(ip, now)).append(now)
+        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
+            for stale in [a for a, f in self._failures.items() if f[-1] <= now - self.window]:
+                del self._failures[stale]

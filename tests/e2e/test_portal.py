@@ -1,0 +1,448 @@
+"""The secure web page on a real host: nginx with TLS, the portal service, sshd and PAM behind
+it, driven by Debian's headless Chromium (Playwright) and by plain HTTPS clients.
+
+Screenshots of every page land in reports/portal/ (test artifacts)."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import json
+import re
+import shlex
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+from pydicom.data import get_testdata_file
+
+from exchange.credentials import FAILLOCK_DIR
+from exchange.policy import load_policy
+from tests import testhost
+from tests.e2e.clients import paramiko_sftp
+from tests.e2e.conftest import make_exchange
+from tests.pyinfra_run import REPO
+from tests.sites import outbox_site
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = REPO / "reports" / "portal"
+OUTBOX = "/var/spool/imaging-exchange/outbox"
+PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
+NEUTRAL = "did not succeed"
+
+
+@pytest.fixture(scope="module")
+def web(shared_hosts, tmp_path_factory):
+    """A deployed host with the web page; messages go to its outbox."""
+    host = testhost.boot("portal", log=lambda message: print(message, flush=True), directory=shared_hosts)
+    try:
+        yield make_exchange(
+            host,
+            tmp_path_factory.mktemp("portal"),
+            site=outbox_site() | {"portal_url": host.portal_url},
+            portal=host.portal_data(),
+        )
+    finally:
+        testhost.shutdown(host)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    # The test host's certificate is self-signed; TLS itself is checked with a pinned CA below.
+    context = browser.new_context(ignore_https_errors=True, accept_downloads=True, locale="en-GB")
+    yield context.new_page()
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+@dataclass
+class Link:
+    account: str
+    url: str
+    password: str
+
+
+_counter = iter(range(10_000))
+
+
+def issue_link(web, lang: str = "en") -> Link:
+    n = next(_counter)
+    email, phone = f"web{n}@example.org", f"+3162345{n:04d}"
+    result = web.host.ssh(shlex.join(["exchange", "link", "issue", "--email", email, "--phone", phone, "--lang", lang]))
+    account = re.search(r"issued (link-[a-z0-9]{8})", result.stdout)[1]
+    mail = web.host.ssh(f"grep -l -F {shlex.quote(email)} {OUTBOX}/*.eml | xargs cat").stdout
+    sms = web.host.ssh(f"grep -l -F {shlex.quote(phone)} {OUTBOX}/*.sms | xargs cat").stdout
+    url = re.search(re.escape(web.host.portal_url) + r"/l/[A-Za-z0-9_-]{43}", mail)[0]
+    return Link(account, url, PASSWORD.search(json.loads(sms)["text"])[1])
+
+
+def put_study(web, account: str) -> tuple[str, str]:
+    """Staff pack a JPEG 2000 study into the account; returns the package's name and SHA-256."""
+    study = Path(get_testdata_file("JPEG2000.dcm", download=False))
+    encoded = base64.b64encode(study.read_bytes()).decode()
+    web.host.ssh(f"rm -rf /tmp/study && mkdir /tmp/study && echo {encoded} | base64 -d > /tmp/study/IM1")
+    out = web.host.ssh(f"exchange package --to {account} /tmp/study --label 'CT thorax'").stdout
+    package = re.search(r"/download/(\S+\.zip)", out)[1]
+    folder = f"/srv/exchange/{'links' if account.startswith('link-') else 'partners'}/{account}/download"
+    return package, web.host.ssh(f"sha256sum {folder}/{shlex.quote(package)}").stdout.split()[0]
+
+
+def audit_events(web, event: str) -> list[dict]:
+    text = web.host.ssh(f'grep -hF \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
+_certificates: dict[str, str] = {}
+
+
+def tls_context(web) -> ssl.SSLContext:
+    """Trusts exactly the test host's certificate."""
+    if web.host.name not in _certificates:
+        _certificates[web.host.name] = web.host.ssh("cat /etc/ssl/imaging-exchange/portal.crt").stdout
+    return ssl.create_default_context(cadata=_certificates[web.host.name])
+
+
+def client(web, source: str | None = None) -> httpx.Client:
+    """An HTTPS client as a browser set to English, optionally from another loopback address."""
+    context = tls_context(web)
+    transport = httpx.HTTPTransport(verify=context, local_address=source) if source else None
+    return httpx.Client(
+        base_url=web.host.portal_url,
+        verify=context,
+        transport=transport,
+        timeout=60,
+        follow_redirects=True,
+        headers={"accept-language": "en"},
+    )
+
+
+def post_login(http: httpx.Client, path: str, **fields) -> httpx.Response:
+    http.get(path)
+    return http.post(path, data={"csrf": http.cookies["exchange_csrf"], **fields})
+
+
+# -- the link flow -------------------------------------------------------------------------
+
+
+def test_link_flow_download_and_upload_in_the_browser(web, page, tmp_path):
+    link = issue_link(web)
+    package, sha256 = put_study(web, link.account)
+
+    page.goto(link.url)
+    assert "This link works until" in page.content()
+    assert "intended for the addressee only" in page.inner_text("footer")
+    shot(page, "01-link-password")
+    page.fill("#password", link.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    shot(page, "02-files")
+    assert package in page.inner_text("main")
+
+    with page.expect_download() as download:
+        page.click(f"a:has-text('{package}')")
+    saved = tmp_path / "got.zip"
+    download.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha256
+
+    upload = tmp_path / "referral letter.pdf"
+    upload.write_bytes(b"%PDF-1.4 made up\n" + bytes(range(256)) * 4000)
+    page.set_input_files("#file", str(upload))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_url("**/files?uploaded=*")
+    shot(page, "03-uploaded")
+    assert "Received: referral letter.pdf" in page.inner_text("main")
+    # Staff find it, complete, in the upload folder, under the name the recipient gave it.
+    stored = web.host.ssh(f"sha256sum '/srv/exchange/links/{link.account}/upload/referral letter.pdf'").stdout
+    assert stored.split()[0] == hashlib.sha256(upload.read_bytes()).hexdigest()
+    assert not web.host.ssh(f"ls -A /srv/exchange/links/{link.account}/upload | grep '^\\.' || true").stdout
+
+    page.click("form[action='/logout'] button")
+    shot(page, "04-logged-out")
+    page.goto(web.host.portal_url + "/files")
+    assert page.locator("p.error").inner_text().startswith("Your session has ended")
+
+    logins = [e for e in audit_events(web, "portal-login") if e["account"] == link.account]
+    assert logins and logins[0]["ip"] == "127.0.0.1" and logins[0]["kind"] == "link"
+    downloads = [e for e in audit_events(web, "portal-download") if e["account"] == link.account]
+    assert downloads[0]["file"] == package and downloads[0]["complete"] is True
+    uploads = [e for e in audit_events(web, "portal-upload") if e["account"] == link.account]
+    assert uploads[0]["file"] == "referral letter.pdf" and uploads[0]["bytes"] == upload.stat().st_size
+    # The web session was the account's own SFTP session: the SFTP log has it.
+    assert f"account={link.account}" in web.host.ssh("cat /var/log/imaging-exchange/sftp.log").stdout
+
+
+def test_download_resumes_with_a_range_and_partials_stay_hidden(web):
+    link = issue_link(web)
+    package, _ = put_study(web, link.account)
+    web.host.ssh(f"cd /srv/exchange/links/{link.account}/download && echo half > .next.zip.partial")
+    with client(web) as http:
+        assert post_login(http, link.url.removeprefix(web.host.portal_url), password=link.password).status_code == 200
+        listing = http.get("/files").text
+        assert package in listing and ".next.zip.partial" not in listing
+        whole = http.get(f"/files/download/{package}")
+        assert whole.status_code == 200 and whole.headers["content-length"] == str(len(whole.content))
+        assert whole.headers["cache-control"] == "no-store"
+        part = http.get(f"/files/download/{package}", headers={"Range": "bytes=1000-1999"})
+        assert part.status_code == 206 and part.content == whole.content[1000:2000]
+        assert part.headers["content-range"] == f"bytes 1000-1999/{len(whole.content)}"
+        assert http.get(f"/files/download/{package}", headers={"Range": "bytes=99999999-"}).status_code == 416
+        assert http.get("/files/download/.next.zip.partial").status_code == 404
+
+
+def test_unknown_revoked_expired_token_and_wrong_password_get_one_answer(web, page):
+    wrong, revoked, expired = issue_link(web), issue_link(web), issue_link(web)
+    web.host.ssh(f"exchange link revoke {revoked.account}")
+    # The record's expiry passed (the hourly purge has not run yet): the token no longer opens.
+    token_file = (
+        "/var/lib/imaging-exchange/link-tokens/" + hashlib.sha256(expired.url.rsplit("/", 1)[1].encode()).hexdigest()
+    )
+    web.host.ssh(
+        f"python3 -c \"import json,sys; p='{token_file}'; d=json.load(open(p)); d['expires']='2020-01-01T00:00:00+00:00';"
+        " open(p,'w').write(json.dumps(d))\""
+    )
+    answers = []
+    with client(web) as http:
+        for url, password in [
+            (wrong.url, "Wrong-Pass-Word-0000"),
+            (web.host.portal_url + "/l/" + "A" * 43, wrong.password),
+            (revoked.url, revoked.password),
+            (expired.url, expired.password),
+        ]:
+            response = post_login(http, url.removeprefix(web.host.portal_url), password=password)
+            error = re.search(r'<p class="error" role="alert">(.*?)</p>', response.text)[1]
+            answers.append((response.status_code, error))
+    assert len(set(answers)) == 1 and answers[0][0] == 401 and NEUTRAL in answers[0][1]
+    page.goto(wrong.url)
+    page.fill("#password", "Wrong-Pass-Word-0000")
+    page.click("button[type=submit]")
+    shot(page, "05-login-failed")
+    assert NEUTRAL in page.locator("p.error").inner_text()
+
+
+def test_lockout_after_repeated_failures(web, policy):
+    link = issue_link(web)
+    path = link.url.removeprefix(web.host.portal_url)
+    with client(web) as http:
+        for _ in range(policy.passwords.lockout.deny):
+            assert post_login(http, path, password="Wrong-Pass-Word-0000").status_code == 401
+        # PAM's lockout (pam_faillock) holds for the web exactly as for SFTP.
+        assert post_login(http, path, password=link.password).status_code == 401
+    web.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {link.account} --reset")
+
+
+def test_forms_without_the_csrf_token_are_refused(web):
+    link = issue_link(web)
+    with client(web) as http:
+        http.get(link.url.removeprefix(web.host.portal_url))
+        response = http.post(link.url.removeprefix(web.host.portal_url), data={"password": link.password})
+        assert response.status_code == 403
+        response = http.post("/login", data={"csrf": "forged", "username": "alice-clinic", "password": "x"})
+        assert response.status_code == 403
+
+
+# -- partners ------------------------------------------------------------------------------
+
+
+def test_partner_sees_own_folders_and_cannot_reach_another(web, page, tmp_path):
+    alice, bob = web.logins["alice-clinic"], web.logins["bob-hospital"]
+    web.host.ssh(
+        "echo 'for alice' > /srv/exchange/partners/alice-clinic/download/report-alice.txt && "
+        "echo 'bob only' > /srv/exchange/partners/bob-hospital/download/secret-bob.txt && "
+        "echo 'bob upload' > /srv/exchange/partners/bob-hospital/upload/from-bob.txt"
+    )
+    page.goto(web.host.portal_url + "/login")
+    shot(page, "06-partner-login")
+    page.fill("#username", alice.name)
+    page.fill("#password", alice.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    shot(page, "07-partner-files")
+    text = page.inner_text("main")
+    assert "report-alice.txt" in text and "secret-bob" not in text and "from-bob" not in text
+
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with client(web) as http:
+        http.cookies.update(cookies)
+        assert http.get("/files/download/report-alice.txt").text == "for alice\n"
+        for crafted in [
+            "/files/download/secret-bob.txt",
+            "/files/download/..%2F..%2Fbob-hospital%2Fdownload%2Fsecret-bob.txt",
+            "/files/download/../../bob-hospital/download/secret-bob.txt",
+            "/files/download/%2Fsrv%2Fexchange%2Fpartners%2Fbob-hospital%2Fdownload%2Fsecret-bob.txt",
+            "/files/download/..%2Fupload%2Ffrom-bob.txt",
+        ]:
+            response = http.get(crafted)
+            assert response.status_code in (404, 401), crafted
+            assert "bob only" not in response.text and "bob upload" not in response.text
+    # Bob's session (his own password) does see it: the refusal above was about Alice.
+    with client(web) as http:
+        assert post_login(http, "/login", username=bob.name, password=bob.password).status_code == 200
+        assert http.get("/files/download/secret-bob.txt").text == "bob only\n"
+    # A link account's name with its password does not open the partner login.
+    link = issue_link(web)
+    with client(web) as http:
+        assert post_login(http, "/login", username=link.account, password=link.password).status_code == 401
+
+
+def test_expired_partner_password_is_changed_through_the_form(web, page):
+    bob = web.logins["bob-hospital"]
+    web.set_password(bob.name, bob.password)
+    web.host.ssh(f"chage -d 0 {bob.name}")
+    page.goto(web.host.portal_url + "/login")
+    page.fill("#username", bob.name)
+    page.fill("#password", bob.password)
+    page.click("button[type=submit]")
+    assert page.locator("h1").inner_text() == "Choose a new password"
+    shot(page, "08-password-expired")
+
+    def change(new: str) -> None:
+        page.fill("#password", bob.password)
+        page.fill("#new_password", new)
+        page.fill("#new_password_again", new)
+        page.evaluate("document.querySelectorAll('input[minlength]').forEach(i => i.removeAttribute('minlength'))")
+        page.click("button[type=submit]")
+
+    change("Short-1a")  # PAM's own reason comes back
+    assert "BAD PASSWORD" in page.locator("ul.error").inner_text()
+    shot(page, "09-password-rejected")
+    new = "Quartz-Meadow-Lantern-4711"
+    change(new)
+    page.wait_for_url("**/files")
+    changed = web.host.ssh(f"chage -l {bob.name} | sed -n 1p").stdout
+    assert "password must be changed" not in changed
+    paramiko_sftp(web.host, bob.name, password=new).close()  # the new password is the account's, for SFTP too
+    bob.password = new
+    assert [e for e in audit_events(web, "portal-password-changed") if e["account"] == bob.name]
+
+
+# -- the service ---------------------------------------------------------------------------
+
+
+def test_help_page_and_languages(web, page):
+    page.goto(web.host.portal_url + "/help")
+    shot(page, "10-help-en")
+    text = page.inner_text("main")
+    for question in ["no page opens", "not accepted", "cannot open", "unzip", "browsers", "within a certain time",
+                     "real, secure website", "on a Mac"]:  # fmt: skip
+        assert question in text, question
+    page.click("a[hreflang=nl]")
+    shot(page, "11-help-nl")
+    assert "Veelgestelde vragen" in page.inner_text("main") or "veelgestelde vragen" in page.inner_text("main")
+    assert page.locator("html").get_attribute("lang") == "nl"
+
+
+def test_downloads_work_without_javascript(web, browser, tmp_path):
+    link = issue_link(web)
+    package, sha256 = put_study(web, link.account)
+    context = browser.new_context(ignore_https_errors=True, accept_downloads=True, java_script_enabled=False)
+    page = context.new_page()
+    page.goto(link.url)
+    page.fill("#password", link.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    with page.expect_download() as download:
+        page.click(f"a:has-text('{package}')")
+    download.value.save_as(tmp_path / "p.zip")
+    assert hashlib.sha256((tmp_path / "p.zip").read_bytes()).hexdigest() == sha256
+    context.close()
+
+
+def test_headers_cookies_and_tls(web):
+    with client(web) as http:
+        response = http.get("/login")
+        headers = response.headers
+        assert headers["strict-transport-security"].startswith("max-age=")
+        assert "default-src 'none'" in headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["referrer-policy"] == "no-referrer" and headers["cache-control"] == "no-store"
+        assert "nginx/" not in headers.get("server", "")
+        cookie = response.headers["set-cookie"]
+        assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=strict"))
+    for version, accepted in [(ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True)]:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = version
+        if not accepted:
+            context.set_ciphers("ALL:@SECLEVEL=0")
+        try:
+            with httpx.Client(verify=context) as http:
+                http.get(web.host.portal_url + "/login")
+            connected = True
+        except httpx.ConnectError:
+            connected = False
+        assert connected == accepted, version
+
+
+def test_login_posts_are_rate_limited_per_address(web):
+    """From another loopback address, so the other tests' address is not slowed."""
+
+    def attempt(_):
+        with client(web, source="127.0.0.2") as http:
+            http.get("/login")
+            return http.post(
+                "/login", data={"csrf": http.cookies["exchange_csrf"], "username": "nobody", "password": "x"}
+            ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(attempt, range(30)))
+    assert 429 in codes, codes  # nginx: login posts per address per minute
+    assert set(codes) <= {401, 429}
+
+
+def test_oversized_upload_is_refused_by_nginx_before_it_is_read(web, policy):
+    """Only the headers are sent: nginx answers from the declared length alone."""
+    declared = (policy.portal.upload_max_mb + 2) << 20
+    request = (
+        f"POST /files/upload HTTP/1.1\r\nHost: {web.host.hostname}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    with socket.create_connection((web.host.hostname, web.host.portal_port), timeout=30) as raw:
+        with tls_context(web).wrap_socket(raw, server_hostname=web.host.hostname) as tls:
+            tls.sendall(request.encode())
+            status = tls.recv(4096).split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_portal_service_has_no_access_to_the_exchange_folders(web):
+    user = "exchange-portal"
+    groups = web.host.ssh(f"id -Gn {user}").stdout.split()
+    assert groups == [user]
+    assert web.host.ssh(f"runuser -u {user} -- ls /srv/exchange/partners", check=False).returncode != 0
+    paths = web.host.ssh("systemctl show imaging-exchange-portal -p InaccessiblePaths --value").stdout
+    assert "/srv/exchange" in paths
+    pid = web.host.ssh("systemctl show imaging-exchange-portal -p MainPID --value").stdout.strip()
+    # In the service's own mount namespace the folders are not there at all.
+    inside = web.host.ssh(f"nsenter -t {pid} -m ls /srv/exchange/partners", check=False)
+    assert inside.returncode != 0
+
+
+def test_the_audit_suite_checks_the_web_page(web, tmp_path):
+    from tests.e2e.test_audit import run_audit
+
+    result, controls = run_audit(web.host, tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "PORTAL-01" in controls and not controls["PORTAL-01"]["failed"]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(REPO / "policies.yaml").policy

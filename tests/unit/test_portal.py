@@ -1,0 +1,386 @@
+"""The web page without a server: its pieces, and the app's answers that need no SSH login
+(the logins themselves are tested against a real host in tests/e2e/test_portal.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import random
+import re
+import warnings
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from exchange.cli import app as cli
+from exchange.links import token_hash
+from exchange.policy import Policy, PolicyError, load_policy, parse_policy
+from exchange.portal import files, multipart, sessions
+from exchange.portal.app import FAILURE_FLOOR, create_app, load_text
+from exchange.portal.config import LinkTokens, PortalConfig, load_portal_config, portal_yaml
+from exchange.site import parse_site
+from roles import REPO
+from roles.settings import HostSettingsError, host_settings
+from tests.sites import outbox_site
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+TEMPLATES = REPO / "templates" / "portal"
+POLICY = load_policy(REPO / "policies.yaml").policy
+
+
+@pytest.fixture(autouse=True)
+def _messages(monkeypatch):
+    monkeypatch.setenv("EXCHANGE_MESSAGES", str(REPO / "templates" / "messages"))
+
+
+def make_config(tmp_path, port: int = 9) -> PortalConfig:
+    key = tmp_path / "host_ed25519.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQHE7N7uyXYc+m8Nn7U8LKl2r4Cwf9DfnUgHkeyBpJu test\n")
+    (tmp_path / "state" / "link-tokens").mkdir(parents=True, exist_ok=True)
+    return PortalConfig(
+        site=parse_site(outbox_site(), "test").public(),
+        sshd_port=port,  # nothing listens there: a login that gets as far as SSH meets "unavailable"
+        host_key_files=[str(key)],
+        templates_dir=str(TEMPLATES),
+        state_dir=str(tmp_path / "state"),
+    )
+
+
+def client_for(tmp_path, policy: Policy = POLICY) -> TestClient:
+    return TestClient(create_app(make_config(tmp_path), policy), base_url="https://portal.test")
+
+
+@pytest.fixture
+def no_floor(monkeypatch):
+    monkeypatch.setattr("exchange.portal.app.FAILURE_FLOOR", 0.0)
+
+
+def csrf_post(web: TestClient, path: str, **fields) -> httpx.Response:
+    web.get(path)
+    return web.post(path, data={"csrf": web.cookies["exchange_csrf"], **fields})
+
+
+# -- names and ranges ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["study.zip", "CT thorax 2026-11-28.zip", "résumé.pdf", "a" * 255])
+def test_plain_names_pass(name):
+    assert files.check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "..", "../x", "a/b", "a\\b", "a\x00b", "tab\there", " lead", "trail ", "é" * 128]
+)
+def test_unsafe_names_are_refused(name):
+    with pytest.raises(files.BadName):
+        files.check_name(name)
+
+
+def test_upload_names_lose_a_browser_added_directory():
+    assert files.upload_name("C:\\Users\\me\\scan.zip") == "scan.zip"
+    assert files.upload_name("/home/me/scan.zip") == "scan.zip"
+    with pytest.raises(files.BadName):
+        files.upload_name("C:\\Users\\me\\.secret")
+
+
+@pytest.mark.parametrize(
+    "header, size, expected",
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, (0, 9)),
+        ("bytes=90-", 100, (90, 99)),
+        ("bytes=-10", 100, (90, 99)),
+        ("bytes=50-500", 100, (50, 99)),
+        ("bytes=0-1,5-6", 100, None),  # several ranges: answered whole
+        ("items=0-1", 100, None),
+    ],
+)
+def test_byte_ranges(header, size, expected):
+    assert files.byte_range(header, size) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=9-3"])
+def test_unsatisfiable_ranges(header):
+    with pytest.raises(files.RangeNotSatisfiable):
+        files.byte_range(header, 100)
+
+
+# -- the multipart stream --------------------------------------------------------------------
+
+
+def test_a_multipart_body_in_arbitrary_pieces_gives_back_the_exact_file():
+    payload = random.Random(7).randbytes(300_000)
+    request = httpx.Request(
+        "POST", "https://x/", data={"csrf": "token-1"}, files={"file": ("scan one.zip", payload, "application/zip")}
+    )
+    body = request.read()
+    cuts = sorted(random.Random(8).sample(range(1, len(body)), 40))
+    pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+
+    async def stream():
+        for piece in pieces:
+            yield piece
+
+    async def collect():
+        got, current = {}, None
+        async for event in multipart.parts(request.headers["content-type"], stream()):
+            if isinstance(event, multipart.PartStart):
+                current = (event.name, event.filename)
+                got[current] = b""
+            elif isinstance(event, multipart.PartData):
+                got[current] += event.data
+        return got
+
+    got = asyncio.run(collect())
+    assert got == {("csrf", None): b"token-1", ("file", "scan one.zip"): payload}
+
+
+def test_a_body_that_is_not_multipart_is_refused():
+    async def stream():
+        yield b"x"
+
+    async def run():
+        async for _ in multipart.parts("application/json", stream()):
+            pass
+
+    with pytest.raises(multipart.MalformedBody):
+        asyncio.run(run())
+
+
+# -- sessions and the login limit ------------------------------------------------------------
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Sftp:
+    def __init__(self) -> None:
+        self.connection = _Connection()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_sessions_end_after_the_idle_time_and_close_their_sftp(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    store = sessions.SessionStore(idle_seconds=60, max_sessions=2)
+    first = store.open("link-aaaaaaaa", "link", "192.0.2.1", _Sftp())
+    clock[0] += 59
+    assert store.get(first.id) is first  # touched: idle counts again from here
+    clock[0] += 59
+    assert store.get(first.id) is first
+    clock[0] += 61
+    assert store.get(first.id) is None and first.sftp.connection.closed
+
+
+def test_sessions_are_capped_and_a_dropped_connection_ends_its_session():
+    store = sessions.SessionStore(idle_seconds=60, max_sessions=1)
+    first = store.open("a", "partner", "192.0.2.1", _Sftp())
+    refused = _Sftp()
+    with pytest.raises(sessions.TooManySessions):
+        store.open("b", "partner", "192.0.2.2", refused)
+    assert refused.connection.closed  # never left open
+    first.sftp.connection.closed = True  # e.g. the account was removed
+    assert store.get(first.id) is None and len(store) == 0
+
+
+def test_the_login_limit_counts_per_address_within_the_window(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    limit = sessions.LoginLimit(limit=3, window=100)
+    for _ in range(3):
+        assert not limit.blocked("192.0.2.1")
+        limit.failed("192.0.2.1")
+    assert limit.blocked("192.0.2.1") and not limit.blocked("192.0.2.2")
+    clock[0] += 101
+    assert not limit.blocked("192.0.2.1")
+
+
+# -- the token index -------------------------------------------------------------------------
+
+
+def test_tokens_open_only_while_valid(tmp_path):
+    tokens = LinkTokens(tmp_path)
+    (tmp_path / "link-tokens").mkdir()
+    now = datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC)
+    good, old = "A" * 43, "B" * 43
+    for token, days in [(good, 3), (old, -1)]:
+        expires = (now + datetime.timedelta(days=days)).isoformat()
+        (tmp_path / "link-tokens" / token_hash(token)).write_text(json.dumps({"account": "link-a", "expires": expires}))
+    assert tokens.account(good, now)[0] == "link-a"
+    assert tokens.account(old, now) is None
+    assert tokens.account("C" * 43, now) is None
+    assert tokens.account("../../etc/passwd", now) is None  # not even looked up
+
+
+# -- the app's answers -----------------------------------------------------------------------
+
+
+def test_every_page_has_the_security_headers_and_secure_cookies(tmp_path):
+    with client_for(tmp_path) as web:
+        cookies = web.get("/login?lang=nl").headers.get_list("set-cookie")  # the first visit sets both
+        assert sorted(c.split("=")[0] for c in cookies) == ["exchange_csrf", "exchange_lang"]
+        for cookie in cookies:
+            assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+        for path in ["/login", "/help", "/l/" + "A" * 43, "/files"]:
+            response = web.get(path)
+            assert response.headers["content-security-policy"].startswith("default-src 'none'")
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["referrer-policy"] == "no-referrer"
+            assert response.headers["cache-control"] == "no-store"
+        assert web.get("/static/portal.css").headers["cache-control"].startswith("public")
+
+
+def test_forms_need_the_csrf_token(tmp_path):
+    with client_for(tmp_path) as web:
+        web.get("/login")
+        assert web.post("/login", data={"username": "x", "password": "y"}).status_code == 403
+        assert web.post("/login", data={"csrf": "other", "username": "x", "password": "y"}).status_code == 403
+        assert web.post("/l/" + "A" * 43, data={"password": "y"}).status_code == 403
+
+
+def test_unknown_tokens_and_unknown_partners_get_the_neutral_answer_after_the_floor(tmp_path):
+    with client_for(tmp_path) as web:
+        started = datetime.datetime.now()
+        link = csrf_post(web, "/l/" + "A" * 43, password="whatever")
+        elapsed = (datetime.datetime.now() - started).total_seconds()
+        partner = csrf_post(web, "/login", username="not-a-partner", password="whatever")
+    assert link.status_code == partner.status_code == 401
+    assert elapsed >= FAILURE_FLOOR
+    errors = {re.search(r'role="alert">(.*?)</p>', r.text)[1] for r in (link, partner)}
+    assert len(errors) == 1
+
+
+def test_too_many_failures_from_one_address_must_wait(tmp_path, no_floor):
+    strict = POLICY.model_copy(update={"portal": POLICY.portal.model_copy(update={"login_failures_per_ip": 2})})
+    with client_for(tmp_path, strict) as web:
+        codes = [csrf_post(web, "/l/" + "A" * 43, password="x").status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+
+
+def test_a_known_token_shows_its_expiry_and_a_down_sshd_is_not_a_failed_login(tmp_path, no_floor):
+    config = make_config(tmp_path)
+    token = "T" * 43
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=2)
+    (tmp_path / "state" / "link-tokens" / token_hash(token)).write_text(
+        json.dumps({"account": "link-abcdefgh", "expires": expires.isoformat()})
+    )
+    with TestClient(create_app(config, POLICY), base_url="https://portal.test") as web:
+        page = web.get(f"/l/{token}")
+        assert "This link works until" in page.text or "Deze link werkt tot" in page.text
+        response = csrf_post(web, f"/l/{token}", password="x")
+    assert response.status_code == 503  # "not reachable right now", never "wrong password"
+
+
+def test_languages_follow_the_choice_then_the_browser(tmp_path):
+    with client_for(tmp_path) as web:
+        assert 'lang="en"' in web.get("/help", headers={"accept-language": "en-GB,en;q=0.9"}).text
+        assert 'lang="nl"' in web.get("/help", headers={"accept-language": "nl-NL"}).text
+        assert 'lang="nl"' in web.get("/help?lang=nl", headers={"accept-language": "en"}).text
+        assert 'lang="nl"' in web.get("/help", headers={"accept-language": "en"}).text  # the cookie remembers
+
+
+def test_pages_without_a_session_say_so(tmp_path):
+    with client_for(tmp_path) as web:
+        assert web.get("/files").status_code == 401
+        assert web.get("/files/download/x.zip").status_code == 401
+        assert web.post("/files/upload", files={"file": ("a", b"x")}).status_code == 401
+
+
+# -- texts, configuration and the check command --------------------------------------------
+
+
+def test_every_text_a_template_uses_exists_in_every_language():
+    text = load_text(TEMPLATES / "text.yaml")
+    used = set()
+    for template in TEMPLATES.glob("*.j2"):
+        used |= set(re.findall(r't\(["\'](\w+)["\']\)', template.read_text()))
+    errors = set(re.findall(r'error="(\w+)"|back\("(\w+)"\)', (REPO / "scripts/exchange/portal/app.py").read_text()))
+    used |= {f"error_{name}" for pair in errors for name in pair if name}
+    assert used - set(text) == set()
+
+
+def test_text_without_every_language_is_refused(tmp_path):
+    (tmp_path / "text.yaml").write_text("open:\n  nl: Openen\n")
+    with pytest.raises(ValueError, match="open"):
+        load_text(tmp_path / "text.yaml")
+
+
+def test_portal_check_accepts_the_deployed_shape_and_names_a_problem(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXCHANGE_POLICY", str(REPO / "policies.yaml"))
+    good = tmp_path / "portal.yaml"
+    good.write_text(portal_yaml(make_config(tmp_path)))
+    assert load_portal_config(good).sshd_port == 9
+    result = CliRunner().invoke(cli, ["portal", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("sshd_port: 9", "sshd_port: 99999"))
+    result = CliRunner().invoke(cli, ["portal", "check", str(bad)])
+    assert result.exit_code == 1 and "sshd_port" in result.output
+
+
+def test_the_portal_user_may_not_be_an_account_group():
+    text = (REPO / "policies.yaml").read_text().replace("service_user: exchange-portal", "service_user: exchange-staff")
+    with pytest.raises(PolicyError, match="service_user"):
+        parse_policy(text, REPO / "policies.yaml")
+
+
+def test_a_portal_needs_site_data():
+    with pytest.raises(HostSettingsError, match="portal needs site"):
+        host_settings("web", {"portal": {"server_name": "exchange.hospital.example"}})
+
+
+@pytest.mark.parametrize(
+    "template, context",
+    [
+        ("password.htm.j2", {"username": "bob", "notice": "password_expired"}),
+        ("password.htm.j2", {"username": "bob", "error": "password_rejected", "reasons": ["BAD PASSWORD: short"]}),
+        ("link.htm.j2", {"expires": None, "error": "login_failed"}),
+        ("login.htm.j2", {"error": "too_many"}),
+        ("message.htm.j2", {"notice": "logged_out"}),
+    ],
+)
+def test_every_page_renders_with_what_its_callers_pass(tmp_path, template, context):
+    """The pages behind an SSH login are rendered here with exactly the context app.py gives them."""
+    from starlette.requests import Request
+
+    from exchange.portal.app import Portal
+
+    portal = Portal(make_config(tmp_path), POLICY)
+    request = Request({"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""})
+    html = portal.page(request, template, **context).body.decode()
+    assert "<h1>" in html or "<p class=" in html
+    for reason in context.get("reasons", []):
+        assert f"<li>{reason}</li>" in html
+
+
+def test_the_files_page_lists_what_it_is_given(tmp_path):
+    from starlette.requests import Request
+
+    from exchange.portal.app import Portal
+    from exchange.portal.sessions import WebSession
+
+    portal = Portal(make_config(tmp_path), POLICY)
+    request = Request({"type": "http", "method": "GET", "path": "/files", "headers": [], "query_string": b""})
+    session = WebSession("id", "link-abcdefgh", "link", "192.0.2.1", _Sftp(), datetime.datetime.now(datetime.UTC))
+    listed = [files.Listed("CT thorax <1>.zip", 123_456_789, 1_764_300_000)]
+    html = portal.page(
+        request, "files.htm.j2", session=session, downloads=listed, uploads=[], uploaded=["a.pdf"], error=None,
+        quote=__import__("urllib.parse").parse.quote,
+    ).body.decode()  # fmt: skip
+    assert "CT thorax &lt;1&gt;.zip" in html and "/files/download/CT%20thorax%20%3C1%3E.zip" in html
+    assert "123.5 MB" in html
