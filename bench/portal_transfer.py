@@ -79,7 +79,8 @@ def main() -> int:
                     "/login",
                     data={"csrf": web.cookies["exchange_csrf"], "username": PARTNER, "password": login.password},
                 )
-                response.raise_for_status()
+                if response.status_code != 303:
+                    raise SystemExit(f"web login failed: {response.status_code}")
                 cookies = "; ".join(f"{name}={value}" for name, value in web.cookies.items())
                 csrf = web.cookies["exchange_csrf"]
 

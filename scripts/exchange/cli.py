@@ -451,8 +451,12 @@ def purge(
 
 @app.command("audit-read", hidden=True)
 def audit_read(
-    what: Annotated[str, typer.Argument(help="sshd | chage | password-status | stat | old-files | audit-log | sudoers")],
-    argument: Annotated[str | None, typer.Argument(help="account name (sshd, chage, password-status) or path (stat)")] = None,
+    what: Annotated[
+        str, typer.Argument(help="sshd | chage | password-status | stat | old-files | audit-log | sudoers")
+    ],
+    argument: Annotated[
+        str | None, typer.Argument(help="account name (sshd, chage, password-status) or path (stat)")
+    ] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""
     from exchange.auditread import AuditReadError, run

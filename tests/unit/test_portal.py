@@ -184,7 +184,7 @@ def test_sessions_end_after_the_idle_time_and_close_their_sftp(monkeypatch):
     clock[0] += 59
     assert store.get(first.id) is first
     clock[0] += 61
-    assert store.get(first.id) is None and first.sftp.connection.closed
+    assert store.get(first.id) is None and first.ssh.connection.closed
 
 
 def test_sessions_are_capped_and_a_dropped_connection_ends_its_session():
@@ -194,7 +194,7 @@ def test_sessions_are_capped_and_a_dropped_connection_ends_its_session():
     with pytest.raises(sessions.TooManySessions):
         store.open("b", "partner", "192.0.2.2", refused)
     assert refused.connection.closed  # never left open
-    first.sftp.connection.closed = True  # e.g. the account was removed
+    first.ssh.connection.closed = True  # e.g. the account was removed
     assert store.get(first.id) is None and len(store) == 0
 
 

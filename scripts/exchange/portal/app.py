@@ -213,7 +213,7 @@ class Portal:
         **context,
     ) -> Response:
         try:
-            sftp = await open_session(self.target, account, password, new_password)
+            ssh = await open_session(self.target, account, password, new_password)
         except PasswordExpired:
             auditlog.record("portal-password-expired", kind=kind, account=account, ip=ip)
             return self.page(request, "password.htm.j2", username=account, notice="password_expired")
@@ -230,7 +230,7 @@ class Portal:
             auditlog.record("portal-unavailable", account=account, ip=ip, reason=str(down))
             return self.page(request, template, status=503, error="unavailable", **context)
         try:
-            session = self.sessions.open(account, kind, ip, sftp, context.get("expires"))
+            session = self.sessions.open(account, kind, ip, ssh, context.get("expires"))
         except TooManySessions:
             return self.page(request, template, status=503, error="busy", **context)
         if new_password is not None:
@@ -270,9 +270,12 @@ class Portal:
         session = self.session(request)
         if session is None:
             return self.page(request, "message.htm.j2", status=401, error="session_ended")
-        sftp = session.sftp.sftp
-        downloads = await files.listing(sftp, self.folder("download"))
-        uploads = await files.listing(sftp, self.folder("upload"))
+        try:
+            downloads = await files.listing(session.ssh.sftp, self.folder("download"))
+            uploads = await files.listing(session.ssh.sftp, self.folder("upload"))
+        except (OSError, asyncssh.Error):  # the SSH session broke (account removed, sshd restarted)
+            self.sessions.close(session.id)
+            return self.page(request, "message.htm.j2", status=401, error="session_ended")
         notices = request.query_params.getlist("uploaded")
         return self.page(
             request, "files.htm.j2", session=session, downloads=downloads, uploads=uploads, uploaded=notices,
@@ -287,7 +290,7 @@ class Portal:
         try:
             name = files.check_name(request.path_params["name"])
             path = f"{self.folder('download')}/{name}"
-            attrs = await session.sftp.sftp.stat(path)
+            attrs = await session.ssh.sftp.stat(path)
             if not attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
                 raise files.BadName(name)
         except (files.BadName, asyncssh.SFTPError):
@@ -313,7 +316,7 @@ class Portal:
             sent = 0
             try:
                 if length:
-                    async for data in files.read_file(session.sftp.sftp, path, start, length):
+                    async for data in files.read_file(session.ssh.sftp, path, start, length):
                         sent += len(data)
                         yield data
             finally:
@@ -344,15 +347,13 @@ class Portal:
             async for event in multipart.parts(request.headers.get("content-type", ""), request.stream()):
                 if isinstance(event, multipart.PartStart):
                     current = event
-                    if event.name == "file" and event.filename:
-                        if not csrf_ok(request, csrf):
-                            return back("form_expired")
-                        upload = files.Upload(
-                            session.sftp.sftp, self.folder("upload"), files.upload_name(event.filename), limit
-                        )
-                        await upload.__aenter__()
-                    elif event.name == "csrf":
+                    if event.name == "csrf":
                         csrf = ""
+                    elif event.name == "file" and event.filename:
+                        if not csrf_ok(request, csrf):  # the token field comes first in the form
+                            return back("form_expired")
+                        name = files.upload_name(event.filename)
+                        upload = await files.Upload(session.ssh.sftp, self.folder("upload"), name, limit).start()
                 elif isinstance(event, multipart.PartData):
                     if upload is not None:
                         await upload.write(event.data)
@@ -360,7 +361,6 @@ class Portal:
                         csrf += event.data.decode("ascii", "replace")
                 elif upload is not None:  # the end of a file part
                     name = await upload.finish()
-                    await upload.__aexit__(None, None, None)
                     auditlog.record("portal-upload", account=session.account, ip=ip, file=name, bytes=upload.size)
                     done.append(name)
                     upload = None
@@ -374,9 +374,12 @@ class Portal:
         except ClientDisconnect:
             auditlog.record("portal-upload-aborted", account=session.account, ip=ip)
             return Response(status_code=400)
+        except (OSError, asyncssh.Error) as failure:  # the server refused the write (e.g. disk full)
+            auditlog.record("portal-upload-failed", account=session.account, ip=ip, reason=str(failure))
+            return back("upload_failed")
         finally:
             if upload is not None:
-                await upload.__aexit__(None, None, None)
+                await upload.discard()
         return back(None if done else "no_file")
 
     async def help(self, request: Request) -> Response:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import asyncssh
 
-CHUNK = 4 << 20  # one SFTP read or write: asyncssh splits it into parallel requests
+CHUNK = 2 << 20  # one SFTP write call: asyncssh splits it into parallel requests
+READS_IN_FLIGHT = 32  # SFTP read requests outstanding per download (asyncssh's blocks: 255 KiB with OpenSSH)
+WRITES_IN_FLIGHT = 4  # write calls of CHUNK outstanding per upload: the pipeline never drains between them
 MAX_NAME_BYTES = 255
 UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -83,55 +85,70 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 async def read_file(sftp: asyncssh.SFTPClient, path: str, start: int, length: int) -> AsyncIterator[bytes]:
-    """`length` bytes from `start`, one chunk read ahead while the last one is sent."""
-    async with sftp.open(path, "rb") as handle:
-        offset, end = start, start + length
-        ahead = asyncio.ensure_future(handle.read(min(CHUNK, end - offset), offset)) if offset < end else None
-        try:
-            while ahead is not None:
-                data = await ahead
-                if not data:
-                    raise OSError(f"{path}: shorter than announced (changed while downloading)")
-                offset += len(data)
-                ahead = asyncio.ensure_future(handle.read(min(CHUNK, end - offset), offset)) if offset < end else None
-                yield data
-        finally:
-            if ahead is not None:
-                ahead.cancel()
+    """`length` bytes from `start`, in order. asyncssh keeps READS_IN_FLIGHT block reads
+    outstanding and hands blocks over as they come (possibly out of order), without joining
+    them into one buffer; they are put back in order here, so at most that many blocks wait."""
+    async with sftp.open(path, "rb", max_requests=READS_IN_FLIGHT) as handle:
+        waiting: dict[int, bytes] = {}
+        position = start
+        async for offset, data in await handle.read_parallel(length, start):
+            waiting[offset] = data
+            while position in waiting:
+                block = waiting.pop(position)
+                position += len(block)
+                yield block
+        if position != start + length:
+            raise OSError(f"{path}: shorter than announced (changed while downloading)")
 
 
 class Upload:
     """One file written to a hidden name in the upload folder, renamed when complete, so
-    staff and the upload notice never see half a file. Writes overlap with receiving."""
+    staff and the upload notice never see half a file. Writes overlap with receiving and with
+    each other; at most (queue + WRITES_IN_FLIGHT) x CHUNK bytes are held."""
 
     def __init__(self, sftp: asyncssh.SFTPClient, folder: str, name: str, limit: int) -> None:
         self.sftp, self.folder, self.name, self.limit = sftp, folder, name, limit
         self.partial = f"{folder}/.upload-{secrets.token_hex(8)}.partial"
         self.size = 0
-        self._buffer = bytearray()
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
         self._handle = None
         self._writer: asyncio.Task | None = None
 
-    async def __aenter__(self) -> Upload:
+    async def start(self) -> Upload:
         self._handle = await self.sftp.open(self.partial, "wb")
         self._writer = asyncio.create_task(self._write_all())
         return self
 
     async def _write_all(self) -> None:
-        offset = 0
-        while (data := await self._queue.get()) is not None:
-            await self._handle.write(data, offset)
-            offset += len(data)
+        offset, writing = 0, set()
+        try:
+            while (data := await self._queue.get()) is not None:
+                while len(writing) >= WRITES_IN_FLIGHT:
+                    done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # a refused write ends the upload
+                writing.add(asyncio.ensure_future(self._handle.write(data, offset)))
+                offset += len(data)
+            for task in writing:
+                await task
+        finally:
+            for task in writing:
+                task.cancel()
 
     async def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
             raise TooLarge()
-        self._buffer += data
-        if len(self._buffer) >= CHUNK:
-            await self._put(bytes(self._buffer))
-            self._buffer.clear()
+        self._pieces.append(data)
+        self._buffered += len(data)
+        if self._buffered >= CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await self._put(b"".join(self._pieces))
+        self._pieces, self._buffered = [], 0
 
     async def _put(self, data: bytes | None) -> None:
         if self._writer.done():
@@ -141,8 +158,8 @@ class Upload:
     async def finish(self) -> str:
         """Flush, close and rename into place; returns the final name (with " (2)" and so on
         if the name is taken: an upload never replaces a file)."""
-        if self._buffer:
-            await self._put(bytes(self._buffer))
+        if self._pieces:
+            await self._flush()
         await self._put(None)
         await self._writer
         await self._handle.close()
@@ -158,7 +175,8 @@ class Upload:
                     raise
         raise asyncssh.SFTPFailure(f"no free name for {self.name}")
 
-    async def __aexit__(self, kind, error, traceback) -> None:
+    async def discard(self) -> None:
+        """Unless finished: stop writing and remove the hidden file (nothing half is left)."""
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         if self._handle is not None:  # not finished: leave nothing behind

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from exchange.portal.sftp import Session
+from exchange.portal.sftp import SshLogin
 
 
 @dataclass
@@ -22,7 +22,7 @@ class WebSession:
     account: str
     kind: Literal["partner", "link"]
     ip: str
-    sftp: Session
+    ssh: SshLogin
     expires: datetime.datetime | None = None  # a link account's end
     last_seen: float = field(default_factory=time.monotonic)
 
@@ -40,12 +40,12 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, account: str, kind: str, ip: str, sftp: Session, expires=None) -> WebSession:
+    def open(self, account: str, kind: str, ip: str, ssh: SshLogin, expires=None) -> WebSession:
         self.close_idle()
         if len(self._sessions) >= self.max_sessions:
-            sftp.close()
+            ssh.close()
             raise TooManySessions()
-        session = WebSession(secrets.token_urlsafe(32), account, kind, ip, sftp, expires)
+        session = WebSession(secrets.token_urlsafe(32), account, kind, ip, ssh, expires)
         self._sessions[session.id] = session
         return session
 
@@ -56,7 +56,7 @@ class SessionStore:
         if session is None:
             return None
         now = time.monotonic()
-        if now - session.last_seen > self.idle_seconds or session.sftp.connection.is_closed():
+        if now - session.last_seen > self.idle_seconds or session.ssh.connection.is_closed():
             self.close(session.id)
             return None
         session.last_seen = now
@@ -65,12 +65,12 @@ class SessionStore:
     def close(self, session_id: str) -> WebSession | None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            session.sftp.close()
+            session.ssh.close()
         return session
 
     def close_idle(self) -> list[WebSession]:
         cutoff = time.monotonic() - self.idle_seconds
-        idle = [s for s in self._sessions.values() if s.last_seen < cutoff or s.sftp.connection.is_closed()]
+        idle = [s for s in self._sessions.values() if s.last_seen < cutoff or s.ssh.connection.is_closed()]
         for session in idle:
             self.close(session.id)
         return idle
