@@ -99,10 +99,8 @@ def main() -> int:
 
                 runs["sftp put"].append(timed([*sftp, target], input=f"put {local} upload/sftp-{n}.bin\n".encode()))
                 before = portal_memory(host, reset=True)
-                runs["portal put"].append(
-                    timed([*curl, "-o", "/dev/null", "-F", f"csrf={csrf}", "-F", f"file=@{local};filename=web-{n}.bin",
-                           f"{host.portal_url}/files/upload"])  # fmt: skip
-                )
+                form = ["-F", f"csrf={csrf}", "-F", f"file=@{local};filename=web-{n}.bin"]  # the token first
+                runs["portal put"].append(timed([*curl, "-o", "/dev/null", *form, f"{host.portal_url}/files/upload"]))
                 memory["put"].append({"before": before["VmRSS"], "peak": portal_memory(host, reset=False)["VmHWM"]})
                 sizes = host.ssh(f"stat -c '%n %s' {chroot}/upload/*-{n}.bin").stdout.split()
                 if sizes[1::2] != [str(size)] * 2:
