@@ -14,8 +14,10 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, operation
+from pyinfra.operations import files
 
 import exchange.observe
+from roles import REPO
 from roles.templating import render
 
 
@@ -73,6 +75,21 @@ def config_file(
     yield f"mv -f {q} {shlex.quote(dest)}"
     if apply:
         yield apply
+
+
+def installed_templates(name: str, folder: str, dest: str) -> None:
+    """A folder of templates/ that the server renders itself (messages, web pages): root's,
+    world-readable, nothing left over from an earlier version."""
+    files.sync(
+        name=name,
+        src=str(REPO / "templates" / folder),
+        dest=dest,
+        delete=True,
+        user="root",
+        group="root",
+        mode="644",
+        dir_mode="755",
+    )
 
 
 def sudo_rule(name: str, dest: str, group: str, command: str) -> None:

@@ -23,7 +23,7 @@ from exchange.links import STATE_DIR
 from exchange.policy import LoadedPolicy
 from exchange.portal.config import HOST_PORTAL_CONFIG, HOST_PORTAL_TEMPLATES, PortalConfig, portal_yaml
 from roles import REPO
-from roles.ops import config_file
+from roles.ops import config_file, installed_templates
 from roles.settings import HostSettings
 from roles.sshd import UserGroups
 from roles.templating import render
@@ -131,16 +131,7 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     files.directory(name="Link tokens: portal reads by name", path=tokens, user="root", group=user, mode="2710")
     token_files_readable(name="Link tokens written before: group readable", directory=tokens, group=user)
 
-    files.sync(
-        name="Page templates",
-        src=str(REPO / "templates" / "portal"),
-        dest=str(HOST_PORTAL_TEMPLATES),
-        delete=True,
-        user="root",
-        group="root",
-        mode="644",
-        dir_mode="755",
-    )
+    installed_templates(name="Page templates", folder="portal", dest=str(HOST_PORTAL_TEMPLATES))
     config = PortalConfig(site=settings.site.public(), sshd_host=sshd_loopback(settings), sshd_port=settings.sshd_port)
     content = portal_yaml(config)
     config_file(

@@ -12,8 +12,7 @@ from exchange.links import STATE_DIR
 from exchange.messages import HOST_MESSAGES_DIR
 from exchange.partners import HOST_PARTNERS_PATH, Partner
 from exchange.site import HOST_SITE_PATH, site_yaml
-from roles import REPO
-from roles.ops import config_file
+from roles.ops import config_file, installed_templates
 from roles.settings import HostSettings
 from roles.tools import EXCHANGE
 
@@ -34,16 +33,7 @@ def site(settings: HostSettings, partners: tuple[Partner, ...] | None) -> None:
         )
     else:
         files.file(name="No site data on this host", path=str(HOST_SITE_PATH), present=False)
-    files.sync(
-        name="Message templates",
-        src=str(REPO / "templates" / "messages"),
-        dest=str(HOST_MESSAGES_DIR),
-        delete=True,
-        user="root",
-        group="root",
-        mode="644",
-        dir_mode="755",
-    )
+    installed_templates(name="Message templates", folder="messages", dest=str(HOST_MESSAGES_DIR))
     if partners is not None:
         data = {"partners": [partner.model_dump() for partner in partners]}
         config_file(

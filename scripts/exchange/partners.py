@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
-from exchange.validation import describe, load_yaml
+from exchange.validation import describe, read_yaml_file
 
 # A Debian username that is also safe as a path component and a syslog hostname.
 PARTNER_NAME = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -100,12 +99,7 @@ class PartnerList(BaseModel):
 
 def load_partners(path: Path | str) -> tuple[Partner, ...]:
     path = Path(path)
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PartnerDataError(f"{path}: cannot read partner file: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise PartnerDataError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "partner file", PartnerDataError)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
-from exchange.validation import describe, load_yaml
+from exchange.validation import describe, read_yaml_file
 
 HOST_SITE_PATH = PurePosixPath("/etc/imaging-exchange/site.yaml")
 SITE_ENV = "EXCHANGE_SITE"
@@ -187,14 +187,5 @@ def site_yaml(site: Site) -> str:
 
 def load_site(path: Path | str | None = None) -> Site:
     path = Path(path or os.environ.get(SITE_ENV) or HOST_SITE_PATH)
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SiteError(
-            f"{path}: no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"
-        ) from None
-    except OSError as exc:
-        raise SiteError(f"{path}: cannot read site data: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SiteError(f"{path}: not valid YAML: {exc}") from None
-    return parse_site(data, str(path))
+    missing = "no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"
+    return parse_site(read_yaml_file(path, "site data", SiteError, missing), str(path))

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 
 from exchange.links import STATE_DIR, token_hash
 from exchange.site import Part, PublicSite
-from exchange.validation import describe, load_yaml
+from exchange.validation import describe, read_yaml_file
 
 HOST_PORTAL_CONFIG = PurePosixPath("/etc/imaging-exchange/portal.yaml")
 HOST_PORTAL_TEMPLATES = PurePosixPath("/etc/imaging-exchange/portal")
@@ -50,12 +50,7 @@ def portal_yaml(config: PortalConfig) -> str:
 
 def load_portal_config(path: Path | str | None = None) -> PortalConfig:
     path = Path(path or os.environ.get(PORTAL_CONFIG_ENV) or HOST_PORTAL_CONFIG)
-    try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PortalConfigError(f"{path}: cannot read the portal's configuration: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise PortalConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "the portal's configuration", PortalConfigError)
     try:
         return PortalConfig.model_validate(data)
     except ValidationError as exc:
