@@ -251,6 +251,11 @@ def test_forms_need_the_csrf_token(tmp_path):
         assert web.post("/login", data={"username": "x", "password": "y"}).status_code == 403
         assert web.post("/login", data={"csrf": "other", "username": "x", "password": "y"}).status_code == 403
         assert web.post("/l/" + "A" * 43, data={"password": "y"}).status_code == 403
+        # Only small url-encoded forms: a file posted to a login form is never read into memory.
+        token = web.cookies["exchange_csrf"]
+        files_post = web.post("/login", data={"csrf": token}, files={"f": ("big", b"x" * 100_000)})
+        assert files_post.status_code == 403
+        assert web.post("/login", data={"csrf": token, "username": "x" * 20_000, "password": "y"}).status_code == 403
 
 
 def test_unknown_tokens_and_unknown_partners_get_the_neutral_answer_after_the_floor(tmp_path):

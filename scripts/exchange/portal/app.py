@@ -50,7 +50,8 @@ from exchange.validation import load_yaml
 SESSION_COOKIE = "exchange_session"
 CSRF_COOKIE = "exchange_csrf"
 LANG_COOKIE = "exchange_lang"
-FAILURE_FLOOR = 2.0  # seconds every failed login takes, whatever failed
+FAILURE_FLOOR = 3.0  # seconds every failed login takes, whatever failed: above PAM's own ~2 s failure delay
+FORM_MAX_BYTES = 16 << 10  # a login or logout form; nginx allows no more on the login routes either
 USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -131,7 +132,12 @@ class Portal:
         return response
 
     async def form(self, request: Request) -> dict[str, str] | None:
-        """The posted form if its CSRF token matches the cookie, else None."""
+        """The posted form if its CSRF token matches the cookie, else None. Only small
+        url-encoded forms: files come through the upload route, which streams them."""
+        small = 0 < int(request.headers.get("content-length") or 0) <= FORM_MAX_BYTES
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not small or kind != "application/x-www-form-urlencoded":
+            return None
         form = await request.form()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         return fields if csrf_ok(request, fields.get("csrf")) else None
@@ -233,7 +239,7 @@ class Portal:
             session = self.sessions.open(account, kind, ip, ssh, context.get("expires"))
         except TooManySessions:
             return self.page(request, template, status=503, error="busy", **context)
-        if new_password is not None:
+        if ssh.password_changed:
             auditlog.record("portal-password-changed", kind=kind, account=account, ip=ip)
         auditlog.record("portal-login", kind=kind, account=account, ip=ip)
         response = RedirectResponse("/files", 303)

@@ -55,6 +55,7 @@ class SshLogin:
 
     connection: asyncssh.SSHClientConnection
     sftp: asyncssh.SFTPClient
+    password_changed: bool = False  # PAM asked for, and took, a new password during this login
 
     def close(self) -> None:
         self.sftp.exit()
@@ -145,4 +146,4 @@ async def open_session(target: SshTarget, username: str, password: str, new_pass
     except (OSError, asyncssh.Error) as exc:
         connection.close()
         raise ServerUnavailable(str(exc)) from None
-    return SshLogin(connection, sftp)
+    return SshLogin(connection, sftp, password_changed=conversation.expired and new_password is not None)
