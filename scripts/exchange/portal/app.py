@@ -167,7 +167,7 @@ class Portal:
         account, expires = found
         return await self.login(
             request, started, ip, account, "link", fields.get("password", ""), "link.htm.j2", expires=expires
-        )
+        )  # on failure the page leaves the expiry out, as for an unknown token
 
     async def login_page(self, request: Request) -> Response:
         return self.page(request, "login.htm.j2")
@@ -216,8 +216,11 @@ class Portal:
         password: str,
         template: str,
         new_password: str | None = None,
+        expires: datetime.datetime | None = None,
         **context,
     ) -> Response:
+        if template == "link.htm.j2":
+            context["expires"] = None  # every answer below reads the same for any token
         try:
             ssh = await open_session(self.target, account, password, new_password)
         except PasswordExpired:
@@ -236,7 +239,7 @@ class Portal:
             auditlog.record("portal-unavailable", account=account, ip=ip, reason=str(down))
             return self.page(request, template, status=503, error="unavailable", **context)
         try:
-            session = self.sessions.open(account, kind, ip, ssh, context.get("expires"))
+            session = self.sessions.open(account, kind, ip, ssh, expires)
         except TooManySessions:
             return self.page(request, template, status=503, error="busy", **context)
         if ssh.password_changed:
