@@ -29,7 +29,7 @@ from statistics import median
 import httpx
 
 from tests import testhost
-from tests.e2e.clients import ssh_options
+from tests.e2e.clients import portal_form, ssh_options
 from tests.e2e.conftest import make_exchange
 from tests.sites import outbox_site
 
@@ -74,11 +74,7 @@ def main() -> int:
             certificate.write_text(host.ssh("cat /etc/ssl/imaging-exchange/portal.crt").stdout)
 
             with httpx.Client(base_url=host.portal_url, verify=ssl.create_default_context(cafile=certificate)) as web:
-                web.get("/login")
-                response = web.post(
-                    "/login",
-                    data={"csrf": web.cookies["exchange_csrf"], "username": PARTNER, "password": login.password},
-                )
+                response = portal_form(web, "/login", username=PARTNER, password=login.password)
                 if response.status_code != 303:
                     raise SystemExit(f"web login failed: {response.status_code}")
                 cookies = "; ".join(f"{name}={value}" for name, value in web.cookies.items())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Iterable
 from io import StringIO
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def config_file(
     yield f"mv -f {q} {shlex.quote(dest)}"
     if apply:
         yield apply
+
+
+def files_digest(paths: Iterable[Path], seed: bytes = b"") -> str:
+    """SHA-256 over files of the repository, each by its path and content, in path order."""
+    digest = hashlib.sha256(seed)
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def installed_templates(name: str, folder: str, dest: str) -> None:

@@ -23,11 +23,11 @@ from exchange.links import STATE_DIR
 from exchange.policy import LoadedPolicy
 from exchange.portal.config import HOST_PORTAL_CONFIG, HOST_PORTAL_TEMPLATES, PortalConfig, portal_yaml
 from roles import REPO
-from roles.ops import config_file, installed_templates
+from roles.ops import config_file, files_digest, installed_templates
 from roles.settings import HostSettings
 from roles.sshd import UserGroups
 from roles.templating import render
-from roles.tools import EXCHANGE, VENV, _source_digest
+from roles.tools import EXCHANGE, VENV, source_digest
 
 SERVICE = "imaging-exchange-portal"
 RUNTIME_DIR = "imaging-exchange-portal"
@@ -112,11 +112,6 @@ def token_files_readable(directory: str, group: str):
     yield f"{find} -exec chgrp {g} {{}} + -exec chmod 0640 {{}} +"
 
 
-def sshd_loopback(settings: HostSettings) -> str:
-    loopback = [a for a in settings.sshd_listen_addresses if ipaddress.ip_address(a).is_loopback]
-    return loopback[0] if loopback else "127.0.0.1"
-
-
 @deploy("Secure web page")
 def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     policy = loaded_policy.policy
@@ -132,7 +127,9 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     token_files_readable(name="Link tokens written before: group readable", directory=tokens, group=user)
 
     installed_templates(name="Page templates", folder="portal", dest=str(HOST_PORTAL_TEMPLATES))
-    config = PortalConfig(site=settings.site.public(), sshd_host=sshd_loopback(settings), sshd_port=settings.sshd_port)
+    config = PortalConfig(
+        site=settings.site.public(), sshd_host=settings.sshd_loopback_address, sshd_port=settings.sshd_port
+    )
     content = portal_yaml(config)
     config_file(
         name="Portal configuration (checked with the policy and templates)",
@@ -167,7 +164,7 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
 
     # The unit names what the portal runs (code, policy, its file, templates): any change restarts it.
     revision = hashlib.sha256(
-        (_source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content + _templates_digest()).encode()
+        (source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content + _templates_digest()).encode()
     ).hexdigest()[:16]
     config_file(
         name="Portal service",
@@ -187,8 +184,4 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
 
 
 def _templates_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted((REPO / "templates" / "portal").rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
+    return files_digest(p for p in (REPO / "templates" / "portal").rglob("*") if p.is_file())

@@ -107,13 +107,17 @@ class HostSettings(BaseModel):
     def _portal_needs_site(self) -> HostSettings:
         if self.portal is not None and self.site is None:
             raise ValueError("portal needs site data (institution, contact, portal_url): set `site` as well")
-        if (
-            self.portal is not None
-            and self.sshd_listen_addresses
-            and not any(ipaddress.ip_address(a).is_loopback for a in self.sshd_listen_addresses)
-        ):
+        if self.portal is not None and self.sshd_loopback_address is None:
             raise ValueError("portal logs users in through sshd on loopback: sshd_listen_addresses must include one")
         return self
+
+    @property
+    def sshd_loopback_address(self) -> str | None:
+        """Where the web page reaches sshd on this host: a loopback address sshd listens on."""
+        if not self.sshd_listen_addresses:
+            return "127.0.0.1"  # sshd listens on all addresses
+        loopback = [a for a in self.sshd_listen_addresses if ipaddress.ip_address(a).is_loopback]
+        return loopback[0] if loopback else None
 
 
 def host_settings(name: str, data: dict) -> HostSettings:

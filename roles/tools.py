@@ -8,7 +8,6 @@ server's architecture) and installs from it with `pip --no-index`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import subprocess
@@ -23,7 +22,7 @@ from pyinfra.operations import apt, files, server
 
 from exchange.policy import HOST_POLICY_PATH, LoadedPolicy
 from roles import REPO
-from roles.ops import config_file, sudo_rule
+from roles.ops import config_file, files_digest, sudo_rule
 
 PREFIX = "/opt/imaging-exchange"
 VENV = f"{PREFIX}/venv"
@@ -34,18 +33,15 @@ EXCHANGE = "/usr/local/bin/exchange"
 TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
 
 
-def _source_digest(arch: str) -> str:
-    digest = hashlib.sha256(arch.encode())
-    for path in sorted(
-        [REPO / "pyproject.toml", *(REPO / "scripts").rglob("*.py"), *(REPO / "scripts").rglob("py.typed")]
-    ):
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+def source_digest(arch: str) -> str:
+    """What the tools are built from, for this architecture (the wheelhouse's cache key)."""
+    sources = [REPO / "pyproject.toml", *(REPO / "scripts").rglob("*.py"), *(REPO / "scripts").rglob("py.typed")]
+    return files_digest(sources, seed=arch.encode())[:16]
 
 
 def wheelhouse(arch: str) -> tuple[Path, str]:
     """Build (once per source version) the wheels the servers install from."""
-    key = f"{arch}-{_source_digest(arch)}"
+    key = f"{arch}-{source_digest(arch)}"
     out = REPO / "build" / "wheelhouse" / key
     if (out / ".complete").exists():
         return out, key

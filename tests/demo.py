@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import httpx
 
 from tests.dicom_synth import ct_study
+from tests.e2e.clients import portal_form
 from tests.testhost import TestHostError, find
 
 
@@ -68,8 +69,7 @@ def main() -> int:
     password = re.search(r"\b[A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,}\b", json.loads(sms)["text"])[0]
     certificate = run("cat /etc/ssl/imaging-exchange/portal.crt")
     with httpx.Client(verify=ssl.create_default_context(cadata=certificate), follow_redirects=True) as web:
-        web.get(link, headers={"accept-language": "en"})
-        files = web.post(link, data={"csrf": web.cookies["exchange_csrf"], "password": password})
+        files = portal_form(web, link, password=password)
         package = re.search(r'href="/files/download/([^"]+\.zip)"', files.text)[1]
         digest = hashlib.sha256()
         with web.stream("GET", f"{host.portal_url}/files/download/{package}") as download:

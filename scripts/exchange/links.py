@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ ACCOUNT_PREFIX = "link-"  # partner names may not start with it (exchange.partne
 ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # read out on the phone without look-alikes
 ID_LENGTH = 8
 TOKEN_BYTES = 32  # 256 bits
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(TOKEN_BYTES)
 
 
 class LinkError(Exception):
@@ -115,6 +117,18 @@ class LinkStore:
             mode=0o640,  # the web page's group reads it (roles/portal.py: setgid directory, no listing)
         )
         self._write(self.records / f"{record.account}.json", record.model_dump_json(indent=2))
+
+    def by_token(self, token: str, now: datetime.datetime) -> tuple[str, datetime.datetime] | None:
+        """The link account a token opens and its expiry, read from the token index alone
+        (what the web page may read); None for an unknown, revoked or expired token alike."""
+        if not TOKEN.match(token):
+            return None
+        try:
+            entry = json.loads((self.tokens / token_hash(token)).read_text(encoding="utf-8"))
+            expires = datetime.datetime.fromisoformat(entry["expires"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return (entry["account"], expires) if expires > now else None
 
     def get(self, account: str) -> LinkRecord | None:
         try:

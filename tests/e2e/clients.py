@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import paramiko
 
 from tests.testhost import TestHost
@@ -107,3 +108,10 @@ def paramiko_sftp(
     except BaseException:
         sock.close()
         raise
+
+
+def portal_form(client: httpx.Client, path: str, **fields) -> httpx.Response:
+    """Post a form of the web page as a browser does: the page first (it sets the CSRF cookie),
+    then the form with that token."""
+    client.get(path)
+    return client.post(path, data={"csrf": client.cookies["exchange_csrf"], **fields})

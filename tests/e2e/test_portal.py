@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import load_policy
 from tests import testhost
-from tests.e2e.clients import paramiko_sftp
+from tests.e2e.clients import paramiko_sftp, portal_form
 from tests.e2e.conftest import make_exchange
 from tests.pyinfra_run import REPO
 from tests.sites import outbox_site
@@ -136,11 +136,6 @@ def client(web, source: str | None = None) -> httpx.Client:
     )
 
 
-def post_login(http: httpx.Client, path: str, **fields) -> httpx.Response:
-    http.get(path)
-    return http.post(path, data={"csrf": http.cookies["exchange_csrf"], **fields})
-
-
 # -- the link flow -------------------------------------------------------------------------
 
 
@@ -196,7 +191,7 @@ def test_download_resumes_with_a_range_and_partials_stay_hidden(web):
     package, _ = put_study(web, link.account)
     web.host.ssh(f"cd /srv/exchange/links/{link.account}/download && echo half > .next.zip.partial")
     with client(web) as http:
-        assert post_login(http, link.url.removeprefix(web.host.portal_url), password=link.password).status_code == 200
+        assert portal_form(http, link.url.removeprefix(web.host.portal_url), password=link.password).status_code == 200
         listing = http.get("/files").text
         assert package in listing and ".next.zip.partial" not in listing
         whole = http.get(f"/files/download/{package}")
@@ -207,6 +202,25 @@ def test_download_resumes_with_a_range_and_partials_stay_hidden(web):
         assert part.headers["content-range"] == f"bytes 1000-1999/{len(whole.content)}"
         assert http.get(f"/files/download/{package}", headers={"Range": "bytes=99999999-"}).status_code == 416
         assert http.get("/files/download/.next.zip.partial").status_code == 404
+
+
+def test_bad_uploads_are_refused_by_name_and_leave_nothing(web):
+    link = issue_link(web)
+    upload_folder = f"/srv/exchange/links/{link.account}/upload"
+    with client(web) as http:
+        assert portal_form(http, link.url.removeprefix(web.host.portal_url), password=link.password).status_code == 200
+        token = http.cookies["exchange_csrf"]
+        cases = [
+            ({"csrf": token}, {"file": (".hidden", b"x" * 1000)}, "bad_name"),
+            ({"csrf": token}, {"file": ("C:\\Users\\me\\.profile", b"x" * 1000)}, "bad_name"),
+            ({}, {"file": ("letter.pdf", b"x" * 1000)}, "form_expired"),  # no token before the file
+            ({"csrf": token}, {}, "no_file"),
+        ]
+        for fields, files, error in cases:
+            response = http.post("/files/upload", data=fields, files=files or {"other": ("", b"")})
+            assert response.url.params.get("error") == error, (fields, files)
+            assert 'role="alert"' in response.text
+    assert web.host.ssh(f"ls -A {upload_folder}").stdout == ""  # no file, no hidden partial
 
 
 def test_unknown_revoked_expired_token_and_wrong_password_get_one_answer(web, page):
@@ -228,7 +242,7 @@ def test_unknown_revoked_expired_token_and_wrong_password_get_one_answer(web, pa
             (revoked.url, revoked.password),
             (expired.url, expired.password),
         ]:
-            response = post_login(http, url.removeprefix(web.host.portal_url), password=password)
+            response = portal_form(http, url.removeprefix(web.host.portal_url), password=password)
             # The whole page, but for the form's own address (which holds the token) and its token.
             main = re.search(r"<main>.*</main>", response.text, re.S)[0]
             main = re.sub(r'action="[^"]*"|name="csrf" value="[^"]*"', "", main)
@@ -246,9 +260,9 @@ def test_lockout_after_repeated_failures(web, policy):
     path = link.url.removeprefix(web.host.portal_url)
     with client(web) as http:
         for _ in range(policy.passwords.lockout.deny):
-            assert post_login(http, path, password="Wrong-Pass-Word-0000").status_code == 401
+            assert portal_form(http, path, password="Wrong-Pass-Word-0000").status_code == 401
         # PAM's lockout (pam_faillock) holds for the web exactly as for SFTP.
-        assert post_login(http, path, password=link.password).status_code == 401
+        assert portal_form(http, path, password=link.password).status_code == 401
     web.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {link.account} --reset")
 
 
@@ -298,12 +312,12 @@ def test_partner_sees_own_folders_and_cannot_reach_another(web, page, tmp_path):
             assert "bob only" not in response.text and "bob upload" not in response.text
     # Bob's session (his own password) does see it: the refusal above was about Alice.
     with client(web) as http:
-        assert post_login(http, "/login", username=bob.name, password=bob.password).status_code == 200
+        assert portal_form(http, "/login", username=bob.name, password=bob.password).status_code == 200
         assert http.get("/files/download/secret-bob.txt").text == "bob only\n"
     # A link account's name with its password does not open the partner login.
     link = issue_link(web)
     with client(web) as http:
-        assert post_login(http, "/login", username=link.account, password=link.password).status_code == 401
+        assert portal_form(http, "/login", username=link.account, password=link.password).status_code == 401
 
 
 def test_expired_partner_password_is_changed_through_the_form(web, page):
@@ -324,6 +338,12 @@ def test_expired_partner_password_is_changed_through_the_form(web, page):
         page.evaluate("document.querySelectorAll('input[minlength]').forEach(i => i.removeAttribute('minlength'))")
         page.click("button[type=submit]")
 
+    page.fill("#password", "Not-The-Current-One-1")
+    page.fill("#new_password", "Quartz-Meadow-Lantern-4711")
+    page.fill("#new_password_again", "Quartz-Meadow-Lantern-4711")
+    page.click("button[type=submit]")  # a wrong current password: the neutral answer, the form again
+    assert NEUTRAL in page.locator("p.error").inner_text() and page.locator("#new_password").count() == 1
+    web.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {bob.name} --reset")
     change("Short-1a")  # PAM's own reason comes back
     assert "BAD PASSWORD" in page.locator("ul.error").inner_text()
     shot(page, "09-password-rejected")
@@ -402,10 +422,7 @@ def test_login_posts_are_rate_limited_per_address(web):
 
     def attempt(_):
         with client(web, source="127.0.0.2") as http:
-            http.get("/login")
-            return http.post(
-                "/login", data={"csrf": http.cookies["exchange_csrf"], "username": "nobody", "password": "x"}
-            ).status_code
+            return portal_form(http, "/login", username="nobody", password="x").status_code
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(attempt, range(30)))

@@ -15,11 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from exchange.cli import app as cli
-from exchange.links import token_hash
+from exchange.links import LinkStore, token_hash
 from exchange.policy import Policy, PolicyError, load_policy, parse_policy
 from exchange.portal import files, multipart, sessions
 from exchange.portal.app import FAILURE_FLOOR, create_app, load_text
-from exchange.portal.config import LinkTokens, PortalConfig, load_portal_config, portal_yaml
+from exchange.portal.config import PortalConfig, load_portal_config, portal_yaml
 from exchange.site import parse_site
 from roles import REPO
 from roles.settings import HostSettingsError, host_settings
@@ -214,17 +214,17 @@ def test_the_login_limit_counts_per_address_within_the_window(monkeypatch):
 
 
 def test_tokens_open_only_while_valid(tmp_path):
-    tokens = LinkTokens(tmp_path)
+    tokens = LinkStore(tmp_path)
     (tmp_path / "link-tokens").mkdir()
     now = datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC)
     good, old = "A" * 43, "B" * 43
     for token, days in [(good, 3), (old, -1)]:
         expires = (now + datetime.timedelta(days=days)).isoformat()
         (tmp_path / "link-tokens" / token_hash(token)).write_text(json.dumps({"account": "link-a", "expires": expires}))
-    assert tokens.account(good, now)[0] == "link-a"
-    assert tokens.account(old, now) is None
-    assert tokens.account("C" * 43, now) is None
-    assert tokens.account("../../etc/passwd", now) is None  # not even looked up
+    assert tokens.by_token(good, now)[0] == "link-a"
+    assert tokens.by_token(old, now) is None
+    assert tokens.by_token("C" * 43, now) is None
+    assert tokens.by_token("../../etc/passwd", now) is None  # not even looked up
 
 
 # -- the app's answers -----------------------------------------------------------------------
@@ -268,6 +268,20 @@ def test_unknown_tokens_and_unknown_partners_get_the_neutral_answer_after_the_fl
     assert elapsed >= FAILURE_FLOOR
     errors = {re.search(r'role="alert">(.*?)</p>', r.text)[1] for r in (link, partner)}
     assert len(errors) == 1
+
+
+def test_a_refused_password_change_shows_its_form_again(tmp_path, no_floor):
+    with client_for(tmp_path) as web:
+        fields = {
+            "username": "not-a-partner",
+            "password": "x",
+            "new_password": "N" * 16,
+            "new_password_again": "N" * 16,
+        }
+        web.get("/login")
+        response = web.post("/password", data={"csrf": web.cookies["exchange_csrf"], **fields})
+    assert response.status_code == 401
+    assert 'name="username" value="not-a-partner"' in response.text and 'name="new_password"' in response.text
 
 
 def test_too_many_failures_from_one_address_must_wait(tmp_path, no_floor):

@@ -31,10 +31,11 @@ from starlette.staticfiles import StaticFiles
 
 from exchange import auditlog
 from exchange.accounts import Layout
+from exchange.links import LinkStore
 from exchange.messages import messages_dir
 from exchange.policy import Policy, load_policy
 from exchange.portal import files, multipart
-from exchange.portal.config import LinkTokens, PortalConfig, load_portal_config
+from exchange.portal.config import PortalConfig, load_portal_config
 from exchange.portal.sessions import LoginLimit, SessionStore, TooManySessions, WebSession
 from exchange.portal.sftp import (
     LoginRefused,
@@ -76,7 +77,7 @@ class Portal:
         )
         self.sessions = SessionStore(policy.portal.idle_minutes * 60, policy.portal.max_sessions)
         self.limit = LoginLimit(policy.portal.login_failures_per_ip, policy.portal.login_failure_window_seconds)
-        self.tokens = LinkTokens(Path(config.state_dir))
+        self.links = LinkStore(Path(config.state_dir))  # the portal may read its token index only
         templates = Path(config.templates_dir)
         self.text = load_text(templates / "text.yaml")
         self.env = jinja2.Environment(
@@ -150,7 +151,7 @@ class Portal:
         return RedirectResponse("/login", 303)
 
     async def link_page(self, request: Request) -> Response:
-        found = self.tokens.account(request.path_params["token"], now())
+        found = self.links.by_token(request.path_params["token"], now())
         return self.page(request, "link.htm.j2", expires=found[1] if found else None)
 
     async def link_login(self, request: Request) -> Response:
@@ -160,7 +161,7 @@ class Portal:
             return self.page(request, "link.htm.j2", status=403, error="form_expired", expires=None)
         if self.limit.blocked(ip):
             return self.page(request, "link.htm.j2", status=429, error="too_many", expires=None)
-        found = self.tokens.account(request.path_params["token"], now())
+        found = self.links.by_token(request.path_params["token"], now())
         if found is None:
             auditlog.record("portal-login-failed", kind="link", account=None, ip=ip, reason="unknown-token")
             return await self.failed(request, "link.htm.j2", started, ip, expires=None)
@@ -180,9 +181,6 @@ class Portal:
         if self.limit.blocked(ip):
             return self.page(request, "login.htm.j2", status=429, error="too_many")
         username = fields.get("username", "").strip().lower()
-        if not self.is_partner(username):
-            auditlog.record("portal-login-failed", kind="partner", account=None, ip=ip, reason="not-a-partner")
-            return await self.failed(request, "login.htm.j2", started, ip)
         return await self.login(request, started, ip, username, "partner", fields.get("password", ""), "login.htm.j2")
 
     async def password_change(self, request: Request) -> Response:
@@ -196,12 +194,10 @@ class Portal:
         new, again = fields.get("new_password", ""), fields.get("new_password_again", "")
         if new != again or not new:
             return self.page(request, "password.htm.j2", status=400, error="passwords_differ", username=username)
-        if not self.is_partner(username):
-            auditlog.record("portal-login-failed", kind="partner", account=None, ip=ip, reason="not-a-partner")
-            return await self.failed(request, "password.htm.j2", started, ip, username=username)
         return await self.login(
-            request, started, ip, username, "partner", fields.get("password", ""), "password.htm.j2", new_password=new
-        )
+            request, started, ip, username, "partner", fields.get("password", ""), "password.htm.j2",
+            new_password=new, username=username,
+        )  # fmt: skip
 
     def is_partner(self, username: str) -> bool:
         return bool(re.match(USERNAME, username)) and self.layout.kind_of(username) == "partner"
@@ -221,6 +217,10 @@ class Portal:
     ) -> Response:
         if template == "link.htm.j2":
             context["expires"] = None  # every answer below reads the same for any token
+        if kind == "partner" and not self.is_partner(account):
+            # Only partners log in by name; nobody else's name reaches sshd from here.
+            auditlog.record("portal-login-failed", kind=kind, account=None, ip=ip, reason="not-a-partner")
+            return await self.failed(request, template, started, ip, **context)
         try:
             ssh = await open_session(self.target, account, password, new_password)
         except PasswordExpired:

@@ -1,5 +1,5 @@
-"""What the web page reads at start: its own file (written by roles/portal.py from the
-inventory), the policy, the page templates and the link token index.
+"""The web page's own file (written by roles/portal.py from the inventory); beside it the
+portal reads the policy, the page templates and, through exchange.links, the link token index.
 
 The portal's file holds only what recipients may see of the site (no transport
 credentials: those stay in the root-only site.yaml) and where sshd listens.
@@ -7,23 +7,19 @@ credentials: those stay in the root-only site.yaml) and where sshd listens.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import re
 from pathlib import Path, PurePosixPath
 
 import yaml
 from pydantic import Field, ValidationError
 
-from exchange.links import STATE_DIR, token_hash
+from exchange.links import STATE_DIR
 from exchange.site import Part, PublicSite
 from exchange.validation import describe, read_yaml_file
 
 HOST_PORTAL_CONFIG = PurePosixPath("/etc/imaging-exchange/portal.yaml")
 HOST_PORTAL_TEMPLATES = PurePosixPath("/etc/imaging-exchange/portal")
 PORTAL_CONFIG_ENV = "EXCHANGE_PORTAL_CONFIG"
-TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32), as `exchange link issue` makes them
 
 
 class PortalConfigError(Exception):
@@ -55,22 +51,3 @@ def load_portal_config(path: Path | str | None = None) -> PortalConfig:
         return PortalConfig.model_validate(data)
     except ValidationError as exc:
         raise PortalConfigError(describe(str(path), exc)) from None
-
-
-class LinkTokens:
-    """The token index `exchange link issue` keeps: link-tokens/<sha256 of token> holds the
-    account and expiry. The portal may open these files by name, not list the directory."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.directory = state_dir / "link-tokens"
-
-    def account(self, token: str, now: datetime.datetime) -> tuple[str, datetime.datetime] | None:
-        """The link account and its expiry, or None: unknown, revoked or expired are all None."""
-        if not TOKEN.match(token):
-            return None
-        try:
-            entry = json.loads((self.directory / token_hash(token)).read_text())
-            expires = datetime.datetime.fromisoformat(entry["expires"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return (entry["account"], expires) if expires > now else None

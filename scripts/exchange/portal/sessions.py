@@ -56,11 +56,14 @@ class SessionStore:
         if session is None:
             return None
         now = time.monotonic()
-        if now - session.last_seen > self.idle_seconds or session.ssh.connection.is_closed():
+        if self._ended(session, now):
             self.close(session.id)
             return None
         session.last_seen = now
         return session
+
+    def _ended(self, session: WebSession, now: float) -> bool:
+        return now - session.last_seen > self.idle_seconds or session.ssh.connection.is_closed()
 
     def close(self, session_id: str) -> WebSession | None:
         session = self._sessions.pop(session_id, None)
@@ -69,8 +72,8 @@ class SessionStore:
         return session
 
     def close_idle(self) -> list[WebSession]:
-        cutoff = time.monotonic() - self.idle_seconds
-        idle = [s for s in self._sessions.values() if s.last_seen < cutoff or s.ssh.connection.is_closed()]
+        now = time.monotonic()
+        idle = [session for session in self._sessions.values() if self._ended(session, now)]
         for session in idle:
             self.close(session.id)
         return idle
