@@ -6,7 +6,9 @@ streamed GET, one multipart POST, the session cookie from a real login), and Ope
 (get and put, key login) against the same sshd and folders. Both clients write to /dev/null or
 read the same local file (in the page cache). Each direction is run `--repeat` times (median).
 The portal's memory: its peak RSS during each transfer (VmHWM after resetting it through
-/proc/PID/clear_refs) against its RSS before.
+/proc/PID/clear_refs) against its RSS before. Where the time goes: the CPU seconds of each
+transfer for the whole machine (/proc/stat; the test host shares its kernel), the client, and
+the portal process; the rest is nginx, sshd and the kernel.
 Targets: the portal at least 0.8x the throughput of `sftp` both ways; peak RSS during a 1 GiB
 transfer at most 64 MB above the portal's RSS before it (flat, whatever the file size).
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import resource
 import ssl
 import subprocess
 import sys
@@ -46,10 +50,38 @@ def portal_memory(host: testhost.TestHost, reset: bool) -> dict[str, int]:
     return {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M)[1]) // 1024 for key in ("VmRSS", "VmHWM")}
 
 
-def timed(argv: list[str], **kwargs) -> float:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (not idle, not waiting for the disk)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def portal_cpu(host: testhost.TestHost) -> float:
+    pid = host.ssh("systemctl show imaging-exchange-portal -p MainPID --value").stdout.strip()
+    fields = host.ssh(f"cat /proc/{pid}/stat").stdout.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def timed(argv: list[str], cpu: list[dict], host: testhost.TestHost | None = None, **kwargs) -> float:
+    """Seconds for `argv`; appends its CPU seconds (machine, client, portal when `host`) to `cpu`."""
+    portal = portal_cpu(host) if host else 0.0
+    machine, client = machine_cpu(), client_cpu()
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True, **kwargs)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    used = {"machine": machine_cpu() - machine, "client": client_cpu() - client}
+    if host:
+        used["portal"] = portal_cpu(host) - portal
+    cpu.append(used)
+    return seconds
 
 
 def main() -> int:
@@ -85,18 +117,25 @@ def main() -> int:
             target = f"{PARTNER}@{host.hostname}"
             runs: dict[str, list[float]] = {"sftp get": [], "portal get": [], "sftp put": [], "portal put": []}
             memory: dict[str, list[dict]] = {"get": [], "put": []}
+            cpu: dict[str, list[dict]] = {name: [] for name in runs}
             for n in range(args.repeat):
-                runs["sftp get"].append(timed([*sftp, target], input=b"get download/big.bin /dev/null\n"))
+                runs["sftp get"].append(
+                    timed([*sftp, target], cpu["sftp get"], input=b"get download/big.bin /dev/null\n")
+                )
                 before = portal_memory(host, reset=True)
                 runs["portal get"].append(
-                    timed([*curl, "-o", "/dev/null", f"{host.portal_url}/files/download/big.bin"])
+                    timed(
+                        [*curl, "-o", "/dev/null", f"{host.portal_url}/files/download/big.bin"], cpu["portal get"], host
+                    )
                 )
                 memory["get"].append({"before": before["VmRSS"], "peak": portal_memory(host, reset=False)["VmHWM"]})
 
-                runs["sftp put"].append(timed([*sftp, target], input=f"put {local} upload/sftp-{n}.bin\n".encode()))
+                put = f"put {local} upload/sftp-{n}.bin\n".encode()
+                runs["sftp put"].append(timed([*sftp, target], cpu["sftp put"], input=put))
                 before = portal_memory(host, reset=True)
                 form = ["-F", f"csrf={csrf}", "-F", f"file=@{local};filename=web-{n}.bin"]  # the token first
-                runs["portal put"].append(timed([*curl, "-o", "/dev/null", *form, f"{host.portal_url}/files/upload"]))
+                upload = [*curl, "-o", "/dev/null", *form, f"{host.portal_url}/files/upload"]
+                runs["portal put"].append(timed(upload, cpu["portal put"], host))
                 memory["put"].append({"before": before["VmRSS"], "peak": portal_memory(host, reset=False)["VmHWM"]})
                 sizes = host.ssh(f"stat -c '%n %s' {chroot}/upload/*-{n}.bin").stdout.split()
                 if sizes[1::2] != [str(size)] * 2:
@@ -112,10 +151,17 @@ def main() -> int:
         "put": result["sftp put"] / result["portal put"],
     }
     growth = {way: max(m["peak"] - m["before"] for m in memory[way]) for way in memory}
-    print(json.dumps({"runs": runs, "memory_mb": memory}, indent=1), file=sys.stderr)
-    print(f"{args.mib} MiB, median of {args.repeat} (MB/s):")
+    print(json.dumps({"runs": runs, "memory_mb": memory, "cpu_s": cpu}, indent=1), file=sys.stderr)
+    cores = os.cpu_count() or 1
+    print(f"{args.mib} MiB, median of {args.repeat} (MB/s; CPU seconds: machine busy = client + portal + the rest):")
     for name, seconds in result.items():
-        print(f"  {name:<11} {seconds:6.2f} s  {mb / seconds:7.1f} MB/s")
+        used = {key: median(run[key] for run in cpu[name]) for key in cpu[name][0]}
+        share = used["machine"] / (seconds * cores)
+        parts = f"client {used['client']:4.1f}" + (f"  portal {used['portal']:4.1f}" if "portal" in used else "")
+        print(
+            f"  {name:<11} {seconds:6.2f} s  {mb / seconds:7.1f} MB/s   CPU: machine {used['machine']:4.1f} "
+            f"({share:.0%} of {cores} cores)  {parts}"
+        )
     ok = True
     for way in ("get", "put"):
         met = ratios[way] >= TARGET_RATIO and growth[way] <= TARGET_RSS_GROWTH_MB

@@ -9,7 +9,8 @@ this module lays the records out and computes their offsets the way pydicom's
 File IDs follow PS3.12 Annex V / IHE PDI: DICOM/PAnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn,
 A-Z and 0-9, eight characters a component, five levels.
 
-Keys the records require but a source lacks are filled by these rules, each reported:
+Keys the records require but a source lacks (or, for the two numbers, holds as no integer) are
+filled by these rules, each reported:
 - StudyDate/StudyTime: the series', acquisition's or content's date/time, else 19000101/000000
 - StudyID: the accession number (its last 16 characters), else S<n> by study order
 - SeriesNumber: <n> by series order within the study
@@ -179,16 +180,17 @@ def _study_keys(tree: Tree, study: Study, index: int) -> dict:
 
 
 def _record(record_type: str, header: Header, keys: dict | None = None, source=None) -> Dataset:
-    merged = as_dataset({**header, **(keys or {})})
-    if record_type not in ("PATIENT", "STUDY", "SERIES", "IMAGE") and source is not None:
-        # SR, presentation states, RT objects, ...: their records need elements beyond ours.
-        merged = full_header(source)
-        for keyword, value in (keys or {}).items():
-            setattr(merged, keyword, value)
     try:
+        merged = as_dataset({**header, **(keys or {})})
+        if record_type not in ("PATIENT", "STUDY", "SERIES", "IMAGE") and source is not None:
+            # SR, presentation states, RT objects, ...: their records need elements beyond ours.
+            merged = full_header(source)
+            for keyword, value in (keys or {}).items():
+                setattr(merged, keyword, value)
         record = DIRECTORY_RECORDERS[record_type](merged)
-    except ValueError as exc:
-        raise DicomDirError(f"cannot make a {record_type} record: {exc}") from None
+    except (ValueError, TypeError) as exc:  # a value pydicom will not write, named by pydicom
+        where = f" for {source.label}" if source is not None else ""
+        raise DicomDirError(f"cannot make a {record_type} record{where}: {exc}") from None
     # The three offsets first (PS3.3 F.3.2.2): their byte positions in the encoded record are
     # fixed, so they are patched in after the layout is known (see _OFFSET_FIELDS).
     record.OffsetOfTheNextDirectoryRecord = 0

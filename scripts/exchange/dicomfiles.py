@@ -9,13 +9,15 @@ images. What is not DICOM is listed; what is broken is named with the reason.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from pydicom import dcmread
@@ -62,10 +64,16 @@ class Source:
     size: int
     open: Callable[[], BinaryIO]
     path: Path | None = None  # a file on disk (the kernel can copy it); None for a zip member
+    member: str | None = None  # the name inside a received zip
+    problem: str | None = None  # why it cannot be used, found before reading it (refuses the package)
 
     @classmethod
     def file(cls, path: Path, size: int) -> Source:
         return cls(str(path), size, lambda: open(path, "rb"), path)
+
+    @classmethod
+    def unusable(cls, label: str, problem: str) -> Source:
+        return cls(label, 0, lambda: io.BytesIO(), problem=problem)
 
 
 @dataclass
@@ -85,51 +93,93 @@ class Scan:
 
 
 def sources(paths: list[Path]) -> Iterator[Source]:
+    """Every candidate under `paths`. Nothing is left out unsaid: a folder that cannot be read,
+    a symlink (never followed) or a device comes as an unusable source with the reason."""
     for path in paths:
         st = os.lstat(path)  # a missing path raises FileNotFoundError with its name
-        if stat.S_ISDIR(st.st_mode):
-            for top, dirs, files in os.walk(path, followlinks=False):
-                dirs.sort()
-                for name in sorted(files):
-                    yield from _file_sources(Path(top) / name)
-        else:
+        if not stat.S_ISDIR(st.st_mode):
             yield from _file_sources(path)
+            continue
+        unreadable: list[OSError] = []
+        for top, dirs, files in os.walk(path, followlinks=False, onerror=unreadable.append):
+            for error in unreadable:
+                yield Source.unusable(str(error.filename), f"folder not readable ({error.strerror})")
+            unreadable.clear()
+            for name in [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                yield Source.unusable(os.path.join(top, name), _SYMLINK)
+            dirs.sort()
+            for name in sorted(files):
+                yield from _file_sources(Path(top) / name)
+        for error in unreadable:
+            yield Source.unusable(str(error.filename), f"folder not readable ({error.strerror})")
+
+
+_SYMLINK = "a symlink, not followed (hand in what it points to)"
+
+
+def is_dicomdir(name: str) -> bool:
+    """A received medium's own directory file: ours replaces it."""
+    return PurePosixPath(name.rstrip("/")).name.upper() == "DICOMDIR"
 
 
 def _file_sources(path: Path) -> Iterator[Source]:
     st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        yield Source.unusable(str(path), _SYMLINK)
+        return
     if not stat.S_ISREG(st.st_mode):
-        return  # symlinks, devices: never followed
-    if zipfile.is_zipfile(path):
-        yield from _zip_sources(path)
+        yield Source.unusable(str(path), "not a regular file")
+        return
+    if is_dicomdir(path.name):
+        return
+    try:
+        # DICOM first: `is_zipfile` looks for the end-of-zip signature anywhere in the last
+        # 64 KiB, and image data may hold those bytes (the image would vanish as an empty zip).
+        if not _has_dicom_prefix(path) and zipfile.is_zipfile(path):
+            yield from _zip_sources(path)
+            return
+    except OSError as error:
+        yield Source.unusable(str(path), f"not readable ({error.strerror})")
         return
     yield Source.file(path, st.st_size)
 
 
+def _has_dicom_prefix(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
+
+
 def _zip_sources(path: Path) -> Iterator[Source]:
-    archive = zipfile.ZipFile(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as error:
+        yield Source.unusable(str(path), f"not a readable zip ({error})")
+        return
     for info in archive.infolist():
-        if info.is_dir() or info.filename.upper().rstrip("/").endswith("DICOMDIR"):
-            continue  # our own DICOMDIR replaces theirs
-        yield Source(f"{path}!{info.filename}", info.file_size, lambda info=info: archive.open(info))
+        if info.is_dir() or is_dicomdir(info.filename):
+            continue
+        yield Source(
+            f"{path}!{info.filename}", info.file_size, lambda info=info: archive.open(info), member=info.filename
+        )
 
 
-def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool) -> str | None:
+def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool, little_endian: bool = True) -> str | None:
     """None if the pixel data element (at the handle's position) fits in the file, else why not."""
     start = handle.tell()
     head = handle.read(12 if not implicit else 8)
+    order = "<" if little_endian else ">"  # Explicit VR Big Endian (retired) is still read
     if not head:
         return None  # no pixel data (e.g. a structured report)
     if len(head) < 8:
         return "truncated in the pixel data element header"
     if implicit:
-        (length,) = struct.unpack("<I", head[4:8])
+        (length,) = struct.unpack(order + "I", head[4:8])
         value = start + 8
     elif head[4:6] in _LONG_VRS:
-        (length,) = struct.unpack("<I", head[8:12])
+        (length,) = struct.unpack(order + "I", head[8:12])
         value = start + 12
     else:
-        (length,) = struct.unpack("<H", head[6:8])
+        (length,) = struct.unpack(order + "H", head[6:8])
         value = start + 8
     if length != 0xFFFFFFFF:
         return (
@@ -153,11 +203,22 @@ def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool) -> str | N
         handle.seek(position)
 
 
+_INTEGERS = {"SeriesNumber", "InstanceNumber"}  # IS: a value that is no integer counts as missing
+
+
+def _integer(value: object) -> bool:
+    try:
+        int(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def compact(header: Dataset) -> Header:
     values: Header = {}
     for keyword in HEADER_TAGS:
         value = header.get(keyword)
-        if value is None or value == "":
+        if value is None or value == "" or (keyword in _INTEGERS and not _integer(value)):
             continue
         values[keyword] = value if keyword == "SpecificCharacterSet" and not isinstance(value, str) else str(value)
     if isinstance(values.get("SpecificCharacterSet"), list | tuple):
@@ -180,6 +241,8 @@ def full_header(source: Source) -> Dataset:
 
 def read_header(source: Source) -> Instance | str:
     """The instance, or the reason it is not one ("not DICOM" or what is broken)."""
+    if source.problem:
+        return f"broken: {source.problem}"
     try:
         with source.open() as handle:
             header = dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAGS)
@@ -188,13 +251,16 @@ def read_header(source: Source) -> Instance | str:
             if syntax is None or "SOPInstanceUID" not in header or "SOPClassUID" not in header:
                 return "broken: no transfer syntax, SOP Class or SOP Instance UID in the header"
             # Zip members seek too (a deflated one by decompressing forward, in bounded memory).
-            problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR)
+            problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR, syntax.is_little_endian)
             if problem:
                 return f"broken: {problem}"
             return Instance(source, compact(header), str(syntax), syntax.is_compressed)
     except InvalidDicomError:
         return "not DICOM"
-    except (OSError, EOFError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
+    # A received zip's member may be encrypted (RuntimeError), fail its CRC or not inflate.
+    except (OSError, EOFError, ValueError, KeyError, struct.error, NotImplementedError, RuntimeError) as exc:
+        return f"broken: {exc}"
+    except (zipfile.BadZipFile, zlib.error) as exc:
         return f"broken: {exc}"
 
 

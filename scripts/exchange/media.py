@@ -1,9 +1,10 @@
 """Check received media (a zip or a folder) before staff import it.
 
 Refused: paths that could escape where it is unpacked (absolute, `..`, backslashes, drive
-letters), symlinks, encrypted entries, compression other than stored or deflated, and zip
-bombs (total size or a compression ratio beyond the caps). Checked: the DICOMDIR against
-the files (every referenced file exists and has the UIDs the record names; every DICOM
+letters, a second name in an Info-ZIP Unicode Path field), two entries of one name, symlinks,
+encrypted entries, compression other than stored or deflated, zip bombs (total size or a
+compression ratio beyond the caps), and, within the caps, entries that fail their CRC. Checked:
+the DICOMDIR against the files (every referenced file exists and has the UIDs the record names; every DICOM
 file is referenced). Listed: what is not DICOM. Headers only are read, and zipfile never
 reads past an entry's declared size (a lie there fails its CRC check).
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -52,10 +55,22 @@ def _unsafe_name(name: str) -> str | None:
     return None
 
 
+_UNICODE_PATH_EXTRA = 0x7075  # Info-ZIP's second name for an entry, which unzip prefers
+
+
+def _extra_ids(extra: bytes) -> set[int]:
+    ids, at = set(), 0
+    while at + 4 <= len(extra):
+        header_id, size = struct.unpack("<HH", extra[at : at + 4])
+        ids.add(header_id)
+        at += 4 + size
+    return ids
+
+
 def _check_zip(path: Path, report: Report, max_total: int, max_ratio: int) -> list[Source]:
     try:
         archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:  # ValueError: a name not in UTF-8
         report.problems.append(f"{path}: not a readable zip ({exc})")
         return []
     entries = archive.infolist()
@@ -63,12 +78,21 @@ def _check_zip(path: Path, report: Report, max_total: int, max_ratio: int) -> li
         report.problems.append(f"{path}: {len(entries)} entries, more than {MAX_ENTRIES}")
         return []
     sources = []
+    seen: set[str] = set()
     for info in entries:
         name = info.filename
         problem = _unsafe_name(name)
         if problem:
             report.problems.append(f"{name}: {problem} (could be unpacked outside its folder)")
             continue
+        if _UNICODE_PATH_EXTRA in _extra_ids(info.extra):
+            # unzip would use that other name, which was not checked here
+            report.problems.append(f"{name}: carries a second (Unicode Path) name")
+            continue
+        if name.rstrip("/").upper() in seen:  # unpacked, one would replace the other
+            report.problems.append(f"{name}: more than one entry of that name")
+            continue
+        seen.add(name.rstrip("/").upper())
         if stat.S_ISLNK(info.external_attr >> 16):
             report.problems.append(f"{name}: a symlink")
             continue
@@ -86,10 +110,25 @@ def _check_zip(path: Path, report: Report, max_total: int, max_ratio: int) -> li
                 f"{name}: expands {info.file_size // info.compress_size}x (more than {max_ratio}x: a zip bomb?)"
             )
             continue
-        sources.append(Source(f"{path}!{name}", info.file_size, lambda info=info: archive.open(info)))
+        sources.append(Source(f"{path}!{name}", info.file_size, lambda info=info: archive.open(info), member=name))
     if report.total_bytes > max_total:
         report.problems.append(f"{path}: unpacks to {report.total_bytes} bytes, more than {max_total}")
     return sources
+
+
+def _damaged(sources: list[Source], root: str, report: Report) -> list[Source]:
+    """Every entry read to its end, so a damaged one fails its CRC here, not after import
+    (only after the caps: a bomb is never inflated)."""
+    damaged = []
+    for source in sources:
+        try:
+            with source.open() as handle:
+                while handle.read(1 << 20):
+                    pass
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, OSError) as exc:
+            report.problems.append(f"{_relative(source, root)}: damaged ({exc})")
+            damaged.append(source)
+    return damaged
 
 
 def _check_folder(path: Path, report: Report) -> list[Source]:
@@ -110,16 +149,16 @@ def _check_folder(path: Path, report: Report) -> list[Source]:
 
 
 def _relative(source: Source, root: str) -> str:
-    return source.label.split("!", 1)[1] if "!" in source.label else os.path.relpath(source.label, root)
+    return source.member if source.member is not None else os.path.relpath(source.label, root)
 
 
 def _check_dicomdir(directory: Source, instances: list[Instance], root: str, report: Report) -> None:
     base = PurePosixPath(_relative(directory, root)).parent
-    with directory.open() as handle:
-        data = handle.read()
     try:
+        with directory.open() as handle:
+            data = handle.read()
         dicomdir = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, ValueError, EOFError) as exc:
+    except (InvalidDicomError, ValueError, EOFError, OSError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
         report.problems.append(f"{directory.label}: not a readable DICOMDIR ({exc})")
         return
     by_path = {_relative(i.source, root).upper(): i for i in instances}
@@ -155,9 +194,10 @@ def inspect_media(path: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: int =
     sources = _check_folder(path, report) if path.is_dir() else _check_zip(path, report, max_total, max_ratio)
     if report.problems and any("zip bomb" in p or "more than" in p for p in report.problems):
         return report  # do not read what may be a bomb
+    damaged = [] if path.is_dir() else _damaged(sources, root, report)
     directories = [s for s in sources if PurePosixPath(_relative(s, root)).name.upper() == "DICOMDIR"]
     for source in sources:
-        if source in directories:
+        if source in directories or source in damaged:
             continue
         found = read_header(source)
         if isinstance(found, Instance):

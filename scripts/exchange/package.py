@@ -29,7 +29,7 @@ from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, s
 from exchange.dicomfiles import Scan, Source, scan
 from exchange.messages import Messages
 from exchange.policy import Policy
-from exchange.zipstream import Entry, write_entries
+from exchange.zipstream import Entry, SourceError, write_entries
 
 DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work
 
@@ -216,17 +216,23 @@ def make_package(
     viewer_files = _viewer_sources(viewer)
     now = datetime.datetime.now().astimezone()
     context = {"patients": summary(tree), "label": label, "now": now, "viewer": bool(viewer_files), "policy": policy}
+    try:
+        directory = dicomdir_bytes(tree)
+    except DicomDirError as error:
+        raise PackageError(f"refused, nothing was written: {error}") from None
     documents = {
-        "DICOMDIR": dicomdir_bytes(tree),
+        "DICOMDIR": directory,
         "README.TXT": messages.document("package-readme.txt.j2", **context).replace("\n", "\r\n").encode("utf-8"),
         "INDEX.HTM": messages.document("package-index.htm.j2", **context).encode("utf-8"),
     }
     images = list(tree.images())
     total = sum(image.instance.source.size for image in images)
-    final = folder / package_name(label or _patient_label(tree), now)
-    staged = folder / f".{final.name}.partial"
+    visible_name = package_name(label or _patient_label(tree), now)
+    staged = folder / f".{visible_name}.{os.getpid()}.partial"  # hidden until complete
+    checksum = staged.with_suffix(".sha256.partial")
     try:
-        with open(staged, "xb") as handle:
+        # 0600 while written: the account may list hidden files over SFTP; 0644 once complete.
+        with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
             writer = _HashingWriter(handle)
             with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
                 for name, data in documents.items():
@@ -243,14 +249,17 @@ def make_package(
         # Staff (the group) and the account (other) read it; nobody but root changes it.
         os.chmod(staged, 0o644)
         digest = writer.hexdigest()
-        checksum = folder / f".{final.name}.sha256.partial"
+        final = _publish(staged, folder, visible_name)  # complete: the recipient may see it from now on
         checksum.write_text(f"{digest}  {final.name}\n")
         os.chmod(checksum, 0o644)
-        os.rename(staged, final)  # complete: the recipient may see it from now on
         os.rename(checksum, folder / f"{final.name}.sha256")
-    except BaseException:
+    except BaseException as error:
         staged.unlink(missing_ok=True)
-        (folder / f".{final.name}.sha256.partial").unlink(missing_ok=True)
+        checksum.unlink(missing_ok=True)
+        if isinstance(error, SourceError):
+            raise PackageError(f"refused, nothing was left: {error}") from None
+        if isinstance(error, OSError):  # the disk full, a source gone: named, not a traceback
+            raise PackageError(f"packing failed, nothing was left: {error}") from None
         raise
     size = final.stat().st_size
     studies = [study for patient in tree.patients.values() for study in patient.studies.values()]
@@ -267,6 +276,21 @@ def make_package(
         bytes=size,
     )
     return Package(final, digest, len(images), size, tree, found)
+
+
+def _publish(staged: Path, folder: Path, name: str) -> Path:
+    """Give the complete package its visible name, never another package's: a second one of
+    the same label in the same second gets "-2", and so on."""
+    stem = name.removesuffix(".zip")
+    for attempt in range(1, 100):
+        final = folder / (name if attempt == 1 else f"{stem}-{attempt}.zip")
+        try:
+            os.link(staged, final)  # unlike rename, fails when the name is taken
+        except FileExistsError:
+            continue
+        staged.unlink()
+        return final
+    raise PackageError(f"{folder}: no free name for {name}")
 
 
 def _patient_label(tree: Tree) -> str:

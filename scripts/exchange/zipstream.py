@@ -23,6 +23,15 @@ from dataclasses import dataclass
 from exchange.dicomfiles import Source
 
 CHUNK = 1 << 20
+# Reading a source can fail while packing: a file changed or removed since its header was read,
+# or a received zip's member that fails its CRC, does not inflate or is encrypted.
+_READ_ERRORS = (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
+
+
+class SourceError(Exception):
+    """A source could not be read while packing; the message names it."""
+
+
 IN_FLIGHT_PER_WORKER = 4
 ZIP64_AT = 0x7FFFFFFF
 
@@ -39,9 +48,12 @@ class Entry:
 
 def _crc32(source: Source) -> int:
     crc = 0
-    with source.open() as handle:
-        while chunk := handle.read(CHUNK):
-            crc = zlib.crc32(chunk, crc)
+    try:
+        with source.open() as handle:
+            while chunk := handle.read(CHUNK):
+                crc = zlib.crc32(chunk, crc)
+    except _READ_ERRORS as error:
+        raise SourceError(f"{source.label}: {error}") from None
     return crc
 
 
@@ -115,12 +127,19 @@ def write_entries(
                     progress(total)
                     drain(keep=workers * IN_FLIGHT_PER_WORKER)
                     continue
-                with entry.source.open() as src:
+                try:
+                    src = entry.source.open()
                     chunk = src.read(CHUNK)
+                except _READ_ERRORS as error:
+                    raise SourceError(f"{entry.source.label}: {error}") from None
+                with src:
                     if not chunk:
                         pending.append((index, entry, b"", 0, True, crc))
                     while chunk:
-                        following = src.read(CHUNK)
+                        try:
+                            following = src.read(CHUNK)
+                        except _READ_ERRORS as error:
+                            raise SourceError(f"{entry.source.label}: {error}") from None
                         size += len(chunk)
                         piece = pool.submit(_deflate, chunk, level) if compress else chunk
                         pending.append((index, entry, piece, size, not following, crc))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 
+import exchange.package
 from exchange.media import inspect_media
 from exchange.messages import Messages
 from exchange.package import PackageError, make_package
@@ -146,6 +150,190 @@ def test_truncated_and_corrupt_files_are_named_with_the_reason(tmp_path):
     assert f"{j2k}: truncated" in message
     assert "garbage.dcm" in message
     assert not any((tmp_path / "download").iterdir())
+
+
+def test_an_image_holding_the_zip_end_signature_is_packaged_as_an_image(tmp_path):
+    """Pixel data may hold the end-of-zip signature; the image must not vanish as an empty zip."""
+    files = ct_study(tmp_path / "in", 2)
+    image = dcmread(files[0])
+    pixels = bytearray(image.PixelData)
+    pixels[-40:-18] = b"PK\x05\x06" + bytes(18)
+    image.PixelData = bytes(pixels)
+    image.save_as(files[0])
+    assert zipfile.is_zipfile(files[0])
+    made = package(tmp_path, tmp_path / "in")
+    assert made.files == 2
+    with zipfile.ZipFile(made.path) as archive:
+        assert sha(files[0]) in {hashlib.sha256(archive.read(n)).hexdigest() for n in archive.namelist()}
+
+
+def test_an_unreadable_received_zip_refuses_the_package_by_name(study, tmp_path):
+    _, files = study
+    (tmp_path / "in").mkdir()
+    for path in files[:2]:
+        (tmp_path / "in" / path.name).write_bytes(path.read_bytes())
+    # An end-of-zip record pointing at a central directory that is not there.
+    broken = tmp_path / "in" / "received.zip"
+    broken.write_bytes(b"not a zip" + b"PK\x05\x06" + b"\0\0\0\0\1\0\1\0" + b"\x2e\0\0\0\0\0\0\0\0\0")
+    assert zipfile.is_zipfile(broken)
+    with pytest.raises(PackageError, match=rf"{re.escape(str(broken))}: not a readable zip \(.+\)"):
+        package(tmp_path, tmp_path / "in")
+    assert not any((tmp_path / "download").iterdir())
+
+
+def test_a_second_package_of_the_same_name_never_replaces_the_first(study, tmp_path, monkeypatch):
+    root, _ = study
+    monkeypatch.setattr("exchange.package.package_name", lambda label, now: "same.zip")
+    first, second = package(tmp_path, root), package(tmp_path, root)
+    assert (first.path.name, second.path.name) == ("same.zip", "same-2.zip")
+    folder = tmp_path / "download"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "same-2.zip",
+        "same-2.zip.sha256",
+        "same.zip",
+        "same.zip.sha256",
+    ]
+    for made in (first, second):
+        assert (folder / f"{made.path.name}.sha256").read_text() == f"{made.sha256}  {made.path.name}\n"
+        assert sha(made.path) == made.sha256
+
+
+def test_what_cannot_be_read_refuses_the_package_by_name(tmp_path):
+    """Nothing is left out unsaid: symlinks (never followed), a folder or file the packer may not
+    read (root without DAC override, as on NFS with root_squash)."""
+    files = ct_study(tmp_path / "store", 4, series=2)
+    (tmp_path / "in").mkdir()
+    os.symlink(files[0], tmp_path / "in" / "linked.dcm")
+    os.symlink(tmp_path / "store", tmp_path / "in" / "linked-folder")
+    with pytest.raises(PackageError) as refused:
+        package(tmp_path, tmp_path / "in", files[1])
+    assert f"{tmp_path}/in/linked.dcm: a symlink, not followed" in str(refused.value)
+    assert f"{tmp_path}/in/linked-folder: a symlink, not followed" in str(refused.value)
+
+    shutil.rmtree(tmp_path / "in")
+    ct_study(tmp_path / "in" / "a", 2)
+    hidden = ct_study(tmp_path / "in" / "b", 2)
+    tmp_path.chmod(0o755)
+    script = (
+        "import sys; from pathlib import Path; from tests.unit.test_package import package;"
+        "from exchange.package import PackageError\n"
+        f"try: package(Path({str(tmp_path)!r}), Path({str(tmp_path / 'in')!r}))\n"
+        "except PackageError as e: print(e)"
+    )
+    no_dac = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    for unreadable, reason in ((hidden[0].parent, "folder not readable"), (hidden[0], "not readable")):
+        unreadable.chmod(0)
+        try:
+            out = subprocess.run([*no_dac, sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+        finally:
+            unreadable.chmod(0o755)
+        assert f"{unreadable}: {reason} (Permission denied)" in out.stdout, out.stdout + out.stderr
+        assert not any((tmp_path / "download").iterdir())
+
+
+def test_an_unpacked_package_folder_with_its_dicomdir_is_packaged_again(study, tmp_path):
+    made = package(tmp_path, study[0])
+    out = unpack(made.path, tmp_path / "unpacked")
+    (tmp_path / "again").mkdir()
+    again = package(tmp_path / "again", out / "DICOM", out / "DICOMDIR")
+    assert again.files == made.files and not again.scan.not_dicom
+
+
+def test_odd_but_readable_files_are_packaged(tmp_path):
+    """Explicit VR Big Endian (retired, still read) and integer keys that hold no integer."""
+    big_endian = Path(get_testdata_file("MR_small_bigendian.dcm", download=False))
+    files = ct_study(tmp_path / "in", 2)
+    data = files[0].read_bytes()  # pydicom would not write these values: edit the bytes
+    data = data.replace(b"\x20\x00\x11\x00IS\x02\x001 ", b"\x20\x00\x11\x00IS\x02\x00A1")  # SeriesNumber
+    data = data.replace(b"\x20\x00\x13\x00IS\x02\x001 ", b"\x20\x00\x13\x00IS\x04\x001\\2 ")  # InstanceNumber
+    files[0].write_bytes(data)
+    odd_values = package(tmp_path, tmp_path / "in")
+    assert odd_values.files == 2
+    assert any("SeriesNumber missing, filled with '1'" in line for line in odd_values.tree.filled)
+    (tmp_path / "big-endian").mkdir()
+    for made, source in ((odd_values, files[0]), (package(tmp_path / "big-endian", big_endian), big_endian)):
+        with zipfile.ZipFile(made.path) as archive:
+            assert sha(source) in {hashlib.sha256(archive.read(n)).hexdigest() for n in archive.namelist()}
+        out = unpack(made.path, tmp_path / made.path.stem)
+        theirs = tmp_path / f"{made.path.stem}.DICOMDIR"  # dcmtk's own, beside, to compare nothing: it must accept
+        check = subprocess.run(
+            ["dcmmkdir", "+r", "-Pgp", "-Nxc", "-I", "+W", "+id", str(out), "+D", str(theirs), "DICOM"],
+            capture_output=True,
+        )
+        assert check.returncode == 0, check.stderr
+
+
+def _damaged_zips(files: list[Path], folder: Path) -> dict[str, Path]:
+    folder.mkdir()
+    crc = folder / "crc.zip"
+    with zipfile.ZipFile(crc, "w") as archive:
+        archive.write(files[0], "IM0")
+        archive.write(files[1], "IM1")
+    data = bytearray(crc.read_bytes())
+    data[zipfile.ZipFile(crc).getinfo("IM1").header_offset + 30 + 3 + 5000] ^= 0xFF
+    crc.write_bytes(data)
+    encrypted = folder / "encrypted.zip"
+    subprocess.run(["zip", "-q", "-j", "-P", "pw", str(encrypted), str(files[0])], check=True)
+    bad_name = folder / "name.zip"
+    with zipfile.ZipFile(bad_name, "w") as archive:
+        archive.write(files[0], "IMAGES/IM_\u00e9")  # flagged UTF-8 ...
+    bad_name.write_bytes(bad_name.read_bytes().replace("IM_\u00e9".encode(), b"IM_\xff\xfe"))  # ... and not
+    return {"crc": crc, "encrypted": encrypted, "name": bad_name}
+
+
+def test_damaged_received_zips_are_refused_by_name(tmp_path):
+    files = ct_study(tmp_path / "in", 2)
+    damaged = _damaged_zips(files, tmp_path / "media")
+    expected = {
+        "crc": [f"{damaged['crc']}!IM1: Bad CRC-32 for file 'IM1'"],
+        "encrypted": [f"{damaged['encrypted']}!{files[0].name}: File <ZipInfo", "is encrypted, password required"],
+        "name": [f"{damaged['name']}: not a readable zip ('utf-8' codec can't decode"],
+    }
+    for kind, media in damaged.items():
+        with pytest.raises(PackageError) as refused:
+            package(tmp_path, media)
+        assert all(part in str(refused.value) for part in expected[kind]), refused.value
+        assert not any((tmp_path / "download").iterdir())
+    assert inspect_media(damaged["crc"]).problems == ["IM1: damaged (Bad CRC-32 for file 'IM1')"]
+    assert "not a readable zip" in inspect_media(damaged["name"]).problems[0]
+
+
+def test_inspect_refuses_a_second_name_and_twice_the_same_name(study, tmp_path):
+    _, files = study
+    second_name = tmp_path / "second.zip"
+    body = b"\x01" + struct.pack("<I", zlib.crc32(b"NOTES.TXT")) + b"../ESCAPED.TXT"
+    with zipfile.ZipFile(second_name, "w") as archive:
+        archive.write(files[0], "DICOM/IM1")
+        info = zipfile.ZipInfo("NOTES.TXT")
+        info.extra = struct.pack("<HH", 0x7075, len(body)) + body  # unzip would write ../ESCAPED.TXT
+        archive.writestr(info, b"escaped")
+    assert inspect_media(second_name).problems == ["NOTES.TXT: carries a second (Unicode Path) name"]
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as archive:
+        archive.write(files[0], "DICOM/IM1")
+        archive.writestr("dicom/im1", b"MZ not an image")  # unpacked, one replaces the other
+    assert inspect_media(twice).problems == ["dicom/im1: more than one entry of that name"]
+
+
+def test_media_whose_path_holds_a_bang_are_inspected(study, tmp_path):
+    made = package(tmp_path, study[0])
+    renamed = made.path.rename(tmp_path / "Study!1.zip")
+    assert inspect_media(renamed).ok
+    folder = unpack(renamed, tmp_path / "CD!1")
+    assert inspect_media(folder).ok
+
+
+def test_the_package_is_private_while_written(study, tmp_path, monkeypatch):
+    modes = []
+    real = exchange.package.write_entries
+
+    def watching(archive, *args, **kwargs):
+        modes.extend(p.stat().st_mode & 0o777 for p in (tmp_path / "download").glob(".*.partial"))
+        return real(archive, *args, **kwargs)
+
+    monkeypatch.setattr(exchange.package, "write_entries", watching)
+    made = package(tmp_path, study[0])
+    assert modes == [0o600] and made.path.stat().st_mode & 0o777 == 0o644
 
 
 def test_strict_refuses_what_is_not_dicom(study, tmp_path):
