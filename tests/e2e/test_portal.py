@@ -202,6 +202,18 @@ def test_download_resumes_with_a_range_and_partials_stay_hidden(web):
         assert part.headers["content-range"] == f"bytes 1000-1999/{len(whole.content)}"
         assert http.get(f"/files/download/{package}", headers={"Range": "bytes=99999999-"}).status_code == 416
         assert http.get("/files/download/.next.zip.partial").status_code == 404
+        # A resume continues the same file only; a range past any size is no range; HEAD reads nothing.
+        stale = {"Range": "bytes=1000-", "If-Range": "Mon, 01 Jan 2024 00:00:00 GMT"}
+        assert http.get(f"/files/download/{package}", headers=stale).content == whole.content
+        same = {"Range": "bytes=1000-", "If-Range": whole.headers["last-modified"]}
+        assert http.get(f"/files/download/{package}", headers=same).content == whole.content[1000:]
+        huge = http.get(f"/files/download/{package}", headers={"Range": "bytes=0-" + "9" * 4000})
+        assert huge.status_code == 200 and huge.content == whole.content
+        downloads = len(audit_events(web, "portal-download"))
+        head = http.head(f"/files/download/{package}")
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(whole.content))
+        assert not head.content and len(audit_events(web, "portal-download")) == downloads
+        assert http.get("/files?error=no-such-text").status_code == 200
 
 
 def test_bad_uploads_are_refused_by_name_and_leave_nothing(web):

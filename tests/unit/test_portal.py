@@ -98,6 +98,7 @@ def test_upload_names_lose_a_browser_added_directory():
         ("bytes=50-500", 100, (50, 99)),
         ("bytes=0-1,5-6", 100, None),  # several ranges: answered whole
         ("items=0-1", 100, None),
+        ("bytes=0-" + "9" * 4400, 100, None),  # beyond any file: answered whole, never parsed
     ],
 )
 def test_byte_ranges(header, size, expected):
@@ -185,6 +186,90 @@ def test_sessions_end_after_the_idle_time_and_close_their_sftp(monkeypatch):
     assert store.get(first.id) is first
     clock[0] += 61
     assert store.get(first.id) is None and first.ssh.connection.closed
+
+
+def test_a_transfer_in_progress_keeps_its_session_and_a_links_end_ends_it(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    store = sessions.SessionStore(idle_seconds=60, max_sessions=3)
+    partner = store.open("cardiology", "partner", "192.0.2.1", _Sftp())
+    with partner.transfer():  # a long upload or download
+        clock[0] += 3600
+        assert store.close_idle() == [] and not partner.ssh.connection.closed
+    clock[0] += 59
+    assert store.get(partner.id) is partner  # idle counts from the transfer's end
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    link = store.open("link-aaaaaaaa", "link", "192.0.2.2", _Sftp(), soon)
+    assert store.get(link.id) is link
+    link.expires = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1)
+    with link.transfer():  # the link's end is the end, transfer or not
+        assert store.close_idle() == [link] and link.ssh.connection.closed
+
+
+class _RefusingSftp:
+    """An SFTP session whose server refuses writes after `good` of them (disk full), or every
+    rename (a name too long): what a test host cannot easily be made to do."""
+
+    def __init__(self, good: int = 1_000, rename_error: type | None = None) -> None:
+        self.good, self.rename_error = good, rename_error
+        self.files: dict[str, int] = {}
+
+    async def open(self, path, mode):
+        self.files[path] = 0
+        sftp = self
+
+        class Handle:
+            async def write(self, data, offset):
+                await asyncio.sleep(0)
+                if sftp.good <= 0:
+                    raise files.asyncssh.SFTPFailure("No space left on device")
+                sftp.good -= 1
+                sftp.files[path] += len(data)
+
+            async def close(self):
+                pass
+
+        return Handle()
+
+    async def rename(self, old, new):
+        raise self.rename_error("refused")
+
+    async def exists(self, path):
+        return path in self.files
+
+    async def remove(self, path):
+        del self.files[path]
+
+
+def test_an_upload_whose_writes_are_refused_ends_and_leaves_nothing():
+    async def run(sftp):
+        upload = await files.Upload(sftp, "/upload", "scan.zip", 1 << 40).start()
+        try:
+            for _ in range(64):  # far more than the queue and the writes in flight hold
+                await upload.write(b"x" * files.CHUNK)
+            await upload.finish()
+        finally:
+            await upload.discard()
+
+    sftp = _RefusingSftp(good=2)
+    with pytest.raises(files.asyncssh.SFTPFailure, match="No space left"):
+        asyncio.run(asyncio.wait_for(run(sftp), timeout=10))  # an answer, not a hang
+    assert sftp.files == {}
+
+
+def test_an_upload_that_cannot_take_its_name_leaves_nothing():
+    async def run(sftp):
+        upload = await files.Upload(sftp, "/upload", "a" * 250 + ".zip", 1 << 40).start()
+        try:
+            await upload.write(b"x" * 1000)
+            await upload.finish()
+        finally:
+            await upload.discard()
+
+    sftp = _RefusingSftp(rename_error=files.asyncssh.SFTPBadMessage)  # OpenSSH's answer to ENAMETOOLONG
+    with pytest.raises(files.asyncssh.SFTPBadMessage):
+        asyncio.run(run(sftp))
+    assert sftp.files == {}
 
 
 def test_sessions_are_capped_and_a_dropped_connection_ends_its_session():

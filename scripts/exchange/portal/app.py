@@ -286,9 +286,10 @@ class Portal:
             self.sessions.close(session.id)
             return self.page(request, "message.htm.j2", status=401, error="session_ended")
         notices = request.query_params.getlist("uploaded")
+        error = request.query_params.get("error")  # set by our own redirects; anything else is ignored
         return self.page(
             request, "files.htm.j2", session=session, downloads=downloads, uploads=uploads, uploaded=notices,
-            error=request.query_params.get("error"), quote=quote,
+            error=error if f"error_{error}" in self.text else None, quote=quote,
         )  # fmt: skip
 
     async def download(self, request: Request) -> Response:
@@ -305,9 +306,12 @@ class Portal:
         except (files.BadName, asyncssh.SFTPError):
             auditlog.record("portal-download-refused", account=session.account, ip=ip, file=request.path_params["name"])
             return self.page(request, "message.htm.j2", status=404, error="no_such_file")
-        size = attrs.size
+        size, modified = attrs.size, format_http_date(attrs.mtime)
+        # A resumed download continues the same file only (If-Range: the date it started from).
+        if_range = request.headers.get("if-range")
+        wanted = request.headers.get("range") if if_range in (None, modified) else None
         try:
-            span = files.byte_range(request.headers.get("range"), size)
+            span = files.byte_range(wanted, size)
         except files.RangeNotSatisfiable:
             return Response(status_code=416, headers={"content-range": f"bytes */{size}"})
         start, end = span if span else (0, size - 1)
@@ -316,25 +320,28 @@ class Portal:
             "content-length": str(length),
             "accept-ranges": "bytes",
             "content-disposition": f"attachment; filename*=UTF-8''{quote(name)}",
-            "last-modified": format_http_date(attrs.mtime),
+            "last-modified": modified,
         }
         if span:
             headers["content-range"] = f"bytes {start}-{end}/{size}"
+        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if request.method == "HEAD":  # the headers only: nothing read, nothing downloaded
+            return Response(status_code=206 if span else 200, headers=headers, media_type=media_type)
 
         async def body():
             sent = 0
             try:
-                if length:
-                    async for data in files.read_file(session.ssh.sftp, path, start, length):
-                        sent += len(data)
-                        yield data
+                with session.transfer():
+                    if length:
+                        async for data in files.read_file(session.ssh.sftp, path, start, length):
+                            sent += len(data)
+                            yield data
             finally:
                 auditlog.record(
                     "portal-download", account=session.account, ip=ip, file=name, bytes=sent,
                     offset=start, complete=sent == length,
                 )  # fmt: skip
 
-        media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         return StreamingResponse(body(), status_code=206 if span else 200, headers=headers, media_type=media_type)
 
     async def upload(self, request: Request) -> Response:
@@ -353,26 +360,27 @@ class Portal:
             return back("too_large")
         csrf, current, upload = None, None, None
         try:
-            async for event in multipart.parts(request.headers.get("content-type", ""), request.stream()):
-                if isinstance(event, multipart.PartStart):
-                    current = event
-                    if event.name == "csrf":
-                        csrf = ""
-                    elif event.name == "file" and event.filename:
-                        if not csrf_ok(request, csrf):  # the token field comes first in the form
-                            return back("form_expired")
-                        name = files.upload_name(event.filename)
-                        upload = await files.Upload(session.ssh.sftp, self.folder("upload"), name, limit).start()
-                elif isinstance(event, multipart.PartData):
-                    if upload is not None:
-                        await upload.write(event.data)
-                    elif current is not None and current.name == "csrf" and len(csrf) < 256:
-                        csrf += event.data.decode("ascii", "replace")
-                elif upload is not None:  # the end of a file part
-                    name = await upload.finish()
-                    auditlog.record("portal-upload", account=session.account, ip=ip, file=name, bytes=upload.size)
-                    done.append(name)
-                    upload = None
+            with session.transfer():
+                async for event in multipart.parts(request.headers.get("content-type", ""), request.stream()):
+                    if isinstance(event, multipart.PartStart):
+                        current = event
+                        if event.name == "csrf":
+                            csrf = ""
+                        elif event.name == "file" and event.filename:
+                            if not csrf_ok(request, csrf):  # the token field comes first in the form
+                                return back("form_expired")
+                            name = files.upload_name(event.filename)
+                            upload = await files.Upload(session.ssh.sftp, self.folder("upload"), name, limit).start()
+                    elif isinstance(event, multipart.PartData):
+                        if upload is not None:
+                            await upload.write(event.data)
+                        elif current is not None and current.name == "csrf" and len(csrf) < 256:
+                            csrf += event.data.decode("ascii", "replace")
+                    elif upload is not None:  # the end of a file part
+                        name = await upload.finish()
+                        auditlog.record("portal-upload", account=session.account, ip=ip, file=name, bytes=upload.size)
+                        done.append(name)
+                        upload = None
         except files.BadName:
             return back("bad_name")
         except files.TooLarge:

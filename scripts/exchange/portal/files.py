@@ -71,7 +71,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     a form this server answers whole, such as several ranges)."""
     if not header:
         return None
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    match = re.fullmatch(r"bytes=(\d{0,18})-(\d{0,18})", header.strip())  # no file is 10^18 bytes
     if not match or match.groups() == ("", ""):
         return None
     first, last = match.groups()
@@ -115,6 +115,7 @@ class Upload:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
         self._handle = None
         self._writer: asyncio.Task | None = None
+        self._renamed = False
 
     async def start(self) -> Upload:
         self._handle = await self.sftp.open(self.partial, "wb")
@@ -151,9 +152,14 @@ class Upload:
         self._pieces, self._buffered = [], 0
 
     async def _put(self, data: bytes | None) -> None:
+        # Wait for room or for the writer to fail (a refused write, the disk full): never for
+        # a queue nobody empties any more.
+        put = asyncio.ensure_future(self._queue.put(data))
+        await asyncio.wait({put, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
         if self._writer.done():
             await self._writer  # raises the writer's error
-        await self._queue.put(data)
 
     async def finish(self) -> str:
         """Flush, close and rename into place; returns the final name (with " (2)" and so on
@@ -169,21 +175,25 @@ class Upload:
             name = self.name if attempt == 1 else f"{stem} ({attempt}){dot}{suffix}"
             try:
                 await self.sftp.rename(self.partial, f"{self.folder}/{name}")
-                return name
-            except asyncssh.SFTPFailure:
+            except asyncssh.SFTPError:  # taken (try the next name), or refused (e.g. too long)
                 if not await self.sftp.exists(f"{self.folder}/{name}"):
                     raise
+                continue
+            self._renamed = True
+            return name
         raise asyncssh.SFTPFailure(f"no free name for {self.name}")
 
     async def discard(self) -> None:
-        """Unless finished: stop writing and remove the hidden file (nothing half is left)."""
+        """Unless it got its name: stop writing and remove the hidden file (nothing half is left)."""
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
-        if self._handle is not None:  # not finished: leave nothing behind
+        if self._handle is not None:
             try:
                 await self._handle.close()
             except (OSError, asyncssh.Error):
                 pass
+            self._handle = None
+        if self._writer is not None and not self._renamed:
             try:
                 await self.sftp.remove(self.partial)
             except (OSError, asyncssh.Error):

@@ -6,10 +6,12 @@ the safe direction. The cookie carries a random session id; nothing else is in i
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import secrets
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -25,6 +27,20 @@ class WebSession:
     ssh: SshLogin
     expires: datetime.datetime | None = None  # a link account's end
     last_seen: float = field(default_factory=time.monotonic)
+    transfers: int = 0  # downloads and uploads in progress
+
+    @contextlib.contextmanager
+    def transfer(self) -> Iterator[None]:
+        """A download or upload in progress keeps the session from idling out, however long."""
+        self.transfers += 1
+        try:
+            yield
+        finally:
+            self.transfers -= 1
+            self.last_seen = time.monotonic()
+
+    def past_its_end(self) -> bool:
+        return self.expires is not None and self.expires <= datetime.datetime.now(datetime.UTC)
 
 
 class TooManySessions(Exception):
@@ -63,7 +79,8 @@ class SessionStore:
         return session
 
     def _ended(self, session: WebSession, now: float) -> bool:
-        return now - session.last_seen > self.idle_seconds or session.ssh.connection.is_closed()
+        idle = session.transfers == 0 and now - session.last_seen > self.idle_seconds
+        return idle or session.past_its_end() or session.ssh.connection.is_closed()
 
     def close(self, session_id: str) -> WebSession | None:
         session = self._sessions.pop(session_id, None)
