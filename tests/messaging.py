@@ -117,16 +117,21 @@ class SmsGateway:
     def __init__(self) -> None:
         self.calls: list[SmsCall] = []
         self.status = 200
+        self.echo = False  # a refusal that repeats the request, as some gateways' do
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
-                gateway.calls.append(SmsCall(dict(self.headers), json.loads(self.rfile.read(length))))
+                request = self.rfile.read(length)
+                gateway.calls.append(SmsCall(dict(self.headers), json.loads(request)))
                 self.send_response(gateway.status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"accepted": true}' if gateway.status < 300 else b'{"error": "quota exceeded"}')
+                refusal = b'{"error": "invalid request", "request": ' + request + b"}" if gateway.echo else None
+                self.wfile.write(
+                    b'{"accepted": true}' if gateway.status < 300 else refusal or b'{"error": "quota exceeded"}'
+                )
 
             def log_message(self, *args):
                 pass

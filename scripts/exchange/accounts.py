@@ -94,12 +94,18 @@ class Layout:
             "dev": ("root", "root", "0755"),
         }
 
+    def ended_links_dir(self) -> str:
+        """Where the uploads of a link account whose time ended wait for staff (one folder per
+        account), under the same retention as everything else."""
+        return f"{self.root}/ended-links"
+
     def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
         staff = self.policy.accounts.staff_group
         return {
             self.root: ("root", "root", "0755"),
             self.kind_dir("partner"): ("root", staff, "0750"),
             self.kind_dir("link"): ("root", staff, "0750"),
+            self.ended_links_dir(): ("root", staff, "2750"),
         }
 
     def observe_params(self, names: list[str]) -> dict:

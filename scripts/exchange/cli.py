@@ -195,10 +195,14 @@ def link_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
 ) -> None:
     """Link accounts: recipient (masked), created, expires, files waiting, last login."""
+    from exchange.links import LinkStore
     from exchange.linkstatus import link_rows
 
     tools = _tools("link list")
-    rows = link_rows(tools.policy)
+    store = LinkStore()
+    rows = link_rows(tools.policy, store)
+    for problem in store.unreadable():
+        typer.echo(f"left out: {problem}", err=True)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
@@ -257,7 +261,8 @@ def link_revoke(account: Annotated[str, typer.Argument(help="The link account, e
         raise _fail(error, 2) from None
     except StepFailed as error:
         raise _fail(error) from None
-    typer.echo(f"revoked {record.account} ({record.recipient}): sessions ended, account, files and link removed")
+    who = f" ({record.recipient})" if record else " (its record was unreadable)"
+    typer.echo(f"revoked {account}{who}: sessions ended, account, files and link removed")
 
 
 @partner_app.command("credentials")

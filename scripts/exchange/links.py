@@ -40,6 +40,7 @@ ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # read out on the phone without
 ID_LENGTH = 8
 TOKEN_BYTES = 32  # 256 bits
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(TOKEN_BYTES)
+ACCOUNT_NAME = re.compile(rf"^{ACCOUNT_PREFIX}[{ID_ALPHABET}]{{{ID_LENGTH}}}$")
 
 
 class LinkError(Exception):
@@ -108,15 +109,18 @@ class LinkStore:
         os.fchmod(descriptor, mode)  # whatever the caller's umask
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # never an empty record after a power cut
         staged.rename(path)
 
     def save(self, record: LinkRecord) -> None:
+        # The record first: whatever fails after it, `delete` finds the token through it.
+        self._write(self.records / f"{record.account}.json", record.model_dump_json(indent=2))
         self._write(
             self.tokens / record.token_sha256,
             json.dumps({"account": record.account, "expires": record.expires.isoformat()}),
             mode=0o640,  # the web page's group reads it (roles/portal.py: setgid directory, no listing)
         )
-        self._write(self.records / f"{record.account}.json", record.model_dump_json(indent=2))
 
     def by_token(self, token: str, now: datetime.datetime) -> tuple[str, datetime.datetime] | None:
         """The link account a token opens and its expiry, read from the token index alone
@@ -131,27 +135,60 @@ class LinkStore:
         return (entry["account"], expires) if expires > now else None
 
     def get(self, account: str) -> LinkRecord | None:
+        """The record; None if there is none; LinkError naming the file if it cannot be read."""
+        if not ACCOUNT_NAME.match(account):
+            return None
+        path = self.records / f"{account}.json"
         try:
-            return LinkRecord.model_validate_json((self.records / f"{account}.json").read_text(encoding="utf-8"))
+            return LinkRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        except ValidationError as error:
+            raise LinkError(f"{path}: unreadable link record ({error.errors()[0]['msg']})") from None
+        except (OSError, ValueError) as error:
+            raise LinkError(f"{path}: unreadable link record ({error})") from None
 
     def all(self) -> list[LinkRecord]:
-        if not self.records.is_dir():
-            return []
-        return sorted(
-            (
-                LinkRecord.model_validate_json(p.read_text(encoding="utf-8"))
-                for p in self.records.glob(f"{ACCOUNT_PREFIX}*.json")
-            ),
-            key=lambda record: record.created,
-        )
+        """Every readable record; one that cannot be read is left out (see `unreadable`), so one
+        bad file never stops the purge or the upload notices for the others."""
+        records = []
+        for path in sorted(self.records.glob(f"{ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
+            try:
+                records.append(self.get(path.stem))
+            except LinkError:
+                continue
+        return sorted((r for r in records if r is not None), key=lambda record: record.created)
+
+    def unreadable(self) -> list[str]:
+        """The records `all` leaves out, each with the reason."""
+        found = []
+        for path in sorted(self.records.glob(f"{ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
+            try:
+                self.get(path.stem)
+            except LinkError as error:
+                found.append(str(error))
+        return found
 
     def delete(self, account: str) -> None:
-        record = self.get(account)
-        if record:
-            (self.tokens / record.token_sha256).unlink(missing_ok=True)
+        """The record and the account's token; a token is found without its record too."""
+        try:
+            record = self.get(account)
+        except LinkError:
+            record = None
+        tokens = [self.tokens / record.token_sha256] if record else self._tokens_of(account)
+        for token in tokens:
+            token.unlink(missing_ok=True)
         (self.records / f"{account}.json").unlink(missing_ok=True)
+
+    def _tokens_of(self, account: str) -> list[Path]:
+        found = []
+        for path in self.tokens.iterdir() if self.tokens.is_dir() else []:
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("account") == account:
+                    found.append(path)
+            except (OSError, ValueError, AttributeError):
+                continue
+        return found
 
 
 @dataclass(frozen=True)
@@ -235,15 +272,21 @@ class Links:
             send_sms(self.site, request.phone, sms)
         except BaseException as failure:
             if created:
-                remove_link(
-                    self.layout,
-                    self.store,
-                    name,
-                    "link-issue-rolled-back",
-                    by=record.issued_by,
-                    reason=_reason(failure),
-                )
-            if isinstance(failure, (DeliveryError, StepFailed, credentials.CredentialError)):
+                try:
+                    remove_link(
+                        self.layout,
+                        self.store,
+                        name,
+                        "link-issue-rolled-back",
+                        by=record.issued_by,
+                        reason=_reason(failure),
+                    )
+                except (StepFailed, OSError) as rollback:
+                    raise LinkError(
+                        f"{failure}\nand undoing it failed too ({rollback}): the link cannot open (its token is "
+                        f"gone), but the account {name} may remain; remove it with `exchange link revoke {name}`"
+                    ) from None
+            if isinstance(failure, (DeliveryError, StepFailed, credentials.CredentialError, OSError)):
                 raise LinkError(
                     f"{failure}\nnothing was issued: the account {name} and its folders were removed"
                 ) from None
@@ -276,22 +319,32 @@ class Links:
         auditlog.record("link-password-resent", account=account, by=actor(), recipient=mask_phone(record.phone))
         return Issued(record=record, password=password)
 
-    def revoke(self, account: str) -> LinkRecord:
-        record = self.require(account)
-        remove_link(self.layout, self.store, account, "link-revoked", by=actor(), recipient=record.recipient)
+    def revoke(self, account: str) -> LinkRecord | None:
+        """None when the record could not be read: the account and its token go all the same."""
+        try:
+            record = self.require(account)
+        except LinkError:
+            if not ACCOUNT_NAME.match(account) or self.layout.kind_of(account) != "link":
+                raise
+            record = None
+        recipient = record.recipient if record else "unknown (unreadable record)"
+        remove_link(self.layout, self.store, account, "link-revoked", by=actor(), recipient=recipient)
         return record
 
 
 def remove_link(layout: Layout, store: LinkStore, name: str, event: str, **fields) -> None:
-    """The account with its chroot, keys and log socket, then its record and token."""
-    with account_lock():
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            pass  # only the record is left (the account went by hand)
-        else:
-            run_steps(removal_steps(layout, name, "link", event=event, **fields))
-    store.delete(name)
+    """The account with its chroot, keys and log socket, then its record and token (those go
+    even if removing the account fails: the link must not open again)."""
+    try:
+        with account_lock():
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                pass  # only the record is left (the account went by hand)
+            else:
+                run_steps(removal_steps(layout, name, "link", event=event, **fields))
+    finally:
+        store.delete(name)
 
 
 def expired_links(store: LinkStore, observed: dict, now: datetime.datetime) -> list[LinkRecord]:

@@ -44,7 +44,10 @@ def settled_uploads(folder: Path, now: float) -> list[Upload]:
         for name in sorted(files):
             if name.startswith("."):
                 continue
-            st = os.lstat(os.path.join(top, name))
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except FileNotFoundError:
+                continue  # moved or removed meanwhile (by staff, or the account itself)
             if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < SETTLE_SECONDS:
                 continue
             found.append(
@@ -81,43 +84,54 @@ def notify_uploads(
     who = _describe_accounts(policy, LinkStore(state_dir))
     now = time.time()
     sent, failures = 0, []
+    for kind, account, folder in _upload_folders(layout):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        seen_file = seen_dir / f"{account}.json"
+        seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
+        uploads = settled_uploads(folder, now)
+        new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
+        current = {u.path: [u.size, u.mtime_ns] for u in uploads}
+        if new:
+            mail = messages.email(
+                "upload-notice-email",
+                site.staff_language,
+                to=site.staff_mailbox,
+                account=account,
+                who=who.get(account, kind),
+                folder=str(folder),
+                files=new,
+                retention_days=policy.retention.days,
+            )
+            try:
+                send_email(site, mail)
+            except DeliveryError as error:
+                failures.append(f"{account}: {error}")
+                continue
+            sent += 1
+            out(auditlog.record("upload-notice-sent", account=account, kind=kind, files=len(new), by="purge"))
+        if current != seen:
+            staged = seen_file.with_name(f".{seen_file.name}.tmp")
+            staged.write_text(json.dumps(current, sort_keys=True))
+            staged.rename(seen_file)
+    known = {account for _, account, _ in _upload_folders(layout)}
+    for stale in seen_dir.glob("*.json"):
+        if stale.stem not in known:
+            stale.unlink()  # the account and its held uploads are gone
+    return sent, failures
+
+
+def _upload_folders(layout: Layout) -> list[tuple[str, str, Path]]:
+    """(kind, account, folder) of every upload folder, and of every ended link account's held
+    uploads (exchange.purge.hold_uploads), which keep the account's name."""
+    found = []
     for kind in ("partner", "link"):
         kind_dir = Path(layout.kind_dir(kind))
-        if not kind_dir.is_dir():
-            continue
-        for chroot in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.is_symlink()):
-            account = chroot.name
-            folder = chroot / policy.accounts.upload_folder
-            if not folder.is_dir() or folder.is_symlink():
-                continue
-            seen_file = seen_dir / f"{account}.json"
-            seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
-            uploads = settled_uploads(folder, now)
-            new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
-            current = {u.path: [u.size, u.mtime_ns] for u in uploads}
-            if new:
-                mail = messages.email(
-                    "upload-notice-email",
-                    site.staff_language,
-                    to=site.staff_mailbox,
-                    account=account,
-                    who=who.get(account, kind),
-                    folder=str(folder),
-                    files=new,
-                    retention_days=policy.retention.days,
-                )
-                try:
-                    send_email(site, mail)
-                except DeliveryError as error:
-                    failures.append(f"{account}: {error}")
-                    continue
-                sent += 1
-                out(auditlog.record("upload-notice-sent", account=account, kind=kind, files=len(new), by="purge"))
-            if current != seen:
-                staged = seen_file.with_name(f".{seen_file.name}.tmp")
-                staged.write_text(json.dumps(current, sort_keys=True))
-                staged.rename(seen_file)
-    for stale in seen_dir.glob("*.json"):
-        if not any((Path(layout.kind_dir(k)) / stale.stem).is_dir() for k in ("partner", "link")):
-            stale.unlink()  # the account is gone
-    return sent, failures
+        for chroot in sorted(kind_dir.iterdir()) if kind_dir.is_dir() else []:
+            if chroot.is_dir() and not chroot.is_symlink():
+                found.append((kind, chroot.name, chroot / layout.policy.accounts.upload_folder))
+    ended = Path(layout.ended_links_dir())
+    for held in sorted(ended.iterdir()) if ended.is_dir() else []:
+        if held.is_dir() and not held.is_symlink():
+            found.append(("ended link", held.name, held))
+    return found

@@ -50,9 +50,10 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
     with account_lock():
         before = credentials.shadow_entry(partner.name)
         credentials.set_password(partner.name, password)
-        # Expired at once: the first login (SFTP or web) must choose a new one.
-        subprocess.run(["chage", "--lastday", "0", partner.name], check=True, capture_output=True)
     try:
+        # Expired at once: the first login (SFTP or web) must choose a new one.
+        with account_lock():
+            subprocess.run(["chage", "--lastday", "0", partner.name], check=True, capture_output=True)
         send_email(site, mail)
         send_sms(site, partner.phone, sms)
     except BaseException as failure:
@@ -60,6 +61,11 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
             credentials.restore(partner.name, before)
         if isinstance(failure, DeliveryError):
             raise PartnerAccessError(f"{failure}\nthe partner's previous password was put back") from None
+        if isinstance(failure, subprocess.CalledProcessError):
+            raise PartnerAccessError(
+                f"{partner.name}: chage failed ({failure.stderr.decode(errors='replace').strip()}); "
+                "the partner's previous password was put back"
+            ) from None
         raise
     credentials.reset_failures(partner.name)
     auditlog.record(

@@ -20,7 +20,6 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,7 +36,22 @@ GroupName = Annotated[str, StringConstraints(pattern=UNIX_NAME)]
 # A single path component: no slashes, no dot names.
 FolderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 AlgorithmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
-CRON_FIELD = r"[0-9*/,-]+"
+CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _cron_field(field: str, low: int, high: int) -> bool:
+    """One cron field of numbers, ranges, lists and steps, every number within [low, high]."""
+    for part in field.split(","):
+        match = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", part)
+        if not match:
+            return False
+        _, first, last, step = match.groups()
+        numbers = [int(n) for n in (first, last) if n is not None]
+        if any(not low <= n <= high for n in numbers) or (len(numbers) == 2 and numbers[0] > numbers[1]):
+            return False
+        if step is not None and int(step) == 0:
+            return False
+    return True
 
 
 class PolicyError(Exception):
@@ -101,6 +115,8 @@ class AccountsPolicy(Section):
             raise ValueError("partner_group, link_group, staff_group and auditor_group must all differ")
         if self.download_folder == self.upload_folder:
             raise ValueError("download_folder and upload_folder must differ")
+        if "dev" in (self.download_folder, self.upload_folder):
+            raise ValueError("download_folder and upload_folder may not be 'dev' (the chroot's log socket lives there)")
         return self
 
 
@@ -138,19 +154,15 @@ class PasswordAging(Section):
     warn_days: int = Field(14, ge=0)
     inactive_days: int = Field(30, ge=0)
 
-    @field_validator("max_days")
-    @classmethod
-    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
-        if "min_days" in info.data and value < info.data["min_days"]:
-            raise ValueError(f"must not be below min_days ({info.data['min_days']})")
-        return value
-
-    @field_validator("warn_days")
-    @classmethod
-    def _warn_below_max(cls, value: int, info: ValidationInfo) -> int:
-        if "max_days" in info.data and value >= info.data["max_days"]:
-            raise ValueError(f"must be below max_days ({info.data['max_days']})")
-        return value
+    # After the model, not per field: pydantic runs no field validator on a default, so a
+    # field check would miss `min_days: 120` beside the default max_days.
+    @model_validator(mode="after")
+    def _in_order(self) -> PasswordAging:
+        if self.max_days < self.min_days:
+            raise ValueError(f"max_days ({self.max_days}) must not be below min_days ({self.min_days})")
+        if self.warn_days >= self.max_days:
+            raise ValueError(f"warn_days ({self.warn_days}) must be below max_days ({self.max_days})")
+        return self
 
 
 class PasswordPolicy(Section):
@@ -170,8 +182,13 @@ class RetentionPolicy(Section):
     @classmethod
     def _cron(cls, value: str) -> str:
         fields = value.split()
-        if len(fields) != 5 or not all(re.fullmatch(CRON_FIELD, f) for f in fields):
-            raise ValueError("must be five cron fields (minute hour day month weekday), e.g. '17 * * * *'")
+        if len(fields) != 5 or not all(
+            _cron_field(f, low, high) for f, (low, high) in zip(fields, CRON_RANGES, strict=True)
+        ):
+            # cron skips a line it cannot read: the purge would silently never run
+            raise ValueError(
+                "must be five cron fields (minute 0-59, hour 0-23, day 1-31, month 1-12, weekday 0-7), e.g. '17 * * * *'"
+            )
         return value
 
 
@@ -210,14 +227,14 @@ class Policy(Section):
             raise ValueError(f"portal.service_user ({self.portal.service_user}) must not be one of the account groups")
         return self
 
-    @field_validator("links")
-    @classmethod
-    def _links_within_retention(cls, value: LinkPolicy, info: ValidationInfo) -> LinkPolicy:
-        retention = info.data.get("retention")
-        if retention and value.validity_days > retention.days:
+    @model_validator(mode="after")  # not a field validator: those skip a section left at its default
+    def _links_within_retention(self) -> Policy:
+        if self.links.validity_days > self.retention.days:
             # A link that outlives its files would open an empty page.
-            raise ValueError(f"validity_days ({value.validity_days}) must not exceed retention.days ({retention.days})")
-        return value
+            raise ValueError(
+                f"links.validity_days ({self.links.validity_days}) must not exceed retention.days ({self.retention.days})"
+            )
+        return self
 
 
 class LoadedPolicy(BaseModel):

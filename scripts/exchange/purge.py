@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
+import grp
 import json
 import os
+import shlex
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exchange import auditlog, links, observe
-from exchange.accounts import Layout, account_lock, removal_steps, run_steps
+from exchange.accounts import Layout, Step, account_lock, removal_steps, run_steps
 from exchange.policy import Policy
 
 LOCK_FILE = Path("/run/lock/imaging-exchange-purge.lock")
@@ -61,36 +64,50 @@ def _purge_tree(
     """Delete what is too old below `dir_fd`; return True if the directory ended up empty."""
     empty = True
     for entry in sorted(os.listdir(dir_fd)):
-        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
         path = f"{relative}/{entry}"
-        if st.st_dev != device:
-            report.skipped.append(f"{path}: another filesystem")
-            empty = False
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            child = os.open(entry, OPEN_DIR, dir_fd=dir_fd)
-            try:
-                child_empty = _purge_tree(child, path, device, cutoff, emit, dry_run, report)
-            finally:
-                os.close(child)
-            # A directory goes once it is empty and was itself last changed before the cutoff.
-            if child_empty and st.st_mtime < cutoff:
-                if not dry_run:
-                    os.rmdir(entry, dir_fd=dir_fd)
-                report.directories += 1
-                emit("directory-purged", path=path, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
-            else:
+        try:
+            if not _purge_entry(dir_fd, entry, path, device, cutoff, emit, dry_run, report):
                 empty = False
-        elif st.st_mtime < cutoff:
-            # Files, and symlinks themselves (never their targets).
-            if not dry_run:
-                os.unlink(entry, dir_fd=dir_fd)
-            report.files += 1
-            report.bytes += st.st_size
-            emit("file-purged", path=path, size=st.st_size, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
-        else:
-            empty = False
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # removed or replaced by its account meanwhile (the account's SFTP session is live)
+        except OSError as error:
+            if error.errno != errno.ENOTEMPTY:
+                raise
+            empty = False  # something new arrived in an old folder meanwhile: it stays
     return empty
+
+
+def _purge_entry(
+    dir_fd: int, entry: str, path: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport
+) -> bool:
+    """Purge one entry if too old; return True if it is gone (or would be, in a dry run)."""
+    st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+    if st.st_dev != device:
+        report.skipped.append(f"{path}: another filesystem")
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        child = os.open(entry, OPEN_DIR, dir_fd=dir_fd)
+        try:
+            child_empty = _purge_tree(child, path, device, cutoff, emit, dry_run, report)
+        finally:
+            os.close(child)
+        # A directory goes once it is empty and was itself last changed before the cutoff.
+        if not (child_empty and st.st_mtime < cutoff):
+            return False
+        if not dry_run:
+            os.rmdir(entry, dir_fd=dir_fd)
+        report.directories += 1
+        emit("directory-purged", path=path, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
+        return True
+    if st.st_mtime >= cutoff:
+        return False
+    # Files, and symlinks themselves (never their targets).
+    if not dry_run:
+        os.unlink(entry, dir_fd=dir_fd)
+    report.files += 1
+    report.bytes += st.st_size
+    emit("file-purged", path=path, size=st.st_size, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
+    return True
 
 
 def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, report: PurgeReport) -> None:
@@ -136,6 +153,74 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
                         os.close(folder_fd)
         finally:
             os.close(kind_fd)
+    _purge_ended_links(layout, device, cutoff, emit, dry_run, report)
+
+
+def _purge_ended_links(layout: Layout, device: int, cutoff: float, emit: Callable, dry_run: bool, report) -> None:
+    """The held uploads of ended link accounts age out like any file; then their folder goes."""
+    ended = layout.ended_links_dir()
+    if not os.path.isdir(ended) or os.path.islink(ended):
+        return
+    ended_fd = os.open(ended, OPEN_DIR)
+    try:
+        for account in sorted(os.listdir(ended_fd)):
+
+            def emit_for(event, _account=account, path="", **fields):
+                emit(event, account=_account, kind="ended link", path=path or "/", **fields)
+
+            try:
+                _purge_entry(ended_fd, account, "", device, cutoff, emit_for, dry_run, report)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                if error.errno != errno.ENOTEMPTY:
+                    raise
+    finally:
+        os.close(ended_fd)
+
+
+def hold_uploads(layout: Layout, account: str) -> int:
+    """Move the uploads (visible regular files) of a link account whose time ended to
+    ended-links/<account>/ for staff: root-owned, group staff, read-only, times kept, so the
+    upload notice still goes and retention still applies. The account must be locked and its
+    sessions ended first. Returns the number of files."""
+    source = Path(layout.chroot("link", account)) / layout.policy.accounts.upload_folder
+    found = []
+    for top, dirs, names in os.walk(source, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            Path(top) / n for n in names if not n.startswith(".") and stat.S_ISREG(os.lstat(Path(top) / n).st_mode)
+        ]
+    if not found:
+        return 0
+    staff = grp.getgrnam(layout.policy.accounts.staff_group).gr_gid
+
+    def folder_for_staff(folder: Path, mode: int = 0o750) -> None:
+        if not folder.exists():
+            folder.mkdir()
+            os.chown(folder, 0, staff)
+            os.chmod(folder, mode)
+
+    target = Path(layout.ended_links_dir()) / account
+    folder_for_staff(target.parent, 0o2750)  # as the deploy makes it (Layout.tree_dirs)
+    folder_for_staff(target)
+    for path in found:
+        folder = target
+        for part in path.parent.relative_to(source).parts:
+            folder = folder / part
+            folder_for_staff(folder)
+        destination, copy = folder / path.name, 1
+        while destination.exists():  # never replace (a hold run again after an interruption)
+            copy += 1
+            destination = folder / f"{path.stem} ({copy}){path.suffix}"
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchown(descriptor, 0, staff)
+            os.fchmod(descriptor, 0o640)
+        finally:
+            os.close(descriptor)
+        os.rename(path, destination)
+    return len(found)
 
 
 def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str]]:
@@ -156,6 +241,21 @@ def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str
     return expired
 
 
+def _keep_uploads(layout: Layout, account: str, emit: Callable, **fields) -> None:
+    """Before an ended link account goes: lock it, end its sessions, hold its uploads."""
+    with account_lock():
+        run_steps(
+            [
+                Step(account, "lock the ended link account", f"usermod --lock {shlex.quote(account)}"),
+                Step(account, "end its sessions", f"pkill -KILL -u {shlex.quote(account)} || true"),
+            ]
+        )
+    held = hold_uploads(layout, account)
+    if held:
+        folder = f"{layout.ended_links_dir()}/{account}"
+        emit("link-uploads-held", account=account, files=held, folder=folder, **fields)
+
+
 def purge(
     policy: Policy, dry_run: bool = False, out: Callable[[str], None] = print, now: float | None = None
 ) -> PurgeReport:
@@ -173,6 +273,8 @@ def purge(
         purge_files(layout, now, emit, dry_run, report)
         observed = observe.observe(layout.observe_params([]))
         store = links.LinkStore()
+        for problem in store.unreadable():  # such a link still ends: by its account's expiry below
+            emit("link-record-unreadable", problem=problem)
         moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
         removed = set()
         for record in links.expired_links(store, observed, moment):
@@ -182,6 +284,7 @@ def purge(
             if dry_run:
                 emit("link-expiry-planned", account=record.account, **fields)
                 continue
+            _keep_uploads(layout, record.account, emit, recipient=record.recipient)
             links.remove_link(layout, store, record.account, "link-expired", by="purge", **fields)
             out(auditlog.audit_line("link-expired", account=record.account, kind="link", by="purge", **fields))
         for name, kind, reason in expired_accounts(layout, observed):
@@ -191,6 +294,8 @@ def purge(
             if dry_run:
                 emit("account-removal-planned", account=name, kind=kind, reason=reason)
                 continue
+            if kind == "link":
+                _keep_uploads(layout, name, emit, recipient="unknown (no link record)")
             with account_lock():
                 run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
             out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason, by="purge"))

@@ -79,6 +79,15 @@ def _smtp(transport: SmtpTransport, mime: email.message.EmailMessage) -> None:
         ) from None
 
 
+def _without_secrets(detail: str, phone: str, text: str) -> str:
+    """The gateway's answer for staff and the audit log, unless it repeats the number or any
+    word of the message (which holds the password)."""
+    repeated = [word for word in text.split() if len(word) >= 6] + [phone, phone.lstrip("+")]
+    if any(part in detail for part in repeated):
+        return "(its answer repeats the request, so it is not shown)"
+    return detail
+
+
 def _http_sms(transport: HttpSmsTransport, phone: str, text: str) -> None:
     body = {transport.fields["to"]: phone, transport.fields["text"]: text}
     if transport.sender:
@@ -95,7 +104,7 @@ def _http_sms(transport: HttpSmsTransport, phone: str, text: str) -> None:
         with urllib.request.urlopen(request, timeout=transport.timeout, context=context) as response:
             response.read(65536)
     except urllib.error.HTTPError as exc:
-        detail = exc.read(300).decode(errors="replace").strip()
+        detail = _without_secrets(exc.read(300).decode(errors="replace").strip(), phone, text)
         raise DeliveryError(f"SMS not sent: {where} answered {exc.code} {exc.reason}: {detail}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason

@@ -195,6 +195,12 @@ def test_an_expired_link_opens_nothing_and_the_purge_removes_it(linked, relay):
         f'python3 -c \'import json,sys; r=json.load(open(sys.argv[1])); r["expires"]="2020-01-01T00:00:00Z"; '
         f'json.dump(r, open(sys.argv[1], "w"))\' {record}'
     )
+    # Uploaded in the link's last minutes, not yet announced: kept for staff, and announced.
+    linked.host.ssh(
+        f"cd /srv/exchange/links/{by_record.account}/upload && echo letter > 'referral letter.pdf' && "
+        f"chown {by_record.account} 'referral letter.pdf' && touch -d '-10 minutes' 'referral letter.pdf' && "
+        "echo half > .upload-1234.partial"
+    )
     purge = linked.host.ssh("exchange purge")
     for link in (by_account, by_record):
         assert f'"account": "{link.account}", "by": "purge", "event": "link-expired"' in purge.stdout
@@ -202,6 +208,20 @@ def test_an_expired_link_opens_nothing_and_the_purge_removes_it(linked, relay):
         assert not can_login(linked, link.account, link.password)
     expired = {e["account"]: e for e in audit_events(linked, "link-expired")}
     assert expired[by_record.account]["recipient"].startswith("p***@example.org")
+    held = f"/srv/exchange/ended-links/{by_record.account}"
+    assert linked.host.ssh(f"ls -A {held}").stdout.split("\n")[0] == "referral letter.pdf"  # not the partial
+    assert linked.host.ssh(f"stat -c '%U %G %a' '{held}/referral letter.pdf'").stdout.strip() == (
+        "root exchange-staff 640"
+    )
+    (event,) = [e for e in audit_events(linked, "link-uploads-held") if e["account"] == by_record.account]
+    assert event["files"] == 1 and event["folder"] == held
+    linked.host.ssh("exchange notify-uploads")
+    (notice,) = [r for r in relay.smtp.to("desk@hospital.example") if by_record.account in r.message["Subject"]]
+    assert "referral letter.pdf" in notice.body and held in " ".join(notice.body.split())
+    # Then retention applies as to any file: gone after it, with its folder.
+    linked.host.ssh(f"touch -d '-8 days' '{held}/referral letter.pdf' {held}")
+    linked.host.ssh("exchange purge")
+    assert linked.host.ssh(f"test -e {held}", check=False).returncode == 1
 
 
 def test_resend_replaces_the_password_by_sms(linked, relay):

@@ -43,8 +43,11 @@ def test_defaults_fill_sections_left_out(tmp_path, policy_data):
 BAD = [
     # (what to change, the key the message must name, words the message must hold)
     (lambda d: d["retention"].update(days=0), "retention.days", "greater than or equal to 1"),
-    (lambda d: d["passwords"]["aging"].update(max_days=5, min_days=10), "passwords.aging.max_days", "min_days"),
-    (lambda d: d["passwords"]["aging"].update(warn_days=90), "passwords.aging.warn_days", "below max_days"),
+    (lambda d: d["passwords"]["aging"].update(max_days=5, min_days=10), "passwords.aging", "max_days (5) must not"),
+    (lambda d: d["passwords"]["aging"].update(warn_days=90), "passwords.aging", "warn_days (90) must be below"),
+    # A cross-check holds against a default too (pydantic runs no field validator on one).
+    (lambda d: d["passwords"].update(aging={"min_days": 120}), "passwords.aging", "max_days (90) must not"),
+    (lambda d: (d.pop("links", None), d["retention"].update(days=3)), "(top level)", "validity_days (7)"),
     (lambda d: d.update(portal_typo={}), "portal_typo", "unknown key"),
     (lambda d: d["passwords"]["quality"].update(min_len=12), "passwords.quality.min_len", "unknown key"),
     (lambda d: d["sshd"].update(max_auth_tries="4"), "sshd.max_auth_tries", "valid integer"),
@@ -60,7 +63,10 @@ BAD = [
     (lambda d: d["accounts"].update(link_group="exchange-partners"), "accounts", "must all differ"),
     (lambda d: d["accounts"].update(upload_folder="../etc"), "accounts.upload_folder", "pattern"),
     (lambda d: d["retention"].update(purge_schedule="hourly"), "retention.purge_schedule", "five cron fields"),
-    (lambda d: d["links"].update(validity_days=14), "links", "retention.days (7)"),
+    (lambda d: d["retention"].update(purge_schedule="99 * * * *"), "retention.purge_schedule", "minute 0-59"),
+    (lambda d: d["retention"].update(purge_schedule="*/0 * * * *"), "retention.purge_schedule", "five cron fields"),
+    (lambda d: d["accounts"].update(upload_folder="dev"), "accounts", "may not be 'dev'"),
+    (lambda d: d["links"].update(validity_days=14), "(top level)", "must not exceed retention.days (7)"),
 ]
 
 

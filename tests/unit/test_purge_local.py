@@ -1,5 +1,6 @@
 """exchange.purge on a real directory tree (no host needed): age, links, skeleton."""
 
+import grp
 import os
 import time
 from pathlib import Path
@@ -133,3 +134,61 @@ def test_the_cli_reports_it_and_exits_1(tmp_path):
     assert result.returncode == 1
     assert f"purge failed: the exchange root {tmp_path}/none" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_what_its_account_removes_or_adds_meanwhile_never_stops_the_purge(tree, monkeypatch):
+    """The account's SFTP session is live during a purge: a file may vanish under it, or a new
+    one arrive in an old folder; the purge goes on with everything else."""
+    layout, chroot = tree
+    (chroot / "upload/old-folder").mkdir()
+    vanishing = aged(chroot / "upload/a-vanishing.dcm", 8 * DAY)
+    other = aged(chroot / "upload/b-other.dcm", 8 * DAY)
+    os.utime(chroot / "upload/old-folder", (time.time() - 8 * DAY, time.time() - 8 * DAY))
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+
+    def unlink(entry, dir_fd=None):
+        if entry == vanishing.name:  # the account deleted it just before
+            real_unlink(entry, dir_fd=dir_fd)
+            raise FileNotFoundError(2, "No such file or directory", entry)
+        real_unlink(entry, dir_fd=dir_fd)
+
+    def rmdir(entry, dir_fd=None):
+        if entry == "old-folder":  # an upload arrived in it just before
+            raise OSError(39, "Directory not empty", entry)
+        real_rmdir(entry, dir_fd=dir_fd)
+
+    monkeypatch.setattr(purge_module.os, "unlink", unlink)
+    monkeypatch.setattr(purge_module.os, "rmdir", rmdir)
+    events, report = run(layout)
+    assert not vanishing.exists() and not other.exists()
+    assert [f["path"] for e, f in events if e == "file-purged"] == ["/upload/b-other.dcm"]
+
+
+def test_an_ended_links_uploads_are_held_for_staff_then_age_out(tree):
+    layout, _ = tree
+    staff = grp.getgrgid(0).gr_name  # a group that exists here; the deploy's is exchange-staff
+    policy = layout.policy.model_copy(
+        update={"accounts": layout.policy.accounts.model_copy(update={"staff_group": staff})}
+    )
+    layout = Layout(policy)
+    upload = Path(layout.chroot("link", "link-aaaaaaaa")) / "upload"
+    (upload / "scans").mkdir(parents=True)
+    letter = aged(upload / "letter.pdf", 2 * DAY)
+    scan = aged(upload / "scans" / "ct.dcm", 1 * DAY)
+    aged(upload / ".upload-1.partial", 60)  # an upload cut off: not kept
+    held = Path(layout.ended_links_dir()) / "link-aaaaaaaa"
+    assert purge_module.hold_uploads(layout, "link-aaaaaaaa") == 2
+    assert sorted(p.relative_to(held).as_posix() for p in held.rglob("*")) == ["letter.pdf", "scans", "scans/ct.dcm"]
+    kept = (held / "letter.pdf").stat()
+    assert abs(kept.st_mtime - (time.time() - 2 * DAY)) < 5 and oct(kept.st_mode & 0o777) == "0o640"
+    assert not letter.exists() and not scan.exists()
+    # Under the same retention: nothing yet, then the old file, then the rest with the folder.
+    events, _ = run(layout)
+    assert events == []
+    os.utime(held / "letter.pdf", (time.time() - 8 * DAY, time.time() - 8 * DAY))
+    events, _ = run(layout)
+    assert [(e, f["account"], f["path"]) for e, f in events] == [("file-purged", "link-aaaaaaaa", "/letter.pdf")]
+    for path in (held / "scans" / "ct.dcm", held / "scans", held):
+        os.utime(path, (time.time() - 8 * DAY, time.time() - 8 * DAY))
+    run(layout)
+    assert not held.exists()

@@ -94,6 +94,19 @@ def test_a_gateway_refusal_is_reported_without_the_text(servers):
     assert "Secret-Pass" not in str(refused.value)
 
 
+def test_a_gateway_refusal_that_repeats_the_request_is_not_shown(servers):
+    sms = servers[1]
+    sms.status, sms.echo = 400, True
+    try:
+        with pytest.raises(DeliveryError) as refused:
+            send_sms(site(servers), "+31612345678", "uw wachtwoord is Kq7m-Tz4p-Wx9r")
+    finally:
+        sms.status, sms.echo = 200, False
+    message = str(refused.value)
+    assert "400" in message and "repeats the request" in message
+    assert "Kq7m-Tz4p-Wx9r" not in message and "31612345678" not in message
+
+
 def test_outbox_writes_whole_private_files(tmp_path):
     outbox = tmp_path / "outbox"
     data = outbox_site() | {"outbox_dir": str(outbox)}
