@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
@@ -17,18 +18,26 @@ _SESSION = re.compile(r"^(\S+) account=(\S+) internal-sftp\[\d+\]: session opene
 
 
 def last_logins(logs: list[Path]) -> dict[str, str]:
-    """Account -> time of its latest SFTP session (web logins are SFTP sessions too)."""
-    latest: dict[str, str] = {}
+    """Account -> time (UTC, ISO 8601) of its latest SFTP session (web logins are SFTP sessions
+    too). The log's times carry the local offset, which changes with daylight saving time: they
+    are compared as times, not as text."""
+    latest: dict[str, datetime.datetime] = {}
     for log in logs:
         try:
             with open(log, encoding="utf-8", errors="replace") as handle:
                 for line in handle:
                     match = _SESSION.match(line)
-                    if match and match[1] > latest.get(match[2], ""):
-                        latest[match[2]] = match[1]
+                    if not match:
+                        continue
+                    try:
+                        when = datetime.datetime.fromisoformat(match[1]).astimezone(datetime.UTC)
+                    except ValueError:
+                        continue
+                    if match[2] not in latest or when > latest[match[2]]:
+                        latest[match[2]] = when
         except FileNotFoundError:
             continue
-    return latest
+    return {account: when.isoformat(timespec="seconds") for account, when in latest.items()}
 
 
 def count_files(folder: str) -> int:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from exchange import notices
+from exchange import linkstatus, notices
 from exchange.links import LinkError, LinkRecord, LinkStore, token_hash
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
@@ -61,3 +61,12 @@ def test_an_upload_that_vanishes_while_counted_is_left_out(tmp_path, monkeypatch
 
     monkeypatch.setattr(notices.os, "lstat", lstat)
     assert [u.path for u in notices.settled_uploads(tmp_path, time.time())] == ["b.pdf"]
+
+
+def test_last_logins_compare_times_across_a_change_of_offset(tmp_path):
+    log = tmp_path / "sftp.log"
+    log.write_text(
+        "2026-10-25T02:30:00.000000+02:00 account=link-aaaaaaaa internal-sftp[7]: session opened for local user x\n"
+        "2026-10-25T02:10:00.000000+01:00 account=link-aaaaaaaa internal-sftp[8]: session opened for local user x\n"
+    )  # the second is the later one: 01:10 UTC against 00:30 UTC
+    assert linkstatus.last_logins([log]) == {"link-aaaaaaaa": "2026-10-25T01:10:00+00:00"}
