@@ -84,10 +84,10 @@ def notify_uploads(
     who = _describe_accounts(policy, LinkStore(state_dir))
     now = time.time()
     sent, failures = 0, []
-    for kind, account, folder in _upload_folders(layout):
+    for kind, account, folder, key in _upload_folders(layout):
         if not folder.is_dir() or folder.is_symlink():
             continue
-        seen_file = seen_dir / f"{account}.json"
+        seen_file = seen_dir / f"{key}.json"
         seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
         uploads = settled_uploads(folder, now)
         new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
@@ -114,24 +114,25 @@ def notify_uploads(
             staged = seen_file.with_name(f".{seen_file.name}.tmp")
             staged.write_text(json.dumps(current, sort_keys=True))
             staged.rename(seen_file)
-    known = {account for _, account, _ in _upload_folders(layout)}
+    known = {key for *_, key in _upload_folders(layout)}
     for stale in seen_dir.glob("*.json"):
         if stale.stem not in known:
             stale.unlink()  # the account and its held uploads are gone
     return sent, failures
 
 
-def _upload_folders(layout: Layout) -> list[tuple[str, str, Path]]:
-    """(kind, account, folder) of every upload folder, and of every ended link account's held
-    uploads (exchange.purge.hold_uploads), which keep the account's name."""
+def _upload_folders(layout: Layout) -> list[tuple[str, str, Path, str]]:
+    """(kind, account, folder, key of its notice state) of every upload folder, and of every
+    ended link account's held uploads (exchange.purge.hold_uploads). Held files have a state of
+    their own, so staff are told where they went, even of files announced before."""
     found = []
     for kind in ("partner", "link"):
         kind_dir = Path(layout.kind_dir(kind))
         for chroot in sorted(kind_dir.iterdir()) if kind_dir.is_dir() else []:
             if chroot.is_dir() and not chroot.is_symlink():
-                found.append((kind, chroot.name, chroot / layout.policy.accounts.upload_folder))
+                found.append((kind, chroot.name, chroot / layout.policy.accounts.upload_folder, chroot.name))
     ended = Path(layout.ended_links_dir())
     for held in sorted(ended.iterdir()) if ended.is_dir() else []:
         if held.is_dir() and not held.is_symlink():
-            found.append(("ended link", held.name, held))
+            found.append(("ended link", held.name, held, f"ended-{held.name}"))
     return found

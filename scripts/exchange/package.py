@@ -230,6 +230,7 @@ def make_package(
     visible_name = package_name(label or _patient_label(tree), now)
     staged = folder / f".{visible_name}.{os.getpid()}.partial"  # hidden until complete
     checksum = staged.with_suffix(".sha256.partial")
+    final = None
     try:
         # 0600 while written: the account may list hidden files over SFTP; 0644 once complete.
         with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
@@ -256,6 +257,9 @@ def make_package(
     except BaseException as error:
         staged.unlink(missing_ok=True)
         checksum.unlink(missing_ok=True)
+        if final is not None:  # named, but its checksum could not follow: not a package to offer
+            final.unlink(missing_ok=True)
+            (folder / f"{final.name}.sha256").unlink(missing_ok=True)
         if isinstance(error, SourceError):
             raise PackageError(f"refused, nothing was left: {error}") from None
         if isinstance(error, OSError):  # the disk full, a source gone: named, not a traceback

@@ -49,8 +49,8 @@ def _cron_field(field: str, low: int, high: int) -> bool:
         numbers = [int(n) for n in (first, last) if n is not None]
         if any(not low <= n <= high for n in numbers) or (len(numbers) == 2 and numbers[0] > numbers[1]):
             return False
-        if step is not None and int(step) == 0:
-            return False
+        if step is not None and (int(step) == 0 or (first is not None and last is None)):
+            return False  # Debian's cron takes a step after * or a range only, never "5/10"
     return True
 
 

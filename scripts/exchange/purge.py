@@ -15,6 +15,7 @@ import fcntl
 import grp
 import json
 import os
+import pwd
 import shlex
 import stat
 import time
@@ -243,6 +244,10 @@ def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str
 
 def _keep_uploads(layout: Layout, account: str, emit: Callable, **fields) -> None:
     """Before an ended link account goes: lock it, end its sessions, hold its uploads."""
+    try:
+        pwd.getpwnam(account)
+    except KeyError:
+        return  # only its record is left (the account went by hand): nothing to lock or hold
     with account_lock():
         run_steps(
             [
@@ -295,8 +300,10 @@ def purge(
                 emit("account-removal-planned", account=name, kind=kind, reason=reason)
                 continue
             if kind == "link":
-                _keep_uploads(layout, name, emit, recipient="unknown (no link record)")
+                _keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
             with account_lock():
                 run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
+            if kind == "link":
+                store.delete(name)  # an unreadable record and its token go with the account
             out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason, by="purge"))
     return report

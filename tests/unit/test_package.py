@@ -336,6 +336,20 @@ def test_the_package_is_private_while_written(study, tmp_path, monkeypatch):
     assert modes == [0o600] and made.path.stat().st_mode & 0o777 == 0o644
 
 
+def test_a_package_whose_checksum_cannot_follow_is_not_left(study, tmp_path, monkeypatch):
+    real = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name.endswith(".sha256.partial"):
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(PackageError, match="No space left on device"):
+        package(tmp_path, study[0])
+    assert list((tmp_path / "download").iterdir()) == []
+
+
 def test_strict_refuses_what_is_not_dicom(study, tmp_path):
     root, _ = study
     with pytest.raises(PackageError, match=r"notes\.txt: not DICOM \(--strict\)"):

@@ -65,6 +65,7 @@ BAD = [
     (lambda d: d["retention"].update(purge_schedule="hourly"), "retention.purge_schedule", "five cron fields"),
     (lambda d: d["retention"].update(purge_schedule="99 * * * *"), "retention.purge_schedule", "minute 0-59"),
     (lambda d: d["retention"].update(purge_schedule="*/0 * * * *"), "retention.purge_schedule", "five cron fields"),
+    (lambda d: d["retention"].update(purge_schedule="5/10 * * * *"), "retention.purge_schedule", "five cron fields"),
     (lambda d: d["accounts"].update(upload_folder="dev"), "accounts", "may not be 'dev'"),
     (lambda d: d["links"].update(validity_days=14), "(top level)", "must not exceed retention.days (7)"),
 ]

@@ -1,17 +1,23 @@
 """exchange.purge on a real directory tree (no host needed): age, links, skeleton."""
 
+import email
 import grp
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
+from exchange import notices
 from exchange import purge as purge_module
 from exchange.accounts import Layout
+from exchange.messages import Messages
 from exchange.policy import load_policy
 from exchange.purge import PurgeBusy, PurgeReport, purge_files, purge_lock
+from exchange.site import parse_site
 from roles import REPO
+from tests.sites import outbox_site
 
 DAY = 86400
 
@@ -164,13 +170,14 @@ def test_what_its_account_removes_or_adds_meanwhile_never_stops_the_purge(tree, 
     assert [f["path"] for e, f in events if e == "file-purged"] == ["/upload/b-other.dcm"]
 
 
-def test_an_ended_links_uploads_are_held_for_staff_then_age_out(tree):
-    layout, _ = tree
+def with_staff_group_here(layout: Layout) -> Layout:
     staff = grp.getgrgid(0).gr_name  # a group that exists here; the deploy's is exchange-staff
-    policy = layout.policy.model_copy(
-        update={"accounts": layout.policy.accounts.model_copy(update={"staff_group": staff})}
-    )
-    layout = Layout(policy)
+    accounts = layout.policy.accounts.model_copy(update={"staff_group": staff})
+    return Layout(layout.policy.model_copy(update={"accounts": accounts}))
+
+
+def test_an_ended_links_uploads_are_held_for_staff_then_age_out(tree):
+    layout = with_staff_group_here(tree[0])
     upload = Path(layout.chroot("link", "link-aaaaaaaa")) / "upload"
     (upload / "scans").mkdir(parents=True)
     letter = aged(upload / "letter.pdf", 2 * DAY)
@@ -192,3 +199,33 @@ def test_an_ended_links_uploads_are_held_for_staff_then_age_out(tree):
         os.utime(path, (time.time() - 8 * DAY, time.time() - 8 * DAY))
     run(layout)
     assert not held.exists()
+
+
+def test_held_uploads_are_announced_where_they_went_even_if_announced_before(tree, tmp_path):
+    layout = with_staff_group_here(tree[0])
+    chroot = Path(layout.chroot("link", "link-aaaaaaaa"))
+    (chroot / "upload").mkdir(parents=True)
+    aged(chroot / "upload" / "letter.pdf", 600)
+    site = parse_site(outbox_site() | {"outbox_dir": str(tmp_path / "outbox")}, "test")
+    messages = Messages(site, REPO / "templates" / "messages")
+
+    def notify() -> list[str]:
+        before = set((tmp_path / "outbox").glob("*.eml")) if (tmp_path / "outbox").exists() else set()
+        notices.notify_uploads(layout.policy, site, messages, out=lambda line: None, state_dir=tmp_path / "state")
+        sent = set((tmp_path / "outbox").glob("*.eml")) - before
+        return [
+            " ".join(email.message_from_bytes(p.read_bytes()).get_payload(decode=True).decode().split()) for p in sent
+        ]
+
+    assert len(notify()) == 1  # announced in the account's upload folder
+    assert purge_module.hold_uploads(layout, "link-aaaaaaaa") == 1
+    shutil.rmtree(chroot)  # the account's removal
+    (moved,) = notify()
+    assert "letter.pdf" in moved and f"{layout.ended_links_dir()}/link-aaaaaaaa" in moved
+    assert notify() == []  # once
+
+
+def test_an_account_that_went_by_hand_has_nothing_to_hold(tree):
+    events = []
+    purge_module._keep_uploads(tree[0], "link-gonebyhd", lambda event, **fields: events.append(event))
+    assert events == []
