@@ -17,8 +17,11 @@ pytestmark = pytest.mark.e2e
 # A separate process that boots a host in its own session directory and then waits.
 HOLDER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from tests import testhost
+    # Ctrl-C as at a terminal, even when the suite itself runs in the background (a shell
+    # without job control starts background commands with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     testhost.interrupt_on_sigterm()
     with testhost.session_directory() as directory:
         host = testhost.boot("victim", log=lambda message: None)
