@@ -7,7 +7,7 @@ import sys
 
 from pyinfra import host
 
-from exchange.partners import PartnerDataError, load_partners
+from exchange.partners import PartnerDataError, load_partners, short_rsa_keys
 from roles import REPO, deploy_policy
 from roles.accounts import accounts
 from roles.auditor import auditor
@@ -28,6 +28,15 @@ try:
     partners = load_partners(REPO / settings.partners_file) if settings.partners_file else None
 except (HostSettingsError, PartnerDataError) as error:
     sys.exit(f"inventory error, nothing was deployed:\n{error}")
+# sshd refuses RSA keys below the policy's size (RequiredRSASize): say so now, not at login.
+keys = {f"auditor {a.name}": a.public_keys for a in settings.auditors} | {
+    f"partner {p.name}": p.public_keys for p in partners or ()
+}
+if short := short_rsa_keys(keys, policy.sshd.rsa_min_key_bits):
+    sys.exit(
+        "inventory error, nothing was deployed: sshd would refuse these keys "
+        "(policies.yaml sshd.rsa_min_key_bits):\n" + "\n".join(short)
+    )
 
 base(settings)
 tools(loaded_policy)

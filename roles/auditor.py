@@ -18,7 +18,8 @@ AUDIT_READ = "/usr/local/bin/exchange audit-read"
 
 
 class KeyLoginAccount(FactBase):
-    """passwd entry, groups and the SHA-256 of authorized_keys of one account, or None.
+    """passwd entry, groups, shadow aging (min:max:warn:inactive) and the SHA-256 of
+    authorized_keys of one account, or None.
 
     One account, one lookup: pyinfra's server.user reads every passwd entry on each call,
     which grows with the number of partner accounts on the host."""
@@ -27,6 +28,7 @@ class KeyLoginAccount(FactBase):
         q = shlex.quote(user)
         return (
             f'entry=$(getent passwd {q}) || exit 0; echo "$entry"; id -nG {q}; '
+            f"getent shadow {q} | cut -d: -f4-7; "
             'keys="$(echo "$entry" | cut -d: -f6)/.ssh/authorized_keys"; '
             'if [ -f "$keys" ]; then sha256sum < "$keys" | cut -d" " -f1; fi'
         )
@@ -39,7 +41,8 @@ class KeyLoginAccount(FactBase):
             "home": fields[5],
             "shell": fields[6],
             "groups": output[1].split(),
-            "keys_sha256": output[2] if len(output) > 2 else None,
+            "aging": output[2],
+            "keys_sha256": output[3] if len(output) > 3 else None,
         }
 
 
@@ -53,10 +56,16 @@ def key_login_account(user: str, group: str, public_keys: list[str]):
     if seen is None:
         changed = True
         yield f"useradd --create-home --shell /bin/bash --groups {shlex.quote(group)} {q}"
-        seen = {"home": f"/home/{user}", "shell": "/bin/bash", "groups": [group], "keys_sha256": None}
+        seen = {"home": f"/home/{user}", "shell": "/bin/bash", "groups": [group], "aging": "", "keys_sha256": None}
     elif group not in seen["groups"]:
         changed = True
         yield f"usermod --append --groups {shlex.quote(group)} {q}"
+    min_days, max_days, _warn, inactive = (seen["aging"].split(":") + ["", "", "", ""])[:4]
+    if (min_days, max_days, inactive) != ("0", "", ""):  # what `chage -m 0 -M -1 -I -1` leaves in shadow
+        # login.defs gives new accounts the partners' 90-day aging; a key-only account without a
+        # password could never renew it, and PAM's account check would lock it out (sshd UsePAM).
+        changed = True
+        yield f"chage --mindays 0 --maxdays -1 --inactive -1 {q}"
     if seen["keys_sha256"] != hashlib.sha256(keys.encode()).hexdigest():
         changed = True
         ssh_dir = shlex.quote(f"{seen['home']}/.ssh")

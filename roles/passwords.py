@@ -64,7 +64,14 @@ def enable_pam_profiles(profiles: dict[str, str]):
     if not missing:
         host.noop("PAM stacks hold every profile line")
         return
-    yield f"pam-auth-update --package --enable {' '.join(profiles)}"
+    # pam-auth-update leaves stacks edited by hand alone and still exits 0: fail instead, or
+    # the lockout and the password rules would silently not apply.
+    yield (
+        f'out=$(pam-auth-update --package --enable {" ".join(profiles)} 2>&1); rc=$?; echo "$out"; '
+        'case "$out" in *"Local modifications"*) echo "/etc/pam.d/common-* were changed by hand, so '
+        "pam-auth-update did not apply the exchange profiles; review them, then run pam-auth-update "
+        '--force" >&2; exit 1;; esac; exit $rc'
+    )
 
 
 @deploy("Password rules")

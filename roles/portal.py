@@ -38,7 +38,7 @@ NGINX_VALIDATE = (
     "sed -e 's#include /etc/nginx/sites-enabled/\\*;#include {path};#' "
     "-e 's#include /etc/nginx/conf.d/\\*.conf;##' /etc/nginx/nginx.conf > /etc/nginx/.imaging-exchange-check.conf"
     " && nginx -q -t -c /etc/nginx/.imaging-exchange-check.conf; rc=$?; rm -f /etc/nginx/.imaging-exchange-check.conf;"
-    " exit $rc"
+    " [ $rc -eq 0 ]"  # a status, not `exit`: config_file's cleanup after a failed check must still run
 )
 
 
@@ -150,9 +150,6 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
         certificate_in_place(
             name="The site's certificate is in place", certificate=web.tls_certificate, key=web.tls_certificate_key
         )
-    files.link(
-        name="nginx site enabled (written next)", path="/etc/nginx/sites-enabled/imaging-exchange", target=NGINX_SITE
-    )
     config_file(
         name="nginx site (validated with nginx -t)",
         dest=NGINX_SITE,
@@ -160,6 +157,13 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
         validate=NGINX_VALIDATE,
         apply="systemctl reload-or-restart nginx",
     )
+    # Enabled only once written and checked: a link to a missing file would stop nginx starting.
+    enabled = files.link(
+        name="nginx site enabled (once written and checked)",
+        path="/etc/nginx/sites-enabled/imaging-exchange",
+        target=NGINX_SITE,
+    )
+    systemd.service(name="nginx serves the newly enabled site", service="nginx", restarted=True, _if=enabled.did_change)
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
 
     # The unit names what the portal runs (code, policy, its file, templates): any change restarts it.

@@ -8,8 +8,9 @@ is not declared here is an error, so a typo never silently falls back to a defau
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exchange.site import Site
 from exchange.validation import describe
@@ -28,6 +29,14 @@ class Auditor(BaseModel):
     public_keys: list[str] = Field(min_length=1)
 
 
+def _ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # ValueError names the value
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
 class PortalSettings(BaseModel):
     """The secure web page on this host (roles/portal.py): nginx with TLS in front of the portal."""
 
@@ -37,7 +46,9 @@ class PortalSettings(BaseModel):
         pattern=r"^[A-Za-z0-9.-]+$", description="The name in the site's portal_url (nginx server_name)."
     )
     listen_port: int = Field(443, ge=1, le=65535, description="HTTPS port.")
-    listen_addresses: list[str] = Field(default_factory=list, description="Addresses nginx binds to; empty: all.")
+    listen_addresses: list[IPAddress] = Field(
+        default_factory=list, description="IP addresses nginx binds to (IPv4 or IPv6); empty: all."
+    )
     http_redirect_port: int | None = Field(
         80, ge=1, le=65535, description="Plain HTTP port that only redirects to HTTPS; null: none."
     )

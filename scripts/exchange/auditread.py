@@ -55,7 +55,11 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
     if what == "stat":
         return ["/usr/bin/stat", "-c", "%n|%U|%G|%a|%F", readable_path(policy, argument or "")]
     if what == "old-files":
-        minutes = policy.retention.days * 24 * 60
+        # The audited policy's days (the argument), not the installed one's: the audit checks
+        # the server against its own copy of the policy.
+        if not (argument or "").isdigit() or not 1 <= int(argument) <= 365:
+            raise AuditReadError(f"{argument!r} is not a number of days (1 to 365)")
+        minutes = int(argument) * 24 * 60
         return ["/usr/bin/find", policy.accounts.root, "-xdev", "!", "-type", "d", "-mmin", f"+{minutes}"]
     if what == "audit-log":
         return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
@@ -66,4 +70,7 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
 
 
 def run(policy: Policy, what: str, argument: str | None) -> subprocess.CompletedProcess:
-    return subprocess.run(command(policy, what, argument), capture_output=True, text=True)
+    # The C locale: sshd and sudo pass the caller's LANG on, and stat, chage and passwd
+    # translate what they print ("map" for "directory" in Dutch).
+    environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    return subprocess.run(command(policy, what, argument), capture_output=True, text=True, env=environment)

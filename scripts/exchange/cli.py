@@ -460,7 +460,7 @@ def audit_read(
         str, typer.Argument(help="sshd | chage | password-status | stat | old-files | audit-log | sudoers")
     ],
     argument: Annotated[
-        str | None, typer.Argument(help="account name (sshd, chage, password-status) or path (stat)")
+        str | None, typer.Argument(help="account name (sshd, chage, password-status), path (stat), days (old-files)")
     ] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""

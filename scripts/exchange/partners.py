@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,6 +46,34 @@ RESERVED = frozenset(
 SSH_PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|sk-ssh-ed25519@openssh\.com|rsa-sha2-512|rsa-sha2-256|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
 )
+
+
+def rsa_key_bits(line: str) -> int | None:
+    """The modulus size of an OpenSSH RSA public key line; None for other key types."""
+    kind, _, rest = line.strip().partition(" ")
+    if kind not in ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512"):
+        return None
+    try:
+        blob = base64.b64decode(rest.split()[0], validate=True)
+        fields, at = [], 0
+        while at < len(blob) and len(fields) < 3:  # string type, mpint e, mpint n
+            (length,) = struct.unpack(">I", blob[at : at + 4])
+            fields.append(blob[at + 4 : at + 4 + length])
+            at += 4 + length
+        return int.from_bytes(fields[2], "big").bit_length()
+    except (ValueError, IndexError, struct.error):
+        return 0  # not a readable RSA key: below any minimum
+
+
+def short_rsa_keys(owners: dict[str, list[str]], min_bits: int) -> list[str]:
+    """Each key sshd would refuse (RequiredRSASize), named by its owner and index."""
+    short = []
+    for owner, keys in owners.items():
+        for index, key in enumerate(keys):
+            bits = rsa_key_bits(key)
+            if bits is not None and bits < min_bits:
+                short.append(f"{owner}: key {index} is an RSA key of {bits} bits, below {min_bits}")
+    return short
 
 
 # The deploy installs the validated partner data here, for the staff tools (contacts).

@@ -85,8 +85,19 @@ class SshdPolicy(Section):
     macs: list[AlgorithmName] = Field(min_length=1)
     host_key_algorithms: list[AlgorithmName] = Field(min_length=1)
     rsa_host_key_bits: int = Field(4096, ge=3072)
+    # sshd's RequiredRSASize applies to every RSA key, the users' too: ssh-keygen's default is
+    # 3072 bits, the floor of ssh-audit's guide for client keys.
+    rsa_min_key_bits: int = Field(3072, ge=2048)
     moduli_min_bits: int = Field(3071, ge=2047)
     sftp: SftpPolicy = SftpPolicy()
+
+    @model_validator(mode="after")
+    def _host_key_meets_the_minimum(self) -> SshdPolicy:
+        if self.rsa_host_key_bits < self.rsa_min_key_bits:
+            raise ValueError(
+                f"rsa_host_key_bits ({self.rsa_host_key_bits}) must not be below rsa_min_key_bits ({self.rsa_min_key_bits})"
+            )
+        return self
 
 
 class AccountsPolicy(Section):

@@ -8,14 +8,26 @@ control = pytest.mark.control
 
 
 def conf_values(text: str) -> dict[str, str]:
+    """`key = value`, `key value` or a bare `key` per line, as libpwquality and pam_faillock read them."""
     values = {}
     for line in (text or "").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        key, _, value = line.partition("=")
+        key, _, value = line.partition("=") if "=" in line else line.partition(" ")
         values[key.strip()] = value.strip() or "yes"
     return values
+
+
+def module_arguments(line: str | None) -> dict[str, str]:
+    """A PAM line's `key=value` and bare arguments: they override the module's config files."""
+    arguments = {}
+    words = (line or "").split()
+    after_module = next((i + 1 for i, word in enumerate(words) if word.endswith(".so")), len(words))
+    for word in words[after_module:]:
+        key, _, value = word.partition("=")
+        arguments[key] = value or "yes"
+    return arguments
 
 
 def module_line(read, stack: str, module: str, when: str | None = None) -> str | None:
@@ -34,13 +46,14 @@ def module_line(read, stack: str, module: str, when: str | None = None) -> str |
 )
 def test_pwquality_settings(host, read, policy, control):
     q = policy.passwords.quality
-    merged = conf_values(read.text("/etc/security/pwquality.conf"))
-    for path in sorted(
-        host.file("/etc/security/pwquality.conf.d").listdir()
-        if host.file("/etc/security/pwquality.conf.d").exists
-        else []
-    ):
-        merged.update(conf_values(read.text(f"/etc/security/pwquality.conf.d/{path}")))
+    # libpwquality's order: pwquality.conf.d/*.conf (sorted), then pwquality.conf, then the
+    # module's arguments in the PAM stack; each later one wins.
+    merged = {}
+    folder = host.file("/etc/security/pwquality.conf.d")
+    for name in sorted(n for n in (folder.listdir() if folder.exists else []) if n.endswith(".conf")):
+        merged.update(conf_values(read.text(f"{folder.path}/{name}")))
+    merged.update(conf_values(read.text("/etc/security/pwquality.conf")))
+    merged.update(module_arguments(module_line(read, "common-password", "pam_pwquality.so")))
     expected = {
         "minlen": str(q.minlen),
         "minclass": str(q.minclass),
@@ -85,6 +98,9 @@ def test_password_stack(read, policy, control):
 def test_lockout(read, policy, control):
     lockout = policy.passwords.lockout
     conf = conf_values(read.text("/etc/security/faillock.conf"))
+    for when in ("preauth", "authfail"):  # a module argument overrides faillock.conf
+        conf.update(module_arguments(module_line(read, "common-auth", "pam_faillock.so", when)))
+    conf.update(module_arguments(module_line(read, "common-account", "pam_faillock.so")))
     found = {
         "deny": conf.get("deny"),
         "unlock_time": conf.get("unlock_time"),

@@ -40,10 +40,19 @@ def test_portal_service_cannot_reach_the_exchange_folders(host, policy, site_con
         {"groups": [user], "User": user, "InaccessiblePaths": policy.accounts.root, "NoNewPrivileges": "yes",
          "ProtectSystem": "strict", "ActiveState": "active"},
         {"groups": host.run(f"id -Gn {user}").stdout.split(), "User": shown.get("User"),
-         "InaccessiblePaths": policy.accounts.root if policy.accounts.root in shown.get("InaccessiblePaths", "") else
-         shown.get("InaccessiblePaths"), "NoNewPrivileges": shown.get("NoNewPrivileges"),
+         "InaccessiblePaths": policy.accounts.root if policy.accounts.root in [
+             p.lstrip("-") for p in shown.get("InaccessiblePaths", "").split()] else shown.get("InaccessiblePaths"),
+         "NoNewPrivileges": shown.get("NoNewPrivileges"),
          "ProtectSystem": shown.get("ProtectSystem"), "ActiveState": shown.get("ActiveState")},
     )  # fmt: skip
+
+
+HSTS_MIN_SECONDS = 365 * 86400  # Mozilla's and the HSTS preload list's floor: a year
+
+
+def hsts_max_age(header: str) -> int:
+    match = re.search(r"max-age=(\d+)", header)
+    return int(match[1]) if match else 0
 
 
 @control("PORTAL-02", reference="Mozilla TLS intermediate; BSI TR-02102-2 (TLS 1.2 and 1.3 only)", source="portal")
@@ -81,7 +90,7 @@ def test_security_headers_and_cookies(host, https_address, control):
         {"status": 200, "hsts": True, "csp": True, "frame": "DENY", "referrer": "no-referrer", "cache": "no-store",
          "cookies secure, httponly, samesite=strict": True, "server version hidden": True},
         {"status": fetched["status"],
-         "hsts": headers.get("strict-transport-security", [""])[0].startswith("max-age="),
+         "hsts": hsts_max_age(headers.get("strict-transport-security", [""])[0]) >= HSTS_MIN_SECONDS,
          "csp": "default-src 'none'" in headers.get("content-security-policy", [""])[0],
          "frame": headers.get("x-frame-options", [None])[0], "referrer": headers.get("referrer-policy", [None])[0],
          "cache": headers.get("cache-control", [None])[0],

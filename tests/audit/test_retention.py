@@ -31,8 +31,9 @@ def test_purge_job(host, policy, control):
 
 
 @control("RET-02", reference="this project: retention", source="retention.days")
-def test_no_file_older_than_retention(read, control):
-    control.verify([], sorted(filter(None, read.privileged("old-files").splitlines())))
+def test_no_file_older_than_retention(read, policy, control):
+    old = read.privileged("old-files", str(policy.retention.days))
+    control.verify([], sorted(filter(None, old.splitlines())))
 
 
 @control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")

@@ -67,11 +67,18 @@ def test_authentication_and_forwarding_baseline(read, control):
     control.verify(expected, {key: sshd.get(key) for key in expected})
 
 
-@control("SSH-04", reference="ssh-audit Hardened Debian 12 (v3): RSA host key", source="sshd.rsa_host_key_bits")
-def test_rsa_host_key_size(host, policy, control):
+@control(
+    "SSH-04",
+    reference="ssh-audit Hardened Debian 12 (v3): RSA host key; RequiredRSASize for every key",
+    source="sshd.rsa_host_key_bits, sshd.rsa_min_key_bits",
+)
+def test_rsa_key_sizes(host, read, policy, control):
     # The public host key is world-readable.
     bits = host.check_output("ssh-keygen -lf /etc/ssh/ssh_host_rsa_key.pub").split()[0]
-    control.verify(policy.sshd.rsa_host_key_bits, int(bits))
+    control.verify(
+        {"host key bits": policy.sshd.rsa_host_key_bits, "requiredrsasize": str(policy.sshd.rsa_min_key_bits)},
+        {"host key bits": int(bits), "requiredrsasize": read.sshd().get("requiredrsasize")},
+    )
 
 
 @control("SSH-05", reference="ssh-audit Hardened Debian 12 (v3): DH moduli", source="sshd.moduli_min_bits")

@@ -2,6 +2,8 @@
 
 import pytest
 
+from exchange.policy import HOST_POLICY_PATH, parse_policy
+
 control = pytest.mark.control
 
 # Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
@@ -34,3 +36,13 @@ def test_credentials_and_recipient_data_are_root_only(host, policy, control):
         expected[path] = f"{owner}:{group} {mode:04o}"
         found[path] = f"{item.user}:{item.group} {item.mode:04o}"
     control.verify(expected, found)
+
+
+@control("TOOLS-02", reference="this project: one policy, enforced as audited", source="(baseline)")
+def test_the_installed_policy_is_the_audited_one(host, policy, control):
+    """The tools, the purge and the web page obey the policy installed on the server; the other
+    controls compare the server with the audited policy. So the two must say the same (a
+    retention of 30 days in the installed copy would otherwise keep files unnoticed)."""
+    installed = host.file(str(HOST_POLICY_PATH))
+    found = parse_policy(installed.content_string, installed.path).model_dump() if installed.exists else None
+    control.verify(policy.model_dump(), found)

@@ -1,5 +1,7 @@
 """deploy.py against real Debian 12 hosts: converge two at once, then a re-run changes nothing."""
 
+import subprocess
+
 import pytest
 
 from tests.pyinfra_run import changed_operations, pyinfra
@@ -20,16 +22,29 @@ def test_bad_policy_stops_before_the_inventory_is_read(tmp_path):
     assert "Loading inventory" not in output and "Connecting" not in output
 
 
+def deploy_with(host, tmp_path, **data):
+    """deploy.py on `host` with these host data keys besides the connection."""
+    inventory = tmp_path / f"{host.name}_inventory.py"
+    connection = dict(
+        ssh_hostname=host.hostname, ssh_port=host.port, ssh_user="root", ssh_key=str(host.key),
+        ssh_known_hosts_file=str(host.known_hosts),
+    )  # fmt: skip
+    inventory.write_text(f"hosts = [({host.name!r}, {connection | data!r})]\n")
+    return pyinfra("-y", str(inventory), "deploy.py")
+
+
 def test_bad_host_data_changes_nothing(boot_host, tmp_path):
     host = boot_host("typo")
-    inventory = tmp_path / "typo_inventory.py"
-    inventory.write_text(
-        f"hosts = [({host.name!r}, dict(ssh_hostname={host.hostname!r}, ssh_port={host.port}, ssh_user='root',"
-        f" ssh_key={str(host.key)!r}, ssh_known_hosts_file={str(host.known_hosts)!r}, sshd_prot=22))]\n"
-    )
-    result = pyinfra("-y", str(inventory), "deploy.py")
+    result = deploy_with(host, tmp_path, sshd_prot=22)
     assert result.returncode != 0
     assert "inventory host typo: sshd_prot: unknown host data key" in result.stdout + result.stderr
+    assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
+    # A key sshd would refuse at login (RequiredRSASize) stops the deploy with its owner's name.
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "old")], check=True)
+    short = (tmp_path / "old.pub").read_text().strip()
+    result = deploy_with(host, tmp_path, auditors=[{"name": "audit-old", "public_keys": [short]}])
+    assert result.returncode != 0
+    assert "auditor audit-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
     assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
 
 
@@ -43,6 +58,8 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
         upgrades = host.ssh("cat /etc/apt/apt.conf.d/20auto-upgrades").stdout
         assert 'APT::Periodic::Unattended-Upgrade "1";' in upgrades
         assert host.ssh("ps -p 1 -o comm=").stdout.strip() == "systemd"
+        # A key-only account never meets the partners' password aging (it could not renew it).
+        assert host.ssh("getent shadow auditor | cut -d: -f4,5,7").stdout.strip() == "0::"
 
     changes = changed_operations(INVENTORY)
     assert {name: hosts for name, hosts in changes.items() if hosts} == {}

@@ -11,7 +11,7 @@ POLICY = load_policy(REPO / "policies.yaml").policy
 
 def test_the_reads_are_the_systems_own_tools():
     assert command(POLICY, "sshd", None) == ["/usr/sbin/sshd", "-T"]
-    assert command(POLICY, "old-files", None) == [
+    assert command(POLICY, "old-files", "30") == [
         "/usr/bin/find",
         "/srv/exchange",
         "-xdev",
@@ -19,7 +19,7 @@ def test_the_reads_are_the_systems_own_tools():
         "-type",
         "d",
         "-mmin",
-        f"+{7 * 24 * 60}",
+        f"+{30 * 24 * 60}",  # the audited policy's days, whatever the installed one says
     ]
     assert command(POLICY, "stat", "/srv/exchange/partners/alice/upload")[-1] == "/srv/exchange/partners/alice/upload"
     assert command(POLICY, "stat", "/")[-1] == "/"
@@ -35,6 +35,8 @@ def test_the_reads_are_the_systems_own_tools():
         ("stat", "/srv/exchange/../../etc/shadow", "not a normalised absolute path"),
         ("stat", "srv/exchange", "not a normalised absolute path"),
         ("shell", None, "unknown read 'shell'"),
+        ("old-files", None, "not a number of days"),
+        ("old-files", "-1 -delete", "not a number of days"),
     ],
 )
 def test_anything_else_is_refused(what, argument, words):

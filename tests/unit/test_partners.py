@@ -69,3 +69,19 @@ def test_unreadable_and_malformed_files(tmp_path):
     assert "not valid YAML" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "partners: [")).value)
     assert "must be a mapping" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "- a\n")).value)
     assert load_partners(write(tmp_path, "")) == ()
+
+
+def test_rsa_keys_below_the_policy_size_are_named(tmp_path):
+    """sshd's RequiredRSASize refuses them at login; the deploy refuses them first."""
+    import subprocess
+
+    from exchange.partners import rsa_key_bits, short_rsa_keys
+
+    keys = {}
+    for name, args in {"rsa2048": ["-t", "rsa", "-b", "2048"], "rsa3072": ["-t", "rsa", "-b", "3072"],
+                       "ed25519": ["-t", "ed25519"]}.items():  # fmt: skip
+        subprocess.run(["ssh-keygen", "-q", *args, "-N", "", "-f", str(tmp_path / name)], check=True)
+        keys[name] = (tmp_path / f"{name}.pub").read_text().strip()
+    assert [rsa_key_bits(keys[n]) for n in ("rsa2048", "rsa3072", "ed25519")] == [2048, 3072, None]
+    owners = {"partner alice-clinic": [keys["ed25519"], keys["rsa2048"]], "auditor audit-jdoe": [keys["rsa3072"]]}
+    assert short_rsa_keys(owners, 3072) == ["partner alice-clinic: key 1 is an RSA key of 2048 bits, below 3072"]

@@ -443,6 +443,18 @@ def test_the_portal_user_may_not_be_an_account_group():
         parse_policy(text, REPO / "policies.yaml")
 
 
+def test_nginx_listens_on_ipv4_and_ipv6_addresses_and_refuses_other_text():
+    from roles.settings import PortalSettings
+    from roles.templating import render
+
+    web = PortalSettings(server_name="exchange.hospital.example", listen_addresses=["192.0.2.5", "2001:db8::5"])
+    site = render("webserver/nginx-site.conf.j2", portal=web, policy=POLICY, socket="/run/x.sock")
+    assert "listen 192.0.2.5:443 ssl;" in site and "listen [2001:db8::5]:443 ssl;" in site
+    assert "listen [2001:db8::5]:80;" in site
+    with pytest.raises(HostSettingsError, match="portal.listen_addresses.0"):
+        host_settings("web", {"portal": {"server_name": "x.example", "listen_addresses": ["exchange01"]}})
+
+
 def test_a_portal_needs_site_data():
     with pytest.raises(HostSettingsError, match="portal needs site"):
         host_settings("web", {"portal": {"server_name": "exchange.hospital.example"}})
