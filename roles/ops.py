@@ -21,19 +21,33 @@ import exchange.observe
 from roles import REPO
 from roles.templating import render
 
+# A file here names a config whose `apply` (reload) has not run since the config changed: the
+# deploy was stopped between the two, or the reload failed. The next run applies it again.
+APPLY_PENDING_DIR = "/var/lib/imaging-exchange-deploy/apply-pending"
+
+
+def apply_marker(dest: str) -> str:
+    return f"{APPLY_PENDING_DIR}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+
 
 class ConfigState(FactBase):
-    """`owner:group:mode` and the SHA-256 of a regular file, or None if there is none."""
+    """`owner:group:mode`, the SHA-256 of a regular file and whether its apply is pending, or
+    None if there is no such file."""
 
     def command(self, path: str) -> str:
         q = shlex.quote(path)
-        return f"if [ -f {q} ] && [ ! -L {q} ]; then stat -c '%U:%G:%a' {q} && sha256sum {q}; fi"
+        pending = shlex.quote(apply_marker(path))
+        return (
+            f"if [ -f {q} ] && [ ! -L {q} ]; then stat -c '%U:%G:%a' {q} && sha256sum {q}; "
+            f"if [ -e {pending} ]; then echo pending; fi; fi"
+        )
 
     def process(self, output: list[str]) -> dict | None:
         if len(output) < 2:
             return None
         owner, group, mode = output[0].split(":")
-        return {"owner": owner, "group": group, "mode": int(mode, 8), "sha256": output[1].split()[0]}
+        state = {"owner": owner, "group": group, "mode": int(mode, 8), "sha256": output[1].split()[0]}
+        return state | {"apply_pending": output[2:3] == ["pending"]}
 
 
 class ExchangeAccounts(FactBase):
@@ -59,9 +73,15 @@ def config_file(
 ):
     """Install `content` at `dest` if it differs: upload beside it, check it with `validate`
     (a command with `{path}`), rename it into place, then run `apply` (reload a service).
-    A file that fails validation is removed and the live file is never touched."""
+    A file that fails validation is removed and the live file is never touched. An apply that
+    did not run or failed after the rename is run again by the next deploy (apply_marker)."""
     state = host.get_fact(ConfigState, path=dest)
     wanted = hashlib.sha256(content.encode()).hexdigest()
+    marker = shlex.quote(apply_marker(dest))
+    if state and state.pop("apply_pending") and apply:
+        if state == {"owner": user, "group": group, "mode": int(mode, 8), "sha256": wanted}:
+            yield f"{apply} && rm -f {marker}"  # in place, but never applied: apply it now
+            return
     if state == {"owner": user, "group": group, "mode": int(mode, 8), "sha256": wanted}:
         host.noop(f"{dest} is up to date")
         return
@@ -73,9 +93,11 @@ def config_file(
     if validate:
         checks.append(validate.format(path=q))
     yield f"{{ {' && '.join(checks)}; }} || {{ rc=$?; rm -f {q}; echo 'refused {dest}: validation failed' >&2; exit $rc; }}"
+    if apply:
+        yield f"mkdir -p {APPLY_PENDING_DIR} && touch {marker}"
     yield f"mv -f {q} {shlex.quote(dest)}"
     if apply:
-        yield apply
+        yield f"{apply} && rm -f {marker}"
 
 
 def files_digest(paths: Iterable[Path], seed: bytes = b"") -> str:

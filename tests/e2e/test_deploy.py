@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from roles.ops import APPLY_PENDING_DIR, apply_marker
 from tests.pyinfra_run import changed_operations, pyinfra
 from tests.testhost import RUN_DIR_ENV
 
@@ -63,3 +64,15 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
 
     changes = changed_operations(INVENTORY)
     assert {name: hosts for name, hosts in changes.items() if hosts} == {}
+
+    # A deploy stopped between moving sshd_config into place and reloading sshd (or a failed
+    # reload) leaves its marker: the next run reloads, once.
+    alpha = hosts[0]
+    alpha.ssh(f"mkdir -p {APPLY_PENDING_DIR} && touch {apply_marker('/etc/ssh/sshd_config')}")
+    changes = changed_operations(INVENTORY)
+    assert {name: hosts for name, hosts in changes.items() if hosts} == {
+        "OpenSSH server | sshd_config (validated with sshd -t)": [alpha.name]
+    }
+    assert pyinfra("-y", INVENTORY, "deploy.py").returncode == 0
+    assert alpha.ssh(f"test -e {apply_marker('/etc/ssh/sshd_config')}", check=False).returncode == 1
+    assert {name: hosts for name, hosts in changed_operations(INVENTORY).items() if hosts} == {}
