@@ -75,15 +75,19 @@ def config_file(
     (a command with `{path}`), rename it into place, then run `apply` (reload a service).
     A file that fails validation is removed and the live file is never touched. An apply that
     did not run or failed after the rename is run again by the next deploy (apply_marker)."""
-    state = host.get_fact(ConfigState, path=dest)
-    wanted = hashlib.sha256(content.encode()).hexdigest()
+    state = host.get_fact(ConfigState, path=dest) or {}
+    wanted = {
+        "owner": user,
+        "group": group,
+        "mode": int(mode, 8),
+        "sha256": hashlib.sha256(content.encode()).hexdigest(),
+    }
     marker = shlex.quote(apply_marker(dest))
-    if state and state.pop("apply_pending") and apply:
-        if state == {"owner": user, "group": group, "mode": int(mode, 8), "sha256": wanted}:
+    if {key: state.get(key) for key in wanted} == wanted:
+        if apply and state["apply_pending"]:
             yield f"{apply} && rm -f {marker}"  # in place, but never applied: apply it now
-            return
-    if state == {"owner": user, "group": group, "mode": int(mode, 8), "sha256": wanted}:
-        host.noop(f"{dest} is up to date")
+        else:
+            host.noop(f"{dest} is up to date")
         return
     staged = f"{dest}.imaging-exchange-new"
     q = shlex.quote(staged)

@@ -102,9 +102,6 @@ def sources(paths: list[Path]) -> Iterator[Source]:
             continue
         unreadable: list[OSError] = []
         for top, dirs, files in os.walk(path, followlinks=False, onerror=unreadable.append):
-            for error in unreadable:
-                yield Source.unusable(str(error.filename), f"folder not readable ({error.strerror})")
-            unreadable.clear()
             for name in [d for d in dirs if os.path.islink(os.path.join(top, d))]:
                 yield Source.unusable(os.path.join(top, name), _SYMLINK)
             dirs.sort()
@@ -115,6 +112,9 @@ def sources(paths: list[Path]) -> Iterator[Source]:
 
 
 _SYMLINK = "a symlink, not followed (hand in what it points to)"
+# What reading a source can raise besides a parse error: an OS error, a file cut short, a
+# received zip's member that is encrypted (RuntimeError), fails its CRC or does not inflate.
+READ_ERRORS = (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
 
 def is_dicomdir(name: str) -> bool:
@@ -257,10 +257,7 @@ def read_header(source: Source) -> Instance | str:
             return Instance(source, compact(header), str(syntax), syntax.is_compressed)
     except InvalidDicomError:
         return "not DICOM"
-    # A received zip's member may be encrypted (RuntimeError), fail its CRC or not inflate.
-    except (OSError, EOFError, ValueError, KeyError, struct.error, NotImplementedError, RuntimeError) as exc:
-        return f"broken: {exc}"
-    except (zipfile.BadZipFile, zlib.error) as exc:
+    except (*READ_ERRORS, ValueError, KeyError, struct.error, NotImplementedError) as exc:
         return f"broken: {exc}"
 
 

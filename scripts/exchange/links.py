@@ -18,7 +18,7 @@ import os
 import pwd
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -151,23 +151,22 @@ class LinkStore:
     def all(self) -> list[LinkRecord]:
         """Every readable record; one that cannot be read is left out (see `unreadable`), so one
         bad file never stops the purge or the upload notices for the others."""
-        records = []
-        for path in sorted(self.records.glob(f"{ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
-            try:
-                records.append(self.get(path.stem))
-            except LinkError:
-                continue
-        return sorted((r for r in records if r is not None), key=lambda record: record.created)
+        records = [found for found in self._each() if isinstance(found, LinkRecord)]
+        return sorted(records, key=lambda record: record.created)
 
     def unreadable(self) -> list[str]:
         """The records `all` leaves out, each with the reason."""
-        found = []
+        return [str(found) for found in self._each() if isinstance(found, LinkError)]
+
+    def _each(self) -> Iterator[LinkRecord | LinkError]:
         for path in sorted(self.records.glob(f"{ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
             try:
-                self.get(path.stem)
+                record = self.get(path.stem)
             except LinkError as error:
-                found.append(str(error))
-        return found
+                yield error
+                continue
+            if record is not None:
+                yield record
 
     def delete(self, account: str) -> None:
         """The record and the account's token; a token is found without its record too."""

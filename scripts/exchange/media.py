@@ -16,14 +16,13 @@ import os
 import stat
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from exchange.dicomfiles import Instance, Source, read_header
+from exchange.dicomfiles import READ_ERRORS, Instance, Source, is_dicomdir, read_header
 
 MAX_TOTAL_BYTES = 50 * 1024**3  # a study on a DVD is a few GB; 50 GB is no study
 MAX_RATIO = 200  # DICOM deflates 2-5x; a bomb does thousands
@@ -125,7 +124,7 @@ def _damaged(sources: list[Source], root: str, report: Report) -> list[Source]:
             with source.open() as handle:
                 while handle.read(1 << 20):
                     pass
-        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, OSError) as exc:
+        except READ_ERRORS as exc:
             report.problems.append(f"{_relative(source, root)}: damaged ({exc})")
             damaged.append(source)
     return damaged
@@ -158,7 +157,7 @@ def _check_dicomdir(directory: Source, instances: list[Instance], root: str, rep
         with directory.open() as handle:
             data = handle.read()
         dicomdir = dcmread(io.BytesIO(data))
-    except (InvalidDicomError, ValueError, EOFError, OSError, RuntimeError, zipfile.BadZipFile, zlib.error) as exc:
+    except (*READ_ERRORS, InvalidDicomError, ValueError) as exc:
         report.problems.append(f"{directory.label}: not a readable DICOMDIR ({exc})")
         return
     by_path = {_relative(i.source, root).upper(): i for i in instances}
@@ -195,7 +194,7 @@ def inspect_media(path: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: int =
     if report.problems and any("zip bomb" in p or "more than" in p for p in report.problems):
         return report  # do not read what may be a bomb
     damaged = [] if path.is_dir() else _damaged(sources, root, report)
-    directories = [s for s in sources if PurePosixPath(_relative(s, root)).name.upper() == "DICOMDIR"]
+    directories = [s for s in sources if is_dicomdir(_relative(s, root))]
     for source in sources:
         if source in directories or source in damaged:
             continue

@@ -84,7 +84,8 @@ def notify_uploads(
     who = _describe_accounts(policy, LinkStore(state_dir))
     now = time.time()
     sent, failures = 0, []
-    for kind, account, folder, key in _upload_folders(layout):
+    folders = _upload_folders(layout)
+    for kind, account, folder, key in folders:
         if not folder.is_dir() or folder.is_symlink():
             continue
         seen_file = seen_dir / f"{key}.json"
@@ -114,7 +115,7 @@ def notify_uploads(
             staged = seen_file.with_name(f".{seen_file.name}.tmp")
             staged.write_text(json.dumps(current, sort_keys=True))
             staged.rename(seen_file)
-    known = {key for *_, key in _upload_folders(layout)}
+    known = {key for *_, key in folders}
     for stale in seen_dir.glob("*.json"):
         if stale.stem not in known:
             stale.unlink()  # the account and its held uploads are gone

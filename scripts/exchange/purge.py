@@ -162,20 +162,14 @@ def _purge_ended_links(layout: Layout, device: int, cutoff: float, emit: Callabl
     ended = layout.ended_links_dir()
     if not os.path.isdir(ended) or os.path.islink(ended):
         return
+
+    def emit_held(event, path, **fields):  # path: /<account>/<file> below ended-links
+        _, account, *rest = path.split("/")
+        emit(event, account=account, kind="ended link", path="/" + "/".join(rest), **fields)
+
     ended_fd = os.open(ended, OPEN_DIR)
     try:
-        for account in sorted(os.listdir(ended_fd)):
-
-            def emit_for(event, _account=account, path="", **fields):
-                emit(event, account=_account, kind="ended link", path=path or "/", **fields)
-
-            try:
-                _purge_entry(ended_fd, account, "", device, cutoff, emit_for, dry_run, report)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                if error.errno != errno.ENOTEMPTY:
-                    raise
+        _purge_tree(ended_fd, "", device, cutoff, emit_held, dry_run, report)
     finally:
         os.close(ended_fd)
 
@@ -299,11 +293,11 @@ def purge(
             if dry_run:
                 emit("account-removal-planned", account=name, kind=kind, reason=reason)
                 continue
-            if kind == "link":
+            if kind == "link":  # its record unreadable or gone: record and token go with it
                 _keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
-            with account_lock():
-                run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
-            if kind == "link":
-                store.delete(name)  # an unreadable record and its token go with the account
+                links.remove_link(layout, store, name, "account-removed", reason=reason, by="purge")
+            else:
+                with account_lock():
+                    run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
             out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason, by="purge"))
     return report

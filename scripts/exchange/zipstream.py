@@ -20,12 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from exchange.dicomfiles import Source
+from exchange.dicomfiles import READ_ERRORS, Source
 
 CHUNK = 1 << 20
-# Reading a source can fail while packing: a file changed or removed since its header was read,
-# or a received zip's member that fails its CRC, does not inflate or is encrypted.
-_READ_ERRORS = (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
 
 
 class SourceError(Exception):
@@ -52,7 +49,7 @@ def _crc32(source: Source) -> int:
         with source.open() as handle:
             while chunk := handle.read(CHUNK):
                 crc = zlib.crc32(chunk, crc)
-    except _READ_ERRORS as error:
+    except READ_ERRORS as error:
         raise SourceError(f"{source.label}: {error}") from None
     return crc
 
@@ -130,7 +127,7 @@ def write_entries(
                 try:
                     src = entry.source.open()
                     chunk = src.read(CHUNK)
-                except _READ_ERRORS as error:
+                except READ_ERRORS as error:
                     raise SourceError(f"{entry.source.label}: {error}") from None
                 with src:
                     if not chunk:
@@ -138,7 +135,7 @@ def write_entries(
                     while chunk:
                         try:
                             following = src.read(CHUNK)
-                        except _READ_ERRORS as error:
+                        except READ_ERRORS as error:
                             raise SourceError(f"{entry.source.label}: {error}") from None
                         size += len(chunk)
                         piece = pool.submit(_deflate, chunk, level) if compress else chunk
