@@ -28,6 +28,9 @@ try:
     partners = load_partners(REPO / settings.partners_file) if settings.partners_file else None
 except (HostSettingsError, PartnerDataError) as error:
     sys.exit(f"inventory error, nothing was deployed:\n{error}")
+# One account cannot be a chrooted partner and an auditor with a shell: each role would undo the other.
+if both := sorted({a.name for a in settings.auditors} & {p.name for p in partners or ()}):
+    sys.exit(f"inventory error, nothing was deployed: {', '.join(both)}: both an auditor and a partner; rename one")
 # sshd refuses RSA keys below the policy's size (RequiredRSASize): say so now, not at login.
 keys = {f"auditor {a.name}": a.public_keys for a in settings.auditors} | {
     f"partner {p.name}": p.public_keys for p in partners or ()
@@ -42,7 +45,7 @@ base(settings)
 tools(loaded_policy)
 site(settings, partners)
 logging()
-passwords(policy)
+passwords(policy, [policy.accounts.staff_group, *settings.ssh_admin_groups])
 accounts(policy, partners)
 auditor(policy, settings)
 sshd(policy, settings)

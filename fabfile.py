@@ -5,7 +5,7 @@
     fab -H staff-jdoe@exchange01 link-resend link-k7m2p9qa
     fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
     fab -H staff-jdoe@exchange01 partner-credentials cardiology
-    fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa /data/export/ct-thorax [--label "CT thorax"]
+    fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa --paths /data/export/ct-thorax [--paths ...] [--label "CT thorax"]
 
 Each task runs the same `exchange` command on the server that staff may run there by hand
 (members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
@@ -18,6 +18,7 @@ import os
 import shlex
 
 from fabric import Connection, task
+from invoke.exceptions import Exit
 from paramiko import RejectPolicy
 
 
@@ -78,18 +79,22 @@ def partner_credentials(c, name):
 
 
 @task(
+    iterable=["paths"],
     help={
         "to": "the partner or link account whose download folder gets the zip",
-        "paths": "DICOM files or folders on the server (comma-separated for several)",
+        "paths": "a DICOM file or folder on the server, taken as given (commas and spaces belong to the name); "
+        "repeat --paths for several",
         "label": "a title for the package and its file name",
         "viewer": "a viewer folder on the server (default: the site's)",
         "strict": "refuse non-DICOM files and duplicates instead of skipping them",
         "allow-multiple-patients": "allow images of more than one patient",
-    }
+    },
 )
-def package(c, to, paths, label="", viewer="", strict=False, allow_multiple_patients=False):
+def package(c, to, paths=None, label="", viewer="", strict=False, allow_multiple_patients=False):
     """Pack DICOM studies on the server into one zip in an account's download folder."""
-    args = ["package", "--to", to, *[p.strip() for p in paths.split(",") if p.strip()]]
+    if not paths:
+        raise Exit("package: name what to pack with --paths (once per file or folder)", code=2)
+    args = ["package", "--to", to]
     if label:
         args += ["--label", label]
     if viewer:
@@ -98,4 +103,4 @@ def package(c, to, paths, label="", viewer="", strict=False, allow_multiple_pati
         args.append("--strict")
     if allow_multiple_patients:
         args.append("--allow-multiple-patients")
-    _exchange(c, *args)
+    _exchange(c, *args, "--", *paths)  # after "--": a path is never read as an option

@@ -46,8 +46,16 @@ exchange_servers = (
                 "email": "beelduitwisseling@radiology.example.org",
                 "phone": "012-345 6789",
                 "hours": {"nl": "op werkdagen 8:30-17:00", "en": "weekdays 8:30-17:00"},
+                # Urgent cases outside office hours only: the switchboard puts callers through
+                # to the radiographer on duty. Leave it out if the site offers no such line.
+                "urgent_phone": "012-345 0000",
             },
+            # The CD viewer in every package: viewer_dir on the server holds windows_viewer at its
+            # root (copy the viewer bundle there once; `exchange package` refuses a folder without it).
             "windows_viewer": "run_cdviewer.exe",
+            "viewer_dir": "/srv/imaging-exchange-viewer",
+            "timezone": "Europe/Amsterdam",  # the times in messages and on the web page (the default)
+            # "sftp_port": 22,  # what partners put in their SFTP client; default: sshd_port
             "staff_mailbox": "radiologie-balie@radiology.example.org",
             "staff_language": "nl",
             "email": {

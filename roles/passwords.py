@@ -8,9 +8,10 @@ PAM stacks are changed only through pam-auth-update profiles, never by hand-edit
 from __future__ import annotations
 
 import re
+import shlex
 
 from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files
 
@@ -74,8 +75,46 @@ def enable_pam_profiles(profiles: dict[str, str]):
     )
 
 
+class KeyOnlyMembers(FactBase):
+    """Members of `groups` (listed or by primary group) whose shadow entry has no usable
+    password, each with the aging fields min:max:inactive of that entry."""
+
+    def command(self, groups: list[str]) -> str:
+        names = " ".join(shlex.quote(group) for group in groups)
+        return (
+            f'for g in {names}; do entry=$(getent group "$g") || continue; '
+            'echo "$entry" | cut -d: -f4 | tr , "\\n"; '
+            'getent passwd | awk -F: -v gid="$(echo "$entry" | cut -d: -f3)" \'$4 == gid {print $1}\'; '
+            'done | sort -u | while read -r u; do [ -z "$u" ] || getent shadow "$u" | cut -d: -f1,2,4,5,7; done'
+        )
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}  # no output: no such member
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        members = {}
+        for line in output:
+            name, password, min_days, max_days, inactive = line.split(":")
+            if password == "" or password.startswith(("!", "*")):
+                members[name] = f"{min_days}:{max_days}:{inactive}"
+        return members
+
+
+@operation()
+def no_aging_for_key_only(groups: list[str]):
+    """login.defs gives every new account the partners' aging (CIS). An account that logs in
+    with a key and has no password can never renew one, and PAM's account check (sshd UsePAM)
+    would lock it out when the password "expires": such members keep no aging."""
+    changes = [user for user, aging in host.get_fact(KeyOnlyMembers, groups=groups).items() if aging != "0::"]
+    for user in sorted(changes):
+        yield f"chage --mindays 0 --maxdays -1 --inactive -1 {shlex.quote(user)}"
+    if not changes:
+        host.noop("no key-only member of " + ", ".join(groups) + " has password aging")
+
+
 @deploy("Password rules")
-def passwords(policy: Policy) -> None:
+def passwords(policy: Policy, key_login_groups: list[str]) -> None:
     # cracklib-runtime holds the dictionary dictcheck needs: without it every password is refused.
     apt.packages(
         name="Install pam_pwquality and its dictionary",
@@ -113,3 +152,4 @@ def passwords(policy: Policy) -> None:
         line=r"^INACTIVE=.*$",
         replace=f"INACTIVE={aging.inactive_days}",
     )
+    no_aging_for_key_only(name="Key-only staff and admins keep no password aging", groups=key_login_groups)

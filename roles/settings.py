@@ -114,6 +114,17 @@ class HostSettings(BaseModel):
         description="The deploying admin logs in as root (key only); otherwise root login is refused.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sftp_port_is_sshd_port(cls, data: object) -> object:
+        """Partners' SFTP clients connect to sshd_port unless the site data names another port
+        (`site.sftp_port`, e.g. behind a NAT): the messages and the web page name that port."""
+        if isinstance(data, dict) and isinstance(data.get("site"), dict) and "sftp_port" not in data["site"]:
+            port = data.get("sshd_port", 22)
+            if isinstance(port, int):
+                data = {**data, "site": {**data["site"], "sftp_port": port}}
+        return data
+
     @model_validator(mode="after")
     def _portal_needs_site(self) -> HostSettings:
         if self.portal is not None and self.site is None:

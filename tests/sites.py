@@ -10,7 +10,8 @@ SMS_TOKEN = "sms-token-0815"
 
 
 def outbox_site() -> dict:
-    """Messages go to the host's outbox (/var/spool/imaging-exchange/outbox), not to anyone."""
+    """Messages go to the host's outbox (/var/spool/imaging-exchange/outbox), not to anyone.
+    No viewer: the test hosts have none, so their packages carry none and the texts say so."""
     return {
         "institution": {"nl": "het Testziekenhuis", "en": "Test Hospital"},
         "department": {"nl": "afdeling Radiologie", "en": "Department of Radiology"},
@@ -19,13 +20,18 @@ def outbox_site() -> dict:
             "email": "helpdesk@hospital.example",
             "phone": "012-345 6789",
             "hours": {"nl": "op werkdagen 8:30-17:00", "en": "weekdays 8:30-17:00"},
+            "urgent_phone": "012-345 0000",
         },
-        "windows_viewer": "run_cdviewer.exe",
         "staff_mailbox": "desk@hospital.example",
         "staff_language": "en",
         "email": {"transport": "outbox", "sender": "no-reply@hospital.example"},
         "sms": {"transport": "outbox"},
     }
+
+
+def viewer_site(viewer_dir: str = "/opt/imaging-exchange/cdviewer") -> dict:
+    """The same site with the CD viewer in every package (`viewer_dir` holds run_cdviewer.exe)."""
+    return outbox_site() | {"windows_viewer": "run_cdviewer.exe", "viewer_dir": viewer_dir}
 
 
 def relay_site(smtp_port: int, sms_url: str, ca_file: str) -> dict:

@@ -179,6 +179,14 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
     result = Plan()
     accounts = observed["accounts"]
     today = observed["today"]
+    # Refused before any step: a failing useradd would stop the run before later accounts
+    # (a dropped partner's lock among them) were reached.
+    taken = [w.name for w in wanted if w.active and w.name in observed.get("groups_without_user", [])]
+    if taken:
+        raise AccountConflict(
+            f"{', '.join(taken)}: a group of that name exists on the host (and no such user); "
+            "useradd cannot make the account's own group, pick another name"
+        )
 
     for group in (policy.accounts.partner_group, policy.accounts.link_group, policy.accounts.staff_group):
         if observed["groups"].get(group) is None:
@@ -202,7 +210,8 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
         if name not in wanted_names and kinds & manage_kinds:
             dropped.append(WantedAccount(name=name, kind=sorted(kinds & manage_kinds)[0], active=False))
 
-    for account in sorted([*wanted, *dropped], key=lambda a: a.name):
+    # Locks first: a step that fails stops the run, and a removed partner must not stay open.
+    for account in sorted([*wanted, *dropped], key=lambda a: (a.active, a.name)):
         _plan_account(layout, account, accounts.get(account.name), today, result)
 
     planned = {account.name for account in [*wanted, *dropped]}
@@ -251,8 +260,22 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
             raise AccountConflict(
                 f"user {name!r} exists but is not in {group}; it is not an exchange account, pick another name"
             )
-        if seen["home"] != chroot or seen["shell"] != NOLOGIN:
-            result.add(name, "home and shell", f"usermod --home {shlex.quote(chroot)} --shell {NOLOGIN} {q}")
+
+    expire = (seen["shadow"] or {}).get("expire")
+    if kind == "partner" and not account.active and (expire is None or expire > today):
+        # First, before any other step of it can fail and stop the run: account expiry refuses
+        # every method (password and key); the expiry day also records when the lock began,
+        # from which retention counts down to removal.
+        lock_day = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + today).isoformat()
+        result.add(
+            name,
+            "lock and end sessions",
+            f"usermod --expiredate {lock_day} {q}",
+            f"pkill -KILL -u {q} || true",
+            audit("account-locked", account=name, kind=kind, reason="absent from partner data"),
+        )
+    if seen["home"] != chroot or seen["shell"] != NOLOGIN:
+        result.add(name, "home and shell", f"usermod --home {shlex.quote(chroot)} --shell {NOLOGIN} {q}")
 
     for relative, (owner, owner_group, mode) in layout.skeleton(name).items():
         path = f"{chroot}/{relative}" if relative else chroot
@@ -277,36 +300,34 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
 
     shadow = seen["shadow"] or {}
     if kind == "partner":
-        aging = policy.passwords.aging
-        want = {
-            "min_days": aging.min_days,
-            "max_days": aging.max_days,
-            "warn_days": aging.warn_days,
-            "inactive_days": aging.inactive_days,
-        }
+        want, command = partner_aging(policy, shadow.get("password_set", False))
         if any(shadow.get(key) != value for key, value in want.items()):
-            result.add(
-                name,
-                "password aging",
-                f"chage --mindays {aging.min_days} --maxdays {aging.max_days} --warndays {aging.warn_days} "
-                f"--inactive {aging.inactive_days} {q}",
-            )
-        expire = shadow.get("expire")
-        if account.active and expire is not None:
+            result.add(name, "password aging", f"{command} {q}")
+        if account.active and shadow.get("expire") is not None:
             result.add(
                 name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind)
             )
-        elif not account.active and (expire is None or expire > today):
-            # Account expiry refuses every method (password and key); the expiry day also
-            # records when the lock began, from which retention counts down to removal.
-            lock_day = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + today).isoformat()
-            result.add(
-                name,
-                "lock and end sessions",
-                f"usermod --expiredate {lock_day} {q}",
-                f"pkill -KILL -u {q} || true",
-                audit("account-locked", account=name, kind=kind, reason="absent from partner data"),
-            )
+
+
+def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | None], str]:
+    """The shadow aging fields a partner account should have, and the `chage` that sets them.
+    A password ages by the policy. Without one (none handed out yet, or a partner that logs
+    in with its key only) nothing ages: PAM's account check would otherwise demand a new
+    password after max_days, which a key login cannot give, and lock the partner out."""
+    if not password_set:
+        return {"min_days": 0, "max_days": None, "inactive_days": None}, "chage --mindays 0 --maxdays -1 --inactive -1"
+    aging = policy.passwords.aging
+    want = {
+        "min_days": aging.min_days,
+        "max_days": aging.max_days,
+        "warn_days": aging.warn_days,
+        "inactive_days": aging.inactive_days,
+    }
+    command = (
+        f"chage --mindays {aging.min_days} --maxdays {aging.max_days} --warndays {aging.warn_days} "
+        f"--inactive {aging.inactive_days}"
+    )
+    return want, command
 
 
 def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-removed", **audit_fields) -> list[Step]:
@@ -316,10 +337,11 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
     chroot = shlex.quote(layout.chroot(kind, name))
     commands = [
         f"pkill -KILL -u {q} || true",
-        f"userdel {q}",
-        # Never leave the exchange filesystem, whatever is mounted below the chroot.
+        # Never leave the exchange filesystem, whatever is mounted below the chroot. Files before
+        # the account: if they cannot all go, the account stays (locked) and the next run retries.
         f"rm -rf --one-file-system {chroot}",
         f"rm -f {shlex.quote(f'{KEYS_DIR}/{name}')} {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}",
+        f"userdel {q}",
         "systemctl restart rsyslog",
         audit(event, account=name, kind=kind, **audit_fields),
     ]

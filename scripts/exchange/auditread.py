@@ -1,16 +1,18 @@
 """`exchange audit-read`: the read-only root commands the audit suite needs, gated.
 
 Auditors get sudo for this command only. It checks its arguments, runs the system's own
-tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, cat of the sudoers files) and prints that tool's raw output, so the
-evidence comes from the system, not from an interpretation of ours.
+tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U, nginx -T) and prints that
+tool's raw output, so the evidence comes from the system, not from an interpretation of ours.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import subprocess
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from exchange.accounts import Layout
 from exchange.auditlog import AUDIT_LOG
@@ -19,6 +21,15 @@ from exchange.policy import Policy
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
 MATCH_SPEC = "user={user},host=audit.invalid,addr=192.0.2.1"
 NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# exchange.links.STATE_DIR and its token index, written out: audit-read starts for every read,
+# and importing the link tool would slow each start.
+STATE_DIR = "/var/lib/imaging-exchange"
+LINK_TOKENS = f"{STATE_DIR}/link-tokens"
+# Beyond the exchange tree, the tools' state that TOOLS-01 checks and an auditor cannot reach.
+TOOL_PATHS = frozenset({STATE_DIR, LINK_TOKENS})
+# A token file's name is its token's SHA-256: twelve characters name the file to an admin,
+# the rest of the index key stays root's.
+TOKEN_FILE_FORMAT = "%.12f|%u|%g|%m|%y\n"
 
 
 class AuditReadError(Exception):
@@ -33,15 +44,41 @@ def exchange_account(policy: Policy, name: str) -> str:
     raise AuditReadError(f"{name!r} is not an exchange account (not in the partner or link group)")
 
 
+def _member(name: str, group: str) -> bool:
+    """In `group` as a supplementary or as the primary group."""
+    try:
+        entry = grp.getgrnam(group)
+        return name in entry.gr_mem or pwd.getpwnam(name).pw_gid == entry.gr_gid
+    except KeyError:
+        return False
+
+
+def audited_account(policy: Policy, name: str) -> str:
+    """A member of one of the exchange's groups: staff, auditors, partners, links."""
+    if not NAME.match(name):
+        raise AuditReadError(f"{name!r} is not an account name")
+    accounts = policy.accounts
+    groups = (accounts.staff_group, accounts.auditor_group, accounts.partner_group, accounts.link_group)
+    if any(_member(name, group) for group in groups):
+        return name
+    raise AuditReadError(f"{name!r} is in none of the groups {', '.join(groups)}")
+
+
 def readable_path(policy: Policy, path: str) -> str:
-    """Paths under the exchange root, and the directories above it (sshd checks them all)."""
+    """Paths under the exchange root, the directories above it (sshd checks them all), and the
+    tools' state folders."""
     clean = PurePosixPath(os.path.normpath(path))
     root = PurePosixPath(policy.accounts.root)
     if str(clean) != path or not clean.is_absolute():
         raise AuditReadError(f"{path!r} is not a normalised absolute path")
-    if clean == root or root in clean.parents or clean in root.parents:
+    if clean == root or root in clean.parents or clean in root.parents or path in TOOL_PATHS:
         return path
-    raise AuditReadError(f"{path!r} is outside {root} and its parents")
+    raise AuditReadError(f"{path!r} is outside {root} and its parents, and not one of {', '.join(sorted(TOOL_PATHS))}")
+
+
+def no_argument(what: str, argument: str | None) -> None:
+    if argument:
+        raise AuditReadError(f"{what} takes no argument (got {argument!r})")
 
 
 def command(policy: Policy, what: str, argument: str | None) -> list[str]:
@@ -63,9 +100,14 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
         return ["/usr/bin/find", policy.accounts.root, "-xdev", "!", "-type", "d", "-mmin", f"+{minutes}"]
     if what == "audit-log":
         return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
-    if what == "sudoers":
-        included = sorted(str(p) for p in Path("/etc/sudoers.d").iterdir() if p.is_file())
-        return ["/usr/bin/cat", "/etc/sudoers", *included]
+    if what == "sudo-rights":  # what sudo itself grants the account, however the sudoers spell it
+        return ["/usr/bin/sudo", "-n", "-l", "-U", audited_account(policy, argument or "")]
+    if what == "nginx":  # the configuration nginx loads, every included file in order
+        no_argument(what, argument)
+        return ["/usr/sbin/nginx", "-q", "-T"]
+    if what == "token-files":
+        no_argument(what, argument)
+        return ["/usr/bin/find", LINK_TOKENS, "-mindepth", "1", "-maxdepth", "1", "-printf", TOKEN_FILE_FORMAT]
     raise AuditReadError(f"unknown read {what!r}")
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -167,6 +168,7 @@ def link_issue(
     show_password: ShowPassword = False,
 ) -> None:
     """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
+    from exchange.credentials import CredentialError
     from exchange.links import LinkError, Links, LinkStore, validate_request
     from exchange.messages import MessageError, mask_email, mask_phone, when
 
@@ -179,11 +181,11 @@ def link_issue(
     tools = _tools("link issue")
     try:
         issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
-    except (LinkError, MessageError) as error:
+    except (LinkError, MessageError, CredentialError) as error:
         raise _fail(error) from None
     record = issued.record
     typer.echo(f"issued {record.account}")
-    typer.echo(f"  expires  {when(record.expires, 'en')}")
+    typer.echo(f"  expires  {when(record.expires, 'en', tools.site.zone)}")
     typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
     typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
     if show_password:
@@ -232,6 +234,7 @@ def link_resend(
     show_password: ShowPassword = False,
 ) -> None:
     """A new password by SMS (the old one stops working; the link stays)."""
+    from exchange.credentials import CredentialError
     from exchange.links import LinkError, Links, LinkStore
     from exchange.messages import MessageError, mask_phone
     from exchange.transports import DeliveryError
@@ -243,6 +246,8 @@ def link_resend(
         raise _fail(error, 2) from None
     except (DeliveryError, MessageError) as error:
         raise _fail(f"{error}\nthe previous password still works") from None
+    except CredentialError as error:  # says whether the new password went out
+        raise _fail(error) from None
     typer.echo(f"new password for {account} sent to {mask_phone(issued.record.phone)}")
     if show_password:
         typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
@@ -271,8 +276,9 @@ def partner_credentials(
     show_password: ShowPassword = False,
 ) -> None:
     """A fresh password by SMS, a notice by e-mail; the partner must change it at first login."""
+    from exchange.credentials import CredentialError
     from exchange.messages import MessageError, mask_email, mask_phone
-    from exchange.partner_access import PartnerAccessError, new_credentials
+    from exchange.partner_access import LockoutNotCleared, PartnerAccessError, new_credentials
     from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
 
     tools = _tools("partner credentials")
@@ -282,9 +288,12 @@ def partner_credentials(
         raise _fail(error, 2) from None
     if name not in partners:
         raise _fail(f"{name}: not in the partner data ({HOST_PARTNERS_PATH}); known: {', '.join(sorted(partners))}", 2)
+    not_cleared = None
     try:
         issued = new_credentials(tools.policy, tools.site, tools.messages, partners[name])
-    except (PartnerAccessError, MessageError) as error:
+    except LockoutNotCleared as error:
+        issued, not_cleared = error.issued, error  # sent: say so, then fail
+    except (PartnerAccessError, MessageError, CredentialError) as error:
         raise _fail(error) from None
     partner = issued.partner
     typer.echo(
@@ -293,6 +302,8 @@ def partner_credentials(
     typer.echo("  the partner must choose a new password at the first login")
     if show_password:
         typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+    if not_cleared:
+        raise _fail(not_cleared)
 
 
 @app.command("package")
@@ -312,7 +323,7 @@ def package(
 ) -> None:
     """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
     from exchange.messages import MessageError
-    from exchange.package import PackageError, download_folder, make_package
+    from exchange.package import PackageError, download_folder, link_end, make_package
 
     tools = _tools("package")
     # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
@@ -322,11 +333,12 @@ def package(
     except PackageError as error:
         raise _fail(error, 2) from None
     viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
+    link_ends = link_end(to)
     with _progress() as progress:
         try:
             made = make_package(
                 tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
-                allow_multiple_patients=allow_multiple_patients, progress=progress,
+                allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
             )  # fmt: skip
         except (PackageError, MessageError) as error:
             raise _fail(error) from None
@@ -402,29 +414,41 @@ def _progress():
     yield plain
 
 
-@app.command("notify-uploads")
-def notify_uploads(
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")] = False,
-) -> None:
-    """E-mail the staff mailbox about new uploads: one notice per account, each file once."""
-    from exchange.notices import notify_uploads as run_notices
+Quiet = Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")]
 
-    tools = _tools("notify-uploads")
-    sent, failures = run_notices(
-        tools.policy, tools.site, tools.messages, out=(lambda line: None) if quiet else typer.echo
-    )
+
+def _send_notices(command: str, send: Callable, what: str, quiet: bool) -> None:
+    """Run a notice job (sent, failures); a failed notice is retried by the next run."""
+    tools = _tools(command)
+    sent, failures = send(tools.policy, tools.site, tools.messages, out=(lambda line: None) if quiet else typer.echo)
     for failure in failures:
-        typer.echo(f"notice not sent: {failure}", err=True)
+        typer.echo(failure, err=True)
     if not quiet:
-        typer.echo(f"{sent} upload notices sent", err=True)
+        typer.echo(f"{sent} {what} sent", err=True)
     if failures:
         raise typer.Exit(1)
+
+
+@app.command("notify-uploads")
+def notify_uploads(quiet: Quiet = False) -> None:
+    """E-mail the staff mailbox about new uploads: one notice per account, each file once."""
+    from exchange.notices import notify_uploads as send
+
+    _send_notices("notify-uploads", send, "upload notices", quiet)
+
+
+@app.command("notify-expiring")
+def notify_expiring(quiet: Quiet = False) -> None:
+    """E-mail partners whose password expires within the policy's warning days: once a password."""
+    from exchange.expiry_notices import notify_password_expiry as send
+
+    _send_notices("notify-expiring", send, "password expiry notices", quiet)
 
 
 @app.command()
 def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; change nothing.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Delete exchange files older than the retention, and accounts whose time is over.
 
@@ -452,15 +476,30 @@ def purge(
         )
     for note in report.skipped:
         typer.echo(f"skipped {note}", err=True)
+    if not quiet:
+        for name in report.kept:
+            typer.echo(
+                f"kept {name}: locked, but not by the partner data (a lock by hand, or no partner data on this "
+                "server); not removed",
+                err=True,
+            )
+    for note in report.failed:
+        typer.echo(f"could not remove account {note}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command("audit-read", hidden=True)
 def audit_read(
     what: Annotated[
-        str, typer.Argument(help="sshd | chage | password-status | stat | old-files | audit-log | sudoers")
+        str,
+        typer.Argument(
+            help="sshd | chage | password-status | stat | old-files | audit-log | sudo-rights | nginx | token-files"
+        ),
     ],
     argument: Annotated[
-        str | None, typer.Argument(help="account name (sshd, chage, password-status), path (stat), days (old-files)")
+        str | None,
+        typer.Argument(help="account name (sshd, chage, password-status, sudo-rights), path (stat), days (old-files)"),
     ] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""

@@ -8,6 +8,7 @@ It is never written anywhere but the SMS.
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -48,13 +49,32 @@ def generate_password(policy: Policy) -> str:
     letters = max(12, policy.passwords.quality.minlen)
     letters += -letters % GROUP
     alphabet = UPPER + LOWER + DIGITS
-    while True:
+    refusal = ""
+    for _ in range(MAX_CANDIDATES):
         chars = [secrets.choice(alphabet) for _ in range(letters)]
         if not (set(chars) & set(UPPER) and set(chars) & set(LOWER) and set(chars) & set(DIGITS)):
             continue
         password = SEPARATOR.join("".join(chars[i : i + GROUP]) for i in range(0, letters, GROUP))
-        if _runs_ok(password, policy):
+        if not _runs_ok(password, policy):
+            continue
+        refusal = pwquality_refusal(password)
+        if not refusal:
             return password
+    # Random passwords refused this often: libpwquality itself is broken (its settings, its dictionary).
+    raise CredentialError(f"no password could be made: libpwquality refused {MAX_CANDIDATES} in a row ({refusal})")
+
+
+MAX_CANDIDATES = 100
+
+
+def pwquality_refusal(password: str) -> str:
+    """libpwquality's reason to refuse `password`, "" if it accepts it, where its tool is installed
+    (the servers: the passwords role installs it). cracklib refuses the odd random string too
+    (about one in thousands: "too simplistic/systematic"), and PAM would refuse the hand-out."""
+    if shutil.which("pwscore") is None:
+        return ""  # PAM's check when the password is set stays the judge
+    result = subprocess.run(["pwscore"], input=f"{password}\n", text=True, capture_output=True)
+    return "" if result.returncode == 0 else " ".join(result.stderr.split()) or f"pwscore exited {result.returncode}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,7 @@ class ShadowEntry:
 
     hash: str
     lastchg: str
+    aging: tuple[str, str, str, str] = ("", "", "", "")  # min, max, warn, inactive; "" is unset
 
 
 def shadow_entry(account: str) -> ShadowEntry:
@@ -70,22 +91,42 @@ def shadow_entry(account: str) -> ShadowEntry:
         for line in handle:
             fields = line.rstrip("\n").split(":")
             if fields[0] == account:
-                return ShadowEntry(hash=fields[1], lastchg=fields[2])
+                return ShadowEntry(hash=fields[1], lastchg=fields[2], aging=tuple(fields[3:7]))
     raise CredentialError(f"{account}: no such account")
 
 
 def set_password(account: str, password: str) -> None:
-    """Set through PAM; PAM's refusal is reported (without the password)."""
-    result = subprocess.run(["chpasswd"], input=f"{account}:{password}\n", text=True, capture_output=True, check=False)
+    """Set through PAM; a failure is reported with its cause (never the password)."""
+    try:
+        result = subprocess.run(
+            ["chpasswd"], input=f"{account}:{password}\n", text=True, capture_output=True, check=False
+        )
+    except OSError as error:
+        raise CredentialError(f"{account}: the password was not set: cannot run chpasswd: {error}") from None
     if result.returncode != 0:
-        raise CredentialError(f"{account}: PAM refused the new password: {result.stderr.strip()}")
+        raise CredentialError(_chpasswd_failure(account, result.returncode, result.stderr))
+
+
+def _chpasswd_failure(account: str, status: int, stderr: str) -> str:
+    """What chpasswd's failure means, in words that match its cause: pam_pwquality's or
+    pam_pwhistory's refusal, a password file held by another change, or anything else."""
+    detail = " ".join(stderr.split()) or f"chpasswd exited with status {status}"
+    if "BAD PASSWORD" in stderr or "password has been already used" in stderr.lower():
+        return f"{account}: the password policy (PAM) refused the new password: {detail}"
+    if "lock" in stderr.lower():
+        return f"{account}: the password was not set: the password file is locked (another account change?): {detail}"
+    return f"{account}: the password was not set: chpasswd failed: {detail}"
 
 
 def restore(account: str, entry: ShadowEntry) -> None:
     # The old hash goes in on stdin too: argv is visible to every local process.
     subprocess.run(["chpasswd", "--encrypted"], input=f"{account}:{entry.hash}\n", text=True, check=True)
+    # chage takes -1 for an unset field; the hand-out may have changed the aging too.
+    aging = [value or "-1" for value in entry.aging]
+    options = ["--mindays", aging[0], "--maxdays", aging[1], "--warndays", aging[2], "--inactive", aging[3]]
     if entry.lastchg:
-        subprocess.run(["chage", "--lastday", entry.lastchg, account], check=True, capture_output=True)
+        options += ["--lastday", entry.lastchg]
+    subprocess.run(["chage", *options, account], check=True, capture_output=True)
 
 
 def reset_failures(account: str) -> None:

@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,15 +308,27 @@ class Links:
         sms = self.messages.sms("link-sms", record.lang, password=password, expires=record.expires, resent=True)
         with account_lock():
             before = credentials.shadow_entry(account)
-            credentials.set_password(account, password)
+            credentials.set_password(account, password)  # CredentialError: nothing was sent
         try:
             send_sms(self.site, record.phone, sms)
         except BaseException:
             with account_lock():
                 credentials.restore(account, before)
             raise
-        credentials.reset_failures(account)
+        # On record before anything else can fail: the password went out.
         auditlog.record("link-password-resent", account=account, by=actor(), recipient=mask_phone(record.phone))
+        try:
+            credentials.reset_failures(account)
+        except (subprocess.CalledProcessError, OSError) as error:
+            said = (
+                error.stderr.decode(errors="replace").strip()
+                if isinstance(error, subprocess.CalledProcessError)
+                else error
+            )
+            raise credentials.CredentialError(
+                f"{account}: the new password was sent; lockout not cleared: {said}\n"
+                f"clear it by hand: faillock --dir {credentials.FAILLOCK_DIR} --user {account} --reset"
+            ) from None
         return Issued(record=record, password=password)
 
     def revoke(self, account: str) -> LinkRecord | None:

@@ -12,6 +12,7 @@ import datetime
 import os
 import re
 import textwrap
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -43,9 +44,15 @@ class Email:
     body: str
 
 
-def when(moment: datetime.datetime, lang: str) -> str:
-    """A date and time as recipients read it, in the server's time zone."""
-    local = moment.astimezone()
+def when(moment: datetime.datetime | float, lang: str, zone: datetime.tzinfo | str) -> str:
+    """A date and time as recipients read it, in the site's time zone (site.timezone) and named,
+    e.g. "zaterdag 5 december 2026 om 14:00 (CET)", whatever zone the server's clock is set to.
+    The one wording of e-mails, SMS, packages and the web page; `moment` may be a Unix time."""
+    if isinstance(zone, str):
+        zone = zoneinfo.ZoneInfo(zone)
+    if isinstance(moment, int | float):
+        moment = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    local = moment.astimezone(zone)  # a naive moment is the server's local time, as Python reads it
     weekday, month = _WEEKDAYS[lang][local.weekday()], _MONTHS[lang][local.month - 1]
     clock = local.strftime("%H:%M")
     zone = local.tzname() or ""
@@ -113,7 +120,7 @@ class Messages:
             # Plain text (e-mail, SMS, README.TXT), except the package's HTML page.
             autoescape=jinja2.select_autoescape(enabled_extensions=("htm.j2",), default=False),
         )
-        self.env.filters["when"] = when
+        self.env.filters["when"] = lambda moment, lang: when(moment, lang, site.zone)
         self.env.filters["capfirst"] = lambda text: text[:1].upper() + text[1:]  # "het LUMC" opens a sentence
         self.env.filters["dicom_date"] = dicom_date
         self.env.filters["person"] = person

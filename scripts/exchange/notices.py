@@ -4,6 +4,11 @@ Run from the purge's cron job. A file counts as uploaded once it has not changed
 SETTLE_SECONDS (an upload in progress keeps growing) and is not a hidden temporary name.
 What was announced is remembered per account (upload-notices/<account>.json), so a file
 is announced once, and an account's notice is only marked sent when the mail went out.
+
+Before it looks, it makes each upload folder's contents readable for the staff group
+(open_to_staff): internal-sftp's umask only removes bits, so a client that asks for a
+private mode (OpenSSH `put` of a 0600 file, `mkdir` with mode 0) would otherwise hide its
+upload from staff, and Debian 12's OpenSSH (9.2) has no `-m` to force a file mode.
 """
 
 from __future__ import annotations
@@ -61,6 +66,54 @@ def settled_uploads(folder: Path, now: float) -> list[Upload]:
     return found
 
 
+def _add_mode_bits(descriptor: int, st: os.stat_result, bits: int) -> int:
+    if stat.S_IMODE(st.st_mode) & bits == bits:
+        return 0
+    os.fchmod(descriptor, stat.S_IMODE(st.st_mode) | bits)
+    return 1
+
+
+def open_to_staff(folder: Path) -> int:
+    """Give the group (staff, from the setgid upload folder) read access to everything below
+    `folder`: g+rx on folders, g+r on regular files; nothing else changes. Runs as root in a
+    tree its account controls, so every entry is reached through its parent's descriptor and
+    opened without following a symlink (a symlink is never followed or changed), a file with a
+    second hard link or on another filesystem is left alone, and nothing outside `folder` is
+    touched. The folder itself is the deploy's. Returns how many entries it changed."""
+    try:
+        top = os.lstat(folder)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(top.st_mode):
+        return 0
+    changed = 0
+    # fwalk opens each folder relative to its parent and checks it is the folder it listed.
+    for path, dirs, names, dir_fd in os.fwalk(folder, follow_symlinks=False):
+        here = os.fstat(dir_fd)
+        if here.st_dev != top.st_dev:
+            dirs[:] = []  # another filesystem mounted here: not the account's
+            continue
+        if path != str(folder):
+            changed += _add_mode_bits(dir_fd, here, stat.S_IRGRP | stat.S_IXGRP)
+        for name in names:
+            try:
+                seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if not stat.S_ISREG(seen.st_mode) or seen.st_mode & stat.S_IRGRP:
+                    continue
+                descriptor = os.open(
+                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except OSError:
+                continue  # gone meanwhile, or replaced by a symlink (ELOOP)
+            try:
+                st = os.fstat(descriptor)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_dev == top.st_dev:
+                    changed += _add_mode_bits(descriptor, st, stat.S_IRGRP)
+            finally:
+                os.close(descriptor)
+    return changed
+
+
 def _describe_accounts(policy: Policy, store: LinkStore) -> dict[str, str]:
     who = {
         record.account: f"link for {record.recipient}" + (f", {record.note}" if record.note else "")
@@ -88,6 +141,11 @@ def notify_uploads(
     for kind, account, folder, key in folders:
         if not folder.is_dir() or folder.is_symlink():
             continue
+        if kind != "ended link":  # held uploads are root's, 0640 already (exchange.purge.hold_uploads)
+            try:
+                open_to_staff(folder)
+            except OSError as error:
+                failures.append(f"{account}: uploads not made readable for staff: {error}")
         seen_file = seen_dir / f"{key}.json"
         seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
         uploads = settled_uploads(folder, now)
@@ -107,7 +165,7 @@ def notify_uploads(
             try:
                 send_email(site, mail)
             except DeliveryError as error:
-                failures.append(f"{account}: {error}")
+                failures.append(f"notice not sent: {account}: {error}")
                 continue
             sent += 1
             out(auditlog.record("upload-notice-sent", account=account, kind=kind, files=len(new), by="purge"))

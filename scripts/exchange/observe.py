@@ -42,9 +42,10 @@ def _group_name(gid):
         return str(gid)
 
 
-def _shadow():
+def shadow(path="/etc/shadow"):
+    """/etc/shadow: account -> whether a password is set, and the aging and expiry days."""
     entries = {}
-    with open("/etc/shadow", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         for line in handle:
             fields = line.rstrip("\n").split(":")
             if len(fields) < 9:
@@ -86,8 +87,19 @@ def observe(params):
     for name in exchange_groups:
         if groups.get(name):
             members.update(groups[name]["members"])
-    shadow = _shadow()
+    shadow_entries = shadow()
     accounts = {}
+    # A wanted name that is a group but no user: useradd --user-group would fail on it.
+    groups_without_user = []
+    for name in params["names"]:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            try:
+                grp.getgrnam(name)
+                groups_without_user.append(name)
+            except KeyError:
+                pass
     for name in sorted(members):
         try:
             entry = pwd.getpwnam(name)
@@ -101,7 +113,7 @@ def observe(params):
             "exchange_groups": kinds,
             "home": home,
             "shell": entry.pw_shell,
-            "shadow": shadow.get(name),
+            "shadow": shadow_entries.get(name),
             "paths": {
                 part: _node(os.path.join(home, part) if part else home)
                 for part in ("", params["download_folder"], params["upload_folder"], "dev")
@@ -115,6 +127,7 @@ def observe(params):
         "groups": groups,
         "dirs": {path: _node(path) for path in params["dirs"]},
         "accounts": accounts,
+        "groups_without_user": sorted(groups_without_user),
         "stray_log_sockets": sorted(
             entry[:-5]
             for entry in (os.listdir(params["log_socket_dir"]) if os.path.isdir(params["log_socket_dir"]) else [])

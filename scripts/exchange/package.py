@@ -17,16 +17,18 @@ import os
 import queue
 import re
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog
+from exchange import auditlog, observe
 from exchange.accounts import Layout
 from exchange.auditlog import actor
 from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
 from exchange.dicomfiles import Scan, Source, scan
+from exchange.links import LinkError, LinkStore
 from exchange.messages import Messages
 from exchange.policy import Policy
 from exchange.zipstream import Entry, SourceError, write_entries
@@ -116,13 +118,43 @@ class _HashingWriter:
         return self._digest.hexdigest()
 
 
-def download_folder(policy: Policy, account: str) -> Path:
-    """The account's download folder; the account must be a partner or link account."""
+def download_folder(policy: Policy, account: str, now: float | None = None) -> Path:
+    """The account's download folder; the account must be a partner or link account that can
+    still log in: a package for a locked partner or an ended link would reach nobody."""
     layout = Layout(policy)
     kind = layout.kind_of(account)
-    if kind:
-        return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
-    raise PackageError(f"{account}: no partner or link account of that name (see `exchange link list`)")
+    if not kind:
+        raise PackageError(f"{account}: no partner or link account of that name (see `exchange link list`)")
+    now = time.time() if now is None else now
+    expiry = (observe.shadow().get(account) or {}).get("expire")
+    if expiry is not None and expiry <= now // 86400:  # shadow's days
+        since = (datetime.date(1970, 1, 1) + datetime.timedelta(days=expiry)).isoformat()
+        if kind == "partner":
+            raise PackageError(
+                f"partner {account} is locked (account expired {since}) and cannot log in; nothing was written"
+            )
+        raise PackageError(
+            f"link {account} has ended (account expired {since}) and cannot log in; nothing was written "
+            "(issue a new link: `exchange link issue`)"
+        )
+    # A link ends at its record's time; its account expires at the next day (shadow counts days).
+    end = link_end(account) if kind == "link" else None
+    if end is not None and end.timestamp() <= now:
+        raise PackageError(
+            f"link {account} has ended ({end.isoformat()}) and cannot log in; nothing was written "
+            "(issue a new link: `exchange link issue`)"
+        )
+    return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
+
+
+def link_end(account: str, store: LinkStore | None = None) -> datetime.datetime | None:
+    """A link account's end, when its account and files go whatever their age (README.TXT says
+    so); None for a partner (no link record), or a link whose record cannot be read."""
+    try:
+        record = (store or LinkStore()).get(account)
+    except LinkError:
+        return None
+    return record.expires if record else None
 
 
 def examine(
@@ -176,11 +208,23 @@ def _entry(name: str, stored: bool, when: datetime.datetime) -> zipfile.ZipInfo:
     return info
 
 
-def _viewer_sources(viewer: Path | None) -> list[tuple[str, Source]]:
+def _viewer_sources(viewer: Path | None, windows_viewer: str | None) -> list[tuple[str, Source]]:
+    """The viewer folder's files; `windows_viewer` (site data: what the messages tell recipients
+    to start) must be a file at its root, or the package is refused."""
     if viewer is None:
         return []
     if not viewer.is_dir():
-        raise PackageError(f"viewer folder {viewer}: not a directory")
+        raise PackageError(f"viewer folder {viewer}: not a directory; nothing was written")
+    if not windows_viewer:
+        raise PackageError(
+            f"viewer folder {viewer}: the site names no windows_viewer, so the messages tell recipients the "
+            "package holds no viewer; set windows_viewer in the site data; nothing was written"
+        )
+    if windows_viewer and ((viewer / windows_viewer).is_symlink() or not (viewer / windows_viewer).is_file()):
+        raise PackageError(
+            f"viewer folder {viewer}: no {windows_viewer} at its root, which the messages tell recipients to start "
+            "(site windows_viewer); nothing was written"
+        )
     found = []
     for top, dirs, files in os.walk(viewer, followlinks=False):
         dirs.sort()
@@ -211,11 +255,20 @@ def make_package(
     strict: bool = False,
     allow_multiple_patients: bool = False,
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+    link_ends: datetime.datetime | None = None,
 ) -> Package:
+    """`link_ends`: for a link account, the link's end, when its files go whatever their age."""
+    viewer_files = _viewer_sources(viewer, messages.site.windows_viewer)
     found, tree = examine(paths, strict, allow_multiple_patients, lambda label: progress("reading headers", 0, 0))
-    viewer_files = _viewer_sources(viewer)
-    now = datetime.datetime.now().astimezone()
-    context = {"patients": summary(tree), "label": label, "now": now, "viewer": bool(viewer_files), "policy": policy}
+    now = datetime.datetime.now(messages.site.zone)  # the name, the zip's times and README: the site's clock
+    context = {
+        "patients": summary(tree),
+        "label": label,
+        "now": now,
+        "viewer": bool(viewer_files),
+        "policy": policy,
+        "ends": link_ends,
+    }
     try:
         directory = dicomdir_bytes(tree)
     except DicomDirError as error:

@@ -4,13 +4,17 @@ policy)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 
-from exchange import auditlog, credentials
-from exchange.accounts import Layout, account_lock
+from exchange import auditlog, credentials, expiry_notices
+from exchange.accounts import Layout, account_lock, partner_aging
 from exchange.auditlog import actor
-from exchange.messages import Messages, mask_email, mask_phone
+from exchange.messages import Messages, mask_email, mask_phone, when
 from exchange.partners import Partner
 from exchange.policy import Policy
 from exchange.site import Site
@@ -19,6 +23,26 @@ from exchange.transports import DeliveryError, send_email, send_sms
 
 class PartnerAccessError(Exception):
     pass
+
+
+class LockoutNotCleared(PartnerAccessError):
+    """The password was set and sent (and audited), but the failed-login tally stays."""
+
+    def __init__(self, issued: NewCredentials, reason: str) -> None:
+        name = issued.partner.name
+        super().__init__(
+            f"{name}: password sent; lockout not cleared: {reason}\n"
+            f"clear it by hand: faillock --dir {credentials.FAILLOCK_DIR} --user {name} --reset"
+        )
+        self.issued = issued
+
+
+def _reason(error: BaseException) -> str:
+    """A failed command's own words (its stderr), else the error."""
+    if isinstance(error, subprocess.CalledProcessError):
+        said = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        return " ".join(said.split()) or f"{error.cmd[0]} exited with status {error.returncode}"
+    return str(error)
 
 
 @dataclass(frozen=True)
@@ -37,6 +61,11 @@ def _require_account(policy: Policy, partner: Partner) -> None:
 def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Partner) -> NewCredentials:
     _require_account(policy, partner)
     password = credentials.generate_password(policy)
+    # Expired from the start (below), it can be changed at a login until the inactive days are over.
+    today = int(time.time() // 86400)  # shadow's days
+    expired_since = today - policy.passwords.aging.max_days - 1
+    valid_until = when(expiry_notices.EPOCH + datetime.timedelta(days=today + policy.passwords.aging.inactive_days),
+                       partner.language, site.zone)  # fmt: skip
     mail = messages.email(
         "partner-credentials-email",
         partner.language,
@@ -44,21 +73,37 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
         account=partner.name,
         organisation=partner.organisation,
         phone_masked=mask_phone(partner.phone),
+        valid_until=valid_until,
         policy=policy,
     )
-    sms = messages.sms("partner-credentials-sms", partner.language, password=password)
-    with account_lock():
-        before = credentials.shadow_entry(partner.name)
-        credentials.set_password(partner.name, password)
+    sms = messages.sms("partner-credentials-sms", partner.language, password=password, valid_until=valid_until)
     try:
-        # Expired at once: the first login (SFTP or web) must choose a new one.
         with account_lock():
-            subprocess.run(["chage", "--lastday", "0", partner.name], check=True, capture_output=True)
+            before = credentials.shadow_entry(partner.name)
+            credentials.set_password(partner.name, password)
+    except credentials.CredentialError as error:
+        raise PartnerAccessError(f"{error}\nnothing was sent; the partner's previous password still works") from None
+    try:
+        # Expired at once, by age: the first login (SFTP or web) must choose a new one, and an
+        # unused one dies after the policy's inactive days. (`chage --lastday 0` would force the
+        # change too, but PAM then skips the age checks: an unused password would work forever.)
+        _, aging = partner_aging(policy, password_set=True)
+        with account_lock():
+            subprocess.run(
+                [*shlex.split(aging), "--lastday", str(expired_since), partner.name], check=True, capture_output=True
+            )
         send_email(site, mail)
         send_sms(site, partner.phone, sms)
     except BaseException as failure:
-        with account_lock():
-            credentials.restore(partner.name, before)
+        try:
+            with account_lock():
+                credentials.restore(partner.name, before)
+        except (subprocess.CalledProcessError, OSError) as undo:
+            raise PartnerAccessError(
+                f"{partner.name}: {_reason(failure)}\nand putting the previous password back failed too "
+                f"({_reason(undo)}): its old password may not work; run `exchange partner credentials "
+                f"{partner.name}` again"
+            ) from None
         if isinstance(failure, DeliveryError):
             raise PartnerAccessError(f"{failure}\nthe partner's previous password was put back") from None
         if isinstance(failure, subprocess.CalledProcessError):
@@ -67,11 +112,18 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
                 "the partner's previous password was put back"
             ) from None
         raise
-    credentials.reset_failures(partner.name)
+    # The hand-out is on record before anything else can fail: the password went out.
     auditlog.record(
         "partner-credentials-issued",
         account=partner.name,
         by=actor(),
         recipient=f"{mask_email(partner.email)} {mask_phone(partner.phone)}",
     )
-    return NewCredentials(partner=partner, password=password)
+    issued = NewCredentials(partner=partner, password=password)
+    with contextlib.suppress(OSError):  # at worst an expiry notice follows: harmless
+        expiry_notices.mark_told(partner.name, expired_since)  # the hand-out mail says to change it
+    try:
+        credentials.reset_failures(partner.name)
+    except (subprocess.CalledProcessError, OSError) as error:
+        raise LockoutNotCleared(issued, _reason(error)) from None
+    return issued

@@ -131,9 +131,12 @@ def load_partners(path: Path | str) -> tuple[Partner, ...]:
     path = Path(path)
     data = read_yaml_file(path, "partner file", PartnerDataError)
     if data is None:
-        data = {}
+        raise PartnerDataError(f"{path}: the file is empty (or comments only); write `partners: []` for no partners")
     if not isinstance(data, dict):
         raise PartnerDataError(f"{path}: (top level): must be a mapping with a `partners` list")
+    if "partners" not in data:
+        # An empty or cut-off file must not read as "no partners": that would lock them all.
+        raise PartnerDataError(f"{path}: partners: missing; write `partners: []` to mean no partners at all")
     try:
         return tuple(PartnerList.model_validate(data).partners)
     except ValidationError as exc:

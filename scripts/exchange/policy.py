@@ -163,7 +163,9 @@ class PasswordAging(Section):
     min_days: int = Field(1, ge=0)
     max_days: int = Field(90, ge=1, le=99999)
     warn_days: int = Field(14, ge=0)
-    inactive_days: int = Field(30, ge=0)
+    # Days an expired password can still be changed at a login; 0 would close an account the
+    # moment its password expires, and a password staff hand out (expired from the start) at once.
+    inactive_days: int = Field(30, ge=1)
 
     # After the model, not per field: pydantic runs no field validator on a default, so a
     # field check would miss `min_days: 120` beside the default max_days.

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exchange import auditlog, links, observe
-from exchange.accounts import Layout, Step, account_lock, removal_steps, run_steps
+from exchange.accounts import Layout, Step, StepFailed, account_lock, removal_steps, run_steps
+from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
 from exchange.policy import Policy
 
 LOCK_FILE = Path("/run/lock/imaging-exchange-purge.lock")
@@ -46,6 +47,8 @@ class PurgeReport:
     directories: int = 0
     accounts: int = 0
     skipped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # partners locked, but not by the partner data
+    failed: list[str] = field(default_factory=list)  # accounts whose removal failed (tried again next run)
 
 
 @contextlib.contextmanager
@@ -57,6 +60,9 @@ def purge_lock(path: Path = LOCK_FILE) -> Iterator[None]:
         except BlockingIOError:
             raise PurgeBusy(f"another purge is running (lock {path})") from None
         yield
+
+
+FUTURE_SLACK = 300  # seconds a file's time may be ahead of the server's clock before it is reset
 
 
 def _purge_tree(
@@ -100,6 +106,13 @@ def _purge_entry(
         report.directories += 1
         emit("directory-purged", path=path, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
         return True
+    if st.st_mtime > time.time() + FUTURE_SLACK:
+        # A time in the future (copied with `cp -p` or unzipped from a machine whose clock is
+        # ahead) would keep the file past retention: its days count from now on.
+        if not dry_run:
+            os.utime(entry, dir_fd=dir_fd, follow_symlinks=False)
+        emit("file-time-reset", path=path, mtime=round(st.st_mtime))
+        return False
     if st.st_mtime >= cutoff:
         return False
     # Files, and symlinks themselves (never their targets).
@@ -218,12 +231,17 @@ def hold_uploads(layout: Layout, account: str) -> int:
     return len(found)
 
 
-def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str]]:
-    """(name, kind, reason) of link accounts past their validity and of partners locked
-    for longer than retention."""
+def expired_accounts(
+    layout: Layout, observed: dict, partners_present: set[str] | None
+) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """(name, kind, reason) of link accounts past their validity and of partners locked for
+    longer than retention; and the locked partners kept because the partner data did not
+    lock them (`partners_present`: the names it lists as present, None when the host has no
+    partner data). A lock by hand (`usermod --expiredate 1`, as for a compromised account)
+    must never delete the partner's uploads."""
     today = observed["today"]
     policy = layout.policy
-    expired = []
+    expired, kept = [], []
     for name, seen in observed["accounts"].items():
         expire = (seen.get("shadow") or {}).get("expire")
         if expire is None:
@@ -231,9 +249,31 @@ def expired_accounts(layout: Layout, observed: dict) -> list[tuple[str, str, str
         groups = seen["exchange_groups"]
         if policy.accounts.link_group in groups and expire <= today:
             expired.append((name, "link", "validity ended"))
-        elif policy.accounts.partner_group in groups and expire + policy.retention.days <= today:
-            expired.append((name, "partner", f"locked for {policy.retention.days} days"))
-    return expired
+        # The lock day counts whole: the last upload before a lock late that day gets its days.
+        elif policy.accounts.partner_group in groups and expire + policy.retention.days + 1 <= today:
+            if partners_present is None or name in partners_present:
+                kept.append(name)
+            else:
+                expired.append((name, "partner", f"locked for {policy.retention.days} days"))
+    return expired, kept
+
+
+def _holds_files(layout: Layout, name: str) -> bool:
+    chroot = Path(layout.chroot("partner", name))
+    folders = (layout.policy.accounts.download_folder, layout.policy.accounts.upload_folder)
+    for folder in folders:
+        if (chroot / folder).is_dir():
+            with os.scandir(chroot / folder) as entries:
+                if any(entries):
+                    return True
+    return False
+
+
+def partners_present(path: str = HOST_PARTNERS_PATH) -> set[str] | None:
+    """Partners the installed partner data lists as present; None without partner data."""
+    if not Path(path).exists():
+        return None
+    return {partner.name for partner in load_partners(path) if partner.present}
 
 
 def _keep_uploads(layout: Layout, account: str, emit: Callable, **fields) -> None:
@@ -275,29 +315,59 @@ def purge(
         for problem in store.unreadable():  # such a link still ends: by its account's expiry below
             emit("link-record-unreadable", problem=problem)
         moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+
+        def remove(name: str, kind: str, steps: Callable[[], None], event: str, **fields) -> None:
+            """One account's removal. A failure is named and the others still go; the account
+            stays (locked), so the next run tries again."""
+            try:
+                steps()
+            except (StepFailed, OSError) as failure:
+                report.failed.append(f"{name}: {failure}")
+                emit("account-removal-failed", account=name, kind=kind, problem=str(failure))
+                return
+            report.accounts += 1
+            out(auditlog.audit_line(event, account=name, kind=kind, by="purge", **fields))
+
         removed = set()
         for record in links.expired_links(store, observed, moment):
-            report.accounts += 1
             removed.add(record.account)
             fields = {"recipient": record.recipient, "expired": record.expires.isoformat()}
             if dry_run:
+                report.accounts += 1
                 emit("link-expiry-planned", account=record.account, **fields)
                 continue
-            _keep_uploads(layout, record.account, emit, recipient=record.recipient)
-            links.remove_link(layout, store, record.account, "link-expired", by="purge", **fields)
-            out(auditlog.audit_line("link-expired", account=record.account, kind="link", by="purge", **fields))
-        for name, kind, reason in expired_accounts(layout, observed):
+
+            def end_link(record=record, fields=fields) -> None:
+                _keep_uploads(layout, record.account, emit, recipient=record.recipient)
+                links.remove_link(layout, store, record.account, "link-expired", by="purge", **fields)
+
+            remove(record.account, "link", end_link, "link-expired", **fields)
+        try:
+            present = partners_present()
+        except PartnerDataError as problem:  # no partner is removed on data that cannot be read
+            emit("partner-data-unreadable", problem=str(problem))
+            report.failed.append(f"partner data: {problem}; no partner account was removed")
+            present = None
+        expired, report.kept = expired_accounts(layout, observed, present)
+        for name, kind, reason in expired:
             if name in removed:
                 continue
-            report.accounts += 1
+            if kind == "partner" and not dry_run and _holds_files(layout, name):
+                # Its lock day may be older than the lock (a lock by hand, then dropped from the
+                # data): the account goes once retention has emptied its folders, never before.
+                continue
             if dry_run:
+                report.accounts += 1
                 emit("account-removal-planned", account=name, kind=kind, reason=reason)
                 continue
-            if kind == "link":  # its record unreadable or gone: record and token go with it
-                _keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
-                links.remove_link(layout, store, name, "account-removed", reason=reason, by="purge")
-            else:
-                with account_lock():
-                    run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
-            out(auditlog.audit_line("account-removed", account=name, kind=kind, reason=reason, by="purge"))
+
+            def remove_account(name=name, kind=kind, reason=reason) -> None:
+                if kind == "link":  # its record unreadable or gone: record and token go with it
+                    _keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
+                    links.remove_link(layout, store, name, "account-removed", reason=reason, by="purge")
+                else:
+                    with account_lock():
+                        run_steps(removal_steps(layout, name, kind, reason=reason, by="purge"))
+
+            remove(name, kind, remove_account, "account-removed", reason=reason)
     return report

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import zoneinfo
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from exchange.validation import describe, read_yaml_file
 
@@ -60,6 +70,9 @@ class Contact(Part):
     email: EmailStr
     phone: Text  # as people dial it, e.g. "071-526 3497"
     hours: Localised  # when the phone is answered, e.g. {nl: "op werkdagen 8:30-17:00", en: ...}
+    # Only for urgent cases outside office hours: the hospital switchboard, which puts callers
+    # through to the radiographer on duty (the source document's 071-5269111). Unset: not shown.
+    urgent_phone: Text | None = None
 
     _languages = field_validator("hours")(_both_languages)
 
@@ -126,10 +139,34 @@ class PublicSite(Part):
     department: Localised  # {nl: "afdeling Radiologie", en: "Department of Radiology"}
     portal_url: str  # the secure web page, https://<name>; links are <portal_url>/l/<token>
     sftp_host: Text | None = None  # what partners put in their SFTP client; default: the portal's host name
+    # The port partners put in their SFTP client. The deploy fills in the host's sshd_port when
+    # the inventory leaves it out (roles/settings.py); set it where a NAT maps another port.
+    sftp_port: int = Field(22, ge=1, le=65535)
     contact: Contact
-    windows_viewer: Text | None = None  # what recipients start on Windows, e.g. run_cdviewer.exe (the CD viewer)
+    # What recipients start on Windows, e.g. run_cdviewer.exe (the CD viewer): a file at the root of
+    # viewer_dir (Site), which must then be set. Unset: the packages carry no viewer, and say so.
+    windows_viewer: Text | None = None
+    # The times in e-mails, SMS, packages and on the web page are shown in this zone (IANA name),
+    # whatever the server's own clock zone is.
+    timezone: Text = "Europe/Amsterdam"
 
     _languages = field_validator("institution", "department")(_both_languages)
+
+    @field_validator("windows_viewer")
+    @classmethod
+    def _file_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or "\\" in value or value in (".", "..")):
+            raise ValueError("must be a file name at the root of viewer_dir, e.g. run_cdviewer.exe (no folders)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone name such as Europe/Amsterdam") from None
+        return value
 
     @field_validator("portal_url")
     @classmethod
@@ -147,17 +184,39 @@ class PublicSite(Part):
     def sftp_server(self) -> str:
         return self.sftp_host or self.portal_host
 
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
     def public(self) -> PublicSite:
         return PublicSite.model_validate(self.model_dump(include=set(PublicSite.model_fields)))
 
 
 class Site(PublicSite):
-    viewer_dir: str | None = None  # on the server: the viewer bundle put beside DICOMDIR in every study package
+    # On the server: the viewer bundle put beside DICOMDIR in every study package, with
+    # windows_viewer at its root. Required when windows_viewer is set (the messages name it).
+    viewer_dir: str | None = Field(None, validate_default=True)
     staff_mailbox: EmailStr  # upload notices go here
     staff_language: Language = "nl"
     email: EmailTransport
     sms: SmsTransport
     outbox_dir: str = "/var/spool/imaging-exchange/outbox"
+
+    @field_validator("viewer_dir")
+    @classmethod
+    def _viewer_named_in_messages(cls, value: str | None, info: ValidationInfo) -> str | None:
+        viewer = info.data.get("windows_viewer")
+        if viewer and not value:
+            raise ValueError(
+                f"required when windows_viewer is set ({viewer}): the folder on the server that holds {viewer} "
+                "at its root and goes into every package; without a viewer folder, leave windows_viewer out"
+            )
+        if value and not viewer:
+            raise ValueError(
+                "needs windows_viewer, the program at its root that recipients start on Windows (e.g. "
+                "run_cdviewer.exe): without it the messages tell recipients the package holds no viewer"
+            )
+        return value
 
     @field_validator("outbox_dir")
     @classmethod

@@ -5,7 +5,8 @@
 
 The suite changes nothing on the host. It logs in as the auditor (key only) and reads
 what needs root through `sudo exchange audit-read`, the only command auditors may sudo,
-which prints the raw output of sshd -T, chage -l, stat, find and lsattr.
+which prints the raw output of sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U
+and nginx -T.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ class Reader:
         if result.rc != 0:
             return []
         return sorted(filter(None, result.stdout.strip().split(":")[3].split(",")))
+
+    def group_accounts(self, group: str) -> list[str]:
+        """The members, and the accounts whose primary group it is (which getent group omits)."""
+        result = self.host.run(f"getent group {group}")
+        if result.rc != 0:
+            return []
+        gid = result.stdout.strip().split(":")[2]
+        passwd = [line.split(":") for line in self.host.run("getent passwd").stdout.splitlines()]
+        return sorted({*self.group_members(group), *(entry[0] for entry in passwd if entry[3] == gid)})
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
-"""Every partner and link account: group, shell, chroot ownership and modes, folders."""
+"""Every partner and link account: group, shell, chroot ownership and modes, folders, passwd entry."""
 
 import pytest
 
+from exchange.accounts import NOLOGIN
+
 control = pytest.mark.control
-NOLOGIN = "/usr/sbin/nologin"
 
 
 def accounts(read, policy):
@@ -84,4 +85,21 @@ def test_tree(read, layout, control):
     for path in expected:
         owner, group, mode, _ = stat(read, path)
         found[path] = f"{owner} {group} {mode.zfill(4)}"
+    control.verify(expected, found)
+
+
+@control(
+    "ACC-06",
+    reference="sshd_config(5) ChrootDirectory %h; this project: isolation",
+    source="accounts.root, accounts.partner_group, accounts.link_group",
+)
+def test_home_is_the_own_chroot(host, read, policy, layout, control):
+    """sshd chroots each account to its passwd home (ChrootDirectory %h): a home pointed at
+    another account's folder, or above the tree, opens that to it. ACC-03 checks the folders
+    where they should be; this checks that sshd goes there."""
+    expected, found = {}, {}
+    for name, kind in accounts(read, policy):
+        user = host.user(name)
+        expected[name] = {"home": layout.chroot(kind, name), "shell": NOLOGIN}
+        found[name] = {"home": user.home, "shell": user.shell}
     control.verify(expected, found)

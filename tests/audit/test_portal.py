@@ -8,11 +8,24 @@ import shlex
 import pytest
 
 from exchange.policy import parse_policy
+from tests.audit.nginxconf import (
+    Config,
+    Directive,
+    in_effect,
+    location_for,
+    size_bytes,
+    tls_servers,
+    zone_rates_per_minute,
+)
 
 control = pytest.mark.control
 
 NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
 SERVICE = "imaging-exchange-portal"
+# The portal's routes (scripts/exchange/portal/app.py): uploads, and the forms that take a password.
+UPLOAD = "/files/upload"
+PASSWORD_FORMS = {"/login": "/login", "/l/<token>": "/l/" + "A" * 43, "/password": "/password"}
+NGINX_DEFAULT_BODY_SIZE = "1m"
 
 
 @pytest.fixture(scope="module")
@@ -100,22 +113,59 @@ def test_security_headers_and_cookies(host, https_address, control):
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def running_nginx(read, site_config):
+    """The configuration nginx loads (`nginx -T`, as root: it reads the TLS key)."""
+    return Config.from_dump(read.privileged("nginx")).main()
+
+
+def applying_to(main: Directive, port: int, path: str) -> list[Directive]:
+    """The blocks whose directives apply to a request for `path` on the TLS server at `port`,
+    innermost first: its location, the server, http. The first such server is nginx's default."""
+    servers = tls_servers(main, port)
+    if not servers:
+        return []
+    return [level for level in (location_for(servers[0], path), servers[0], *main.all("http")[:1]) if level]
+
+
+def body_size_mb(levels: list[Directive]) -> float | None:
+    if not levels:
+        return None
+    sizes = in_effect("client_max_body_size", *levels) or [[NGINX_DEFAULT_BODY_SIZE]]
+    megabytes = size_bytes(sizes[-1][0]) / (1 << 20)
+    return int(megabytes) if megabytes.is_integer() else megabytes
+
+
+def posts_per_minute(main: Directive, levels: list[Directive]) -> int | None:
+    """The strictest request rate limit on these blocks, per minute; None without any."""
+    rates = {name: rate for http in main.all("http") for name, rate in zone_rates_per_minute(http).items()}
+    zones = [
+        dict(arg.split("=", 1) for arg in args if "=" in arg).get("zone") for args in in_effect("limit_req", *levels)
+    ]
+    limits = [rates[zone] for zone in zones if zone in rates]
+    return min(limits) if limits else None
+
+
 @control(
     "PORTAL-04",
     reference="issue 7: upload size and login rate limits in nginx",
     source="portal.upload_max_mb, portal.login_requests_per_minute",
 )
-def test_nginx_limits_follow_the_policy(policy, site_config, control):
-    body = re.search(r"client_max_body_size\s+(\d+)m;", site_config)
-    rate = re.search(r"zone=imaging_exchange_login:\S+\s+rate=(\d+)r/m;", site_config)
+def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, control):
+    """Read from what nginx loads, for the location nginx picks for each route: a limit in the
+    site file means nothing if nginx runs another file, or a location overrides it."""
+    _, port = https_address
     control.verify(
         {
-            "client_max_body_size_mb": policy.portal.upload_max_mb + 1,
-            "login_posts_per_minute": policy.portal.login_requests_per_minute,
+            f"client_max_body_size_mb {UPLOAD}": policy.portal.upload_max_mb + 1,  # + the form around the file
+            "login_posts_per_minute": {form: policy.portal.login_requests_per_minute for form in PASSWORD_FORMS},
         },
         {
-            "client_max_body_size_mb": int(body[1]) if body else None,
-            "login_posts_per_minute": int(rate[1]) if rate else None,
+            f"client_max_body_size_mb {UPLOAD}": body_size_mb(applying_to(running_nginx, port, UPLOAD)),
+            "login_posts_per_minute": {
+                form: posts_per_minute(running_nginx, applying_to(running_nginx, port, path))
+                for form, path in PASSWORD_FORMS.items()
+            },
         },
     )
 

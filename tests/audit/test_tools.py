@@ -6,36 +6,64 @@ from exchange.policy import HOST_POLICY_PATH, parse_policy
 
 control = pytest.mark.control
 
+STATE_DIR = "/var/lib/imaging-exchange"
+TOKEN_FOLDER = f"{STATE_DIR}/link-tokens"
+PORTAL_CONFIG = "/etc/imaging-exchange/portal.yaml"
 # Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
 # addresses and numbers and the link token hashes, the partner file the partners' contacts.
 ROOT_ONLY = {
     "/etc/imaging-exchange/site.yaml": ("root", "root", 0o600),
     "/etc/imaging-exchange/partners.yaml": ("root", "root", 0o600),
-    "/var/lib/imaging-exchange": ("root", "root", 0o700),
+    STATE_DIR: ("root", "root", 0o700),
     "/var/spool/imaging-exchange/outbox": ("root", "root", 0o700),
 }
+KINDS = {"f": "file", "d": "directory", "l": "symlink"}  # find -printf %y
+
+
+def owner_and_mode(owner: str, group: str, mode: int, kind: str = "") -> str:
+    return f"{owner}:{group} {mode:04o}{f' {kind}' if kind else ''}"
+
+
+def as_auditor(host, path: str) -> str | None:
+    item = host.file(path)
+    return owner_and_mode(item.user, item.group, item.mode) if item.exists else None
+
+
+def as_root(read, path: str) -> str:
+    _, owner, group, mode, _ = read.privileged("stat", path).strip().split("|")
+    return owner_and_mode(owner, group, int(mode, 8))
+
+
+def token_files(read) -> dict[str, str]:
+    """Each file in the token folder (named by its first twelve characters), which only root
+    can list."""
+    found = {}
+    for line in read.privileged("token-files").splitlines():
+        name, owner, group, mode, kind = line.split("|")
+        found[f"{TOKEN_FOLDER}/{name}..."] = owner_and_mode(owner, group, int(mode, 8), KINDS.get(kind, kind))
+    return found
 
 
 @control(
     "TOOLS-01", reference="CIS Debian 12 7.1.x (file permissions); this project: secrets root only", source="(baseline)"
 )
-def test_credentials_and_recipient_data_are_root_only(host, policy, control):
-    wanted = dict(ROOT_ONLY)
-    if host.file("/etc/imaging-exchange/portal.yaml").exists:
-        # With the web page its group may pass to the link token index and read a token by
-        # name; it can list neither directory.
+def test_credentials_and_recipient_data_are_root_only(host, read, policy, control):
+    wanted = {path: owner_and_mode(*spec) for path, spec in ROOT_ONLY.items()}
+    found = {path: as_auditor(host, path) for path in ROOT_ONLY}
+    if host.file(PORTAL_CONFIG).exists:
+        # With the web page its group may pass to the link token folder and read a token by
+        # name; it can list neither directory. The auditor cannot pass either: root reads them.
         portal = policy.portal.service_user
-        wanted["/var/lib/imaging-exchange"] = ("root", portal, 0o710)
-        wanted["/var/lib/imaging-exchange/link-tokens"] = ("root", portal, 0o2710)
-        wanted["/etc/imaging-exchange/portal.yaml"] = ("root", portal, 0o640)
-    expected, found = {}, {}
-    for path, (owner, group, mode) in wanted.items():
-        item = host.file(path)
-        if not item.exists:
-            continue  # e.g. no outbox on a site that sends through SMTP and an SMS gateway
-        expected[path] = f"{owner}:{group} {mode:04o}"
-        found[path] = f"{item.user}:{item.group} {item.mode:04o}"
-    control.verify(expected, found)
+        tokens = token_files(read)
+        wanted |= {
+            STATE_DIR: owner_and_mode("root", portal, 0o710),
+            PORTAL_CONFIG: owner_and_mode("root", portal, 0o640),
+            TOKEN_FOLDER: owner_and_mode("root", portal, 0o2710),
+        } | {path: owner_and_mode("root", portal, 0o640, "file") for path in tokens}
+        found |= {PORTAL_CONFIG: as_auditor(host, PORTAL_CONFIG), TOKEN_FOLDER: as_root(read, TOKEN_FOLDER)} | tokens
+    # Not there is not checked: e.g. no outbox on a site that sends through SMTP and an SMS gateway.
+    present = [path for path, seen in found.items() if seen is not None]
+    control.verify({path: wanted[path] for path in present}, {path: found[path] for path in present})
 
 
 @control("TOOLS-02", reference="this project: one policy, enforced as audited", source="(baseline)")

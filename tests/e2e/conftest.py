@@ -11,7 +11,10 @@ import pytest
 import yaml
 from passlib.hash import sha512_crypt
 
+from exchange.accounts import partner_aging
 from exchange.credentials import FAILLOCK_DIR
+from exchange.policy import load_policy
+from roles import REPO
 from tests import testhost
 from tests.pyinfra_run import pyinfra
 
@@ -32,6 +35,7 @@ class Exchange:
     partners_file: Path
     logins: dict[str, PartnerLogin]
     initial_password_fields: dict[str, str] | None = None
+    initial_aging: dict[str, str] | None = None  # min:max:inactive as the deploy left them
 
     def deploy(self, *extra: str) -> subprocess.CompletedProcess:
         return pyinfra("-y", *extra, str(self.inventory), "deploy.py")
@@ -40,9 +44,12 @@ class Exchange:
         self.partners_file.write_text(yaml.safe_dump({"partners": partners}))
 
     def set_password(self, name: str, password: str) -> None:
-        # Set as root with a ready hash, as the staff tool will; PAM rules apply to changes.
+        # Set as root with a ready hash, as the staff tool does (with the policy's aging), but
+        # not expired; PAM rules apply to changes.
+        _, aging = partner_aging(load_policy(REPO / "policies.yaml").policy, password_set=True)
         self.host.ssh(
-            f"usermod -p '{sha512_crypt.hash(password)}' {name} && faillock --dir {FAILLOCK_DIR} --user {name} --reset"
+            f"usermod -p '{sha512_crypt.hash(password)}' {name} && {aging} --lastday $(( $(date +%s) / 86400 )) {name} "
+            f"&& faillock --dir {FAILLOCK_DIR} --user {name} --reset"
         )
 
 
@@ -82,6 +89,9 @@ def make_exchange(host: testhost.TestHost, directory: Path, **host_data) -> Exch
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     exchange.initial_password_fields = {
         name: host.ssh(f"getent shadow {name} | cut -d: -f2").stdout.strip() for name in PARTNERS
+    }
+    exchange.initial_aging = {
+        name: host.ssh(f"getent shadow {name} | cut -d: -f4,5,7").stdout.strip() for name in PARTNERS
     }
     for login in logins.values():
         exchange.set_password(login.name, login.password)

@@ -3,6 +3,7 @@
 import subprocess
 
 import pytest
+from passlib.hash import sha512_crypt
 
 from roles.ops import APPLY_PENDING_DIR, apply_marker
 from tests.pyinfra_run import changed_operations, pyinfra
@@ -47,6 +48,16 @@ def test_bad_host_data_changes_nothing(boot_host, tmp_path):
     assert result.returncode != 0
     assert "auditor audit-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
     assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
+    # One name as an auditor and a partner: each role would undo the other's account.
+    partners = tmp_path / "partners.yaml"
+    partners.write_text("partners:\n  - {name: carol, organisation: C, email: c@c.example, phone: '+31612345678'}\n")
+    key = (host.key.parent / "admin_ed25519.pub").read_text().strip()
+    result = deploy_with(
+        host, tmp_path, partners_file=str(partners), auditors=[{"name": "carol", "public_keys": [key]}]
+    )
+    assert result.returncode != 0
+    assert "carol: both an auditor and a partner" in result.stdout + result.stderr
+    assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
 
 
 def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
@@ -69,10 +80,19 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
     # reload) leaves its marker: the next run reloads, once.
     alpha = hosts[0]
     alpha.ssh(f"mkdir -p {APPLY_PENDING_DIR} && touch {apply_marker('/etc/ssh/sshd_config')}")
+    # Staff and admins added since get login.defs' aging from useradd: those with a key only
+    # (no password to renew) lose it at the next run, those with a password keep it.
+    alpha.ssh(
+        "useradd -m -G exchange-staff staff-keys && useradd -m -G sudo admin-keys && "
+        f"useradd -m -G exchange-staff staff-pw && usermod -p '{sha512_crypt.hash('Some-Staff-Pass-1234')}' staff-pw"
+    )
     changes = changed_operations(INVENTORY)
     assert {name: hosts for name, hosts in changes.items() if hosts} == {
-        "OpenSSH server | sshd_config (validated with sshd -t)": [alpha.name]
+        "OpenSSH server | sshd_config (validated with sshd -t)": [alpha.name],
+        "Password rules | Key-only staff and admins keep no password aging": [alpha.name],
     }
     assert pyinfra("-y", INVENTORY, "deploy.py").returncode == 0
     assert alpha.ssh(f"test -e {apply_marker('/etc/ssh/sshd_config')}", check=False).returncode == 1
+    aging = alpha.ssh("for u in staff-keys admin-keys staff-pw; do getent shadow $u | cut -d: -f4,5,7; done").stdout
+    assert aging.split() == ["0::", "0::", "1:90:30"]
     assert {name: hosts for name, hosts in changed_operations(INVENTORY).items() if hosts} == {}

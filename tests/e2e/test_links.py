@@ -4,6 +4,7 @@ aiosmtpd (STARTTLS and AUTH under a test CA) and an HTTP SMS gateway on the oute
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
 from pydicom.data import get_testdata_file
 
+from exchange.messages import when
 from tests import testhost
 from tests.dicom_synth import clone, ct_study
-from tests.e2e.clients import paramiko_sftp
+from tests.e2e.clients import openssh_sftp, paramiko_sftp
 from tests.e2e.conftest import PARTNERS, make_exchange
 from tests.messaging import SmsGateway, SmtpServer, make_ca
 from tests.pyinfra_run import REPO
@@ -158,6 +161,16 @@ def test_link_by_mail_password_by_sms_and_the_password_opens_sftp(linked, relay)
     (event,) = [e for e in audit_events(linked, "link-issued") if e["account"] == link.account]
     assert event["by"] == "root" and event["recipient"] == "p***@example.org +31*******" + link.phone[-2:]
     assert link.email not in json.dumps(event) and link.phone not in json.dumps(event)
+
+
+def test_generated_passwords_are_checked_with_the_servers_libpwquality(linked):
+    # Rarely cracklib finds a random password "too simplistic/systematic" and PAM would refuse
+    # the hand-out: the generator asks libpwquality first, as PAM will.
+    verdicts = linked.host.ssh(
+        "/opt/imaging-exchange/venv/bin/python -c 'from exchange.credentials import pwquality_refusal as no; "
+        'print(bool(no("Password1234567")), bool(no("Hq7t-Mw3k-Pz9x-Ne4r")))\''
+    ).stdout.split()
+    assert verdicts == ["True", "False"]
 
 
 def test_show_password_prints_it_once_for_the_phone(linked, relay):
@@ -343,15 +356,47 @@ def test_partner_credentials_notice_by_mail_password_by_sms_change_forced(linked
     mail = relay.smtp.to(f"{name}@partner.example")[mails:][0].body
     password = PASSWORD.search(relay.sms.calls[-1].body["text"])[1]
     assert name in mail and password not in mail
+    # Expired by age from the start (not `chage -d 0`, under which PAM never lets it die), so
+    # the first login must change it, and left unused past the inactive days it opens nothing.
+    today = int(linked.host.ssh("echo $(( $(date +%s) / 86400 ))").stdout)
+    assert linked.host.ssh(f"getent shadow {name} | cut -d: -f3-7").stdout.strip() == f"{today - 91}:1:90:14:30"
+    # Expired from the start, yet no expiry notice: the hand-out mail says to change it.
+    assert "0 password expiry notices sent" in run(linked, "notify-expiring").stderr
+    linked.host.ssh(f"chage --lastday {today - 91 - 31} {name}")
+    with pytest.raises(paramiko.AuthenticationException):
+        paramiko_sftp(linked.host, name, password=password, new_password="Quiet-Harbour-Lantern-2741").close()
+    result = run(linked, "partner", "credentials", name)
+    assert result.returncode == 0, result.stderr
+    password = PASSWORD.search(relay.sms.calls[-1].body["text"])[1]
     messages: list[str] = []
     own = "Quiet-Harbour-Lantern-2741"
     paramiko_sftp(linked.host, name, password=password, new_password=own, messages=messages).close()
     assert any("change your password" in m.lower() or "password expired" in m.lower() for m in messages), messages
     assert can_login(linked, name, own) and not can_login(linked, name, password)
-    (event,) = [e for e in audit_events(linked, "partner-credentials-issued") if e["account"] == name]
+    event = [e for e in audit_events(linked, "partner-credentials-issued") if e["account"] == name][-1]
     assert event["recipient"].startswith(f"{name[0]}***@partner.example")
     unknown = run(linked, "partner", "credentials", "nobody-here")
     assert unknown.returncode == 2 and "nobody-here: not in the partner data" in unknown.stderr
+
+
+def test_a_partner_is_told_once_before_its_password_expires(linked, relay):
+    name = PARTNERS[1]
+    today = int(linked.host.ssh("echo $(( $(date +%s) / 86400 ))").stdout)
+    inbox = f"{name}@partner.example"
+    before = len(relay.smtp.to(inbox))
+    try:
+        linked.host.ssh(f"chage --lastday {today - 80} {name}")  # 90-day aging: due in 11 days
+        first = run(linked, "notify-expiring")
+        assert first.returncode == 0 and "1 password expiry notices sent" in first.stderr, first.stderr
+        (notice,) = relay.smtp.to(inbox)[before:]
+        assert notice.message["Subject"] == f"Het wachtwoord van uw account {name} verloopt binnenkort"
+        text = " ".join(notice.body.split())
+        assert "vraagt de eerste aanmelding om een nieuw wachtwoord" in text and "gaat het account dicht" in text
+        assert run(linked, "notify-expiring").returncode == 0
+        assert len(relay.smtp.to(inbox)) == before + 1  # once a password
+        assert [e["account"] for e in audit_events(linked, "password-expiry-notice-sent")] == [name]
+    finally:
+        linked.host.ssh(f"chage --lastday {today} {name}")
 
 
 def test_uploads_are_announced_to_staff_once_per_account_and_run(linked, relay):
@@ -439,16 +484,110 @@ def test_an_unknown_server_key_is_refused_not_added(workstation, tmp_path):
     assert (refusing.home / ".ssh" / "known_hosts").read_text() == ""
 
 
+def sftp_create(session: paramiko.SFTPClient, path: str, data: bytes, mode: int) -> None:
+    """Create a file with the mode the client asks for in its SFTP open, as OpenSSH `put` does
+    with the local file's mode (paramiko's own open() asks for none)."""
+    attributes = paramiko.SFTPAttributes()
+    attributes.st_mode = mode
+    kind, message = session._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC, attributes)
+    assert kind == CMD_HANDLE
+    with paramiko.SFTPFile(session, message.get_binary(), "w") as handle:
+        handle.write(data)
+
+
+def test_uploads_a_client_made_private_are_opened_to_staff(linked, workstation, tmp_path):
+    """internal-sftp's umask only removes bits (and OpenSSH 9.2 has no -m): a 0600 file put with
+    OpenSSH sftp and folders paramiko makes with mode 0 or 0700 hide uploads from staff until the
+    upload notice job opens them to the group."""
+    name = PARTNERS[1]
+    key = linked.logins[name].key
+    upload = f"/srv/exchange/partners/{name}/upload"
+    local = tmp_path / "private.dcm"
+    local.write_bytes(b"DICM put 0600")
+    local.chmod(0o600)
+    put = openssh_sftp(linked.host, name, key, f"put {local} /upload/private.dcm\n")
+    assert put.returncode == 0, put.stderr
+    session = paramiko_sftp(linked.host, name, key=key)
+    try:
+        session.mkdir("/upload/closed", mode=0)
+        session.mkdir("/upload/series", mode=0o700)
+        sftp_create(session, "/upload/series/im1.dcm", b"DICM im1 0600", 0o600)
+    finally:
+        session.close()
+
+    def modes() -> list[str]:
+        return linked.host.ssh(f"cd {upload} && stat -c '%n %U:%G %a' private.dcm closed series series/im1.dcm").stdout
+
+    def as_staff(command: str) -> subprocess.CompletedProcess:
+        return linked.host.ssh(f"su staff-jdoe -c {shlex.quote(command)}", check=False)
+
+    assert modes().splitlines() == [
+        f"private.dcm {name}:exchange-staff 600",
+        f"closed {name}:exchange-staff 2000",
+        f"series {name}:exchange-staff 2700",
+        f"series/im1.dcm {name}:exchange-staff 600",
+    ]
+    assert as_staff("id -nG").stdout.split() == ["staff-jdoe", "exchange-staff"]  # staff, not root
+    assert as_staff(f"cat {upload}/private.dcm").returncode != 0  # as the client left it
+    linked.host.ssh("exchange notify-uploads")
+    assert as_staff(f"cat {upload}/private.dcm").stdout == "DICM put 0600"
+    assert as_staff(f"ls -A {upload}/closed").returncode == 0
+    assert as_staff(f"cat {upload}/series/im1.dcm").stdout == "DICM im1 0600"
+    assert modes().splitlines() == [
+        f"private.dcm {name}:exchange-staff 640",
+        f"closed {name}:exchange-staff 2050",
+        f"series {name}:exchange-staff 2750",
+        f"series/im1.dcm {name}:exchange-staff 640",
+    ]
+
+
+def test_no_package_for_a_locked_partner(linked, tmp_path):
+    """A partner dropped from the partner data is locked by its account expiry (the deploy's
+    `usermod --expiredate <today>`) until the purge removes it: a package for it would reach
+    nobody, so staff are told, and nothing is written."""
+    name = "gone-partner"
+    chroot = f"/srv/exchange/partners/{name}"
+    linked.host.ssh(
+        f"useradd --user-group --no-create-home --home-dir {chroot} --shell /usr/sbin/nologin "
+        f"--groups exchange-partners {name} && install -d -o root -g root -m 0755 {chroot} && "
+        f"install -d -o root -g exchange-staff -m 2775 {chroot}/download"
+    )
+    try:
+        clone(J2K, tmp_path / "study", 1)
+        tar = subprocess.run(["tar", "-C", str(tmp_path / "study"), "-c", "."], capture_output=True, check=True).stdout
+        subprocess.run(
+            [*linked.host.ssh_args(), "rm -rf /tmp/for-gone && mkdir /tmp/for-gone && tar -C /tmp/for-gone -x"],
+            input=tar,
+            check=True,
+        )
+        linked.host.ssh(f"usermod --expiredate $(date -u +%F) {name}")
+        refused = run(linked, "package", "--to", name, "/tmp/for-gone")
+        assert refused.returncode == 2, refused.stderr
+        assert f"partner {name} is locked" in refused.stderr and "cannot log in; nothing was written" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert linked.host.ssh(f"ls -A {chroot}/download").stdout == ""
+        linked.host.ssh(f"usermod --expiredate '' {name}")  # back in the partner data: unlocked
+        packed = run(linked, "package", "--to", name, "/tmp/for-gone")
+        assert packed.returncode == 0, packed.stderr
+    finally:
+        linked.host.ssh(f"userdel {name}; rm -rf {chroot} /tmp/for-gone", check=False)
+
+
 def test_staff_package_a_study_that_the_recipient_downloads_intact(linked, relay, workstation, tmp_path):
     link = issue(linked, relay, "--note", "CT for second opinion")
-    files = ct_study(tmp_path / "study", 4) + clone(J2K, tmp_path / "study", 2)
+    # Two folders, one named as people name folders: with a comma and spaces. Each --paths is
+    # taken as given (fab once split on commas and stripped spaces).
+    files = ct_study(tmp_path / "study" / "CT thorax, contrast", 4) + clone(J2K, tmp_path / "study" / "j2k", 2)
     tar = subprocess.run(["tar", "-C", str(tmp_path / "study"), "-c", "."], check=True, capture_output=True).stdout
     subprocess.run(
         [*linked.host.ssh_args(), "rm -rf /tmp/incoming && mkdir /tmp/incoming && tar -C /tmp/incoming -x"],
         input=tar,
         check=True,
     )
-    packed = workstation.fab("package", "--to", link.account, "/tmp/incoming", "--label", "CT thorax")
+    packed = workstation.fab(
+        "package", "--to", link.account, "--paths", "/tmp/incoming/CT thorax, contrast", "--paths", "/tmp/incoming/j2k",
+        "--label", "CT thorax",
+    )  # fmt: skip
     assert packed.returncode == 0, packed.stderr
     session = paramiko_sftp(linked.host, link.account, password=link.password)
     try:
@@ -476,3 +615,10 @@ def test_staff_package_a_study_that_the_recipient_downloads_intact(linked, relay
         for line in run(linked, "link", "list", "--json").stdout.splitlines()
     }
     assert listed[link.account]["download_files"] == 2
+    # The package says, in both languages, that it goes when the link ends, in the site's zone
+    # (the host's clock runs in UTC); the test site has no viewer, and the package says so.
+    readme = (out / "README.TXT").read_text(encoding="utf-8")
+    ends = datetime.datetime.fromisoformat(listed[link.account]["expires"])
+    assert f"when the link expires, on {when(ends, 'en', 'Europe/Amsterdam')}." in readme
+    assert f"als de link verloopt, op {when(ends, 'nl', 'Europe/Amsterdam')}." in readme
+    assert "Windows: this folder holds no viewer." in readme and "Patiënt / Patient: " in readme

@@ -60,9 +60,24 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
     assert bob in [e["account"] for e in audit_events(exchange, "account-locked")]
     assert not any(changed_operations(str(exchange.inventory)).values()), "a locked partner must stay converged"
 
-    # Retention later (the lock day moved back 8 days), the purge removes the account.
-    exchange.host.ssh(f"usermod --expiredate $(date -d '8 days ago' +%F) {bob}")
-    exchange.host.ssh("exchange purge --quiet")
+    # 7 days after the lock day, uploads made late that day have not had their 7 x 24 h: kept.
+    # A partner still in the data but locked by hand (a compromised account) is never removed.
+    exchange.host.ssh(f"usermod --expiredate $(date -d '7 days ago' +%F) {bob}")
+    exchange.host.ssh(f"usermod --expiredate $(date -d '30 days ago' +%F) {alice}")
+    try:
+        said = exchange.host.ssh("exchange purge").stderr
+        assert exchange.host.ssh(f"getent passwd {bob} {alice}").stdout.count("\n") == 2
+        assert f"kept {alice}: locked, but not by the partner data" in said
+        # Retention later (the lock day moved back 8 days) it goes, but only once retention has
+        # emptied its folders: a lock day can be older than the lock (a lock by hand, then dropped).
+        exchange.host.ssh(f"usermod --expiredate $(date -d '8 days ago' +%F) {bob}")
+        exchange.host.ssh("exchange purge --quiet")
+        assert exchange.host.ssh(f"getent passwd {bob}", check=False).returncode == 0  # keep.zip is new
+        exchange.host.ssh(f"touch -d '8 days ago' /srv/exchange/partners/{bob}/download/keep.zip")
+        exchange.host.ssh("exchange purge --quiet")
+        assert exchange.host.ssh(f"getent passwd {alice}", check=False).returncode == 0
+    finally:
+        exchange.host.ssh(f"usermod --expiredate '' {alice}")
     gone = exchange.host.ssh(
         f"getent passwd {bob}; test -e /srv/exchange/partners/{bob} && echo chroot; "
         f"test -e /etc/ssh/authorized_keys/{bob} && echo keys; "
@@ -95,9 +110,22 @@ def test_link_account_is_removed_when_its_validity_ended(own_exchange):
         "printf x > /srv/exchange/links/lnk-expired/download/study.zip && "
         "useradd --user-group --no-create-home --home-dir /srv/exchange/links/lnk-valid --shell /usr/sbin/nologin "
         "--groups exchange-links --expiredate $(date -d '+3 days' +%F) lnk-valid && "
-        "install -d -o root -g root -m 0755 /srv/exchange/links/lnk-valid"
+        "install -d -o root -g root -m 0755 /srv/exchange/links/lnk-valid && "
+        # One that cannot be removed (a file system mounted in its folder, which rm never crosses):
+        # named so it comes first, it must not keep the others from going.
+        "useradd --user-group --no-create-home --home-dir /srv/exchange/links/lnk-a-stuck --shell /usr/sbin/nologin "
+        "--groups exchange-links --expiredate $(date -d yesterday +%F) lnk-a-stuck && "
+        "install -d -o root -g root -m 0755 /srv/exchange/links/lnk-a-stuck/download && "
+        "mount -t tmpfs none /srv/exchange/links/lnk-a-stuck/download"
     )
-    exchange.host.ssh("exchange purge --quiet")
+    try:
+        stuck = exchange.host.ssh("exchange purge --quiet", check=False)
+        assert stuck.returncode == 1 and "could not remove account lnk-a-stuck" in stuck.stderr, stuck.stderr
+        assert [e["account"] for e in audit_events(exchange, "account-removal-failed")] == ["lnk-a-stuck"]
+    finally:
+        exchange.host.ssh("umount /srv/exchange/links/lnk-a-stuck/download")
+    exchange.host.ssh("exchange purge --quiet")  # the next run removes it
+    assert exchange.host.ssh("test -e /srv/exchange/links/lnk-a-stuck", check=False).returncode == 1
     assert exchange.host.ssh("getent passwd lnk-expired", check=False).returncode == 2
     assert exchange.host.ssh("test -e /srv/exchange/links/lnk-expired", check=False).returncode == 1
     assert exchange.host.ssh("getent passwd lnk-valid", check=False).returncode == 0

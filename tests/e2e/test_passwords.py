@@ -42,11 +42,32 @@ def test_aging_is_applied_to_every_partner(exchange):
     assert defs == ["PASS_MAX_DAYS", "90", "PASS_MIN_DAYS", "1", "PASS_WARN_AGE", "14"]
 
 
-def test_new_partner_accounts_have_no_usable_password(exchange):
+def test_new_partner_accounts_have_no_usable_password_and_no_aging(exchange):
     # As the deploy left them, before the tests set passwords: "!" matches no password.
     assert exchange.initial_password_fields == {name: "!" for name in PARTNERS}
+    # Nothing to renew, so nothing ages (useradd gave them login.defs' 90 days; the deploy removed it).
+    assert exchange.initial_aging == {name: "0::" for name in PARTNERS}
     created = exchange.host.ssh("zcat -f /var/log/imaging-exchange/audit.log* | grep account-created").stdout
     assert all(f'"account": "{name}"' in created for name in PARTNERS)
+
+
+def test_a_partner_without_a_password_keeps_its_key_login_however_long(exchange):
+    """A key-only partner (a PACS) with the partners' aging would be locked out by PAM after
+    max_days: its key login cannot renew a password. Without aging it keeps working."""
+    name = PARTNERS[0]
+    key = exchange.logins[name].key
+    long_ago = "$(( $(date +%s) / 86400 - 200 ))"
+    try:
+        exchange.host.ssh(
+            f"usermod -p '!' {name} && chage --mindays 0 --maxdays -1 --inactive -1 --lastday {long_ago} {name}"
+        )
+        paramiko_sftp(exchange.host, name, key=key).close()
+        # What the deploy used to leave: the same account with aging is refused.
+        exchange.host.ssh(f"chage --maxdays 90 --inactive 30 {name}")
+        with pytest.raises((paramiko.SSHException, EOFError)):
+            paramiko_sftp(exchange.host, name, key=key).close()
+    finally:
+        exchange.set_password(name, exchange.logins[name].password)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import base64
 import concurrent.futures
 import hashlib
 import json
+import os
 import re
 import shlex
 import socket
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "reports" / "portal"
 OUTBOX = "/var/spool/imaging-exchange/outbox"
+NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
+NGINX_ENABLED = "/etc/nginx/sites-enabled/imaging-exchange"
 PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
 NEUTRAL = "did not succeed"
 
@@ -145,6 +148,10 @@ def test_link_flow_download_and_upload_in_the_browser(web, page, tmp_path):
 
     page.goto(link.url)
     assert "This link works until" in page.content()
+    # The host's clock runs in UTC; recipients read the site's zone (Europe/Amsterdam), named.
+    assert web.host.ssh("date +%Z").stdout.strip() == "UTC"
+    works_until = r"This link works until \w+ \d+ \w+ \d{4} at \d\d:\d\d \((CET|CEST)\)"
+    assert re.search(works_until, page.inner_text("main"))
     assert "intended for the addressee only" in page.inner_text("footer")
     shot(page, "01-link-password")
     page.fill("#password", link.password)
@@ -152,6 +159,8 @@ def test_link_flow_download_and_upload_in_the_browser(web, page, tmp_path):
     page.wait_for_url("**/files")
     shot(page, "02-files")
     assert package in page.inner_text("main")
+    download_before = works_until.replace("This link works until", "Download your files before")
+    assert re.search(download_before, page.inner_text("main"))
 
     with page.expect_download() as download:
         page.click(f"a:has-text('{package}')")
@@ -379,13 +388,17 @@ def test_help_page_and_languages(web, page):
     for question in ["no page opens", "not accepted", "cannot open", "unzip", "browsers", "within a certain time",
                      "real, secure website", "on a Mac"]:  # fmt: skip
         assert question in text, question
+    # The site's data and the policy, as this host has them: the SFTP port is the host's sshd port.
+    assert f"port {web.host.port}." in text
+    assert "through the hospital switchboard: 012-345 0000" in text and "padlock" not in text
+    assert "to view the images you need a Windows computer or a Mac" in text
     page.click("a[hreflang=nl]")
     shot(page, "11-help-nl")
     assert "Veelgestelde vragen" in page.inner_text("main") or "veelgestelde vragen" in page.inner_text("main")
     assert page.locator("html").get_attribute("lang") == "nl"
 
 
-def test_downloads_work_without_javascript(web, browser, tmp_path):
+def test_download_and_upload_work_without_javascript(web, browser, tmp_path):
     link = issue_link(web)
     package, sha256 = put_study(web, link.account)
     context = browser.new_context(ignore_https_errors=True, accept_downloads=True, java_script_enabled=False)
@@ -398,6 +411,16 @@ def test_downloads_work_without_javascript(web, browser, tmp_path):
         page.click(f"a:has-text('{package}')")
     download.value.save_as(tmp_path / "p.zip")
     assert hashlib.sha256((tmp_path / "p.zip").read_bytes()).hexdigest() == sha256
+    # Without the page's script (no progress bar) the form posts by itself; the same file arrives.
+    upload = tmp_path / "scan.bin"
+    upload.write_bytes(os.urandom(3 << 20))
+    page.set_input_files("#file", str(upload))
+    with page.expect_request("**/files/upload") as sent:
+        page.click("#upload-form button[type=submit]")
+    assert sent.value.headers["content-type"].startswith("multipart/form-data")
+    page.wait_for_url("**/files?uploaded=scan.bin")
+    stored = web.host.ssh(f"sha256sum /srv/exchange/links/{link.account}/upload/scan.bin").stdout
+    assert stored.split()[0] == hashlib.sha256(upload.read_bytes()).hexdigest()
     context.close()
 
 
@@ -475,6 +498,44 @@ def test_the_audit_suite_checks_the_web_page(web, tmp_path):
     result, controls = run_audit(web.host, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:]
     assert "PORTAL-01" in controls and not controls["PORTAL-01"]["failed"]
+
+
+def test_the_audit_suite_sees_the_token_index_and_the_running_nginx(web, policy, tmp_path):
+    """Drift only root can see (the link token index) and drift only the configuration nginx
+    loads shows (an edited copy enabled in place of the deployed site file) fail their controls."""
+    from tests.e2e.test_audit import run_audit
+
+    tokens, site, enabled = "/var/lib/imaging-exchange/link-tokens", NGINX_SITE, NGINX_ENABLED
+    link = issue_link(web)
+    record = web.host.ssh(f"cat /var/lib/imaging-exchange/links/{link.account}.json").stdout
+    token = json.loads(record)["token_sha256"]
+    rate = policy.portal.login_requests_per_minute
+    web.host.ssh(
+        f"""set -e
+        chmod 0644 {tokens}/{token}
+        chmod 2750 {tokens}
+        sed -e 's#rate={rate}r/m#rate={rate * 20}r/m#' \\
+            -e 's#^    location / {{$#    location / {{\\n        client_max_body_size 10m;#' {site} > /tmp/drifted-site
+        rm {enabled} && install -m 0644 /tmp/drifted-site {enabled} && systemctl reload nginx
+        """
+    )
+    try:
+        result, controls = run_audit(web.host, tmp_path, "test_tools.py", "test_portal.py")
+    finally:
+        web.host.ssh(
+            f"chmod 0640 {tokens}/{token} && chmod 2710 {tokens} && ln -sfn {site} {enabled} && systemctl reload nginx"
+        )
+    failed = {control for control, outcome in controls.items() if outcome["failed"]}
+    assert failed == {"TOOLS-01", "PORTAL-04"}, result.stdout[-4000:]
+    assert "TOOLS-01: expected" in controls["TOOLS-01"]["message"]
+    modes = json.loads(controls["TOOLS-01"]["actual"])
+    assert modes[tokens] == "root:exchange-portal 2750"
+    assert modes[f"{tokens}/{token[:12]}..."] == "root:exchange-portal 0644 file"
+    assert "PORTAL-04: expected" in controls["PORTAL-04"]["message"]
+    assert json.loads(controls["PORTAL-04"]["actual"]) == {
+        "client_max_body_size_mb /files/upload": 10,
+        "login_posts_per_minute": {"/login": rate * 20, "/l/<token>": rate * 20, "/password": rate * 20},
+    }
 
 
 @pytest.fixture(scope="module")

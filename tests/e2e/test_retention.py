@@ -123,6 +123,7 @@ def test_purge_runs_from_cron_on_the_policy_schedule(exchange):
     assert cron.startswith("root:root:644\n")
     assert (
         "\n17 * * * * root /usr/local/bin/exchange purge --quiet; "
-        "[ ! -f /etc/imaging-exchange/site.yaml ] || /usr/local/bin/exchange notify-uploads --quiet\n"
+        "[ ! -f /etc/imaging-exchange/site.yaml ] || { /usr/local/bin/exchange notify-uploads --quiet; "
+        "/usr/local/bin/exchange notify-expiring --quiet; }\n"
     ) in cron
     assert exchange.host.ssh("systemctl is-active cron").stdout.strip() == "active"

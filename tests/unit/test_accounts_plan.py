@@ -12,6 +12,7 @@ TODAY = 20_000
 
 
 def converged_account(name: str, kind: str = "partner", keys: str | None = None, expire=None) -> dict:
+    """A partner (or link) account as the deploy leaves it, after staff handed out a password."""
     skeleton = {
         rel: {"kind": "dir", "owner": o, "group": g, "mode": m} for rel, (o, g, m) in LAYOUT.skeleton(name).items()
     }
@@ -23,7 +24,7 @@ def converged_account(name: str, kind: str = "partner", keys: str | None = None,
         "home": LAYOUT.chroot(kind, name),
         "shell": "/usr/sbin/nologin",
         "shadow": {
-            "password_set": False,
+            "password_set": True,
             "lastchg": TODAY,
             "min_days": aging.min_days,
             "max_days": aging.max_days,
@@ -69,10 +70,26 @@ def test_a_new_partner_gets_account_chroot_aging_and_log_socket():
     assert "install -d -o root -g root -m 0755 /srv/exchange/partners/alice\n" in text
     assert "install -d -o root -g exchange-staff -m 2775 /srv/exchange/partners/alice/download" in text
     assert "install -d -o alice -g exchange-staff -m 2770 /srv/exchange/partners/alice/upload" in text
-    assert "chage --mindays 1 --maxdays 90 --warndays 14 --inactive 30 alice" in text
+    # No password yet, so nothing ages (a key-only partner would be locked out at 90 days).
+    assert "chage --mindays 0 --maxdays -1 --inactive -1 alice" in text
     assert "/etc/ssh/authorized_keys/alice" in text and "systemctl restart rsyslog" in text
     assert '"event": "account-created"' in text
     assert "passwd" not in text and "chpasswd" not in text  # no password is ever set by the deploy
+
+
+def test_a_password_ages_by_policy_and_an_account_without_one_does_not_age():
+    key_only = converged_account("pacs")
+    key_only["shadow"]["password_set"] = False  # logs in with its key; useradd gave it login.defs aging
+    assert commands(plan(LAYOUT, [WantedAccount("pacs", "partner")], observation(pacs=key_only), {"partner"})) == (
+        "chage --mindays 0 --maxdays -1 --inactive -1 pacs"
+    )
+    key_only["shadow"] |= {"min_days": 0, "max_days": None, "inactive_days": None}
+    assert plan(LAYOUT, [WantedAccount("pacs", "partner")], observation(pacs=key_only), {"partner"}) == []
+    with_password = converged_account("alice")
+    with_password["shadow"] |= {"max_days": None, "inactive_days": None}
+    assert commands(
+        plan(LAYOUT, [WantedAccount("alice", "partner")], observation(alice=with_password), {"partner"})
+    ) == ("chage --mindays 1 --maxdays 90 --warndays 14 --inactive 30 alice")
 
 
 def test_missing_groups_and_tree_come_first():
@@ -154,3 +171,19 @@ def test_steps_run_in_one_shell_and_the_failing_one_is_named(tmp_path):
     assert marker.read_text() == "first\n"
     run_steps(steps[:1] + steps[2:])
     assert marker.read_text() == "first\nfirst\nnever\n"
+
+
+def test_a_name_taken_by_a_group_is_refused_before_any_step():
+    observed = observation(zz_old=converged_account("zz-old"))
+    observed["groups_without_user"] = ["users"]
+    wanted = [WantedAccount("alice", "partner"), WantedAccount("users", "partner")]
+    with pytest.raises(AccountConflict, match="users: a group of that name exists"):
+        plan(LAYOUT, wanted, observed, {"partner"})
+
+
+def test_locks_come_before_other_accounts_and_before_the_accounts_own_repairs():
+    dropped = converged_account("zz-old")
+    dropped["shadow"]["max_days"], dropped["log_socket"], dropped["shell"] = None, None, "/bin/sh"  # drifted
+    steps = plan(LAYOUT, [WantedAccount("alice", "partner")], observation(zz_old=dropped), {"partner"})
+    assert [step.summary for step in steps if step.account == "zz-old"][0] == "lock and end sessions"
+    assert steps[0].account == "zz-old" and "usermod --expiredate" in steps[0].command

@@ -1,12 +1,15 @@
-"""Every setting in policies.yaml is verified by at least one audit control."""
+"""Every setting in policies.yaml is verified by at least one audit control, and every control
+is in the README's audit table."""
 
 import importlib
 import pkgutil
+import re
 
 from pydantic import BaseModel
 
 import tests.audit
 from exchange.policy import Policy
+from roles import REPO
 
 
 def leaves(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -46,3 +49,21 @@ def test_control_ids_are_unique_and_carry_a_reference():
             for mark in getattr(getattr(loaded, name), "pytestmark", []):
                 if mark.name == "control":
                     assert mark.kwargs.get("reference"), mark.args[0]
+
+
+def readme_controls() -> set[str]:
+    """The ids in the first column of the README's audit table: "ACC-01..06", "SUDO-01, SUDO-02"."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("| control | what it verifies |") :].split("\n\n", 1)[0]
+    ids = set()
+    for row in table.splitlines()[2:]:
+        for item in row.split("|")[1].split(","):
+            prefix, first, last = re.fullmatch(r"\s*([A-Z]+)-(\d+)(?:\.\.(\d+))?\s*", item).groups()
+            ids |= {f"{prefix}-{n:02d}" for n in range(int(first), int(last or first) + 1)}
+    return ids
+
+
+def test_the_readme_lists_every_control():
+    listed, controls = readme_controls(), set(control_sources())
+    assert sorted(controls - listed) == [], "controls missing from the README's audit table"
+    assert sorted(listed - controls) == [], "the README's audit table lists controls the suite does not have"

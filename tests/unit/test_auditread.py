@@ -1,8 +1,14 @@
 """`exchange audit-read` refuses every argument it does not know to be a read-only one."""
 
+import grp
+import pwd
+from pathlib import Path
+
 import pytest
 
+from exchange import auditread
 from exchange.auditread import AuditReadError, command
+from exchange.links import LinkStore
 from exchange.policy import load_policy
 from roles import REPO
 
@@ -23,6 +29,51 @@ def test_the_reads_are_the_systems_own_tools():
     ]
     assert command(POLICY, "stat", "/srv/exchange/partners/alice/upload")[-1] == "/srv/exchange/partners/alice/upload"
     assert command(POLICY, "stat", "/")[-1] == "/"
+    assert (
+        command(POLICY, "stat", "/var/lib/imaging-exchange/link-tokens")[-1] == "/var/lib/imaging-exchange/link-tokens"
+    )
+    assert command(POLICY, "nginx", None) == ["/usr/sbin/nginx", "-q", "-T"]
+    assert command(POLICY, "token-files", None)[:2] == ["/usr/bin/find", "/var/lib/imaging-exchange/link-tokens"]
+
+
+def test_the_token_folder_is_the_link_tools():
+    assert Path(auditread.LINK_TOKENS) == LinkStore(Path(auditread.STATE_DIR)).tokens
+    assert auditread.STATE_DIR == "/var/lib/imaging-exchange"  # exchange.links.STATE_DIR without EXCHANGE_STATE
+
+
+@pytest.fixture
+def accounts(monkeypatch):
+    """A host whose groups hold: staff jdoe (primary group), auditor ann, partner alice."""
+    groups = {
+        "exchange-staff": grp.struct_group(("exchange-staff", "x", 990, [])),
+        "exchange-auditors": grp.struct_group(("exchange-auditors", "x", 991, ["ann"])),
+        "exchange-partners": grp.struct_group(("exchange-partners", "x", 992, ["alice"])),
+    }
+    users = {
+        name: pwd.struct_passwd((name, "x", 1000 + n, gid, "", f"/home/{name}", "/bin/sh"))
+        for n, (name, gid) in enumerate([("jdoe", 990), ("ann", 1001), ("alice", 1002), ("root", 0)])
+    }
+    monkeypatch.setattr(grp, "getgrnam", lambda name: groups[name])
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: users[name])
+
+
+@pytest.mark.parametrize("account", ["jdoe", "ann", "alice"])
+def test_sudo_rights_of_the_exchange_groups_accounts(accounts, account):
+    assert command(POLICY, "sudo-rights", account) == ["/usr/bin/sudo", "-n", "-l", "-U", account]
+
+
+@pytest.mark.parametrize(
+    "account, words",
+    [
+        ("root", "'root' is in none of the groups"),
+        ("nobody-known", "is in none of the groups"),
+        ("alice -l", "is not an account name"),
+        ("", "is not an account name"),
+    ],
+)
+def test_sudo_rights_of_no_one_else(accounts, account, words):
+    with pytest.raises(AuditReadError, match=words):
+        command(POLICY, "sudo-rights", account)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +85,11 @@ def test_the_reads_are_the_systems_own_tools():
         ("stat", "/etc/shadow", "is outside /srv/exchange"),
         ("stat", "/srv/exchange/../../etc/shadow", "not a normalised absolute path"),
         ("stat", "srv/exchange", "not a normalised absolute path"),
+        ("stat", "/var/lib/imaging-exchange/links", "is outside /srv/exchange"),
+        ("stat", "/var/lib/imaging-exchange/link-tokens/../links", "not a normalised absolute path"),
+        ("nginx", "-c /tmp/evil.conf", "nginx takes no argument"),
+        ("token-files", "/etc", "token-files takes no argument"),
+        ("sudoers", None, "unknown read 'sudoers'"),
         ("shell", None, "unknown read 'shell'"),
         ("old-files", None, "not a number of days"),
         ("old-files", "-1 -delete", "not a number of days"),

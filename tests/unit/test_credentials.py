@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from exchange.credentials import DIGITS, LOWER, UPPER, _runs_ok, generate_password
 from exchange.policy import load_policy
 from roles import REPO
@@ -38,3 +40,28 @@ def test_length_follows_the_policy():
         }
     )
     assert len(generate_password(longer).replace("-", "")) >= 22
+
+
+def test_a_password_libpwquality_refuses_is_never_handed_out(tmp_path, monkeypatch):
+    # The real call, against a stand-in `pwscore` on PATH that refuses the first two.
+    pwscore = tmp_path / "pwscore"
+    pwscore.write_text(
+        f"#!/bin/sh\ncat >> {tmp_path}/judged\nn=$(wc -l < {tmp_path}/judged)\n"
+        '[ "$n" -gt 2 ] && exit 0\necho "Password quality check failed: too simplistic/systematic" >&2\nexit 1\n'
+    )
+    pwscore.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    password = generate_password(POLICY)
+    judged = (tmp_path / "judged").read_text().splitlines()
+    assert len(judged) == 3 and judged[-1] == password  # two refused, the third handed out
+
+
+def test_a_broken_libpwquality_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    from exchange.credentials import CredentialError
+
+    pwscore = tmp_path / "pwscore"
+    pwscore.write_text('#!/bin/sh\necho "Error: Cannot parse the configuration file" >&2\nexit 3\n')
+    pwscore.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    with pytest.raises(CredentialError, match="refused 100 in a row .Error: Cannot parse the configuration file"):
+        generate_password(POLICY)

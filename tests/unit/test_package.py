@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -29,10 +30,13 @@ from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
 from tests.dicom_synth import clone, ct_study
-from tests.sites import outbox_site
+from tests.sites import outbox_site, viewer_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
-MESSAGES = Messages(parse_site(outbox_site(), "test"), REPO / "templates" / "messages")
+# The site names run_cdviewer.exe: a viewer folder must hold it (the packages below without
+# --viewer are what `exchange package` makes for a site without viewer_dir).
+MESSAGES = Messages(parse_site(viewer_site(), "test"), REPO / "templates" / "messages")
+NO_VIEWER = Messages(parse_site(outbox_site(), "test"), REPO / "templates" / "messages")
 J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 FILE_ID = re.compile(r"^DICOM(/[A-Z0-9_]{1,8}){1,7}$")
 
@@ -465,6 +469,7 @@ def test_the_sites_viewer_sits_beside_the_dicomdir(study, tmp_path):
         assert "DICOMDIR" in archive.namelist()
     clash = tmp_path / "clash"
     clash.mkdir()
+    (clash / "run_cdviewer.exe").write_bytes(b"MZ viewer")
     (clash / "DICOMDIR").write_bytes(b"x")
     with pytest.raises(PackageError, match="DICOMDIR would collide with the package's own files"):
         package(tmp_path, root, viewer=clash)
@@ -501,3 +506,87 @@ def test_missing_input_an_unknown_account_and_missing_media_are_named(tmp_path):
     ]
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     assert "not a readable zip" in inspect_media(tmp_path / "broken.zip").problems[0]
+
+
+def test_a_viewer_folder_without_the_viewer_the_messages_name_is_refused(study, tmp_path):
+    root, _ = study
+    viewer = tmp_path / "cdviewer"
+    (viewer / "bin").mkdir(parents=True)
+    (viewer / "bin" / "run_cdviewer.exe").write_bytes(b"MZ not at the root")
+    with pytest.raises(PackageError, match=r"cdviewer: no run_cdviewer.exe at its root.*nothing was written"):
+        package(tmp_path, root, viewer=viewer)
+    assert not any((tmp_path / "download").iterdir())
+    (viewer / "run_cdviewer.exe").symlink_to(viewer / "bin" / "run_cdviewer.exe")  # never followed, never packed
+    with pytest.raises(PackageError, match="no run_cdviewer.exe at its root"):
+        package(tmp_path, root, viewer=viewer)
+    assert not any((tmp_path / "download").iterdir())
+
+
+def test_a_viewer_folder_on_a_site_that_names_no_viewer_is_refused(study, tmp_path):
+    # The messages of such a site say the package holds no viewer (`--viewer DIR` by hand).
+    root, _ = study
+    viewer = tmp_path / "weasis"
+    viewer.mkdir()
+    (viewer / "run_cdviewer.exe").write_bytes(b"MZ")
+    folder = tmp_path / "download"
+    folder.mkdir()
+    with pytest.raises(PackageError, match="the site names no windows_viewer.*nothing was written"):
+        make_package(POLICY, NO_VIEWER, "cardiology", folder, [root], viewer=viewer)
+    assert not any(folder.iterdir())
+
+
+def _documents(made) -> tuple[str, str]:
+    with zipfile.ZipFile(made.path) as archive:
+        readme = archive.read("README.TXT").decode("utf-8").replace("\r\n", "\n")
+        return readme, archive.read("INDEX.HTM").decode("utf-8")
+
+
+def test_without_a_viewer_the_package_says_so_and_whom_to_contact(study, tmp_path):
+    root, _ = study
+    folder = tmp_path / "download"
+    folder.mkdir()
+    made = make_package(POLICY, NO_VIEWER, "cardiology", folder, [root])
+    readme, index = _documents(made)
+    assert "Windows: in deze map zit geen viewer." in readme and "Windows: this folder holds no viewer." in readme
+    assert "Neem dan contact op met de afdeling Radiologie." in readme
+    assert "please contact the Department of Radiology." in readme
+    assert "in de map zit geen viewer" in index and "the folder holds no viewer" in index
+    assert "start" not in readme.split("Windows:")[1].split("\n")[0]
+
+
+def test_the_package_says_in_both_languages_when_the_server_deletes_it(study, tmp_path):
+    root, _ = study
+    made = package(tmp_path, root)
+    readme, index = _documents(made)
+    assert "Patiënt / Patient: " in readme
+    days = POLICY.retention.days
+    assert f"Het zip-bestand wordt {days} dagen nadat het is geplaatst van de uitwisselingsserver verwijderd." in readme
+    assert f"The zip file is deleted from the exchange server {days} days after it was placed." in readme
+    # A link's files all go when the link ends, however recently they were placed.
+    ends = datetime.datetime(2026, 12, 5, 13, 0, tzinfo=datetime.UTC)
+    made = package(tmp_path, root, label="link", link_ends=ends)
+    readme, index = _documents(made)
+    for text in (readme, index):
+        assert "als de link verloopt, op zaterdag 5 december 2026 om 14:00 (CET)." in text
+        assert "when the link expires, on Saturday 5 December 2026 at 14:00 (CET)." in text
+        assert "dagen nadat" not in text and "days after it was placed" not in text
+    assert "Ingepakt op " in readme and "Packed on " in readme
+
+
+def test_the_link_end_comes_from_the_links_record(tmp_path):
+    from exchange.links import LinkRecord, LinkStore
+    from exchange.package import link_end
+
+    store = LinkStore(tmp_path)
+    ends = datetime.datetime(2026, 12, 5, 13, 0, tzinfo=datetime.UTC)
+    (tmp_path / "links").mkdir()
+    record = LinkRecord(
+        account="link-abcdefgh", email="p@example.org", phone="+31612345678", lang="nl", note="",
+        created=ends - datetime.timedelta(days=7), expires=ends, issued_by="staff", token_sha256="0" * 64,
+    )  # fmt: skip
+    (tmp_path / "links" / "link-abcdefgh.json").write_text(record.model_dump_json())
+    assert link_end("link-abcdefgh", store) == ends
+    assert link_end("link-zzzzzzzz", store) is None  # no record
+    assert link_end("cardiology", store) is None  # a partner: the retention applies
+    (tmp_path / "links" / "link-brkenzzz.json").write_text("{")
+    assert link_end("link-brkenzzz", store) is None

@@ -68,7 +68,6 @@ def test_unreadable_and_malformed_files(tmp_path):
     )
     assert "not valid YAML" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "partners: [")).value)
     assert "must be a mapping" in str(pytest.raises(PartnerDataError, load_partners, write(tmp_path, "- a\n")).value)
-    assert load_partners(write(tmp_path, "")) == ()
 
 
 def test_rsa_keys_below_the_policy_size_are_named(tmp_path):
@@ -85,3 +84,14 @@ def test_rsa_keys_below_the_policy_size_are_named(tmp_path):
     assert [rsa_key_bits(keys[n]) for n in ("rsa2048", "rsa3072", "ed25519")] == [2048, 3072, None]
     owners = {"partner alice-clinic": [keys["ed25519"], keys["rsa2048"]], "auditor audit-jdoe": [keys["rsa3072"]]}
     assert short_rsa_keys(owners, 3072) == ["partner alice-clinic: key 1 is an RSA key of 2048 bits, below 3072"]
+
+
+@pytest.mark.parametrize("text", ["", "# partners of the hospital\n", "{}\n"], ids=["empty", "comment-only", "mapping"])
+def test_a_file_without_the_partners_key_is_refused_not_read_as_no_partners(tmp_path, text):
+    # Read as "no partners", a truncated file would lock every partner and, after retention, remove them.
+    with pytest.raises(PartnerDataError, match="partners"):
+        load_partners(write(tmp_path, text))
+
+
+def test_no_partners_at_all_is_said_explicitly(tmp_path):
+    assert load_partners(write(tmp_path, "partners: []\n")) == ()

@@ -45,6 +45,7 @@ BAD = [
     (lambda d: d["retention"].update(days=0), "retention.days", "greater than or equal to 1"),
     (lambda d: d["passwords"]["aging"].update(max_days=5, min_days=10), "passwords.aging", "max_days (5) must not"),
     (lambda d: d["passwords"]["aging"].update(warn_days=90), "passwords.aging", "warn_days (90) must be below"),
+    (lambda d: d["passwords"]["aging"].update(inactive_days=0), "passwords.aging.inactive_days", "greater than or"),
     # A cross-check holds against a default too (pydantic runs no field validator on one).
     (lambda d: d["passwords"].update(aging={"min_days": 120}), "passwords.aging", "max_days (90) must not"),
     (lambda d: (d.pop("links", None), d["retention"].update(days=3)), "(top level)", "validity_days (7)"),

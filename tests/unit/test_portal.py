@@ -23,7 +23,7 @@ from exchange.portal.config import PortalConfig, load_portal_config, portal_yaml
 from exchange.site import parse_site
 from roles import REPO
 from roles.settings import HostSettingsError, host_settings
-from tests.sites import outbox_site
+from tests.sites import outbox_site, viewer_site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -38,12 +38,12 @@ def _messages(monkeypatch):
     monkeypatch.setenv("EXCHANGE_MESSAGES", str(REPO / "templates" / "messages"))
 
 
-def make_config(tmp_path, port: int = 9) -> PortalConfig:
+def make_config(tmp_path, port: int = 9, site: dict | None = None) -> PortalConfig:
     key = tmp_path / "host_ed25519.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQHE7N7uyXYc+m8Nn7U8LKl2r4Cwf9DfnUgHkeyBpJu test\n")
     (tmp_path / "state" / "link-tokens").mkdir(parents=True, exist_ok=True)
     return PortalConfig(
-        site=parse_site(outbox_site(), "test").public(),
+        site=parse_site(site or outbox_site(), "test").public(),
         sshd_port=port,  # nothing listens there: a login that gets as far as SSH meets "unavailable"
         host_key_files=[str(key)],
         templates_dir=str(TEMPLATES),
@@ -51,8 +51,8 @@ def make_config(tmp_path, port: int = 9) -> PortalConfig:
     )
 
 
-def client_for(tmp_path, policy: Policy = POLICY) -> TestClient:
-    return TestClient(create_app(make_config(tmp_path), policy), base_url="https://portal.test")
+def client_for(tmp_path, policy: Policy = POLICY, site: dict | None = None) -> TestClient:
+    return TestClient(create_app(make_config(tmp_path, site=site), policy), base_url="https://portal.test")
 
 
 @pytest.fixture
@@ -499,4 +499,291 @@ def test_the_files_page_lists_what_it_is_given(tmp_path):
         quote=__import__("urllib.parse").parse.quote,
     ).body.decode()  # fmt: skip
     assert "CT thorax &lt;1&gt;.zip" in html and "/files/download/CT%20thorax%20%3C1%3E.zip" in html
-    assert "123.5 MB" in html
+    assert "123,5 MB" in html  # Dutch (the default language) writes a decimal comma
+
+
+# -- what recipients read: the reviewer's findings ------------------------------------------
+
+
+def page_text(html: str) -> str:
+    """The page's <main> as a reader sees it: no tags, entities resolved, one space between words."""
+    import html as markup
+
+    main = re.search(r"<main>(.*)</main>", html, re.S)[1]
+    return " ".join(markup.unescape(re.sub(r"<[^>]+>", " ", main)).split())
+
+
+def help_page(tmp_path, lang: str, policy: Policy = POLICY, site: dict | None = None) -> str:
+    with client_for(tmp_path, policy, site) as web:
+        return page_text(web.get(f"/help?lang={lang}").text)
+
+
+def section(text: str, heading: str, next_heading: str) -> str:
+    return text.split(heading, 1)[1].split(next_heading, 1)[0]
+
+
+HEADINGS = {
+    "nl": {
+        "no_page": "Ik klik op de link in de e-mail, maar er opent geen pagina.",
+        "password": "Het wachtwoord uit de sms wordt niet geaccepteerd.",
+        "open": "Ik kan de gedownloade bestanden niet openen.",
+        "unzip": "Hoe pak ik het zip-bestand uit?",
+        "browsers": "Welke browsers worden ondersteund?",
+        "time": "Moet ik de bestanden binnen een bepaalde tijd downloaden?",
+        "real": "Hoe weet ik zeker dat ik op de echte, beveiligde website ben?",
+        "mac": "Kan ik de beelden op een Mac bekijken?",
+        "contact": "Contact",
+    },
+    "en": {
+        "no_page": "I click the link in the e-mail, but no page opens.",
+        "password": "The password from the text message is not accepted.",
+        "open": "I cannot open the downloaded files.",
+        "unzip": "How do I unzip the zip file?",
+        "browsers": "Which browsers are supported?",
+        "time": "Do I have to download the files within a certain time?",
+        "real": "How do I know for sure that I am on the real, secure website?",
+        "mac": "Can I view the images on a Mac?",
+        "contact": "Contact",
+    },
+}
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_help_on_an_expired_link_is_where_it_shows_and_follows_the_policy(tmp_path, lang):
+    short = POLICY.model_copy(update={"links": POLICY.links.model_copy(update={"validity_days": 3})})
+    text, h = help_page(tmp_path, lang, short), HEADINGS[lang]
+    no_page = section(text, h["no_page"], h["password"])
+    # An expired link does open its page: "no page opens" has nothing to say about expiry.
+    assert not re.search(r"verlopen|expired|\d+ (dagen|days)", no_page)
+    password = section(text, h["password"], h["open"])
+    first = {
+        "nl": "Open de link uit de e-mail opnieuw. Staat op de pagina met het wachtwoordveld, vóór u iets typt, niet "
+        "de regel ‘Deze link werkt tot …’? (Na een verkeerd wachtwoord laat de pagina die regel weg.) Dan is de link "
+        "verlopen of ingetrokken, of niet helemaal gekopieerd, en wordt ook het juiste wachtwoord niet geaccepteerd. "
+        "De link werkt tot de datum en tijd die in de e-mail staan, hooguit 3 dagen nadat de e-mail is verstuurd.",
+        "en": "Open the link from the e-mail again. Does the page with the password field, before you type anything, "
+        "not show the line ‘This link works until …’? (After a wrong password the page leaves it out.) Then the link has "
+        "expired or been withdrawn, or was not copied completely, and even the right password is not accepted. The "
+        "link works until the date and time in the e-mail, at most 3 days after the e-mail was sent.",
+    }[lang]
+    assert password.strip().startswith(first)
+    # The policy's 3 days wherever the link's life is told; never a fixed "7 days after it was sent".
+    assert not re.search(r"7 (dagen|days) (nadat|after) (deze|de e-mail|it|the e-mail)", text)
+    assert text.count("hooguit 3 dagen nadat" if lang == "nl" else "at most 3 days after") == 2
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_help_says_when_files_go_for_links_and_for_partners(tmp_path, lang):
+    text, h = help_page(tmp_path, lang), HEADINGS[lang]
+    time_section = section(text, h["time"], h["real"])
+    link, partner = {
+        "nl": ("Download de bestanden dan vóór de datum en tijd die in de e-mail staan.", "Bent u partner? Dan "
+               "worden bestanden 7 dagen nadat ze zijn klaargezet automatisch verwijderd."),
+        "en": ("Then download the files before the date and time in the e-mail.", "Are you a partner? Then files "
+               "are deleted automatically 7 days after they were placed."),
+    }[lang]  # fmt: skip
+    assert link in time_section and partner in time_section
+    assert {"nl": "ook bestanden die pas kort daarvoor zijn klaargezet", "en": "even files placed shortly before"}[
+        lang
+    ] in time_section
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_help_without_a_viewer_names_none_and_whom_to_contact(tmp_path, lang):
+    text, h = help_page(tmp_path, lang), HEADINGS[lang]
+    opening = section(text, h["open"], h["unzip"])
+    assert "run_cdviewer" not in text and "start" not in opening
+    assert {
+        "nl": "in de uitgepakte map zit geen viewer. Open de beelden met een DICOM-viewer op uw computer. Lukt het "
+        "niet om de beelden te bekijken? Neem dan contact op met de afdeling Radiologie.",
+        "en": "the unpacked folder holds no viewer. Open the images with a DICOM viewer on your computer. Cannot view "
+        "the images? Then please contact the Department of Radiology.",
+    }[lang] in opening
+    with_viewer = help_page(tmp_path, lang, site=viewer_site())
+    assert {"nl": "start run_cdviewer.exe in de uitgepakte map", "en": "start run_cdviewer.exe in the unpacked folder"}[
+        lang
+    ] in with_viewer
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_help_viewing_needs_a_computer_the_checksum_is_optional_and_the_real_site(tmp_path, lang):
+    site = outbox_site() | {"portal_url": "https://exchange.test.example:8443", "sftp_port": 2222}
+    text, h = help_page(tmp_path, lang, site=site), HEADINGS[lang]
+    browsers = section(text, h["browsers"], h["time"])
+    assert {
+        "nl": "Inloggen en downloaden lukt ook op een tablet of telefoon. Maar om de beelden te bekijken heeft u een "
+        "Windows-computer of een Mac nodig. Download het zip-bestand daarom op die computer.",
+        "en": "Logging in and downloading also work on a tablet or phone. But to view the images you need a Windows "
+        "computer or a Mac. So download the zip file on that computer.",
+    }[lang] in browsers
+    assert "tablet en telefoon" not in text and "computer, tablet and phone" not in text
+    opening = section(text, h["open"], h["unzip"])
+    assert {
+        "nl": "Naast het zip-bestand staat een bestand dat eindigt op .sha256. Dat hoeft u niet te downloaden.",
+        "en": "Next to the zip file there is a file ending in .sha256. You need not download it.",
+    }[lang] in opening
+    assert {"nl": "Er staan geen beelden in.", "en": "It holds no images."}[lang] in opening
+    real = section(text, h["real"], h["mac"])
+    assert "https://exchange.test.example:8443/" in real
+    assert {"nl": "geen waarschuwing, zoals ‘Niet beveiligd’", "en": "no warning, such as ‘Not secure’"}[lang] in real
+    assert {
+        "nl": "Wij vragen u nooit om uw wachtwoord, niet per e-mail en niet per telefoon.",
+        "en": "We never ask you for your password, by e-mail or by phone.",
+    }[lang] in real
+    for gone in ("slotje", "padlock", "alleen per sms", "only by text message"):
+        assert gone not in text
+    assert {"nl": "poort 2222", "en": "port 2222"}[lang] in text
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_help_contact_gives_the_urgent_number(tmp_path, lang):
+    text, h = help_page(tmp_path, lang), HEADINGS[lang]
+    contact = text.rsplit(h["contact"], 1)[1]
+    assert {
+        "nl": "Alleen in spoedeisende gevallen kunt u buiten kantooruren de dienstdoende laborant Radiologie bereiken "
+        "via de telefooncentrale: 012-345 0000.",
+        "en": "Only in urgent cases outside office hours can you reach the radiographer on duty through the hospital "
+        "switchboard: 012-345 0000.",
+    }[lang] in contact
+
+
+def test_dutch_pages_read_as_a_dutch_hospital_writes(tmp_path):
+    text = help_page(tmp_path, "nl")
+    assert "wisselt de afdeling Radiologie van het Testziekenhuis" in text
+    assert "krijgt de afdeling Radiologie automatisch bericht" in text
+    assert "SMS" not in text and "sms" in text
+    dutch = load_text(TEMPLATES / "text.yaml")
+    assert not [key for key, value in dutch.items() if "SMS" in value["nl"]]
+    assert dutch["error_bad_name"]["nl"].startswith("Deze bestandsnaam is niet toegestaan")
+
+
+def files_page(tmp_path, lang: str, session, policy: Policy = POLICY, site: dict | None = None) -> str:
+    from starlette.requests import Request
+
+    from exchange.portal.app import Portal
+
+    portal = Portal(make_config(tmp_path, site=site), policy)
+    request = Request(
+        {"type": "http", "method": "GET", "path": "/files", "headers": [], "query_string": f"lang={lang}".encode()}
+    )
+    listed = [files.Listed("CT.zip", 123_456_789, 1_764_936_000)]  # 2025-12-05 12:00 UTC
+    return page_text(
+        portal.page(
+            request, "files.htm.j2", session=session, downloads=listed, uploads=[], uploaded=[], error=None,
+            quote=__import__("urllib.parse").parse.quote,
+        ).body.decode()
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_the_files_page_tells_a_link_to_download_before_its_end_and_a_partner_the_retention(tmp_path, lang):
+    from exchange.portal.sessions import WebSession
+
+    ends = datetime.datetime(2026, 12, 5, 13, 0, tzinfo=datetime.UTC)
+    link = files_page(tmp_path, lang, WebSession("id", "link-abcdefgh", "link", "192.0.2.1", _Sftp(), ends))
+    assert {
+        "nl": "Download uw bestanden vóór zaterdag 5 december 2026 om 14:00 (CET) . Op dat moment vervallen de link "
+        "en het wachtwoord en worden al uw bestanden verwijderd, ook bestanden die pas kort daarvoor zijn klaargezet.",
+        "en": "Download your files before Saturday 5 December 2026 at 14:00 (CET) . At that moment the link and the "
+        "password stop working and all your files are deleted, even files placed shortly before.",
+    }[lang] in link
+    assert "dagen nadat" not in link and "days after" not in link
+    partner = files_page(tmp_path, lang, WebSession("id", "cardiology", "partner", "192.0.2.1", _Sftp()))
+    assert {
+        "nl": "Bestanden worden 7 dagen nadat ze zijn geplaatst automatisch verwijderd.",
+        "en": "Files are deleted automatically 7 days after they were placed.",
+    }[lang] in partner
+    for text in (link, partner):
+        assert {"nl": "hoeft u niet te downloaden", "en": "You need not download the file ending in .sha256"}[
+            lang
+        ] in text
+        assert {"nl": "123,5 MB", "en": "123.5 MB"}[lang] in text
+
+
+def test_page_times_are_in_the_sites_zone_not_the_servers(tmp_path, monkeypatch):
+    import time
+
+    from exchange.portal.sessions import WebSession
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        session = WebSession("id", "cardiology", "partner", "192.0.2.1", _Sftp())
+        assert "vrijdag 5 december 2025 om 13:00 (CET)" in files_page(tmp_path, "nl", session)
+        london = outbox_site() | {"timezone": "Europe/London"}
+        assert "Friday 5 December 2025 at 12:00 (GMT)" in files_page(tmp_path, "en", session, site=london)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_limits_on_the_pages_come_from_the_policy(tmp_path, lang, no_floor):
+    portal = POLICY.portal.model_copy(update={"login_failures_per_ip": 1, "login_failure_window_seconds": 121})
+    quality = POLICY.passwords.quality.model_copy(update={"dictcheck": False})
+    policy = POLICY.model_copy(
+        update={"portal": portal, "passwords": POLICY.passwords.model_copy(update={"quality": quality})}
+    )
+    with client_for(tmp_path, policy) as web:
+        web.get(f"/login?lang={lang}")
+        codes = [csrf_post(web, "/l/" + "A" * 43, password="x") for _ in range(2)]
+        rules = page_text(
+            web.post(
+                "/password", data={"csrf": web.cookies["exchange_csrf"], "new_password": "a", "new_password_again": "b"}
+            ).text
+        )
+    assert [c.status_code for c in codes] == [401, 429]
+    blocked = page_text(codes[1].text)
+    assert {"nl": "Wacht 3 minuten en probeer", "en": "Wait 3 minutes, then try again."}[lang] in blocked
+    assert "kwartier" not in blocked and "quarter" not in blocked
+    assert "woordenboek" not in rules and "dictionary" not in rules
+    assert {"nl": "leestekens en niet een van uw laatste 24", "en": "punctuation, and none of your last 24"}[
+        lang
+    ] in rules
+    with client_for(tmp_path) as web:
+        web.get(f"/login?lang={lang}")
+        rules = page_text(
+            web.post(
+                "/password", data={"csrf": web.cookies["exchange_csrf"], "new_password": "a", "new_password_again": "b"}
+            ).text
+        )
+    assert {"nl": ", geen woord uit het woordenboek en niet", "en": ", no dictionary word, and none"}[lang] in rules
+
+
+def test_a_refused_uploads_body_is_read_to_its_end_so_the_answer_arrives(tmp_path):
+    """A server that answers before the body is read and closes makes the kernel reset the
+    connection; nginx then shows a 502 instead of the page naming what was wrong. Here the
+    upload is refused (no session) and the app still takes every piece of the body."""
+    app = create_app(make_config(tmp_path), POLICY)
+    pieces = [{"type": "http.request", "body": b"x" * 1000, "more_body": True} for _ in range(5)]
+    left = iter([*pieces, {"type": "http.request", "body": b"", "more_body": False}])
+    sent = []
+
+    async def receive():
+        return next(left)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "scheme": "https", "path": "/files/upload",
+        "raw_path": b"/files/upload", "query_string": b"", "root_path": "", "server": ("portal.test", 443),
+        "client": ("127.0.0.1", 50000), "headers": [(b"host", b"portal.test"), (b"content-type", b"multipart/form-data; boundary=x")],
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 401 and next(left, None) is None  # answered, and every piece taken
+
+
+def test_a_big_refused_body_is_read_only_so_far():
+    from starlette.requests import Request
+
+    from exchange.portal.app import drain
+
+    messages = [{"type": "http.request", "body": b"x" * 1000, "more_body": True} for _ in range(5)]
+    left = iter([*messages, {"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive():
+        return next(left)
+
+    asyncio.run(drain(Request({"type": "http", "method": "POST", "headers": []}, receive), most=2500))
+    assert len(list(left)) == 3  # then cut off: the connection closes instead

@@ -1,5 +1,6 @@
 """exchange.purge on a real directory tree (no host needed): age, links, skeleton."""
 
+import contextlib
 import email
 import grp
 import os
@@ -229,3 +230,88 @@ def test_an_account_that_went_by_hand_has_nothing_to_hold(tree):
     events = []
     purge_module._keep_uploads(tree[0], "link-gonebyhd", lambda event, **fields: events.append(event))
     assert events == []
+
+
+def test_partners_go_only_when_the_partner_data_locked_them_and_after_whole_days():
+    layout = Layout(load_policy(REPO / "policies.yaml").policy)
+
+    def account(group: str, expire: int) -> dict:
+        return {"shadow": {"expire": expire}, "exchange_groups": [group]}
+
+    observed = {
+        "today": 100,
+        "accounts": {
+            "dropped": account("exchange-partners", 92),  # locked on day 92: 7 whole days later
+            "lock-day-93": account("exchange-partners", 93),  # an upload at 23:59 on day 93 needs day 101
+            "by-hand": account("exchange-partners", 1),  # `usermod --expiredate 1`, still in the data
+            "lnk": account("exchange-links", 100),
+        },
+    }
+    expired, kept = purge_module.expired_accounts(layout, observed, partners_present={"by-hand"})
+    assert expired == [("dropped", "partner", "locked for 7 days"), ("lnk", "link", "validity ended")]
+    assert kept == ["by-hand"]
+    # Without partner data on the host nothing says a partner is gone: none is removed.
+    expired, kept = purge_module.expired_accounts(layout, observed, partners_present=None)
+    assert expired == [("lnk", "link", "validity ended")] and kept == ["dropped", "by-hand"]
+
+
+def test_a_file_dated_in_the_future_ages_from_now_instead(tree):
+    layout, chroot = tree
+    future = aged(chroot / "download/copied-with-times.zip", -30 * DAY)  # 30 days ahead
+    events, _ = run(layout)
+    assert [e for e, _ in events] == ["file-time-reset"] and future.exists()
+    assert abs(future.stat().st_mtime - time.time()) < 60
+    os.utime(future, (time.time() - 8 * DAY, time.time() - 8 * DAY))  # a week and a day later
+    events, _ = run(layout)
+    assert [e for e, _ in events] == ["file-purged"] and not future.exists()
+
+
+def test_one_account_that_cannot_be_removed_never_keeps_the_others(tree, monkeypatch, tmp_path):
+    """Both ways an account goes: a link whose record says it ended, and an account past its
+    expiry. A failure is named (exit 1 in the CLI) and the next account still goes."""
+    import datetime
+
+    from exchange.accounts import StepFailed
+
+    layout, _ = tree
+    ended = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    records = [
+        purge_module.links.LinkRecord(
+            account=name, email="p@example.org", phone="+31612345678", lang="nl", note="", created=ended,
+            expires=ended, issued_by="staff", token_sha256="0" * 64,
+        )
+        for name in ("link-aaaaaaaa", "link-bbbbbbbb")
+    ]  # fmt: skip
+
+    class Store:
+        def unreadable(self):
+            return []
+
+        def all(self):
+            return records
+
+    def account(group: str) -> dict:
+        return {"shadow": {"expire": 1}, "exchange_groups": [group]}
+
+    observed = {
+        "today": 20_000,
+        "accounts": {"link-cccccccc": account("exchange-links"), "link-dddddddd": account("exchange-links")},
+    }
+    removed = []
+
+    def remove_link(layout, store, name, event, **fields):
+        if name in ("link-aaaaaaaa", "link-cccccccc"):
+            raise StepFailed(f"{name}: rm: cannot remove: Device or resource busy")
+        removed.append(name)
+
+    monkeypatch.setattr(purge_module.observe, "observe", lambda params: observed)
+    monkeypatch.setattr(purge_module.links, "LinkStore", Store)
+    monkeypatch.setattr(purge_module.links, "remove_link", remove_link)
+    monkeypatch.setattr(purge_module, "_keep_uploads", lambda *args, **kwargs: None)
+    monkeypatch.setattr(purge_module, "partners_present", lambda: None)
+    monkeypatch.setattr(purge_module.auditlog, "record", lambda event, **fields: event)
+    monkeypatch.setattr(purge_module, "purge_lock", lambda: contextlib.nullcontext())
+    report = purge_module.purge(layout.policy, out=lambda line: None)
+    assert removed == ["link-bbbbbbbb", "link-dddddddd"]
+    assert [note.split(":")[0] for note in report.failed] == ["link-aaaaaaaa", "link-cccccccc"]
+    assert report.accounts == 2

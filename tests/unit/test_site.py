@@ -35,6 +35,21 @@ def test_good_site_data_round_trips_through_the_file_the_deploy_writes(tmp_path)
             "site.sms.http.url: must be an https:// URL",
         ),
         ({"colour": "blue"}, "site.colour: unknown host data key"),
+        (
+            {"windows_viewer": "run_cdviewer.exe"},
+            "site.viewer_dir: required when windows_viewer is set (run_cdviewer.exe): the folder on the server that "
+            "holds run_cdviewer.exe at its root",
+        ),
+        (
+            {"windows_viewer": "viewer/run.exe", "viewer_dir": "/srv/viewer"},
+            "site.windows_viewer: must be a file name at the root of viewer_dir",
+        ),
+        (
+            {"viewer_dir": "/srv/viewer"},
+            "site.viewer_dir: needs windows_viewer, the program at its root that recipients start on Windows",
+        ),
+        ({"timezone": "Europe/Leiden"}, "site.timezone: must be an IANA time zone name such as Europe/Amsterdam"),
+        ({"sftp_port": 0}, "site.sftp_port: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_site_data_is_refused_naming_host_and_key(change, message):
@@ -74,3 +89,21 @@ def test_a_good_request_gets_the_policy_validity_by_default():
         POLICY, email="patient@example.org", phone="+31612345678", lang="en", note="CT", days=None
     )
     assert request.days == POLICY.links.validity_days
+
+
+def test_a_viewer_named_in_the_messages_comes_with_its_folder_and_times_with_a_zone():
+    site = host_settings("exchange01", {"site": GOOD | {"windows_viewer": "run_cdviewer.exe", "viewer_dir": "/srv/v"}})
+    assert site.site.viewer_dir == "/srv/v" and site.site.timezone == "Europe/Amsterdam"
+    assert parse_site(GOOD | {"timezone": "America/New_York"}, "test").zone.key == "America/New_York"
+    urgent = {**GOOD["contact"], "urgent_phone": "071-526 9111"}
+    assert parse_site(GOOD | {"contact": urgent}, "test").contact.urgent_phone == "071-526 9111"
+
+
+def test_partners_are_told_the_port_sshd_listens_on_unless_the_site_says_otherwise():
+    assert host_settings("exchange01", {"site": GOOD}).site.sftp_port == 22
+    assert host_settings("exchange01", {"sshd_port": 2222, "site": GOOD}).site.sftp_port == 2222
+    behind_nat = host_settings("exchange01", {"sshd_port": 2222, "site": GOOD | {"sftp_port": 22022}})
+    assert behind_nat.site.sftp_port == 22022
+    # The web page's copy of the site (roles/portal.py writes it to portal.yaml) has the port and the zone.
+    public = behind_nat.site.public()
+    assert public.sftp_port == 22022 and public.timezone == "Europe/Amsterdam"

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from exchange import auditlog
 from exchange.accounts import Layout
 from exchange.links import LinkStore
-from exchange.messages import messages_dir
+from exchange.messages import messages_dir, when
 from exchange.policy import Policy, load_policy
 from exchange.portal import files, multipart
 from exchange.portal.config import PortalConfig, load_portal_config
@@ -52,6 +52,7 @@ SESSION_COOKIE = "exchange_session"
 CSRF_COOKIE = "exchange_csrf"
 LANG_COOKIE = "exchange_lang"
 FAILURE_FLOOR = 3.0  # seconds every failed login takes, whatever failed: above PAM's own ~2 s failure delay
+DRAIN_MAX_BYTES = 64 << 20  # a refused upload's body read on for a clean answer; a bigger one is cut off
 FORM_MAX_BYTES = 16 << 10  # a login or logout form; nginx allows no more on the login routes either
 USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
 SECURITY_HEADERS = {
@@ -86,7 +87,8 @@ class Portal:
             undefined=jinja2.StrictUndefined,
         )
         self.env.filters["size"] = human_size
-        self.env.filters["when"] = lambda value, lang: format_time(value, lang)
+        # The messages' own wording, in the site's time zone (not the server's clock zone).
+        self.env.filters["when"] = lambda value, lang: when(value, lang, config.site.zone)
         self.static = templates / "static"
 
     def check(self) -> None:
@@ -118,7 +120,6 @@ class Portal:
             site=self.config.site,
             policy=self.policy,
             portal_host=self.config.site.portal_host,
-            sftp_port=self.config.sshd_port,
             lang=lang,
             t=lambda key: self.text[key][lang],
             csrf=csrf,
@@ -345,6 +346,11 @@ class Portal:
         return StreamingResponse(body(), status_code=206 if span else 200, headers=headers, media_type=media_type)
 
     async def upload(self, request: Request) -> Response:
+        response = await self.receive_upload(request)
+        await drain(request)
+        return response
+
+    async def receive_upload(self, request: Request) -> Response:
         session = self.session(request)
         if session is None:
             return self.page(request, "message.htm.j2", status=401, error="session_ended")
@@ -475,6 +481,20 @@ def set_cookie(response: Response, name: str, value: str, max_age: int | None = 
     response.set_cookie(name, value, max_age=max_age, path="/", secure=True, httponly=True, samesite="strict")
 
 
+async def drain(request: Request, most: int = DRAIN_MAX_BYTES) -> None:
+    """Read what is left of a refused request's body (up to `most`), so the answer reaches the
+    browser: closing with unread data makes the kernel reset the connection, and nginx then
+    shows a 502 instead of the page that says what was wrong."""
+    read = 0
+    try:
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > most:
+                return
+    except (RuntimeError, ClientDisconnect):
+        return  # read to its end already, or the browser went away
+
+
 def csrf_ok(request: Request, posted: str | None) -> bool:
     cookie = request.cookies.get(CSRF_COOKIE)
     return bool(cookie and posted) and secrets.compare_digest(cookie.encode(), posted.encode())
@@ -498,20 +518,14 @@ def load_text(path: Path) -> dict[str, dict[str, str]]:
     return text
 
 
-def human_size(size: int) -> str:
+def human_size(size: int, lang: str = "en") -> str:
+    """123.5 MB, in Dutch 123,5 MB."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+            text = f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+            return text.replace(".", ",") if lang == "nl" else text
         size /= 1000
     return str(size)
-
-
-def format_time(value, lang: str) -> str:
-    if isinstance(value, int | float):
-        value = datetime.datetime.fromtimestamp(value, datetime.UTC)
-    local = value.astimezone()
-    # The server's time zone, named: recipients may be elsewhere.
-    return local.strftime("%d-%m-%Y %H:%M %Z") if lang == "nl" else local.strftime("%Y-%m-%d %H:%M %Z")
 
 
 def format_http_date(timestamp: int | None) -> str:

@@ -1,0 +1,34 @@
+"""The staff's Fabric tasks (fabfile.py): what `fab` on a workstation makes the server run."""
+
+import pytest
+from invoke import Collection
+from invoke.exceptions import Exit
+from invoke.parser import Parser
+
+import fabfile
+
+
+def server_command(monkeypatch, *argv: str) -> list[str]:
+    """Parse `fab TASK ...` as fab does and return the `exchange` arguments the task would run."""
+    (parsed,) = Parser(contexts=Collection.from_module(fabfile).to_contexts()).parse_argv(list(argv))
+    ran = []
+    monkeypatch.setattr(fabfile, "_exchange", lambda c, *args: ran.append(list(args)))
+    getattr(fabfile, parsed.name.replace("-", "_")).body(None, **parsed.as_kwargs)
+    (args,) = ran
+    return args
+
+
+def test_package_takes_each_path_as_given_with_commas_and_spaces(monkeypatch):
+    args = server_command(
+        monkeypatch, "package", "--to", "link-k7m2p9qa", "--paths", "/data/CT thorax, contrast",
+        "--paths", " /data/MR knee ", "--label", "CT thorax",
+    )  # fmt: skip
+    assert args == [
+        "package", "--to", "link-k7m2p9qa", "--label", "CT thorax", "--", "/data/CT thorax, contrast", " /data/MR knee ",
+    ]  # fmt: skip
+
+
+def test_package_without_paths_stops_before_the_server(monkeypatch):
+    with pytest.raises(Exit) as stopped:
+        server_command(monkeypatch, "package", "--to", "link-k7m2p9qa")
+    assert stopped.value.code == 2 and "--paths" in str(stopped.value.message)
