@@ -5,6 +5,7 @@ partners there are."""
 from __future__ import annotations
 
 import json
+import shlex
 from itertools import groupby
 
 from pyinfra import host
@@ -26,10 +27,13 @@ def exchange_accounts(policy: Policy, partners: tuple[Partner, ...] | None):
         for p in partners or ()
     ]
     observed = host.get_fact(ExchangeAccounts, params_json=json.dumps(layout.observe_params([w.name for w in wanted])))
+    conflict = None
     try:
         steps = plan(layout, wanted, observed, manage_kinds={"partner"} if partners is not None else set())
-    except AccountConflict as conflict:
-        raise OperationError(str(conflict)) from None
+    except AccountConflict as found:
+        if not found.steps:
+            raise OperationError(str(found)) from None
+        conflict, steps = found, found.steps  # the other accounts (locks first), then fail with the reason
     if not steps:
         host.noop(f"{len(wanted)} partner accounts are as the data wants")
         return
@@ -37,6 +41,8 @@ def exchange_accounts(policy: Policy, partners: tuple[Partner, ...] | None):
     # a first converge of hundreds of partners is bounded by round trips, not by work.
     for _account, group in groupby(steps, key=lambda step: step.account):
         yield " && ".join(f"{{ {step.command}; }}" for step in group)
+    if conflict is not None:
+        yield f"echo {shlex.quote(f'partner data conflict, not applied: {conflict}')} >&2; exit 1"
 
 
 @deploy("Exchange accounts")

@@ -28,7 +28,12 @@ ACCOUNT_LOCK = Path("/run/lock/imaging-exchange-accounts.lock")
 
 
 class AccountConflict(Exception):
-    """The host holds something the plan must not overwrite; an admin has to look."""
+    """The host holds something the plan must not overwrite; an admin has to look. `steps`:
+    what can safely be done all the same (the other accounts, the locks among them)."""
+
+    def __init__(self, message: str, steps: list[Step] | None = None) -> None:
+        super().__init__(message)
+        self.steps = steps or []
 
 
 @dataclass(frozen=True)
@@ -179,14 +184,15 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
     result = Plan()
     accounts = observed["accounts"]
     today = observed["today"]
-    # Refused before any step: a failing useradd would stop the run before later accounts
-    # (a dropped partner's lock among them) were reached.
-    taken = [w.name for w in wanted if w.active and w.name in observed.get("groups_without_user", [])]
-    if taken:
-        raise AccountConflict(
-            f"{', '.join(taken)}: a group of that name exists on the host (and no such user); "
-            "useradd cannot make the account's own group, pick another name"
-        )
+    # An account in conflict is left out, named, and the rest still planned: a failing useradd
+    # would stop the run, and one bad new name must never keep a dropped partner open.
+    conflicts = [
+        f"{w.name}: a group of that name exists on the host (and no such user); useradd cannot make the "
+        "account's own group, pick another name"
+        for w in wanted
+        if w.active and w.name in observed.get("groups_without_user", [])
+    ]
+    taken = {w.name for w in wanted if w.active and w.name in observed.get("groups_without_user", [])}
 
     for group in (policy.accounts.partner_group, policy.accounts.link_group, policy.accounts.staff_group):
         if observed["groups"].get(group) is None:
@@ -212,7 +218,12 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
 
     # Locks first: a step that fails stops the run, and a removed partner must not stay open.
     for account in sorted([*wanted, *dropped], key=lambda a: (a.active, a.name)):
-        _plan_account(layout, account, accounts.get(account.name), today, result)
+        if account.name in taken:
+            continue
+        try:
+            _plan_account(layout, account, accounts.get(account.name), today, result)
+        except AccountConflict as conflict:
+            conflicts.append(str(conflict))
 
     planned = {account.name for account in [*wanted, *dropped]}
     for name in observed.get("stray_log_sockets", []):
@@ -225,6 +236,8 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
     if result.restart_rsyslog:
         # rsyslog opens the new /dev/log sockets inside the chroots.
         result.add("", "reload the chroot log sockets", "systemctl restart rsyslog")
+    if conflicts:
+        raise AccountConflict("\n".join(conflicts), steps=result.steps)
     return result.steps
 
 
@@ -336,14 +349,17 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
     q = shlex.quote(name)
     chroot = shlex.quote(layout.chroot(kind, name))
     commands = [
+        # Closed first (password and key; expiry day 1 also marks it for the purge to retry),
+        # so whatever fails after this leaves no account that opens.
+        f"usermod --lock --expiredate 1 {q}",
         f"pkill -KILL -u {q} || true",
         # Never leave the exchange filesystem, whatever is mounted below the chroot. Files before
-        # the account: if they cannot all go, the account stays (locked) and the next run retries.
+        # the account: if they cannot all go, the account stays (closed) and the next purge retries.
         f"rm -rf --one-file-system {chroot}",
         f"rm -f {shlex.quote(f'{KEYS_DIR}/{name}')} {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}",
         f"userdel {q}",
+        audit(event, account=name, kind=kind, **audit_fields),  # it is gone: on record before anything else
         "systemctl restart rsyslog",
-        audit(event, account=name, kind=kind, **audit_fields),
     ]
     return [Step(name, f"remove {kind} account", command) for command in commands]
 

@@ -484,7 +484,7 @@ def purge(
                 err=True,
             )
     for note in report.failed:
-        typer.echo(f"could not remove account {note}", err=True)
+        typer.echo(note, err=True)
     if report.failed:
         raise typer.Exit(1)
 

@@ -48,7 +48,8 @@ class PurgeReport:
     accounts: int = 0
     skipped: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # partners locked, but not by the partner data
-    failed: list[str] = field(default_factory=list)  # accounts whose removal failed (tried again next run)
+    failed: list[str] = field(default_factory=list)  # what went wrong, a sentence each (tried again next run)
+    holding: set[str] = field(default_factory=set)  # accounts with files younger than retention
 
 
 @contextlib.contextmanager
@@ -162,7 +163,8 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
                         def emit_for(event, _account=account, _kind=kind, _folder=folder, path="", **fields):
                             emit(event, account=_account, kind=_kind, path=f"/{_folder}{path}", **fields)
 
-                        _purge_tree(folder_fd, "", device, cutoff, emit_for, dry_run, report)
+                        if not _purge_tree(folder_fd, "", device, cutoff, emit_for, dry_run, report):
+                            report.holding.add(account)  # (in a dry run: would still hold files)
                     finally:
                         os.close(folder_fd)
         finally:
@@ -258,17 +260,6 @@ def expired_accounts(
     return expired, kept
 
 
-def _holds_files(layout: Layout, name: str) -> bool:
-    chroot = Path(layout.chroot("partner", name))
-    folders = (layout.policy.accounts.download_folder, layout.policy.accounts.upload_folder)
-    for folder in folders:
-        if (chroot / folder).is_dir():
-            with os.scandir(chroot / folder) as entries:
-                if any(entries):
-                    return True
-    return False
-
-
 def partners_present(path: str = HOST_PARTNERS_PATH) -> set[str] | None:
     """Partners the installed partner data lists as present; None without partner data."""
     if not Path(path).exists():
@@ -322,7 +313,7 @@ def purge(
             try:
                 steps()
             except (StepFailed, OSError) as failure:
-                report.failed.append(f"{name}: {failure}")
+                report.failed.append(f"could not remove account {name}: {failure}")
                 emit("account-removal-failed", account=name, kind=kind, problem=str(failure))
                 return
             report.accounts += 1
@@ -346,13 +337,13 @@ def purge(
             present = partners_present()
         except PartnerDataError as problem:  # no partner is removed on data that cannot be read
             emit("partner-data-unreadable", problem=str(problem))
-            report.failed.append(f"partner data: {problem}; no partner account was removed")
+            report.failed.append(f"no partner account was removed: the partner data cannot be read: {problem}")
             present = None
         expired, report.kept = expired_accounts(layout, observed, present)
         for name, kind, reason in expired:
             if name in removed:
                 continue
-            if kind == "partner" and not dry_run and _holds_files(layout, name):
+            if kind == "partner" and name in report.holding:
                 # Its lock day may be older than the lock (a lock by hand, then dropped from the
                 # data): the account goes once retention has emptied its folders, never before.
                 continue

@@ -205,7 +205,11 @@ class Site(PublicSite):
     @field_validator("viewer_dir")
     @classmethod
     def _viewer_named_in_messages(cls, value: str | None, info: ValidationInfo) -> str | None:
-        viewer = info.data.get("windows_viewer")
+        if "windows_viewer" not in info.data:
+            return value  # windows_viewer itself is wrong, and said so
+        viewer = info.data["windows_viewer"]
+        if value and (not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts):
+            raise ValueError("must be an absolute path (the staff tools run from any folder)")
         if viewer and not value:
             raise ValueError(
                 f"required when windows_viewer is set ({viewer}): the folder on the server that holds {viewer} "

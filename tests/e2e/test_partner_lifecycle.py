@@ -90,9 +90,15 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
 def test_dropped_partner_is_locked_and_restored_when_it_returns(own_exchange):
     exchange = own_exchange
     alice, bob = PARTNERS
+    # Dropped together with a new name that cannot be made (the group `users` exists): the
+    # deploy fails with the reason, and the dropped partner is locked all the same.
+    exchange.write_partners([partner_entry(bob, exchange.logins[bob].key), partner_entry("users")])
+    result = exchange.deploy()
+    assert result.returncode != 0
+    assert "users: a group of that name exists on the host" in result.stdout + result.stderr
+    assert can_login(exchange, alice) == {"key": False, "password": False}
     exchange.write_partners([partner_entry(bob, exchange.logins[bob].key)])
     assert exchange.deploy().returncode == 0
-    assert can_login(exchange, alice) == {"key": False, "password": False}
 
     exchange.write_partners([partner_entry(name, exchange.logins[name].key) for name in PARTNERS])
     assert exchange.deploy().returncode == 0

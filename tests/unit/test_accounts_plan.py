@@ -177,8 +177,13 @@ def test_a_name_taken_by_a_group_is_refused_before_any_step():
     observed = observation(zz_old=converged_account("zz-old"))
     observed["groups_without_user"] = ["users"]
     wanted = [WantedAccount("alice", "partner"), WantedAccount("users", "partner")]
-    with pytest.raises(AccountConflict, match="users: a group of that name exists"):
+    with pytest.raises(AccountConflict, match="users: a group of that name exists") as conflict:
         plan(LAYOUT, wanted, observed, {"partner"})
+    # Nothing for the name in conflict; the rest still goes (the dropped partner's lock first),
+    # then the deploy fails with the reason (roles/accounts.py).
+    done = commands(conflict.value.steps)
+    assert "users" not in done and "useradd" in done and "alice" in done
+    assert conflict.value.steps[0].account == "zz-old" and "usermod --expiredate" in conflict.value.steps[0].command
 
 
 def test_locks_come_before_other_accounts_and_before_the_accounts_own_repairs():

@@ -313,5 +313,22 @@ def test_one_account_that_cannot_be_removed_never_keeps_the_others(tree, monkeyp
     monkeypatch.setattr(purge_module, "purge_lock", lambda: contextlib.nullcontext())
     report = purge_module.purge(layout.policy, out=lambda line: None)
     assert removed == ["link-bbbbbbbb", "link-dddddddd"]
-    assert [note.split(":")[0] for note in report.failed] == ["link-aaaaaaaa", "link-cccccccc"]
+    assert [note.split(":")[0] for note in report.failed] == [
+        "could not remove account link-aaaaaaaa",
+        "could not remove account link-cccccccc",
+    ]
     assert report.accounts == 2
+
+
+def test_an_account_holding_young_files_is_known_in_a_dry_run_too(tree):
+    """A locked partner goes once retention has emptied its folders: the dry run must say what
+    the real run will do, so both judge by what the purge leaves (or would leave)."""
+    layout, chroot = tree
+    aged(chroot / "upload/old.dcm", 8 * DAY)
+    for dry_run in (True, False):
+        _, report = run(layout, dry_run=dry_run)
+        assert report.holding == set()  # the old file goes (or would): nothing is held
+    aged(chroot / "download/new.zip", 1 * DAY)
+    for dry_run in (True, False):
+        _, report = run(layout, dry_run=dry_run)
+        assert report.holding == {"alice"}

@@ -45,6 +45,10 @@ def test_good_site_data_round_trips_through_the_file_the_deploy_writes(tmp_path)
             "site.windows_viewer: must be a file name at the root of viewer_dir",
         ),
         (
+            {"windows_viewer": "run_cdviewer.exe", "viewer_dir": "viewer"},
+            "site.viewer_dir: must be an absolute path",
+        ),
+        (
             {"viewer_dir": "/srv/viewer"},
             "site.viewer_dir: needs windows_viewer, the program at its root that recipients start on Windows",
         ),
