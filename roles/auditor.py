@@ -9,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import server
 
-from exchange.accounts import authorized_keys
+from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW, authorized_keys
 from exchange.policy import Policy
 from roles.ops import sudo_rule
 from roles.settings import HostSettings
@@ -61,11 +61,11 @@ def key_login_account(user: str, group: str, public_keys: list[str]):
         changed = True
         yield f"usermod --append --groups {shlex.quote(group)} {q}"
     min_days, max_days, _warn, inactive = (seen["aging"].split(":") + ["", "", "", ""])[:4]
-    if (min_days, max_days, inactive) != ("0", "", ""):  # what `chage -m 0 -M -1 -I -1` leaves in shadow
+    if f"{min_days}:{max_days}:{inactive}" != NO_AGING_IN_SHADOW:
         # login.defs gives new accounts the partners' 90-day aging; a key-only account without a
         # password could never renew it, and PAM's account check would lock it out (sshd UsePAM).
         changed = True
-        yield f"chage --mindays 0 --maxdays -1 --inactive -1 {q}"
+        yield shlex.join([*NO_AGING, user])
     if seen["keys_sha256"] != hashlib.sha256(keys.encode()).hexdigest():
         changed = True
         ssh_dir = shlex.quote(f"{seen['home']}/.ssh")

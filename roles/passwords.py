@@ -15,6 +15,7 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files
 
+from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW
 from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import Policy
 from roles.ops import config_file
@@ -106,9 +107,10 @@ def no_aging_for_key_only(groups: list[str]):
     """login.defs gives every new account the partners' aging (CIS). An account that logs in
     with a key and has no password can never renew one, and PAM's account check (sshd UsePAM)
     would lock it out when the password "expires": such members keep no aging."""
-    changes = [user for user, aging in host.get_fact(KeyOnlyMembers, groups=groups).items() if aging != "0::"]
+    members = host.get_fact(KeyOnlyMembers, groups=groups)
+    changes = [user for user, aging in members.items() if aging != NO_AGING_IN_SHADOW]
     for user in sorted(changes):
-        yield f"chage --mindays 0 --maxdays -1 --inactive -1 {shlex.quote(user)}"
+        yield shlex.join([*NO_AGING, user])
     if not changes:
         host.noop("no key-only member of " + ", ".join(groups) + " has password aging")
 

@@ -9,7 +9,6 @@ idempotent, so a run killed half-way converges on the next.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import grp
 import shlex
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from exchange import observe
 from exchange.auditlog import audit_command as audit
 from exchange.policy import Policy
 
@@ -186,13 +186,12 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
     today = observed["today"]
     # An account in conflict is left out, named, and the rest still planned: a failing useradd
     # would stop the run, and one bad new name must never keep a dropped partner open.
+    taken = [w.name for w in wanted if w.active and w.name in observed.get("groups_without_user", [])]
     conflicts = [
-        f"{w.name}: a group of that name exists on the host (and no such user); useradd cannot make the "
+        f"{name}: a group of that name exists on the host (and no such user); useradd cannot make the "
         "account's own group, pick another name"
-        for w in wanted
-        if w.active and w.name in observed.get("groups_without_user", [])
+        for name in taken
     ]
-    taken = {w.name for w in wanted if w.active and w.name in observed.get("groups_without_user", [])}
 
     for group in (policy.accounts.partner_group, policy.accounts.link_group, policy.accounts.staff_group):
         if observed["groups"].get(group) is None:
@@ -279,7 +278,7 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
         # First, before any other step of it can fail and stop the run: account expiry refuses
         # every method (password and key); the expiry day also records when the lock began,
         # from which retention counts down to removal.
-        lock_day = datetime.date.fromordinal(datetime.date(1970, 1, 1).toordinal() + today).isoformat()
+        lock_day = observe.shadow_day(today).date().isoformat()
         result.add(
             name,
             "lock and end sessions",
@@ -313,22 +312,28 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
 
     shadow = seen["shadow"] or {}
     if kind == "partner":
-        want, command = partner_aging(policy, shadow.get("password_set", False))
+        want, chage = partner_aging(policy, shadow.get("password_set", False))
         if any(shadow.get(key) != value for key, value in want.items()):
-            result.add(name, "password aging", f"{command} {q}")
+            result.add(name, "password aging", shlex.join([*chage, name]))
         if account.active and shadow.get("expire") is not None:
             result.add(
                 name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind)
             )
 
 
-def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | None], str]:
+# Password aging off (`chage` arguments), and how /etc/shadow shows it (min:max:inactive): for an
+# account that logs in with a key and has no password, which it could never renew.
+NO_AGING = ["chage", "--mindays", "0", "--maxdays", "-1", "--inactive", "-1"]
+NO_AGING_IN_SHADOW = "0::"
+
+
+def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | None], list[str]]:
     """The shadow aging fields a partner account should have, and the `chage` that sets them.
     A password ages by the policy. Without one (none handed out yet, or a partner that logs
     in with its key only) nothing ages: PAM's account check would otherwise demand a new
     password after max_days, which a key login cannot give, and lock the partner out."""
     if not password_set:
-        return {"min_days": 0, "max_days": None, "inactive_days": None}, "chage --mindays 0 --maxdays -1 --inactive -1"
+        return {"min_days": 0, "max_days": None, "inactive_days": None}, NO_AGING
     aging = policy.passwords.aging
     want = {
         "min_days": aging.min_days,
@@ -336,11 +341,9 @@ def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | N
         "warn_days": aging.warn_days,
         "inactive_days": aging.inactive_days,
     }
-    command = (
-        f"chage --mindays {aging.min_days} --maxdays {aging.max_days} --warndays {aging.warn_days} "
-        f"--inactive {aging.inactive_days}"
-    )
-    return want, command
+    chage = ["chage", "--mindays", str(aging.min_days), "--maxdays", str(aging.max_days)]
+    chage += ["--warndays", str(aging.warn_days), "--inactive", str(aging.inactive_days)]
+    return want, chage
 
 
 def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-removed", **audit_fields) -> list[Step]:

@@ -130,5 +130,22 @@ def restore(account: str, entry: ShadowEntry) -> None:
 
 
 def reset_failures(account: str) -> None:
-    """Clear pam_faillock's tally, so a recipient locked out by typos can use the new password."""
-    subprocess.run(["faillock", "--dir", FAILLOCK_DIR, "--user", account, "--reset"], check=True, capture_output=True)
+    """Clear pam_faillock's tally, so a recipient locked out by typos can use the new password.
+    A failure is a CredentialError saying how to clear it by hand."""
+    try:
+        subprocess.run(
+            ["faillock", "--dir", FAILLOCK_DIR, "--user", account, "--reset"], check=True, capture_output=True
+        )
+    except (subprocess.CalledProcessError, OSError) as error:
+        raise CredentialError(
+            f"lockout not cleared: {command_failure(error)}\n"
+            f"clear it by hand: faillock --dir {FAILLOCK_DIR} --user {account} --reset"
+        ) from None
+
+
+def command_failure(error: BaseException) -> str:
+    """A failed command's own words (its stderr), else the error."""
+    if isinstance(error, subprocess.CalledProcessError):
+        said = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        return " ".join(said.split()) or f"{error.cmd[0]} exited with status {error.returncode}"
+    return str(error)

@@ -15,9 +15,7 @@ needs no notice: the hand-out mail says to change it at the first login (`mark_t
 
 from __future__ import annotations
 
-import datetime
 import json
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,6 @@ from exchange.site import Site
 from exchange.transports import DeliveryError, send_email
 
 NOTICES = "expiry-notices"
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,6 @@ def _told(state_dir: Path, account: str) -> int | None:
         return None  # never told, or a state file that cannot be read: tell (once more)
 
 
-def _day(day: int) -> datetime.datetime:
-    return EPOCH + datetime.timedelta(days=day)
-
-
 def notify_password_expiry(
     policy: Policy,
     site: Site,
@@ -104,7 +97,7 @@ def notify_password_expiry(
         partners = load_partners(HOST_PARTNERS_PATH)
     except PartnerDataError as error:
         return 0, [f"no expiry notices: {error}"]
-    today = int(time.time() // 86400) if today is None else today  # shadow's days
+    today = observe.shadow_today() if today is None else today
     sent, failures = 0, []
     for item in expiring(partners, observe.shadow(), today):
         name = item.partner.name
@@ -117,8 +110,8 @@ def notify_password_expiry(
             to=item.partner.email,
             account=name,
             organisation=item.partner.organisation,
-            expires=when(_day(item.expires), lang, site.timezone),
-            locks=when(_day(item.locks), lang, site.timezone) if item.locks is not None else None,
+            expires=when(observe.shadow_day(item.expires), lang, site.zone),
+            locks=when(observe.shadow_day(item.locks), lang, site.zone) if item.locks is not None else None,
             expired=item.expires <= today,
             policy=policy,
         )
@@ -129,5 +122,9 @@ def notify_password_expiry(
             continue
         mark_told(name, item.changed, state_dir)
         sent += 1
-        out(auditlog.record("password-expiry-notice-sent", account=name, expires=_day(item.expires).date().isoformat()))
+        out(
+            auditlog.record(
+                "password-expiry-notice-sent", account=name, expires=observe.shadow_day(item.expires).date().isoformat()
+            )
+        )
     return sent, failures

@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,16 +318,8 @@ class Links:
         auditlog.record("link-password-resent", account=account, by=actor(), recipient=mask_phone(record.phone))
         try:
             credentials.reset_failures(account)
-        except (subprocess.CalledProcessError, OSError) as error:
-            said = (
-                error.stderr.decode(errors="replace").strip()
-                if isinstance(error, subprocess.CalledProcessError)
-                else error
-            )
-            raise credentials.CredentialError(
-                f"{account}: the new password was sent; lockout not cleared: {said}\n"
-                f"clear it by hand: faillock --dir {credentials.FAILLOCK_DIR} --user {account} --reset"
-            ) from None
+        except credentials.CredentialError as error:
+            raise credentials.CredentialError(f"{account}: the new password was sent; {error}") from None
         return Issued(record=record, password=password)
 
     def revoke(self, account: str) -> LinkRecord | None:

@@ -5,6 +5,7 @@ have the exchange tools yet (one bulk fact for every account), and the tools imp
 Input (argv[1], JSON): root, groups, folder names, names to look up, config dirs.
 """
 
+import datetime
 import grp
 import json
 import os
@@ -40,6 +41,16 @@ def _group_name(gid):
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def shadow_today():
+    """Today as /etc/shadow counts days: since 1970-01-01, UTC."""
+    return int(time.time() // 86400)
+
+
+def shadow_day(day):
+    """The start (00:00 UTC) of a day as /etc/shadow counts them."""
+    return datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(days=day)
 
 
 def shadow(path="/etc/shadow"):
@@ -122,7 +133,7 @@ def observe(params):
             "log_socket": _read(os.path.join(params["log_socket_dir"], name + ".conf")),
         }
     return {
-        "today": int(time.time() // 86400),
+        "today": shadow_today(),
         "now": time.time(),
         "groups": groups,
         "dirs": {path: _node(path) for path in params["dirs"]},

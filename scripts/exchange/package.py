@@ -128,7 +128,7 @@ def download_folder(policy: Policy, account: str, now: float | None = None) -> P
     now = time.time() if now is None else now
     expiry = (observe.shadow().get(account) or {}).get("expire")
     if expiry is not None and expiry <= now // 86400:  # shadow's days
-        since = (datetime.date(1970, 1, 1) + datetime.timedelta(days=expiry)).isoformat()
+        since = observe.shadow_day(expiry).date().isoformat()
         if kind == "partner":
             raise PackageError(
                 f"partner {account} is locked (account expired {since}) and cannot log in; nothing was written"
@@ -220,7 +220,7 @@ def _viewer_sources(viewer: Path | None, windows_viewer: str | None) -> list[tup
             f"viewer folder {viewer}: the site names no windows_viewer, so the messages tell recipients the "
             "package holds no viewer; set windows_viewer in the site data; nothing was written"
         )
-    if windows_viewer and ((viewer / windows_viewer).is_symlink() or not (viewer / windows_viewer).is_file()):
+    if (viewer / windows_viewer).is_symlink() or not (viewer / windows_viewer).is_file():
         raise PackageError(
             f"viewer folder {viewer}: no {windows_viewer} at its root, which the messages tell recipients to start "
             "(site windows_viewer); nothing was written"

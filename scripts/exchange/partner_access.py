@@ -5,13 +5,10 @@ policy)."""
 from __future__ import annotations
 
 import contextlib
-import datetime
-import shlex
 import subprocess
-import time
 from dataclasses import dataclass
 
-from exchange import auditlog, credentials, expiry_notices
+from exchange import auditlog, credentials, expiry_notices, observe
 from exchange.accounts import Layout, account_lock, partner_aging
 from exchange.auditlog import actor
 from exchange.messages import Messages, mask_email, mask_phone, when
@@ -28,21 +25,9 @@ class PartnerAccessError(Exception):
 class LockoutNotCleared(PartnerAccessError):
     """The password was set and sent (and audited), but the failed-login tally stays."""
 
-    def __init__(self, issued: NewCredentials, reason: str) -> None:
-        name = issued.partner.name
-        super().__init__(
-            f"{name}: password sent; lockout not cleared: {reason}\n"
-            f"clear it by hand: faillock --dir {credentials.FAILLOCK_DIR} --user {name} --reset"
-        )
+    def __init__(self, issued: NewCredentials, reason: credentials.CredentialError) -> None:
+        super().__init__(f"{issued.partner.name}: password sent; {reason}")
         self.issued = issued
-
-
-def _reason(error: BaseException) -> str:
-    """A failed command's own words (its stderr), else the error."""
-    if isinstance(error, subprocess.CalledProcessError):
-        said = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
-        return " ".join(said.split()) or f"{error.cmd[0]} exited with status {error.returncode}"
-    return str(error)
 
 
 @dataclass(frozen=True)
@@ -62,10 +47,9 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
     _require_account(policy, partner)
     password = credentials.generate_password(policy)
     # Expired from the start (below), it can be changed at a login until the inactive days are over.
-    today = int(time.time() // 86400)  # shadow's days
+    today = observe.shadow_today()
     expired_since = today - policy.passwords.aging.max_days - 1
-    valid_until = when(expiry_notices.EPOCH + datetime.timedelta(days=today + policy.passwords.aging.inactive_days),
-                       partner.language, site.zone)  # fmt: skip
+    valid_until = when(observe.shadow_day(today + policy.passwords.aging.inactive_days), partner.language, site.zone)
     mail = messages.email(
         "partner-credentials-email",
         partner.language,
@@ -87,11 +71,9 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
         # Expired at once, by age: the first login (SFTP or web) must choose a new one, and an
         # unused one dies after the policy's inactive days. (`chage --lastday 0` would force the
         # change too, but PAM then skips the age checks: an unused password would work forever.)
-        _, aging = partner_aging(policy, password_set=True)
+        _, chage = partner_aging(policy, password_set=True)
         with account_lock():
-            subprocess.run(
-                [*shlex.split(aging), "--lastday", str(expired_since), partner.name], check=True, capture_output=True
-            )
+            subprocess.run([*chage, "--lastday", str(expired_since), partner.name], check=True, capture_output=True)
         send_email(site, mail)
         send_sms(site, partner.phone, sms)
     except BaseException as failure:
@@ -100,8 +82,8 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
                 credentials.restore(partner.name, before)
         except (subprocess.CalledProcessError, OSError) as undo:
             raise PartnerAccessError(
-                f"{partner.name}: {_reason(failure)}\nand putting the previous password back failed too "
-                f"({_reason(undo)}): its old password may not work; run `exchange partner credentials "
+                f"{partner.name}: {credentials.command_failure(failure)}\nand putting the previous password back "
+                f"failed too ({credentials.command_failure(undo)}): its old password may not work; run `exchange partner credentials "
                 f"{partner.name}` again"
             ) from None
         if isinstance(failure, DeliveryError):
@@ -124,6 +106,6 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
         expiry_notices.mark_told(partner.name, expired_since)  # the hand-out mail says to change it
     try:
         credentials.reset_failures(partner.name)
-    except (subprocess.CalledProcessError, OSError) as error:
-        raise LockoutNotCleared(issued, _reason(error)) from None
+    except credentials.CredentialError as error:
+        raise LockoutNotCleared(issued, error) from None
     return issued

@@ -208,8 +208,6 @@ class Site(PublicSite):
         if "windows_viewer" not in info.data:
             return value  # windows_viewer itself is wrong, and said so
         viewer = info.data["windows_viewer"]
-        if value and (not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts):
-            raise ValueError("must be an absolute path (the staff tools run from any folder)")
         if viewer and not value:
             raise ValueError(
                 f"required when windows_viewer is set ({viewer}): the folder on the server that holds {viewer} "
@@ -222,10 +220,11 @@ class Site(PublicSite):
             )
         return value
 
-    @field_validator("outbox_dir")
+    @field_validator("outbox_dir", "viewer_dir")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts:
+    def _absolute(cls, value: str | None) -> str | None:
+        # The staff tools run from any folder: a relative path would depend on it.
+        if value is not None and (not PurePosixPath(value).is_absolute() or ".." in PurePosixPath(value).parts):
             raise ValueError("must be an absolute path")
         return value
 

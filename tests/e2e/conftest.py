@@ -3,6 +3,7 @@ partners whose keys and passwords the tests hold."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,9 @@ class Exchange:
     def set_password(self, name: str, password: str) -> None:
         # Set as root with a ready hash, as the staff tool does (with the policy's aging), but
         # not expired; PAM rules apply to changes.
-        _, aging = partner_aging(load_policy(REPO / "policies.yaml").policy, password_set=True)
+        _, chage = partner_aging(load_policy(REPO / "policies.yaml").policy, password_set=True)
         self.host.ssh(
-            f"usermod -p '{sha512_crypt.hash(password)}' {name} && {aging} --lastday $(( $(date +%s) / 86400 )) {name} "
+            f"usermod -p '{sha512_crypt.hash(password)}' {name} && {shlex.join(chage)} --lastday $(( $(date +%s) / 86400 )) {name} "
             f"&& faillock --dir {FAILLOCK_DIR} --user {name} --reset"
         )
 
