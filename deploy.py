@@ -44,7 +44,7 @@ if short := short_rsa_keys(keys, policy.sshd.rsa_min_key_bits):
 base(settings)
 tools(loaded_policy)
 site(settings, partners)
-logging()
+logging(policy.portal.service_user if settings.portal is not None else None)
 passwords(policy, [policy.accounts.staff_group, *settings.ssh_admin_groups])
 accounts(policy, partners)
 auditor(policy, settings)

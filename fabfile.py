@@ -67,9 +67,9 @@ def link_resend(c, account):
 
 
 @task
-def link_revoke(c, account):
-    """End a link account's sessions and remove it with its files."""
-    _exchange(c, "link", "revoke", account)
+def link_revoke(c, account, discard_uploads=False):
+    """End a link account's sessions and remove it; its uploads are kept for staff unless --discard-uploads."""
+    _exchange(c, "link", "revoke", account, *(["--discard-uploads"] if discard_uploads else []))
 
 
 @task

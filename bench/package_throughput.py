@@ -36,8 +36,9 @@ CT_BYTES = 512 * 512 * 2
 
 # Packages in a child process, so its peak RSS is its own.
 CHILD = r"""
-import sys
+import socket, sys, tempfile
 from pathlib import Path
+from exchange import auditlog
 from exchange.messages import Messages
 from exchange.package import make_package
 from exchange.policy import load_policy
@@ -45,6 +46,9 @@ from exchange.site import parse_site
 from tests.sites import outbox_site
 policy = load_policy("policies.yaml").policy
 messages = Messages(parse_site(outbox_site(), "bench"), Path("templates/messages"))
+audit = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the audit record's socket, as on a server
+auditlog.AUDIT_SOCKET = tempfile.mktemp(prefix="bench-audit-")
+audit.bind(auditlog.AUDIT_SOCKET)
 make_package(policy, messages, "bench", Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], label="bench")
 """
 
@@ -140,9 +144,14 @@ def compare(name: str, study: Path, work: Path, repeat: int) -> dict:
 def dicomdir_time(study: Path) -> float:
     from exchange.dicomdir import build_tree, dicomdir_bytes
     from exchange.dicomfiles import scan
+    from exchange.handed_in import open_named
 
     start = time.perf_counter()
-    dicomdir_bytes(build_tree(scan([study]).instances))
+    from exchange.policy import load_policy
+
+    depth = load_policy("policies.yaml").policy.accounts.max_folder_depth
+    with open_named([study], None, depth) as handed:
+        dicomdir_bytes(build_tree(scan(handed).instances))
     return time.perf_counter() - start
 
 

@@ -1,5 +1,6 @@
 """The audit trail: SFTP sessions and file operations per account, and the exchange's own
-audit log (one JSON line per event), both written by rsyslog."""
+audit log (one JSON line per event), both written by rsyslog; the audit log only from its own
+socket, which root and the web page's service alone can reach."""
 
 import shlex
 
@@ -8,8 +9,9 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import apt, files
 
 from exchange.accounts import LOG_SOCKET_DIR
-from exchange.auditlog import AUDIT_LOG, AUDIT_TAG, LOG_DIR
+from exchange.paths import AUDIT_LOG, AUDIT_SOCKET, AUDIT_SOCKET_DIR, AUDIT_TMPFILES, LOG_DIR
 from roles.ops import config_file
+from roles.service_user import service_account
 from roles.templating import render
 
 
@@ -38,7 +40,8 @@ def append_only(path: str, user: str = "root", group: str = "adm", mode: str = "
 
 
 @deploy("Audit trail")
-def logging() -> None:
+def logging(portal_user: str | None) -> None:
+    """`portal_user`: the web page's service user, which writes its own records (portal-*)."""
     apt.packages(
         name="Install rsyslog, logrotate and chattr", packages=["rsyslog", "logrotate", "e2fsprogs"], no_recommends=True
     )
@@ -54,6 +57,16 @@ def logging() -> None:
         content="# Managed by imaging-exchange (roles/logging.py).\n[Unit]\nStartLimitIntervalSec=0\n",
         apply="systemctl daemon-reload",
     )
+    if portal_user:
+        service_account(name=f"Service user {portal_user} (no exchange group)", user=portal_user)
+    config_file(
+        name="The audit socket's folder: root and the web page's service only",
+        dest=AUDIT_TMPFILES,
+        content=render(
+            "logging/tmpfiles-audit.conf.j2", audit_socket_dir=AUDIT_SOCKET_DIR, writers=portal_user or "root"
+        ),
+        apply=f"systemd-tmpfiles --create {AUDIT_TMPFILES}",
+    )
     config_file(
         name="Route SFTP and audit messages to their logs",
         dest="/etc/rsyslog.d/30-imaging-exchange.conf",
@@ -62,7 +75,8 @@ def logging() -> None:
             log_dir=LOG_DIR,
             audit_log=AUDIT_LOG,
             socket_dir=LOG_SOCKET_DIR,
-            audit_tag=AUDIT_TAG,
+            audit_socket=AUDIT_SOCKET,
+            audit_socket_dir=AUDIT_SOCKET_DIR,
         ),
         # rsyslog checks its whole configuration only; a bad one is refused before the restart.
         apply="rsyslogd -N1 >/dev/null && systemctl restart rsyslog",

@@ -132,7 +132,7 @@ def sudo_rule(name: str, dest: str, group: str, command: str) -> None:
     config_file(
         name=name,
         dest=dest,
-        content=render("sudoers.j2", group=group, command=command),
+        content=render("tools/sudoers.j2", group=group, command=command),
         mode="440",
         validate="visudo -cqf {path}",
     )

@@ -24,8 +24,8 @@ from exchange.policy import LoadedPolicy
 from exchange.portal.config import HOST_PORTAL_CONFIG, HOST_PORTAL_TEMPLATES, PortalConfig, portal_yaml
 from roles import REPO
 from roles.ops import config_file, files_digest, installed_templates
+from roles.service_user import service_account
 from roles.settings import HostSettings
-from roles.sshd import UserGroups
 from roles.templating import render
 from roles.tools import EXCHANGE, VENV, source_digest
 
@@ -54,20 +54,6 @@ def nginx_installed():
         " rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc"
     )
     yield "rm -f /etc/nginx/sites-enabled/default"
-
-
-@operation()
-def service_account(user: str):
-    """A system user with its own group, no home, no shell, in no other group."""
-    groups = host.get_fact(UserGroups, user=user)
-    if groups == [user]:
-        host.noop(f"service user {user} exists")
-        return
-    q = shlex.quote(user)
-    if not groups:
-        yield f"useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin {q}"
-    else:
-        yield f"usermod --groups '' {q}"
 
 
 @operation()

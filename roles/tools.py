@@ -20,9 +20,11 @@ from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Arch
 from pyinfra.operations import apt, files, server
 
+from exchange.paths import TOOL_RUN_DIR, TOOLS_TMPFILES
 from exchange.policy import HOST_POLICY_PATH, LoadedPolicy
 from roles import REPO
 from roles.ops import config_file, files_digest, sudo_rule
+from roles.templating import render
 
 PREFIX = "/opt/imaging-exchange"
 VENV = f"{PREFIX}/venv"
@@ -106,6 +108,12 @@ def tools(policy: LoadedPolicy) -> None:
         content=policy.path.read_text(encoding="utf-8"),
         mode="644",
         validate=f"{VENV}/bin/exchange policy check {{path}} >/dev/null",
+    )
+    config_file(
+        name="The tools' lock folder: root only",
+        dest=TOOLS_TMPFILES,
+        content=render("tools/tmpfiles.conf.j2", run_dir=TOOL_RUN_DIR),
+        apply=f"systemd-tmpfiles --create {TOOLS_TMPFILES}",
     )
     staff = policy.policy.accounts.staff_group
     server.group(name=f"Group {staff}", group=staff, system=True)

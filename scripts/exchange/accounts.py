@@ -9,22 +9,21 @@ idempotent, so a run killed half-way converges on the next.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import shlex
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
-from exchange import observe
+from exchange import locks, observe
 from exchange.auditlog import audit_command as audit
+from exchange.paths import ACCOUNT_LOCK, TOOL_RUN_DIR
 from exchange.policy import Policy
 
 KEYS_DIR = "/etc/ssh/authorized_keys"  # root-owned: a partner cannot change its own keys
 LOG_SOCKET_DIR = "/etc/imaging-exchange/log-sockets"  # one rsyslog input per chroot (/dev/log)
 NOLOGIN = "/usr/sbin/nologin"
-ACCOUNT_LOCK = Path("/run/lock/imaging-exchange-accounts.lock")
 
 
 class AccountConflict(Exception):
@@ -372,12 +371,10 @@ class StepFailed(Exception):
 
 
 @contextlib.contextmanager
-def account_lock(path: Path = ACCOUNT_LOCK) -> Iterator[None]:
+def account_lock(folder: str = TOOL_RUN_DIR) -> Iterator[None]:
     """One account change at a time: useradd and userdel refuse to run while another holds
     /etc/passwd, and rsyslog restarts must not overlap."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with locks.held(ACCOUNT_LOCK, wait=True, folder=folder):
         yield
 
 

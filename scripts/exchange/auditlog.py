@@ -1,5 +1,11 @@
-"""The audit trail: one JSON line per event to syslog (authpriv), which rsyslog writes to
-/var/log/imaging-exchange/audit.log and passes on to the system log."""
+"""The audit trail: one JSON line per event, written by rsyslog to /var/log/imaging-exchange/audit.log
+and passed on to the system log.
+
+Records reach the audit log only through its own socket (exchange.paths.AUDIT_SOCKET), which
+only root and the web page's service group can reach; rsyslog adds the sender's uid to every
+line as the kernel reports it (`writer_uid`), so no account can write a record in another's
+name. `logger -t imaging-exchange` by any other account reaches the system log only.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,19 @@ import json
 import os
 import pwd
 import shlex
+import socket
+import sys
 import syslog
+import time
+
+from exchange.paths import AUDIT_LOG, AUDIT_SOCKET, LOG_DIR, SFTP_LOG
+
+__all__ = ["AUDIT_LOG", "AUDIT_TAG", "LOG_DIR", "SFTP_LOG", "actor", "audit_command", "audit_line", "record"]
 
 AUDIT_TAG = "imaging-exchange"
-LOG_DIR = "/var/log/imaging-exchange"
-AUDIT_LOG = f"{LOG_DIR}/audit.log"
-SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<name>
+# rsyslog is away for a moment at every restart (each new account restarts it): a record waits.
+WAIT_SECONDS = 10
+_PRIORITY = syslog.LOG_AUTHPRIV | syslog.LOG_NOTICE
 
 
 def audit_line(event: str, **fields) -> str:
@@ -29,11 +42,44 @@ def actor() -> str:
 
 def record(event: str, **fields) -> str:
     line = audit_line(event, **fields)
-    syslog.openlog(AUDIT_TAG, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
-    syslog.syslog(syslog.LOG_NOTICE, line)
+    send(line)
     return line
 
 
+def send(line: str, socket_path: str | None = None, wait: float = WAIT_SECONDS) -> None:
+    """One record to the audit socket. If rsyslog does not take it within `wait` seconds, the
+    record goes to the system log instead, marked, and the tool says so: never lost unsaid."""
+    socket_path = socket_path or AUDIT_SOCKET
+    message = f"<{_PRIORITY}>{AUDIT_TAG}[{os.getpid()}]: {line}".encode()
+    deadline = time.monotonic() + wait
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
+        while True:
+            try:
+                sender.sendto(message, socket_path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError) as error:  # rsyslog restarting
+                if time.monotonic() >= deadline:
+                    problem = error.strerror
+                    break
+                time.sleep(0.05)
+            except OSError as error:
+                problem = error.strerror
+                break
+    syslog.openlog(AUDIT_TAG, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    syslog.syslog(syslog.LOG_WARNING, f"audit log unavailable, record kept here: {line}")
+    print(
+        f"warning: audit log unavailable ({socket_path}: {problem}); the record is in the system log", file=sys.stderr
+    )
+
+
 def audit_command(event: str, **fields) -> str:
-    """The same record as a shell command, for steps that run in a shell (exchange.accounts)."""
-    return f"logger -t {AUDIT_TAG} -p authpriv.notice -- {shlex.quote(audit_line(event, **fields))}"
+    """The same record as a shell command, for steps that run in a shell (exchange.accounts):
+    logger to the audit socket, waiting out an rsyslog restart as `send` does."""
+    line = shlex.quote(audit_line(event, **fields))
+    to_audit = f"logger --socket-errors=on -u {AUDIT_SOCKET} -t {AUDIT_TAG} -p authpriv.notice -- {line}"
+    to_syslog = f"logger -t {AUDIT_TAG} -p authpriv.warning -- 'audit log unavailable, record kept here: '{line}"
+    tries = WAIT_SECONDS * 10
+    return (
+        f"n=0; until {to_audit} 2>/dev/null; do n=$((n+1)); "
+        f"if [ $n -ge {tries} ]; then {to_syslog}; break; fi; sleep 0.1; done"
+    )

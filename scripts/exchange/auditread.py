@@ -76,6 +76,11 @@ def readable_path(policy: Policy, path: str) -> str:
     raise AuditReadError(f"{path!r} is outside {root} and its parents, and not one of {', '.join(sorted(TOOL_PATHS))}")
 
 
+def _ere_literal(text: str) -> str:
+    """`text` as a literal in a POSIX extended regular expression (find -regex)."""
+    return "".join(f"\\{c}" if c in ".[]()*+?{}|^$\\" else c for c in text)
+
+
 def no_argument(what: str, argument: str | None) -> None:
     if argument:
         raise AuditReadError(f"{what} takes no argument (got {argument!r})")
@@ -98,6 +103,18 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
             raise AuditReadError(f"{argument!r} is not a number of days (1 to 365)")
         minutes = int(argument) * 24 * 60
         return ["/usr/bin/find", policy.accounts.root, "-xdev", "!", "-type", "d", "-mmin", f"+{minutes}"]
+    if what == "deep-folders":
+        # Folders deeper than the tools walk (policy accounts.max_folder_depth): what retention and
+        # the upload notices name but do not enter. Below each account's folders, and below each
+        # ended link's held uploads; each too deep folder once (-prune).
+        if not (argument or "").isdigit() or not 1 <= int(argument) <= 1000:
+            raise AuditReadError(f"{argument!r} is not a number of folder levels (1 to 1000)")
+        root, beyond = _ere_literal(policy.accounts.root), f"(/[^/]+){{{int(argument) + 1},}}"
+        return [
+            "/usr/bin/find", policy.accounts.root, "-xdev", "-regextype", "posix-extended", "-type", "d",
+            "(", "-regex", f"{root}/(partners|links)/[^/]+/[^/]+{beyond}", "-o",
+            "-regex", f"{root}/ended-links/[^/]+{beyond}", ")", "-print", "-prune",
+        ]  # fmt: skip
     if what == "audit-log":
         return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
     if what == "sudo-rights":  # what sudo itself grants the account, however the sudoers spell it

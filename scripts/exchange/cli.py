@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from exchange import __version__
+from exchange import __version__, untrusted
 from exchange.policy import HOST_POLICY_PATH, POLICY_ENV, Policy, PolicyError, load_policy
 from exchange.site import HOST_SITE_PATH, SITE_ENV, Site
 
@@ -59,9 +59,12 @@ def main(
 
 
 def _policy_or_exit(path: Path | None = None, status: int = 2):
-    """The policy, or exit with `status` and one line per problem."""
+    """The policy, or exit with `status` and one line per problem. A file named on the command
+    line is read with the rights of whoever runs `sudo exchange`."""
+    from exchange.invoker import invoker
+
     try:
-        return load_policy(path)
+        return load_policy(path, invoker() if path is not None else None)
     except PolicyError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(status) from None
@@ -99,13 +102,14 @@ class Tools:
 
 def _tools(command: str) -> Tools:
     """Root, the policy, the site data and the message templates, or a clear exit."""
+    from exchange.invoker import invoker
     from exchange.messages import Messages
     from exchange.site import SiteError, load_site
 
     _require_root(command)
     policy = _policy_or_exit().policy
     try:
-        site = load_site()
+        site = load_site(show_values=invoker() is None)  # root-only: its values are not staff's to read
     except SiteError as error:
         raise _fail(error, 2) from None
     return Tools(policy, site, Messages(site))
@@ -120,15 +124,19 @@ def portal_check(
     """Validate the portal's file with the policy and its page templates; exit 1 naming the problem."""
     import jinja2
 
-    from exchange.policy import PolicyError, load_policy
+    from exchange.invoker import invoker, rights
+    from exchange.policy import PolicyError
     from exchange.portal.app import Portal
     from exchange.portal.config import PortalConfigError, load_portal_config
 
+    policy = _policy_or_exit(status=1).policy
+    # A file staff name, and every file it names (templates, host keys), is read with their rights.
+    who = invoker() if path is not None else None
     try:
-        config = load_portal_config(path)
-        Portal(config, load_policy().policy).check()
+        with rights(who):
+            Portal(load_portal_config(path), policy).check()
     except (PortalConfigError, PolicyError, OSError, ValueError, jinja2.TemplateError) as error:
-        raise _fail(error) from None
+        raise _fail(untrusted.printable_lines(error)) from None
     typer.echo(f"{path or 'portal configuration'}: valid")
 
 
@@ -139,10 +147,14 @@ def site_check(
     ] = None,
 ) -> None:
     """Validate a site file; exit 1 with one line per problem."""
+    from exchange.invoker import invoker
     from exchange.site import SiteError, load_site
 
+    who = invoker()
     try:
-        load_site(path)
+        # A named file with the rights of whoever runs sudo; the installed one (root only) as root,
+        # but then its values stay out of the messages.
+        load_site(path, who if path is not None else None, show_values=path is not None or who is None)
     except SiteError as error:
         raise _fail(error) from None
     typer.echo(f"{path or os.environ.get(SITE_ENV) or HOST_SITE_PATH}: valid")
@@ -210,6 +222,7 @@ def link_list(
             typer.echo(json.dumps(row, sort_keys=True))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("account", "e-mail", "created", "expires", "download", "upload", "last login", "note", box=None)
@@ -222,7 +235,7 @@ def link_list(
             str(row["download_files"]),
             str(row["upload_files"]),
             (row["last_login"] or "never")[:16].replace("T", " "),
-            row["note"],
+            escape(untrusted.printable(row["note"])),
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     typer.echo(f"{len(rows)} link accounts (times UTC)", err=True)
@@ -254,20 +267,33 @@ def link_resend(
 
 
 @link_app.command("revoke")
-def link_revoke(account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")]) -> None:
-    """End the account's sessions and remove it with its files and link."""
+def link_revoke(
+    account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")],
+    discard_uploads: Annotated[
+        bool, typer.Option("--discard-uploads", help="Delete its uploads too, instead of keeping them for staff.")
+    ] = False,
+) -> None:
+    """End the account's sessions and remove it with its link; its uploads are kept for staff."""
     from exchange.accounts import StepFailed
     from exchange.links import LinkError, Links, LinkStore
 
     tools = _tools("link revoke")
     try:
-        record = Links(tools.policy, tools.site, tools.messages, LinkStore()).revoke(account)
+        revoked = Links(tools.policy, tools.site, tools.messages, LinkStore()).revoke(account, discard_uploads)
     except LinkError as error:
         raise _fail(error, 2) from None
-    except StepFailed as error:
-        raise _fail(error) from None
+    except (StepFailed, OSError) as error:
+        raise _fail(
+            f"{account}: not revoked: {error}\nthe account is locked and still there with its files; try again, or "
+            "remove its uploads with it: exchange link revoke --discard-uploads"
+        ) from None
+    record, kept = revoked.record, revoked.kept
     who = f" ({record.recipient})" if record else " (its record was unreadable)"
-    typer.echo(f"revoked {account}{who}: sessions ended, account, files and link removed")
+    typer.echo(f"revoked {account}{who}: sessions ended, account and link removed")
+    if kept.files:
+        typer.echo(f"  {kept.files} uploads kept for staff in {kept.folder} (the next upload notice lists them)")
+    for problem in kept.problems:
+        typer.echo(f"  {problem}", err=True)
 
 
 @partner_app.command("credentials")
@@ -322,16 +348,19 @@ def package(
     ] = False,
 ) -> None:
     """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
+    from exchange.invoker import invoker
     from exchange.messages import MessageError
     from exchange.package import PackageError, download_folder, link_end, make_package
 
     tools = _tools("package")
+    who = invoker()  # what staff name is read with their rights, the site's viewer folder with root's
     # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         folder = download_folder(tools.policy, to)
     except PackageError as error:
         raise _fail(error, 2) from None
+    viewer_who = who if viewer is not None else None
     viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
     link_ends = link_end(to)
     with _progress() as progress:
@@ -339,17 +368,16 @@ def package(
             made = make_package(
                 tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
                 allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
+                who=who, viewer_who=viewer_who,
             )  # fmt: skip
         except (PackageError, MessageError) as error:
             raise _fail(error) from None
-        except FileNotFoundError as error:
-            raise _fail(f"{error.filename}: no such file or folder") from None
     for label_ in made.scan.not_dicom:
         typer.echo(f"skipped (not DICOM): {label_}", err=True)
     for line in made.scan.duplicates:
         typer.echo(f"skipped (duplicate): {line}", err=True)
     for line in made.tree.filled:
-        typer.echo(f"filled: {line}", err=True)
+        typer.echo(f"filled: {untrusted.printable(line)}", err=True)
     studies = sum(len(p.studies) for p in made.tree.patients.values())
     typer.echo(f"packed {made.files} files of {studies} studies into {made.path} ({made.bytes} bytes)")
     typer.echo(f"  sha256 {made.sha256}")
@@ -363,20 +391,23 @@ def inspect(
 ) -> None:
     """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems."""
     from exchange.dicomdir import DicomDirError, build_tree, summary
+    from exchange.invoker import invoker
     from exchange.media import inspect_media
 
-    report = inspect_media(path, max_total=int(max_gb * 1024**3), max_ratio=max_ratio)
-    typer.echo(f"{path}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
+    depth = _policy_or_exit().policy.accounts.max_folder_depth
+    report = inspect_media(path, depth, invoker(), max_total=int(max_gb * 1024**3), max_ratio=max_ratio)
+    shown = untrusted.printable
+    typer.echo(f"{shown(path)}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
     try:
         patients = summary(build_tree(report.instances)) if report.instances else []
     except DicomDirError as error:
-        report.problems.append(str(error))
+        report.problems.append(shown(error))
         patients = []
-    for patient in patients:
-        typer.echo(f"  patient {patient['id']} {patient['name']}")
+    for patient in patients:  # DICOM text is the sender's: shown escaped like the names
+        typer.echo(f"  patient {shown(patient['id'])} {shown(patient['name'])}")
         for study in patient["studies"]:
             typer.echo(
-                f"    {study['date']} {study['modalities']} {study['description']} "
+                f"    {shown(study['date'])} {shown(study['modalities'])} {shown(study['description'])} "
                 f"({study['series']} series, {study['images']} images)"
             )
     typer.echo(f"  DICOMDIR: {report.dicomdir or 'none'}")

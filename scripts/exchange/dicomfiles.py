@@ -1,7 +1,8 @@
 """Find the DICOM instances among what staff hand in, reading headers only.
 
-Input is files, folders (walked without following symlinks) and received media: a zip
-file (with or without a DICOMDIR). Every candidate is read up to its pixel data
+Input is what staff hand in (exchange.handed_in: files and folders, opened once with the
+rights of whoever named them) and received media among it: a zip file (with or without a
+DICOMDIR), within the caps that keep a zip bomb out. Every candidate is read up to its pixel data
 (`stop_before_pixels`, `specific_tags`), then the pixel data element's own length is
 checked against the file's size, so a truncated file is caught without reading its
 images. What is not DICOM is listed; what is broken is named with the reason.
@@ -10,19 +11,19 @@ images. What is not DICOM is listed; what is broken is named with the reason.
 from __future__ import annotations
 
 import io
-import os
-import stat
 import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from exchange import handed_in, untrusted
 
 # What the directory records and the package index need; nothing else is parsed.
 HEADER_TAGS = [
@@ -58,18 +59,19 @@ _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
 @dataclass(frozen=True)
 class Source:
-    """One candidate file: on disk, or a member of a received zip."""
+    """One candidate file: on disk (opened once, see exchange.handed_in), or a member of a
+    received zip."""
 
-    label: str  # how staff know it: the path, or zip!member
+    label: str  # how staff know it: the path, or zip!member (printable)
     size: int
     open: Callable[[], BinaryIO]
-    path: Path | None = None  # a file on disk (the kernel can copy it); None for a zip member
-    member: str | None = None  # the name inside a received zip
+    fd: int | None = None  # a file on disk, by its descriptor (the kernel can copy it); None for a zip member
+    member: str | None = None  # its name inside a received medium (a zip, or a folder `inspect` checks), as it is
     problem: str | None = None  # why it cannot be used, found before reading it (refuses the package)
 
     @classmethod
-    def file(cls, path: Path, size: int) -> Source:
-        return cls(str(path), size, lambda: open(path, "rb"), path)
+    def file(cls, file: handed_in.File) -> Source:
+        return cls(file.label, file.size, lambda: handed_in.reader(file.fd), file.fd)
 
     @classmethod
     def unusable(cls, label: str, problem: str) -> Source:
@@ -92,29 +94,24 @@ class Scan:
     duplicates: list[str] = field(default_factory=list)
 
 
-def sources(paths: list[Path]) -> Iterator[Source]:
-    """Every candidate under `paths`. Nothing is left out unsaid: a folder that cannot be read,
-    a symlink (never followed) or a device comes as an unusable source with the reason."""
-    for path in paths:
-        st = os.lstat(path)  # a missing path raises FileNotFoundError with its name
-        if not stat.S_ISDIR(st.st_mode):
-            yield from _file_sources(path)
-            continue
-        unreadable: list[OSError] = []
-        for top, dirs, files in os.walk(path, followlinks=False, onerror=unreadable.append):
-            for name in [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                yield Source.unusable(os.path.join(top, name), _SYMLINK)
-            dirs.sort()
-            for name in sorted(files):
-                yield from _file_sources(Path(top) / name)
-        for error in unreadable:
-            yield Source.unusable(str(error.filename), f"folder not readable ({error.strerror})")
+def sources(handed: handed_in.HandedIn) -> Iterator[Source]:
+    """Every candidate among what was handed in, in order. Nothing is left out unsaid: what
+    cannot be used (a symlink, a folder that cannot be read, a device) comes as an unusable
+    source with the reason; a zip's members are candidates of their own."""
+    for item in handed.found:
+        if isinstance(item, handed_in.Unusable):
+            yield Source.unusable(item.label, item.problem)
+        elif not is_dicomdir(item.relative or item.label):
+            yield from _file_sources(item)
 
 
-_SYMLINK = "a symlink, not followed (hand in what it points to)"
 # What reading a source can raise besides a parse error: an OS error, a file cut short, a
 # received zip's member that is encrypted (RuntimeError), fails its CRC or does not inflate.
 READ_ERRORS = (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
+# A received zip that unpacks to more than this, or one of whose members expands more than
+# this, is no study but a zip bomb (`exchange inspect` has the same caps as options).
+ZIP_MAX_TOTAL_BYTES = 50 * 1024**3  # a study on a DVD is a few GB; 50 GB is no study
+ZIP_MAX_RATIO = 200  # DICOM deflates 2-5x; a bomb does thousands
 
 
 def is_dicomdir(name: str) -> bool:
@@ -122,45 +119,44 @@ def is_dicomdir(name: str) -> bool:
     return PurePosixPath(name.rstrip("/")).name.upper() == "DICOMDIR"
 
 
-def _file_sources(path: Path) -> Iterator[Source]:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        yield Source.unusable(str(path), _SYMLINK)
-        return
-    if not stat.S_ISREG(st.st_mode):
-        yield Source.unusable(str(path), "not a regular file")
-        return
-    if is_dicomdir(path.name):
-        return
+def _file_sources(file: handed_in.File) -> Iterator[Source]:
     try:
-        # DICOM first: `is_zipfile` looks for the end-of-zip signature anywhere in the last
-        # 64 KiB, and image data may hold those bytes (the image would vanish as an empty zip).
-        if not _has_dicom_prefix(path) and zipfile.is_zipfile(path):
-            yield from _zip_sources(path)
-            return
+        with handed_in.reader(file.fd) as handle:
+            # DICOM first: `is_zipfile` looks for the end-of-zip signature anywhere in the last
+            # 64 KiB, and image data may hold those bytes (the image would vanish as an empty zip).
+            dicom = handle.read(132)[128:] == b"DICM"
+            if not dicom and zipfile.is_zipfile(handle):
+                yield from _zip_sources(file)
+                return
     except OSError as error:
-        yield Source.unusable(str(path), f"not readable ({error.strerror})")
+        yield Source.unusable(file.label, f"not readable ({error.strerror})")
         return
-    yield Source.file(path, st.st_size)
+    yield Source.file(file)
 
 
-def _has_dicom_prefix(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(132)[128:] == b"DICM"
+def expands_too_much(info: zipfile.ZipInfo, max_ratio: int) -> str | None:
+    if info.compress_size and info.file_size / info.compress_size > max_ratio:
+        return f"expands {info.file_size // info.compress_size}x (more than {max_ratio}x: a zip bomb?)"
+    return None
 
 
-def _zip_sources(path: Path) -> Iterator[Source]:
+def _zip_sources(file: handed_in.File) -> Iterator[Source]:
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(handed_in.reader(file.fd))
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as error:
-        yield Source.unusable(str(path), f"not a readable zip ({error})")
+        yield Source.unusable(file.label, f"not a readable zip ({error})")
         return
-    for info in archive.infolist():
-        if info.is_dir() or is_dicomdir(info.filename):
+    members = [info for info in archive.infolist() if not info.is_dir() and not is_dicomdir(info.filename)]
+    total = sum(info.file_size for info in members)
+    if total > ZIP_MAX_TOTAL_BYTES:
+        yield Source.unusable(file.label, f"unpacks to {total} bytes, more than {ZIP_MAX_TOTAL_BYTES}: a zip bomb?")
+        return
+    for info in members:
+        label = f"{file.label}!{untrusted.printable(info.filename)}"
+        if bomb := expands_too_much(info, ZIP_MAX_RATIO):
+            yield Source.unusable(label, bomb)
             continue
-        yield Source(
-            f"{path}!{info.filename}", info.file_size, lambda info=info: archive.open(info), member=info.filename
-        )
+        yield Source(label, info.file_size, lambda info=info: archive.open(info), member=info.filename)
 
 
 def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool, little_endian: bool = True) -> str | None:
@@ -261,17 +257,17 @@ def read_header(source: Source) -> Instance | str:
         return f"broken: {exc}"
 
 
-def scan(paths: list[Path], progress: Callable[[str], None] = lambda label: None) -> Scan:
+def scan(handed: handed_in.HandedIn, progress: Callable[[str], None] = lambda label: None) -> Scan:
     result = Scan()
     seen: dict[str, Instance] = {}
-    for source in sources(paths):
+    for source in sources(handed):
         progress(source.label)
         found = read_header(source)
         if isinstance(found, str):
             if found == "not DICOM":
                 result.not_dicom.append(source.label)
-            else:
-                result.broken.append(f"{source.label}: {found.removeprefix('broken: ')}")
+            else:  # a parser's reason may quote the file's own bytes
+                result.broken.append(f"{source.label}: {untrusted.printable(found.removeprefix('broken: '))}")
             continue
         uid = found.header["SOPInstanceUID"]
         if uid in seen:

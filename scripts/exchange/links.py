@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
 
-from exchange import auditlog, credentials, observe
+from exchange import auditlog, credentials, held, observe
 from exchange.accounts import Layout, Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
 from exchange.auditlog import actor
 from exchange.messages import Messages, mask_email, mask_phone
@@ -322,8 +322,9 @@ class Links:
             raise credentials.CredentialError(f"{account}: the new password was sent; {error}") from None
         return Issued(record=record, password=password)
 
-    def revoke(self, account: str) -> LinkRecord | None:
-        """None when the record could not be read: the account and its token go all the same."""
+    def revoke(self, account: str, discard_uploads: bool = False) -> Revoked:
+        """End the link now. Its uploads are kept for staff, as at a link's end (exchange.held),
+        unless `discard_uploads`. The record may be unreadable: account and token go all the same."""
         try:
             record = self.require(account)
         except LinkError:
@@ -331,8 +332,23 @@ class Links:
                 raise
             record = None
         recipient = record.recipient if record else "unknown (unreadable record)"
-        remove_link(self.layout, self.store, account, "link-revoked", by=actor(), recipient=recipient)
-        return record
+        by = actor()
+        if discard_uploads:
+            kept, fields = held.Held(), {"uploads_discarded": held.upload_count(self.layout, account)}
+        else:
+            kept, fields = held.keep_uploads(self.layout, account, _recorder(by), recipient=recipient), {}
+        remove_link(self.layout, self.store, account, "link-revoked", by=by, recipient=recipient, **fields)
+        return Revoked(record, kept)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    record: LinkRecord | None  # None: its record could not be read
+    kept: held.Held  # the uploads now held for staff
+
+
+def _recorder(by: str) -> Callable:
+    return lambda event, **fields: auditlog.record(event, by=by, **fields)
 
 
 def remove_link(layout: Layout, store: LinkStore, name: str, event: str, **fields) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from exchange import safefs
 from exchange.accounts import Layout
 from exchange.auditlog import SFTP_LOG
 from exchange.links import LinkStore
@@ -40,11 +41,16 @@ def last_logins(logs: list[Path]) -> dict[str, str]:
     return {account: when.isoformat(timespec="seconds") for account, when in latest.items()}
 
 
-def count_files(folder: str) -> int:
-    count = 0
-    for _top, _dirs, files in os.walk(folder, followlinks=False):
-        count += len(files)
-    return count
+def count_files(folder: str, max_depth: int) -> int:
+    """Files below `folder` (within the depth the tools walk; what is deeper the purge names)."""
+    try:
+        top = safefs.open_dir(folder)
+    except OSError:
+        return 0
+    try:
+        return sum(1 for step in safefs.walk(top, max_depth) if step.kind == "file")
+    finally:
+        os.close(top)
 
 
 def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
@@ -52,7 +58,7 @@ def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
     store = store or LinkStore()
     # The link validity is shorter than a log rotation period: the current and previous file suffice.
     logins = last_logins([Path(SFTP_LOG + ".1"), Path(SFTP_LOG)])
-    rows = []
+    rows, depth = [], policy.accounts.max_folder_depth
     for record in store.all():
         chroot = layout.chroot("link", record.account)
         rows.append(
@@ -61,8 +67,8 @@ def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
                 "email": mask_email(record.email),
                 "created": record.created.isoformat(),
                 "expires": record.expires.isoformat(),
-                "download_files": count_files(f"{chroot}/{policy.accounts.download_folder}"),
-                "upload_files": count_files(f"{chroot}/{policy.accounts.upload_folder}"),
+                "download_files": count_files(f"{chroot}/{policy.accounts.download_folder}", depth),
+                "upload_files": count_files(f"{chroot}/{policy.accounts.upload_folder}", depth),
                 "last_login": logins.get(record.account),
                 "issued_by": record.issued_by,
                 "note": record.note,

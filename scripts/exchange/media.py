@@ -12,7 +12,6 @@ reads past an entry's declared size (a lie there fails its CRC check).
 from __future__ import annotations
 
 import io
-import os
 import stat
 import struct
 import zipfile
@@ -22,10 +21,22 @@ from pathlib import Path, PurePosixPath
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from exchange.dicomfiles import READ_ERRORS, Instance, Source, is_dicomdir, read_header
+from exchange import handed_in
+from exchange.dicomfiles import (
+    READ_ERRORS,
+    ZIP_MAX_RATIO,
+    ZIP_MAX_TOTAL_BYTES,
+    Instance,
+    Source,
+    expands_too_much,
+    is_dicomdir,
+    read_header,
+)
+from exchange.invoker import Invoker
+from exchange.untrusted import printable
 
-MAX_TOTAL_BYTES = 50 * 1024**3  # a study on a DVD is a few GB; 50 GB is no study
-MAX_RATIO = 200  # DICOM deflates 2-5x; a bomb does thousands
+MAX_TOTAL_BYTES = ZIP_MAX_TOTAL_BYTES
+MAX_RATIO = ZIP_MAX_RATIO
 MAX_ENTRIES = 200_000
 
 
@@ -36,6 +47,7 @@ class Report:
     instances: list[Instance] = field(default_factory=list)
     dicomdir: str | None = None
     total_bytes: int = 0
+    bomb: bool = False  # beyond the caps: not read any further
 
     @property
     def ok(self) -> bool:
@@ -66,56 +78,59 @@ def _extra_ids(extra: bytes) -> set[int]:
     return ids
 
 
-def _check_zip(path: Path, report: Report, max_total: int, max_ratio: int) -> list[Source]:
+def _check_zip(file: handed_in.File, report: Report, max_total: int, max_ratio: int) -> list[Source]:
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(handed_in.reader(file.fd))
     except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:  # ValueError: a name not in UTF-8
-        report.problems.append(f"{path}: not a readable zip ({exc})")
+        report.problems.append(f"{file.label}: not a readable zip ({printable(exc)})")
         return []
     entries = archive.infolist()
     if len(entries) > MAX_ENTRIES:
-        report.problems.append(f"{path}: {len(entries)} entries, more than {MAX_ENTRIES}")
+        report.problems.append(f"{file.label}: {len(entries)} entries, more than {MAX_ENTRIES}")
+        report.bomb = True
         return []
     sources = []
     seen: set[str] = set()
     for info in entries:
-        name = info.filename
+        name, shown = info.filename, printable(info.filename)
         problem = _unsafe_name(name)
         if problem:
-            report.problems.append(f"{name}: {problem} (could be unpacked outside its folder)")
+            report.problems.append(f"{shown}: {problem} (could be unpacked outside its folder)")
             continue
         if _UNICODE_PATH_EXTRA in _extra_ids(info.extra):
             # unzip would use that other name, which was not checked here
-            report.problems.append(f"{name}: carries a second (Unicode Path) name")
+            report.problems.append(f"{shown}: carries a second (Unicode Path) name")
             continue
         if name.rstrip("/").upper() in seen:  # unpacked, one would replace the other
-            report.problems.append(f"{name}: more than one entry of that name")
+            report.problems.append(f"{shown}: more than one entry of that name")
             continue
         seen.add(name.rstrip("/").upper())
         if stat.S_ISLNK(info.external_attr >> 16):
-            report.problems.append(f"{name}: a symlink")
+            report.problems.append(f"{shown}: a symlink")
             continue
         if info.flag_bits & 0x1:
-            report.problems.append(f"{name}: encrypted")
+            report.problems.append(f"{shown}: encrypted")
             continue
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            report.problems.append(f"{name}: compression method {info.compress_type} (only stored or deflated)")
+            report.problems.append(f"{shown}: compression method {info.compress_type} (only stored or deflated)")
             continue
         if info.is_dir():
             continue
         report.total_bytes += info.file_size
-        if info.compress_size and info.file_size / info.compress_size > max_ratio:
-            report.problems.append(
-                f"{name}: expands {info.file_size // info.compress_size}x (more than {max_ratio}x: a zip bomb?)"
-            )
+        if bomb := expands_too_much(info, max_ratio):
+            report.problems.append(f"{shown}: {bomb}")
+            report.bomb = True
             continue
-        sources.append(Source(f"{path}!{name}", info.file_size, lambda info=info: archive.open(info), member=name))
+        sources.append(
+            Source(f"{file.label}!{shown}", info.file_size, lambda info=info: archive.open(info), member=name)
+        )
     if report.total_bytes > max_total:
-        report.problems.append(f"{path}: unpacks to {report.total_bytes} bytes, more than {max_total}")
+        report.problems.append(f"{file.label}: unpacks to {report.total_bytes} bytes, more than {max_total}")
+        report.bomb = True
     return sources
 
 
-def _damaged(sources: list[Source], root: str, report: Report) -> list[Source]:
+def _damaged(sources: list[Source], report: Report) -> list[Source]:
     """Every entry read to its end, so a damaged one fails its CRC here, not after import
     (only after the caps: a bomb is never inflated)."""
     damaged = []
@@ -125,89 +140,101 @@ def _damaged(sources: list[Source], root: str, report: Report) -> list[Source]:
                 while handle.read(1 << 20):
                     pass
         except READ_ERRORS as exc:
-            report.problems.append(f"{_relative(source, root)}: damaged ({exc})")
+            report.problems.append(f"{printable(source.member)}: damaged ({printable(exc)})")
             damaged.append(source)
     return damaged
 
 
-def _check_folder(path: Path, report: Report) -> list[Source]:
+def _check_folder(handed: handed_in.HandedIn, report: Report) -> list[Source]:
     sources = []
-    for top, dirs, files in os.walk(path, followlinks=False):
-        for name in sorted(dirs + files):
-            full = Path(top) / name
-            if full.is_symlink():
-                report.problems.append(f"{full.relative_to(path)}: a symlink")
-        dirs[:] = sorted(d for d in dirs if not (Path(top) / d).is_symlink())
-        for name in sorted(files):
-            full = Path(top) / name
-            if full.is_symlink() or not full.is_file():
-                continue
-            report.total_bytes += full.stat().st_size
-            sources.append(Source.file(full, full.stat().st_size))
+    for item in handed.found:
+        if isinstance(item, handed_in.Unusable):
+            report.problems.append(f"{item.label}: {item.problem}")
+            continue
+        report.total_bytes += item.size
+        sources.append(Source(item.label, item.size, lambda fd=item.fd: handed_in.reader(fd), item.fd, item.relative))
     return sources
 
 
-def _relative(source: Source, root: str) -> str:
-    return source.member if source.member is not None else os.path.relpath(source.label, root)
-
-
-def _check_dicomdir(directory: Source, instances: list[Instance], root: str, report: Report) -> None:
-    base = PurePosixPath(_relative(directory, root)).parent
+def _check_dicomdir(directory: Source, instances: list[Instance], report: Report) -> None:
+    base = PurePosixPath(directory.member).parent
     try:
         with directory.open() as handle:
             data = handle.read()
         dicomdir = dcmread(io.BytesIO(data))
     except (*READ_ERRORS, InvalidDicomError, ValueError) as exc:
-        report.problems.append(f"{directory.label}: not a readable DICOMDIR ({exc})")
+        report.problems.append(f"{directory.label}: not a readable DICOMDIR ({printable(exc)})")
         return
-    by_path = {_relative(i.source, root).upper(): i for i in instances}
+    by_path = {i.source.member.upper(): i for i in instances}
     referenced = set()
     for record in dicomdir.get("DirectoryRecordSequence", []):
         file_id = record.get("ReferencedFileID")
         if not file_id:
             continue
         parts = [file_id] if isinstance(file_id, str) else list(file_id)
+        shown = printable("/".join(parts))
         target = str(base.joinpath(*parts)).upper() if str(base) != "." else "/".join(parts).upper()
         instance = by_path.get(target)
         if instance is None:
-            report.problems.append(f"DICOMDIR references {'/'.join(parts)}, which is not there")
+            report.problems.append(f"DICOMDIR references {shown}, which is not there")
             continue
         referenced.add(target)
         expected = (record.get("ReferencedSOPInstanceUIDInFile"), record.get("ReferencedSOPClassUIDInFile"))
         found = (instance.header["SOPInstanceUID"], instance.header["SOPClassUID"])
         if tuple(map(str, expected)) != tuple(map(str, found)):
-            report.problems.append(f"DICOMDIR record for {'/'.join(parts)} names other UIDs than the file has")
+            report.problems.append(f"DICOMDIR record for {shown} names other UIDs than the file has")
         syntax = record.get("ReferencedTransferSyntaxUIDInFile")
         if syntax and str(syntax) != instance.transfer_syntax:
-            report.problems.append(f"DICOMDIR record for {'/'.join(parts)} names another transfer syntax")
+            report.problems.append(f"DICOMDIR record for {shown} names another transfer syntax")
     for name in sorted(set(by_path) - referenced):
-        report.problems.append(f"{name}: a DICOM file the DICOMDIR does not reference")
+        report.problems.append(f"{printable(name)}: a DICOM file the DICOMDIR does not reference")
 
 
-def inspect_media(path: Path, max_total: int = MAX_TOTAL_BYTES, max_ratio: int = MAX_RATIO) -> Report:
+def inspect_media(
+    path: Path,
+    max_depth: int,
+    who: Invoker | None = None,
+    max_total: int = MAX_TOTAL_BYTES,
+    max_ratio: int = MAX_RATIO,
+) -> Report:
+    """Check received media, opened with `who`'s rights (None: the tool's own)."""
     report = Report()
-    if path.is_symlink() or not path.exists():
-        report.problems.append(f"{path}: no such file or folder (symlinks are not followed)")
+    try:
+        handed = handed_in.open_named([path], who, max_depth)
+    except handed_in.MissingPaths:
+        report.problems.append(f"{printable(path)}: no such file or folder")
         return report
-    root = str(path)
-    sources = _check_folder(path, report) if path.is_dir() else _check_zip(path, report, max_total, max_ratio)
-    if report.problems and any("zip bomb" in p or "more than" in p for p in report.problems):
-        return report  # do not read what may be a bomb
-    damaged = [] if path.is_dir() else _damaged(sources, root, report)
-    directories = [s for s in sources if is_dicomdir(_relative(s, root))]
+    with handed:
+        named = next((f for f in handed.files if f.relative == ""), None)  # the zip itself, not a folder
+        if named is None and any(u.label == printable(path) for u in handed.problems):
+            report.problems += [f"{u.label}: {u.problem}" for u in handed.problems]  # the path itself
+            return report
+        if named is None:
+            sources = _check_folder(handed, report)
+        else:
+            sources = _check_zip(named, report, max_total, max_ratio)
+            if report.bomb:
+                return report  # do not read what may be a bomb
+            damaged = _damaged(sources, report)
+            sources = [s for s in sources if s not in damaged]
+        _read_headers(sources, report)
+    return report
+
+
+def _read_headers(sources: list[Source], report: Report) -> None:
+    directories = [s for s in sources if is_dicomdir(s.member)]
     for source in sources:
-        if source in directories or source in damaged:
+        if source in directories:
             continue
         found = read_header(source)
         if isinstance(found, Instance):
             report.instances.append(found)
         elif found == "not DICOM":
-            report.not_dicom.append(_relative(source, root))
+            report.not_dicom.append(printable(source.member))
         else:
-            report.problems.append(f"{_relative(source, root)}: {found.removeprefix('broken: ')}")
+            report.problems.append(f"{printable(source.member)}: {printable(found.removeprefix('broken: '))}")
     if len(directories) > 1:
-        report.problems.append("more than one DICOMDIR: " + ", ".join(_relative(d, root) for d in directories))
+        report.problems.append("more than one DICOMDIR: " + ", ".join(printable(d.member) for d in directories))
     elif directories:
-        report.dicomdir = _relative(directories[0], root)
-        _check_dicomdir(directories[0], report.instances, root, report)
-    return report
+        report.dicomdir = printable(directories[0].member)
+        _check_dicomdir(directories[0], report.instances, report)

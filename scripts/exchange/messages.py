@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from exchange import untrusted
 from exchange.site import Site
 
 HOST_MESSAGES_DIR = PurePosixPath("/etc/imaging-exchange/messages")
@@ -119,6 +120,8 @@ class Messages:
             keep_trailing_newline=True,
             # Plain text (e-mail, SMS, README.TXT), except the package's HTML page.
             autoescape=jinja2.select_autoescape(enabled_extensions=("htm.j2",), default=False),
+            # File names and DICOM text are others': no control or bidi character reaches a reader.
+            finalize=untrusted.shown_in_template,
         )
         self.env.filters["when"] = lambda moment, lang: when(moment, lang, site.zone)
         self.env.filters["capfirst"] = lambda text: text[:1].upper() + text[1:]  # "het LUMC" opens a sentence

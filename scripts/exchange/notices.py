@@ -1,7 +1,8 @@
 """Upload notices: staff hear of what recipients upload, one e-mail per account per run.
 
 Run from the purge's cron job. A file counts as uploaded once it has not changed for
-SETTLE_SECONDS (an upload in progress keeps growing) and is not a hidden temporary name.
+SETTLE_SECONDS (an upload in progress keeps growing); hidden files count like any other, so
+nothing the retention deletes goes unannounced.
 What was announced is remembered per account (upload-notices/<account>.json), so a file
 is announced once, and an account's notice is only marked sent when the mail went out.
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog
+from exchange import auditlog, safefs, untrusted
 from exchange.accounts import Layout
 from exchange.links import STATE_DIR, LinkStore
 from exchange.messages import Messages
@@ -42,28 +43,32 @@ class Upload:
     mtime_ns: int
 
 
-def settled_uploads(folder: Path, now: float) -> list[Upload]:
-    found = []
-    for top, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            try:
-                st = os.lstat(os.path.join(top, name))
-            except FileNotFoundError:
-                continue  # moved or removed meanwhile (by staff, or the account itself)
-            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < SETTLE_SECONDS:
-                continue
-            found.append(
-                Upload(
-                    path=os.path.relpath(os.path.join(top, name), folder),
-                    size=st.st_size,
-                    modified=datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC),
-                    mtime_ns=st.st_mtime_ns,
+def settled_uploads(folder: Path, now: float, max_depth: int) -> tuple[list[Upload], list[str]]:
+    """The regular files below `folder` that have settled (hidden ones too: nothing uploaded
+    goes unannounced), and the folders the walk could not look into, named."""
+    found, problems = [], []
+    try:
+        top = safefs.open_dir(str(folder))
+    except FileNotFoundError:
+        return found, problems
+    try:
+        for step in safefs.walk(top, max_depth):
+            st = step.entry.stat
+            if step.kind == "file" and stat.S_ISREG(st.st_mode) and now - st.st_mtime >= SETTLE_SECONDS:
+                found.append(
+                    Upload(
+                        path=step.entry.path,
+                        size=st.st_size,
+                        modified=datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC),
+                        mtime_ns=st.st_mtime_ns,
+                    )
                 )
-            )
-    return found
+            elif step.kind in ("too-deep", "unreadable"):
+                reason = f"more than {max_depth} folders deep" if step.kind == "too-deep" else "not readable"
+                problems.append(f"{folder}/{untrusted.printable(step.entry.path)}: {reason}, not looked into")
+    finally:
+        os.close(top)
+    return found, problems
 
 
 def _add_mode_bits(descriptor: int, st: os.stat_result, bits: int) -> int:
@@ -73,7 +78,7 @@ def _add_mode_bits(descriptor: int, st: os.stat_result, bits: int) -> int:
     return 1
 
 
-def open_to_staff(folder: Path) -> int:
+def open_to_staff(folder: Path, max_depth: int) -> int:
     """Give the group (staff, from the setgid upload folder) read access to everything below
     `folder`: g+rx on folders, g+r on regular files; nothing else changes. Runs as root in a
     tree its account controls, so every entry is reached through its parent's descriptor and
@@ -81,36 +86,28 @@ def open_to_staff(folder: Path) -> int:
     second hard link or on another filesystem is left alone, and nothing outside `folder` is
     touched. The folder itself is the deploy's. Returns how many entries it changed."""
     try:
-        top = os.lstat(folder)
+        top = safefs.open_dir(str(folder))
     except FileNotFoundError:
         return 0
-    if not stat.S_ISDIR(top.st_mode):
-        return 0
     changed = 0
-    # fwalk opens each folder relative to its parent and checks it is the folder it listed.
-    for path, dirs, names, dir_fd in os.fwalk(folder, follow_symlinks=False):
-        here = os.fstat(dir_fd)
-        if here.st_dev != top.st_dev:
-            dirs[:] = []  # another filesystem mounted here: not the account's
-            continue
-        if path != str(folder):
-            changed += _add_mode_bits(dir_fd, here, stat.S_IRGRP | stat.S_IXGRP)
-        for name in names:
-            try:
-                seen = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                if not stat.S_ISREG(seen.st_mode) or seen.st_mode & stat.S_IRGRP:
-                    continue
-                descriptor = os.open(
-                    name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd
-                )
-            except OSError:
-                continue  # gone meanwhile, or replaced by a symlink (ELOOP)
-            try:
-                st = os.fstat(descriptor)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_dev == top.st_dev:
-                    changed += _add_mode_bits(descriptor, st, stat.S_IRGRP)
-            finally:
-                os.close(descriptor)
+    try:
+        device = os.fstat(top).st_dev
+        for step in safefs.walk(top, max_depth):
+            st = step.entry.stat
+            if step.kind == "enter":
+                changed += _add_mode_bits(step.fd, st, stat.S_IRGRP | stat.S_IXGRP)
+            elif step.kind == "file" and stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IRGRP:
+                descriptor = safefs.open_entry(step.entry.dir_fd, step.entry.name, st)
+                if descriptor is None:
+                    continue  # gone or replaced meanwhile
+                try:
+                    opened = os.fstat(descriptor)
+                    if opened.st_nlink == 1 and opened.st_dev == device:
+                        changed += _add_mode_bits(descriptor, opened, stat.S_IRGRP)
+                finally:
+                    os.close(descriptor)
+    finally:
+        os.close(top)
     return changed
 
 
@@ -141,14 +138,20 @@ def notify_uploads(
     for kind, account, folder, key in folders:
         if not folder.is_dir() or folder.is_symlink():
             continue
-        if kind != "ended link":  # held uploads are root's, 0640 already (exchange.purge.hold_uploads)
+        depth = policy.accounts.max_folder_depth
+        if kind != "ended link":  # held uploads are root's, 0640 already (exchange.held)
             try:
-                open_to_staff(folder)
+                open_to_staff(folder, depth)
             except OSError as error:
-                failures.append(f"{account}: uploads not made readable for staff: {error}")
+                failures.append(f"{account}: uploads not made readable for staff: {untrusted.printable(error)}")
         seen_file = seen_dir / f"{key}.json"
         seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
-        uploads = settled_uploads(folder, now)
+        try:
+            uploads, problems = settled_uploads(folder, now, depth)
+        except OSError as error:
+            failures.append(f"{account}: uploads not read: {untrusted.printable(error)}")
+            continue
+        failures += problems
         new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
         current = {u.path: [u.size, u.mtime_ns] for u in uploads}
         if new:
@@ -182,7 +185,7 @@ def notify_uploads(
 
 def _upload_folders(layout: Layout) -> list[tuple[str, str, Path, str]]:
     """(kind, account, folder, key of its notice state) of every upload folder, and of every
-    ended link account's held uploads (exchange.purge.hold_uploads). Held files have a state of
+    ended link account's held uploads (exchange.held). Held files have a state of
     their own, so staff are told where they went, even of files announced before."""
     found = []
     for kind in ("partner", "link"):

@@ -4,13 +4,15 @@ site's viewer, written straight into an account's download folder.
 Layout (DICOM PS3.12 Annex V, IHE PDI): DICOMDIR at the root, the instances under DICOM/
 with conformant File IDs, copied byte for byte. Entries whose pixel data is already
 compressed (JPEG, JPEG-LS, JPEG 2000, RLE, video) are stored; the rest are deflated at a
-fast level. The zip is streamed (bounded memory, ZIP64 when needed) under a hidden name in
-the download folder, hashed while it is written, and renamed when complete, so a recipient
-never sees half a package.
+fast level. The zip is streamed (bounded memory, ZIP64 when needed) as a nameless file in the download
+folder (O_TMPFILE), hashed while it is written, and named when complete, so a recipient never
+sees half a package. Staff may change the download folder: root writes there only through the
+folder's descriptor (exchange.safefs), so no name swapped meanwhile redirects it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
@@ -23,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog, observe
+from exchange import auditlog, handed_in, observe, safefs, untrusted
 from exchange.accounts import Layout
 from exchange.auditlog import actor
 from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
 from exchange.dicomfiles import Scan, Source, scan
+from exchange.invoker import Invoker
 from exchange.links import LinkError, LinkStore
 from exchange.messages import Messages
 from exchange.policy import Policy
@@ -62,7 +65,7 @@ class _HashingWriter:
         self.position = 0
         self._written_back = 0
         self._digest = hashlib.sha256()
-        self._queue: queue.Queue[bytes | Path | None] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[bytes | tuple[int, int] | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._hash, name="sha256", daemon=True)
         self._thread.start()
 
@@ -71,21 +74,22 @@ class _HashingWriter:
             if isinstance(item, bytes):
                 self._digest.update(item)
                 continue
-            with open(item, "rb") as handle:  # a file the kernel copied: hashed from the page cache
-                while chunk := handle.read(1 << 20):
-                    self._digest.update(chunk)
+            source, size = item  # a file the kernel copied: hashed from the page cache
+            done = 0
+            while done < size and (chunk := os.pread(source, min(1 << 20, size - done), done)):
+                self._digest.update(chunk)
+                done += len(chunk)
 
-    def copy_file(self, path: Path, size: int) -> None:
-        """Append a whole file by the kernel (sendfile: no copy through Python)."""
+    def copy_file(self, source: int, size: int, label: str) -> None:
+        """Append a whole open file by the kernel (sendfile: no copy through Python)."""
         self.handle.flush()
-        with open(path, "rb") as source:
-            sent = 0
-            while sent < size:
-                count = os.sendfile(self.handle.fileno(), source.fileno(), sent, size - sent)
-                if count == 0:
-                    raise OSError(f"{path}: shorter than its {size} bytes (changed while packing?)")
-                sent += count
-        self._queue.put(path)
+        sent = 0
+        while sent < size:
+            count = os.sendfile(self.handle.fileno(), source, sent, size - sent)
+            if count == 0:
+                raise OSError(f"{label}: shorter than its {size} bytes (changed while packing?)")
+            sent += count
+        self._queue.put((source, size))
         self.position += size
 
     def write(self, data) -> int:
@@ -158,13 +162,10 @@ def link_end(account: str, store: LinkStore | None = None) -> datetime.datetime 
 
 
 def examine(
-    paths: list[Path], strict: bool, allow_multiple_patients: bool, progress: Callable[[str], None]
+    handed: handed_in.HandedIn, strict: bool, allow_multiple_patients: bool, progress: Callable[[str], None]
 ) -> tuple[Scan, Tree]:
-    """Scan the input and build the directory tree, or refuse with every reason."""
-    missing = [str(p) for p in paths if not os.path.lexists(p)]
-    if missing:
-        raise PackageError(f"no such file or folder: {', '.join(missing)}")
-    found = scan(paths, progress)
+    """Scan what was handed in and build the directory tree, or refuse with every reason."""
+    found = scan(handed, progress)
     problems = [f"  {line}" for line in found.broken]
     if strict:
         problems += [f"  {label}: not DICOM (--strict)" for label in found.not_dicom]
@@ -172,11 +173,11 @@ def examine(
     if problems:
         raise PackageError("refused, nothing was written:\n" + "\n".join(problems))
     if not found.instances:
-        raise PackageError("no DICOM files found in " + ", ".join(map(str, paths)))
+        raise PackageError("no DICOM files found in what was handed in")
     try:
         tree = build_tree(found.instances)
     except DicomDirError as error:
-        raise PackageError(f"refused, nothing was written: {error}") from None
+        raise PackageError(f"refused, nothing was written: {untrusted.printable(error)}") from None
     names = {
         patient_id: sorted(
             {str(i.header.get("PatientName") or "") for i in found.instances if i.header.get("PatientID") == patient_id}
@@ -185,13 +186,13 @@ def examine(
     }
     clashing = {patient_id: n for patient_id, n in names.items() if len(n) > 1}
     if clashing and not allow_multiple_patients:
-        detail = "; ".join(f"PatientID {pid}: {' / '.join(n)}" for pid, n in clashing.items())
+        detail = untrusted.printable("; ".join(f"PatientID {pid}: {' / '.join(n)}" for pid, n in clashing.items()))
         raise PackageError(
             f"refused: one PatientID with different patient names ({detail}); the same ID from two sources may be "
             "two people (--allow-multiple-patients if this is one patient)"
         )
     if len(tree.patients) > 1 and not allow_multiple_patients:
-        ids = ", ".join(sorted(tree.patients))
+        ids = untrusted.printable(", ".join(sorted(tree.patients)))
         raise PackageError(
             f"refused: the images belong to {len(tree.patients)} patients (PatientID {ids}); a package for one "
             "patient must never carry another's images (--allow-multiple-patients if this is intended)"
@@ -208,34 +209,40 @@ def _entry(name: str, stored: bool, when: datetime.datetime) -> zipfile.ZipInfo:
     return info
 
 
-def _viewer_sources(viewer: Path | None, windows_viewer: str | None) -> list[tuple[str, Source]]:
-    """The viewer folder's files; `windows_viewer` (site data: what the messages tell recipients
-    to start) must be a file at its root, or the package is refused."""
+def _viewer_sources(
+    viewer: Path | None, windows_viewer: str | None, who: Invoker | None, max_depth: int, keep: contextlib.ExitStack
+) -> list[tuple[str, Source]]:
+    """The viewer folder's files, opened with `who`'s rights; `windows_viewer` (site data: what
+    the messages tell recipients to start) must be a file at its root, or the package is refused."""
     if viewer is None:
         return []
-    if not viewer.is_dir():
-        raise PackageError(f"viewer folder {viewer}: not a directory; nothing was written")
     if not windows_viewer:
         raise PackageError(
             f"viewer folder {viewer}: the site names no windows_viewer, so the messages tell recipients the "
             "package holds no viewer; set windows_viewer in the site data; nothing was written"
         )
-    if (viewer / windows_viewer).is_symlink() or not (viewer / windows_viewer).is_file():
+    try:
+        handed = keep.enter_context(handed_in.open_named([viewer], who, max_depth))
+    except handed_in.MissingPaths:
+        raise PackageError(f"viewer folder {viewer}: no such folder; nothing was written") from None
+    if any(file.relative == "" for file in handed.files):
+        raise PackageError(f"viewer folder {viewer}: not a directory; nothing was written")
+    if handed.problems:
+        lines = "\n".join(f"  {unusable.label}: {unusable.problem}" for unusable in handed.problems)
+        raise PackageError(f"viewer folder {viewer}: refused, nothing was written:\n{lines}")
+    if windows_viewer not in {file.relative for file in handed.files}:
         raise PackageError(
             f"viewer folder {viewer}: no {windows_viewer} at its root, which the messages tell recipients to start "
             "(site windows_viewer); nothing was written"
         )
     found = []
-    for top, dirs, files in os.walk(viewer, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(top) / name
-            if path.is_symlink() or not path.is_file():
-                continue
-            relative = path.relative_to(viewer).as_posix()
-            if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith("DICOM/"):
-                raise PackageError(f"viewer folder {viewer}: {relative} would collide with the package's own files")
-            found.append((relative, Source.file(path, path.stat().st_size)))
+    for file in handed.files:
+        relative = file.relative
+        if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith("DICOM/"):
+            raise PackageError(
+                f"viewer folder {viewer}: {untrusted.printable(relative)} would collide with the package's own files"
+            )
+        found.append((relative, Source.file(file)))
     return found
 
 
@@ -256,10 +263,36 @@ def make_package(
     allow_multiple_patients: bool = False,
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
     link_ends: datetime.datetime | None = None,
+    who: Invoker | None = None,
+    viewer_who: Invoker | None = None,
 ) -> Package:
-    """`link_ends`: for a link account, the link's end, when its files go whatever their age."""
-    viewer_files = _viewer_sources(viewer, messages.site.windows_viewer)
-    found, tree = examine(paths, strict, allow_multiple_patients, lambda label: progress("reading headers", 0, 0))
+    """`paths` are opened with `who`'s rights, `viewer` with `viewer_who`'s (None: the tool's
+    own); `link_ends`: for a link account, the link's end, when its files go whatever their age."""
+    depth = policy.accounts.max_folder_depth
+    with contextlib.ExitStack() as keep:  # every handed-in file stays open until the zip is written
+        viewer_files = _viewer_sources(viewer, messages.site.windows_viewer, viewer_who, depth, keep)
+        try:
+            handed = keep.enter_context(handed_in.open_named(paths, who, depth))
+        except handed_in.MissingPaths as missing:
+            raise PackageError(str(missing)) from None
+        except OSError as error:  # more files than the system lets one process open
+            raise PackageError(f"refused, nothing was written: {untrusted.printable(error)}") from None
+        found, tree = examine(handed, strict, allow_multiple_patients, lambda label: progress("reading headers", 0, 0))
+        return _write(policy, messages, account, folder, label, found, tree, viewer_files, progress, link_ends)
+
+
+def _write(
+    policy: Policy,
+    messages: Messages,
+    account: str,
+    folder: Path,
+    label: str,
+    found: Scan,
+    tree: Tree,
+    viewer_files: list[tuple[str, Source]],
+    progress: Callable[[str, int, int], None],
+    link_ends: datetime.datetime | None,
+) -> Package:
     now = datetime.datetime.now(messages.site.zone)  # the name, the zip's times and README: the site's clock
     context = {
         "patients": summary(tree),
@@ -272,7 +305,7 @@ def make_package(
     try:
         directory = dicomdir_bytes(tree)
     except DicomDirError as error:
-        raise PackageError(f"refused, nothing was written: {error}") from None
+        raise PackageError(f"refused, nothing was written: {untrusted.printable(error)}") from None
     documents = {
         "DICOMDIR": directory,
         "README.TXT": messages.document("package-readme.txt.j2", **context).replace("\n", "\r\n").encode("utf-8"),
@@ -281,12 +314,16 @@ def make_package(
     images = list(tree.images())
     total = sum(image.instance.source.size for image in images)
     visible_name = package_name(label or _patient_label(tree), now)
-    staged = folder / f".{visible_name}.{os.getpid()}.partial"  # hidden until complete
-    checksum = staged.with_suffix(".sha256.partial")
-    final = None
     try:
-        # 0600 while written: the account may list hidden files over SFTP; 0644 once complete.
-        with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+        download = safefs.open_dir(str(folder))  # staff may change the folder: everything goes through this
+    except OSError as error:
+        raise PackageError(f"packing failed, nothing was left: {untrusted.printable(error)}") from None
+    package = checksum = None
+    published = None
+    try:
+        # Nameless while written (0600 where it cannot be): nobody reaches half a package.
+        package = safefs.NewFile.create(download, 0o600)
+        with os.fdopen(os.dup(package.fd), "wb") as handle:
             writer = _HashingWriter(handle)
             with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
                 for name, data in documents.items():
@@ -301,30 +338,38 @@ def make_package(
             handle.flush()
             os.fsync(handle.fileno())
         # Staff (the group) and the account (other) read it; nobody but root changes it.
-        os.chmod(staged, 0o644)
+        os.fchmod(package.fd, 0o644)
         digest = writer.hexdigest()
-        final = _publish(staged, folder, visible_name)  # complete: the recipient may see it from now on
-        checksum.write_text(f"{digest}  {final.name}\n")
-        os.chmod(checksum, 0o644)
-        os.rename(checksum, folder / f"{final.name}.sha256")
+        published = _publish(package, download, visible_name)  # complete: the recipient may see it from now on
+        checksum = safefs.NewFile.create(download, 0o644)
+        os.write(checksum.fd, f"{digest}  {published}\n".encode())
+        os.fsync(checksum.fd)
+        checksum.publish(f"{published}.sha256")
+        size = os.fstat(package.fd).st_size
     except BaseException as error:
-        staged.unlink(missing_ok=True)
-        checksum.unlink(missing_ok=True)
-        if final is not None:  # named, but its checksum could not follow: not a package to offer
-            final.unlink(missing_ok=True)
-            (folder / f"{final.name}.sha256").unlink(missing_ok=True)
+        if checksum is not None:
+            checksum.discard()
+            checksum = None
+        if package is not None:  # named, but its checksum could not follow: not a package to offer
+            package.discard(published)
+            package = None
         if isinstance(error, SourceError):
             raise PackageError(f"refused, nothing was left: {error}") from None
-        if isinstance(error, OSError):  # the disk full, a source gone: named, not a traceback
-            raise PackageError(f"packing failed, nothing was left: {error}") from None
+        if isinstance(error, OSError):  # the disk full, a name taken meanwhile: named, not a traceback
+            raise PackageError(f"packing failed, nothing was left: {untrusted.printable(error)}") from None
         raise
-    size = final.stat().st_size
+    finally:
+        for new in (package, checksum):
+            if new is not None:
+                new.close()
+        os.close(download)
+    final = folder / published
     studies = [study for patient in tree.patients.values() for study in patient.studies.values()]
     auditlog.record(
         "study-packaged",
         by=actor(),
         account=account,
-        package=final.name,
+        package=published,
         sha256=digest,
         patient_ids=sorted(tree.patients),
         study_uids=[study.uid for study in studies],
@@ -335,19 +380,29 @@ def make_package(
     return Package(final, digest, len(images), size, tree, found)
 
 
-def _publish(staged: Path, folder: Path, name: str) -> Path:
-    """Give the complete package its visible name, never another package's: a second one of
-    the same label in the same second gets "-2", and so on."""
+def _publish(package: safefs.NewFile, download: int, name: str) -> str:
+    """Give the complete package its visible name, never another's: a second one of the same
+    label in the same second gets "-2", and so on; a name whose checksum's name is taken is
+    passed over too."""
     stem = name.removesuffix(".zip")
     for attempt in range(1, 100):
-        final = folder / (name if attempt == 1 else f"{stem}-{attempt}.zip")
+        candidate = name if attempt == 1 else f"{stem}-{attempt}.zip"
+        if _taken(download, f"{candidate}.sha256"):
+            continue
         try:
-            os.link(staged, final)  # unlike rename, fails when the name is taken
+            package.publish(candidate)  # unlike rename, fails when the name is taken
         except FileExistsError:
             continue
-        staged.unlink()
-        return final
-    raise PackageError(f"{folder}: no free name for {name}")
+        return candidate
+    raise PackageError(f"no free name for {name}; nothing was left")
+
+
+def _taken(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _patient_label(tree: Tree) -> str:

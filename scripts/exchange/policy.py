@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from exchange.validation import describe, load_yaml
+from exchange.invoker import Invoker, read_named
+from exchange.validation import describe, load_yaml, yaml_problem
 
 # Where the deploy installs the policy on a server; the tools read it from there.
 HOST_POLICY_PATH = PurePosixPath("/etc/imaging-exchange/policies.yaml")
@@ -110,6 +111,10 @@ class AccountsPolicy(Section):
     auditor_group: GroupName = "exchange-auditors"
     download_folder: FolderName = "download"
     upload_folder: FolderName = "upload"
+    # Folders recipients or staff make below a download or upload folder, or in what staff hand
+    # to `exchange package`: deeper ones are named and not entered, so no account can make a
+    # walk of the tools recurse until it fails (a study on a disc is 4 or 5 levels deep).
+    max_folder_depth: int = Field(32, ge=4, le=256)
 
     @field_validator("root")
     @classmethod
@@ -221,6 +226,18 @@ class PortalPolicy(Section):
     login_failure_window_seconds: int = Field(900, ge=60)  # ... for this long
     login_requests_per_minute: int = Field(30, ge=1)  # nginx: login form posts per address
     max_sessions: int = Field(200, ge=1, le=10_000)  # open web sessions (each holds one SFTP session)
+    # One account's open web sessions: a new login beyond it ends that account's least recently
+    # used one, so no account can take the pool from the others.
+    max_sessions_per_account: int = Field(5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _per_account_within_the_pool(self) -> PortalPolicy:
+        if self.max_sessions_per_account > self.max_sessions:
+            raise ValueError(
+                f"max_sessions_per_account ({self.max_sessions_per_account}) must not exceed max_sessions "
+                f"({self.max_sessions})"
+            )
+        return self
 
 
 class Policy(Section):
@@ -265,9 +282,7 @@ def parse_policy(text: str, path: Path) -> Policy:
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise PolicyError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"{path}: (top level): must be a mapping of policy sections")
     try:
@@ -281,10 +296,11 @@ def default_policy_path() -> Path:
     return Path(os.environ.get(POLICY_ENV) or HOST_POLICY_PATH)
 
 
-def load_policy(path: Path | str | None = None) -> LoadedPolicy:
+def load_policy(path: Path | str | None = None, who: Invoker | None = None) -> LoadedPolicy:
+    """`who`: read the file with this person's rights (a file they named; None: the tool's own)."""
     path = Path(path) if path is not None else default_policy_path()
     try:
-        raw = path.read_bytes()
+        raw = read_named(path, who)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read policy file: {exc.strerror}") from None
     try:

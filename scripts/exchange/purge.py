@@ -11,25 +11,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
-import grp
 import json
 import os
-import pwd
-import shlex
-import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exchange import auditlog, links, observe
-from exchange.accounts import Layout, Step, StepFailed, account_lock, removal_steps, run_steps
+from exchange import auditlog, held, links, locks, observe, safefs, untrusted
+from exchange.accounts import Layout, StepFailed, account_lock, removal_steps, run_steps
 from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
+from exchange.paths import PURGE_LOCK, TOOL_RUN_DIR
 from exchange.policy import Policy
 
-LOCK_FILE = Path("/run/lock/imaging-exchange-purge.lock")
-OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_DIR = safefs.OPEN_DIR
 
 
 class PurgeBusy(Exception):
@@ -53,72 +48,91 @@ class PurgeReport:
 
 
 @contextlib.contextmanager
-def purge_lock(path: Path = LOCK_FILE) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PurgeBusy(f"another purge is running (lock {path})") from None
-        yield
+def purge_lock(folder: str = TOOL_RUN_DIR) -> Iterator[None]:
+    try:
+        with locks.held(PURGE_LOCK, wait=False, folder=folder):
+            yield
+    except locks.Busy as lock:
+        raise PurgeBusy(f"another purge is running (lock {lock})") from None
+    except locks.LockFolderError as error:
+        raise PurgeError(str(error)) from None
 
 
 FUTURE_SLACK = 300  # seconds a file's time may be ahead of the server's clock before it is reset
 
 
 def _purge_tree(
-    dir_fd: int, relative: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport
+    top_fd: int, where: str, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport, max_depth: int
 ) -> bool:
-    """Delete what is too old below `dir_fd`; return True if the directory ended up empty."""
-    empty = True
-    for entry in sorted(os.listdir(dir_fd)):
-        path = f"{relative}/{entry}"
+    """Delete what is too old below the folder `top_fd` (at `where`); True if it ended up empty
+    (or would, in a dry run). `emit(event, path=...)` gets paths relative to it, from "/"."""
+    emptied = [True]  # per open folder: everything it held is gone
+    for step in safefs.walk(top_fd, max_depth):
+        entry, path = step.entry, "/" + step.entry.path
+        if step.kind == "enter":
+            emptied.append(True)
+            continue
         try:
-            if not _purge_entry(dir_fd, entry, path, device, cutoff, emit, dry_run, report):
-                empty = False
+            if step.kind == "leave":
+                gone = emptied.pop() and _purge_folder(entry, path, cutoff, emit, dry_run, report)
+            elif step.kind == "file":
+                gone = _purge_file(entry, path, cutoff, emit, dry_run, report)
+            else:
+                gone = False
+                _not_reached(step, where, path, max_depth, emit, report)
         except (FileNotFoundError, NotADirectoryError):
-            pass  # removed or replaced by its account meanwhile (the account's SFTP session is live)
+            gone = True  # removed or replaced by its account meanwhile (the account's SFTP session is live)
+        if not gone:
+            emptied[-1] = False
+    return emptied[0]
+
+
+def _not_reached(step: safefs.Step, where: str, path: str, max_depth: int, emit: Callable, report) -> None:
+    """A folder the walk does not enter: named, so an admin can look; the rest goes on."""
+    shown = untrusted.printable(where + path)
+    if step.kind == "other-filesystem":
+        report.skipped.append(f"{shown}: another filesystem")
+    elif step.kind == "too-deep":
+        emit("folder-too-deep", path=path, max_depth=max_depth)
+        report.failed.append(
+            f"{shown}: more than {max_depth} folders deep (policy accounts.max_folder_depth); retention does not "
+            "reach below it: remove it by hand"
+        )
+    else:
+        emit("folder-unreadable", path=path, problem=step.error.strerror)
+        report.failed.append(f"{shown}: not readable ({step.error.strerror}); retention does not reach it")
+
+
+def _purge_folder(entry: safefs.Entry, path: str, cutoff: float, emit: Callable, dry_run: bool, report) -> bool:
+    """An emptied folder goes once it was itself last changed before the cutoff."""
+    if entry.stat.st_mtime >= cutoff:
+        return False
+    if not dry_run:
+        try:
+            os.rmdir(entry.name, dir_fd=entry.dir_fd)
         except OSError as error:
             if error.errno != errno.ENOTEMPTY:
                 raise
-            empty = False  # something new arrived in an old folder meanwhile: it stays
-    return empty
+            return False  # something new arrived in an old folder meanwhile: it stays
+    report.directories += 1
+    emit("directory-purged", path=path, age_hours=round((time.time() - entry.stat.st_mtime) / 3600, 1))
+    return True
 
 
-def _purge_entry(
-    dir_fd: int, entry: str, path: str, device: int, cutoff: float, emit: Callable, dry_run: bool, report: PurgeReport
-) -> bool:
-    """Purge one entry if too old; return True if it is gone (or would be, in a dry run)."""
-    st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-    if st.st_dev != device:
-        report.skipped.append(f"{path}: another filesystem")
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        child = os.open(entry, OPEN_DIR, dir_fd=dir_fd)
-        try:
-            child_empty = _purge_tree(child, path, device, cutoff, emit, dry_run, report)
-        finally:
-            os.close(child)
-        # A directory goes once it is empty and was itself last changed before the cutoff.
-        if not (child_empty and st.st_mtime < cutoff):
-            return False
-        if not dry_run:
-            os.rmdir(entry, dir_fd=dir_fd)
-        report.directories += 1
-        emit("directory-purged", path=path, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
-        return True
+def _purge_file(entry: safefs.Entry, path: str, cutoff: float, emit: Callable, dry_run: bool, report) -> bool:
+    """Purge one file (or symlink, never its target) if too old; True if it is gone (or would be)."""
+    st = entry.stat
     if st.st_mtime > time.time() + FUTURE_SLACK:
         # A time in the future (copied with `cp -p` or unzipped from a machine whose clock is
         # ahead) would keep the file past retention: its days count from now on.
         if not dry_run:
-            os.utime(entry, dir_fd=dir_fd, follow_symlinks=False)
+            os.utime(entry.name, dir_fd=entry.dir_fd, follow_symlinks=False)
         emit("file-time-reset", path=path, mtime=round(st.st_mtime))
         return False
     if st.st_mtime >= cutoff:
         return False
-    # Files, and symlinks themselves (never their targets).
     if not dry_run:
-        os.unlink(entry, dir_fd=dir_fd)
+        os.unlink(entry.name, dir_fd=entry.dir_fd)
     report.files += 1
     report.bytes += st.st_size
     emit("file-purged", path=path, size=st.st_size, age_hours=round((time.time() - st.st_mtime) / 3600, 1))
@@ -134,6 +148,7 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
             f"the exchange root {root} (policy accounts.root) is not a directory; is this server deployed?"
         )
     device = os.lstat(root).st_dev
+    max_depth = policy.accounts.max_folder_depth
     folders = (policy.accounts.download_folder, policy.accounts.upload_folder)
     for kind in ("partner", "link"):
         kind_dir = layout.kind_dir(kind)
@@ -163,16 +178,17 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
                         def emit_for(event, _account=account, _kind=kind, _folder=folder, path="", **fields):
                             emit(event, account=_account, kind=_kind, path=f"/{_folder}{path}", **fields)
 
-                        if not _purge_tree(folder_fd, "", device, cutoff, emit_for, dry_run, report):
+                        where = f"{kind_dir}/{account}/{folder}"
+                        if not _purge_tree(folder_fd, where, cutoff, emit_for, dry_run, report, max_depth):
                             report.holding.add(account)  # (in a dry run: would still hold files)
                     finally:
                         os.close(folder_fd)
         finally:
             os.close(kind_fd)
-    _purge_ended_links(layout, device, cutoff, emit, dry_run, report)
+    _purge_ended_links(layout, cutoff, emit, dry_run, report)
 
 
-def _purge_ended_links(layout: Layout, device: int, cutoff: float, emit: Callable, dry_run: bool, report) -> None:
+def _purge_ended_links(layout: Layout, cutoff: float, emit: Callable, dry_run: bool, report) -> None:
     """The held uploads of ended link accounts age out like any file; then their folder goes."""
     ended = layout.ended_links_dir()
     if not os.path.isdir(ended) or os.path.islink(ended):
@@ -184,53 +200,10 @@ def _purge_ended_links(layout: Layout, device: int, cutoff: float, emit: Callabl
 
     ended_fd = os.open(ended, OPEN_DIR)
     try:
-        _purge_tree(ended_fd, "", device, cutoff, emit_held, dry_run, report)
+        # One level more: each account's own folder.
+        _purge_tree(ended_fd, ended, cutoff, emit_held, dry_run, report, layout.policy.accounts.max_folder_depth + 1)
     finally:
         os.close(ended_fd)
-
-
-def hold_uploads(layout: Layout, account: str) -> int:
-    """Move the uploads (visible regular files) of a link account whose time ended to
-    ended-links/<account>/ for staff: root-owned, group staff, read-only, times kept, so the
-    upload notice still goes and retention still applies. The account must be locked and its
-    sessions ended first. Returns the number of files."""
-    source = Path(layout.chroot("link", account)) / layout.policy.accounts.upload_folder
-    found = []
-    for top, dirs, names in os.walk(source, followlinks=False):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [
-            Path(top) / n for n in names if not n.startswith(".") and stat.S_ISREG(os.lstat(Path(top) / n).st_mode)
-        ]
-    if not found:
-        return 0
-    staff = grp.getgrnam(layout.policy.accounts.staff_group).gr_gid
-
-    def folder_for_staff(folder: Path, mode: int = 0o750) -> None:
-        if not folder.exists():
-            folder.mkdir()
-            os.chown(folder, 0, staff)
-            os.chmod(folder, mode)
-
-    target = Path(layout.ended_links_dir()) / account
-    folder_for_staff(target.parent, 0o2750)  # as the deploy makes it (Layout.tree_dirs)
-    folder_for_staff(target)
-    for path in found:
-        folder = target
-        for part in path.parent.relative_to(source).parts:
-            folder = folder / part
-            folder_for_staff(folder)
-        destination, copy = folder / path.name, 1
-        while destination.exists():  # never replace (a hold run again after an interruption)
-            copy += 1
-            destination = folder / f"{path.stem} ({copy}){path.suffix}"
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fchown(descriptor, 0, staff)
-            os.fchmod(descriptor, 0o640)
-        finally:
-            os.close(descriptor)
-        os.rename(path, destination)
-    return len(found)
 
 
 def expired_accounts(
@@ -265,25 +238,6 @@ def partners_present(path: str = HOST_PARTNERS_PATH) -> set[str] | None:
     if not Path(path).exists():
         return None
     return {partner.name for partner in load_partners(path) if partner.present}
-
-
-def _keep_uploads(layout: Layout, account: str, emit: Callable, **fields) -> None:
-    """Before an ended link account goes: lock it, end its sessions, hold its uploads."""
-    try:
-        pwd.getpwnam(account)
-    except KeyError:
-        return  # only its record is left (the account went by hand): nothing to lock or hold
-    with account_lock():
-        run_steps(
-            [
-                Step(account, "lock the ended link account", f"usermod --lock {shlex.quote(account)}"),
-                Step(account, "end its sessions", f"pkill -KILL -u {shlex.quote(account)} || true"),
-            ]
-        )
-    held = hold_uploads(layout, account)
-    if held:
-        folder = f"{layout.ended_links_dir()}/{account}"
-        emit("link-uploads-held", account=account, files=held, folder=folder, **fields)
 
 
 def purge(
@@ -329,7 +283,7 @@ def purge(
                 continue
 
             def end_link(record=record, fields=fields) -> None:
-                _keep_uploads(layout, record.account, emit, recipient=record.recipient)
+                held.keep_uploads(layout, record.account, emit, recipient=record.recipient)
                 links.remove_link(layout, store, record.account, "link-expired", by="purge", **fields)
 
             remove(record.account, "link", end_link, "link-expired", **fields)
@@ -354,7 +308,7 @@ def purge(
 
             def remove_account(name=name, kind=kind, reason=reason) -> None:
                 if kind == "link":  # its record unreadable or gone: record and token go with it
-                    _keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
+                    held.keep_uploads(layout, name, emit, recipient="unknown (no readable link record)")
                     links.remove_link(layout, store, name, "account-removed", reason=reason, by="purge")
                 else:
                     with account_lock():

@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from exchange.invoker import Invoker
 from exchange.validation import describe, read_yaml_file
 
 HOST_SITE_PATH = PurePosixPath("/etc/imaging-exchange/site.yaml")
@@ -229,8 +230,9 @@ class Site(PublicSite):
         return value
 
 
-def parse_site(data: object, where: str, prefix: str = "") -> Site:
-    """`prefix`: the key the site data sits under where it came from ("site." in an inventory)."""
+def parse_site(data: object, where: str, prefix: str = "", show_values: bool = True) -> Site:
+    """`prefix`: the key the site data sits under where it came from ("site." in an inventory);
+    `show_values`: whether the message may quote values (no: the root-only file read for staff)."""
     if not isinstance(data, dict):
         raise SiteError(
             f"{where}: {prefix or '(top level)'}: must be a mapping (institution, department, portal_url, contact, ...)"
@@ -238,7 +240,7 @@ def parse_site(data: object, where: str, prefix: str = "") -> Site:
     try:
         return Site.model_validate(data)
     except ValidationError as exc:
-        raise SiteError(describe(where, exc, prefix=prefix)) from None
+        raise SiteError(describe(where, exc, prefix=prefix, show_values=show_values)) from None
 
 
 def site_yaml(site: Site) -> str:
@@ -247,7 +249,8 @@ def site_yaml(site: Site) -> str:
     )
 
 
-def load_site(path: Path | str | None = None) -> Site:
+def load_site(path: Path | str | None = None, who: Invoker | None = None, show_values: bool = True) -> Site:
+    """`who`: read the file with this person's rights (a file they named; None: the tool's own)."""
     path = Path(path or os.environ.get(SITE_ENV) or HOST_SITE_PATH)
     missing = "no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"
-    return parse_site(read_yaml_file(path, "site data", SiteError, missing), str(path))
+    return parse_site(read_yaml_file(path, "site data", SiteError, missing, who), str(path), show_values=show_values)

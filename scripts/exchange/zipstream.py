@@ -73,7 +73,7 @@ class _EntryWriter:
             self.handle = self.archive.open(entry.info, "w", force_zip64=entry.source.size > ZIP64_AT)
             self.index = index
         if piece is None:
-            self.handle._fileobj.copy_file(entry.source.path, size)
+            self.handle._fileobj.copy_file(entry.source.fd, size, entry.source.label)
             self.handle._compress_size += size
             self.handle._file_size = size
         elif PIECES:
@@ -117,7 +117,7 @@ def write_entries(
                 size = 0
                 compress = not entry.stored and PIECES
                 crc = pool.submit(_crc32, entry.source) if PIECES else None
-                if entry.stored and PIECES and entry.source.path and hasattr(archive.fp, "copy_file"):
+                if entry.stored and PIECES and entry.source.fd is not None and hasattr(archive.fp, "copy_file"):
                     # Already-compressed images: the kernel copies the file, threads hash it.
                     pending.append((index, entry, None, entry.source.size, True, crc))
                     total += entry.source.size

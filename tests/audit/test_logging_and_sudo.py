@@ -1,14 +1,86 @@
 """The audit trail and who may do what as root."""
 
+import re
+import shlex
+
 import pytest
 
 control = pytest.mark.control
+
+AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
+# The audit log's one way in: rsyslog's socket in this folder, which only root and the web
+# page's service group may reach, stamping each record with the sender's uid.
+AUDIT_SOCKET_DIR = "/run/imaging-exchange-audit"
+PORTAL_CONFIG = "/etc/imaging-exchange/portal.yaml"
+RSYSLOG_CONFIG = "cat /etc/rsyslog.conf /etc/rsyslog.d/*.conf"
+TRY_CONNECT = (
+    "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "try: s.connect(sys.argv[1]); print('connected')\nexcept OSError as e: print(e.strerror)"
+)
+
+
+def _options(text: str) -> dict[str, str]:
+    return {key.lower(): value for key, value in re.findall(r'(\w[\w.]*)\s*=\s*"([^"]*)"', text)}
+
+
+def audit_log_writers(config: str) -> dict[str, object]:
+    """Where rsyslog's configuration names the audit log, and from which inputs that can be:
+    only a ruleset bound to an imuxsock socket in the audit socket folder, with trusted
+    properties (the sender's uid) on, may write it."""
+    text = re.sub(r"(?m)#.*$", "", config)
+    trusted = {
+        _options(body).get("ruleset")
+        for body in re.findall(r"input\((.*?)\)", text, re.S)
+        if _options(body).get("type") == "imuxsock"
+        and _options(body).get("socket", "").startswith(AUDIT_SOCKET_DIR + "/")
+        and _options(body).get("annotate") == "on"
+        and _options(body).get("parsetrusted") == "on"
+    } - {None}
+    spans = []
+    for match in re.finditer(r'ruleset\(\s*name\s*=\s*"([^"]*)"\s*\)\s*\{', text):
+        depth, end = 1, match.end()
+        while depth and end < len(text):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        if match[1] in trusted:
+            spans.append((match.start(), end))
+    named = [m.start() for m in re.finditer(re.escape(AUDIT_LOG), text)]
+    return {
+        "written from a trusted socket's ruleset": bool(named)
+        and all(any(a <= at < b for a, b in spans) for at in named),
+        "places": len(named),
+    }
 
 
 @control("LOG-01", reference="this project: audit trail", source="(baseline)")
 def test_audit_log_is_append_only(read, control):
     flags = read.privileged("audit-log").split()[0]
     control.verify({"append-only": True}, {"append-only": "a" in flags})
+
+
+@control("LOG-03", reference="issue 14: the audit trail cannot be forged", source="portal.service_user")
+def test_only_root_and_the_web_page_can_write_the_audit_log(host, read, policy, control):
+    writers = policy.portal.service_user if host.file(PORTAL_CONFIG).exists else "root"
+    folder = host.file(AUDIT_SOCKET_DIR)
+    written = audit_log_writers(host.run(RSYSLOG_CONFIG).stdout)
+    sockets = host.run(f"ls {AUDIT_SOCKET_DIR} 2>&1").stdout.split()
+    # The auditor is neither: it must not even reach the socket (connect sends nothing).
+    reached = {
+        name: host.run(f"python3 -c {shlex.quote(TRY_CONNECT)} {AUDIT_SOCKET_DIR}/{name}").stdout.strip()
+        for name in sockets
+    }
+    control.verify(
+        {
+            "socket folder": f"root:{writers} 0750",
+            "audit log written from the trusted socket only": True,
+            "the auditor reaches the socket": "no",
+        },
+        {
+            "socket folder": f"{folder.user}:{folder.group} {folder.mode:04o}" if folder.exists else "missing",
+            "audit log written from the trusted socket only": written["written from a trusted socket's ruleset"],
+            "the auditor reaches the socket": "yes" if "connected" in reached.values() else "no",
+        },
+    )
 
 
 @control(

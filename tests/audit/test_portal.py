@@ -172,8 +172,9 @@ def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, co
 
 @control(
     "PORTAL-05",
-    reference="issue 7: session idle time, per-address login limit, session cap from the policy",
-    source="portal.idle_minutes, portal.login_failures_per_ip, portal.login_failure_window_seconds, portal.max_sessions",
+    reference="issue 7: session idle time, per-address login limit, session caps from the policy",
+    source="portal.idle_minutes, portal.login_failures_per_ip, portal.login_failure_window_seconds, portal.max_sessions, "
+    "portal.max_sessions_per_account",
 )
 def test_the_running_portal_uses_this_policy(host, policy, site_config, control):
     """The portal reads these from the installed policy at start: the installed one must say the
@@ -187,3 +188,74 @@ def test_the_running_portal_uses_this_policy(host, policy, site_config, control)
         {"installed portal policy": section.model_dump(),
          "started after the policy was written": started_epoch >= int(installed.mtime.timestamp())},
     )  # fmt: skip
+
+
+# Variables that hold a request's own URL (a link page's holds its token) or where it came from.
+URL_VARIABLES = re.compile(
+    r"\$(request|request_uri|uri|document_uri|args|query_string|http_referer|request_body|arg_\w+)\b"
+)
+QUIET_ENOUGH = ("crit", "alert", "emerg")  # nginx adds the request line to every error it logs
+
+
+def _log_formats(http: Directive) -> dict[str, str]:
+    """log_format name -> its text; nginx's built-in `combined` holds the whole request line."""
+    formats = {"combined": '$remote_addr - $remote_user [$time_local] "$request" $status'}
+    formats.update({d.args[0]: " ".join(d.args[1:]) for d in http.all("log_format")})
+    return formats
+
+
+def _masked(http: Directive, variable: str) -> bool:
+    """A map variable that shows a link page's URL as a constant."""
+    for mapping in http.all("map"):
+        if mapping.args[1:] == [f"${variable}"]:
+            return any(entry.name == "~^/l/" and "$" not in " ".join(entry.args) for entry in mapping.block or [])
+    return False
+
+
+def _leaks(http: Directive, levels: list[Directive]) -> list[str]:
+    """What in the access logs in effect at `levels` could write a link's token."""
+    formats, leaks = _log_formats(http), []
+    for args in in_effect("access_log", *levels) or [["/var/log/nginx/access.log", "combined"]]:
+        if args[0] == "off":
+            continue
+        text = formats.get(args[1] if len(args) > 1 else "combined", "(unknown format)")
+        leaks += [f"{args[0]}: ${m[1]}" for m in URL_VARIABLES.finditer(text)]
+        leaks += [
+            f"{args[0]}: ${name} (not masked)"
+            for name in re.findall(r"\$(imaging_exchange_\w+)", text)
+            if not _masked(http, name)
+        ]
+    return leaks
+
+
+def _error_levels(levels: list[Directive]) -> list[str]:
+    """The level of each error log in effect; without one, nginx's default (error)."""
+    return [args[1] if len(args) > 1 else "error" for args in in_effect("error_log", *levels) or [["-"]]]
+
+
+@control(
+    "PORTAL-06",
+    reference="issue 14: secrets never in logs (a link's token is one of its two factors)",
+    source="portal",
+)
+def test_no_link_token_reaches_an_nginx_log(running_nginx, https_address, control):
+    _, port = https_address
+    http = running_nginx.all("http")[0]
+    link_page = applying_to(running_nginx, port, "/l/" + "A" * 43)
+    name = tls_servers(running_nginx, port)[0].all("server_name")[0].args
+    redirects = [s for s in http.all("server") if s.all("server_name") and s.all("server_name")[0].args == name]
+    plain_http = [s for s in redirects if not any("ssl" in listen.args for listen in s.all("listen"))]
+    error_levels = {
+        "link pages": _error_levels(link_page),
+        **{f"plain http {s.all('listen')[0].args[0]}": _error_levels([s, http]) for s in plain_http},
+    }
+    control.verify(
+        {"access log of link pages": [], "plain http access logs": [], "error logs at": "crit or quieter"},
+        {
+            "access log of link pages": _leaks(http, link_page),
+            "plain http access logs": [leak for s in plain_http for leak in _leaks(http, [s, http])],
+            "error logs at": "crit or quieter"
+            if all(level in QUIET_ENOUGH for levels in error_levels.values() for level in levels)
+            else error_levels,
+        },
+    )

@@ -36,6 +36,16 @@ def test_no_file_older_than_retention(read, policy, control):
     control.verify([], sorted(filter(None, old.splitlines())))
 
 
+@control(
+    "RET-03",
+    reference="issue 14: no recursion on a depth a user controls; retention reaches every file",
+    source="accounts.max_folder_depth",
+)
+def test_no_folder_deeper_than_the_tools_walk(read, policy, control):
+    deep = read.privileged("deep-folders", str(policy.accounts.max_folder_depth))
+    control.verify([], sorted(filter(None, deep.splitlines())))
+
+
 @control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")
 def test_no_link_account_past_validity(read, policy, control):
     today = datetime.date.today()

@@ -9,6 +9,7 @@ control = pytest.mark.control
 STATE_DIR = "/var/lib/imaging-exchange"
 TOKEN_FOLDER = f"{STATE_DIR}/link-tokens"
 PORTAL_CONFIG = "/etc/imaging-exchange/portal.yaml"
+TOOL_RUN_DIR = "/run/imaging-exchange"
 # Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
 # addresses and numbers and the link token hashes, the partner file the partners' contacts.
 ROOT_ONLY = {
@@ -74,3 +75,9 @@ def test_the_installed_policy_is_the_audited_one(host, policy, control):
     installed = host.file(str(HOST_POLICY_PATH))
     found = parse_policy(installed.content_string, installed.path).model_dump() if installed.exists else None
     control.verify(policy.model_dump(), found)
+
+
+@control("TOOLS-03", reference="issue 14: locks and tool state in root-only places", source="(baseline)")
+def test_the_tools_locks_are_root_only(host, control):
+    """A lock another account can open, it can hold (the purge skips for ever) or redirect."""
+    control.verify({TOOL_RUN_DIR: "root:root 0700"}, {TOOL_RUN_DIR: as_auditor(host, TOOL_RUN_DIR)})

@@ -7,6 +7,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
+# What the tools' shell steps do (exchange.auditlog.audit_command): logger to the audit socket.
+TO_AUDIT = "logger -u /run/imaging-exchange-audit/log -t imaging-exchange -p authpriv.notice -- "
 
 
 def test_audit_log_is_append_only_even_for_root(exchange):
@@ -25,10 +27,10 @@ def test_audit_log_is_append_only_even_for_root(exchange):
 
 
 def test_events_arrive_as_json_lines(exchange):
-    exchange.host.ssh('logger -t imaging-exchange -p authpriv.notice -- \'{"event": "probe", "n": 1}\'')
+    exchange.host.ssh(TO_AUDIT + '\'{"event": "probe", "n": 1}\'')
     time.sleep(1)
     last = exchange.host.ssh(f"tail -n 1 {AUDIT_LOG}").stdout
-    assert json.loads(last) == {"event": "probe", "n": 1}
+    assert json.loads(last) == {"event": "probe", "n": 1, "writer_uid": 0}  # the kernel's word for who wrote it
     for line in exchange.host.ssh(f"cat {AUDIT_LOG}").stdout.splitlines():
         json.loads(line)
 
@@ -38,6 +40,6 @@ def test_rotation_keeps_the_new_log_append_only(exchange):
     host.ssh("logrotate --force /etc/logrotate.d/imaging-exchange")
     assert host.ssh(f"test -f {AUDIT_LOG}.1", check=False).returncode == 0
     assert "a" in host.ssh(f"lsattr -d {AUDIT_LOG}").stdout.split()[0]
-    host.ssh('logger -t imaging-exchange -p authpriv.notice -- \'{"event": "after-rotation"}\'')
+    host.ssh(TO_AUDIT + '\'{"event": "after-rotation"}\'')
     time.sleep(1)
-    assert json.loads(host.ssh(f"tail -n 1 {AUDIT_LOG}").stdout) == {"event": "after-rotation"}
+    assert json.loads(host.ssh(f"tail -n 1 {AUDIT_LOG}").stdout) == {"event": "after-rotation", "writer_uid": 0}

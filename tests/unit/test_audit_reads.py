@@ -9,7 +9,15 @@ from roles.settings import PortalSettings
 from roles.templating import render
 from tests.audit.nginxconf import Config, NginxConfigError, location_for, tls_servers
 from tests.audit.test_logging_and_sudo import sudo_rights
-from tests.audit.test_portal import PASSWORD_FORMS, UPLOAD, applying_to, body_size_mb, posts_per_minute
+from tests.audit.test_portal import (
+    PASSWORD_FORMS,
+    UPLOAD,
+    _error_levels,
+    _leaks,
+    applying_to,
+    body_size_mb,
+    posts_per_minute,
+)
 
 POLICY = load_policy(REPO / "policies.yaml").policy
 
@@ -93,13 +101,47 @@ def test_the_deployed_site_has_the_policys_limits():
         ),
         # The password change no longer in the login location.
         (
-            {"^/(l/|login$|password$)": "^/(l/|login$)"},
+            {"^/(login|password)$": "^/(login)$"},
             {**AS_DEPLOYED, "logins": {"/login": 30, "/l/<token>": 30, "/password": 1200}},
         ),
     ],
 )
 def test_what_nginx_runs_decides(changes, found):
     assert limits(dump((ENABLED, site(**changes)))) == found
+
+
+def token_leaks(config: Config) -> dict:
+    """PORTAL-06's reading: what could write a link's token in the access log, and the error log level."""
+    main = config.main()
+    levels = applying_to(main, 3202, "/l/" + "A" * 43)
+    return {"access": _leaks(main.all("http")[0], levels), "errors": _error_levels(levels)}
+
+
+@pytest.mark.parametrize(
+    "changes, found",
+    [
+        ({}, {"access": [], "errors": ["crit"]}),
+        # nginx's own format: the request line, token and all.
+        (
+            {"access_log /var/log/nginx/access.log imaging_exchange;": ""},
+            {"access": ["/var/log/nginx/access.log: $request"], "errors": ["crit"]},
+        ),
+        (
+            {"    ~^/l/    /l/[token];\n": ""},
+            {"access": ["/var/log/nginx/access.log: $imaging_exchange_logged_uri (not masked)"], "errors": ["crit"]},
+        ),
+        (
+            {"$imaging_exchange_logged_uri": "$request_uri"},
+            {"access": ["/var/log/nginx/access.log: $request_uri"], "errors": ["crit"]},
+        ),
+        (
+            {"        error_log /var/log/nginx/error.log crit;  # its URL holds the link's token\n": ""},
+            {"access": [], "errors": ["error"]},
+        ),
+    ],
+)
+def test_a_link_token_in_the_nginx_logs_is_found(changes, found):
+    assert token_leaks(dump((ENABLED, site(**changes)))) == found
 
 
 def test_included_files_count_where_they_are_included():

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from exchange import linkstatus, notices
+from exchange import linkstatus, notices, safefs
 from exchange.links import LinkError, LinkRecord, LinkStore, token_hash
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
@@ -52,15 +52,15 @@ def test_an_upload_that_vanishes_while_counted_is_left_out(tmp_path, monkeypatch
     for name in ("a.pdf", "b.pdf"):
         (tmp_path / name).write_text("x")
         os.utime(tmp_path / name, (time.time() - 600, time.time() - 600))
-    real = os.lstat
+    real = os.stat
 
-    def lstat(path, *args, **kwargs):
+    def stat(path, *args, **kwargs):
         if str(path).endswith("a.pdf"):  # moved away by staff between listing and looking
             raise FileNotFoundError(2, "No such file or directory", path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(notices.os, "lstat", lstat)
-    assert [u.path for u in notices.settled_uploads(tmp_path, time.time())] == ["b.pdf"]
+    monkeypatch.setattr(safefs.os, "stat", stat)
+    assert [u.path for u in notices.settled_uploads(tmp_path, time.time(), 32)[0]] == ["b.pdf"]
 
 
 def test_last_logins_compare_times_across_a_change_of_offset(tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import os
 import re
@@ -23,7 +24,8 @@ from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 
 import exchange.package
-from exchange.media import inspect_media
+import exchange.safefs
+from exchange import media as media_module
 from exchange.messages import Messages
 from exchange.package import PackageError, make_package
 from exchange.policy import load_policy
@@ -33,6 +35,12 @@ from tests.dicom_synth import clone, ct_study
 from tests.sites import outbox_site, viewer_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
+
+
+def inspect_media(path: Path, **options) -> media_module.Report:
+    return media_module.inspect_media(path, POLICY.accounts.max_folder_depth, **options)
+
+
 # The site names run_cdviewer.exe: a viewer folder must hold it (the packages below without
 # --viewer are what `exchange package` makes for a site without viewer_dir).
 MESSAGES = Messages(parse_site(viewer_site(), "test"), REPO / "templates" / "messages")
@@ -327,28 +335,50 @@ def test_media_whose_path_holds_a_bang_are_inspected(study, tmp_path):
     assert inspect_media(folder).ok
 
 
-def test_the_package_is_private_while_written(study, tmp_path, monkeypatch):
-    modes = []
+def test_the_package_is_nameless_while_written(study, tmp_path, monkeypatch):
+    seen = []
     real = exchange.package.write_entries
 
     def watching(archive, *args, **kwargs):
-        modes.extend(p.stat().st_mode & 0o777 for p in (tmp_path / "download").glob(".*.partial"))
+        seen.extend((p.name, p.stat().st_mode & 0o777) for p in (tmp_path / "download").iterdir())
         return real(archive, *args, **kwargs)
 
     monkeypatch.setattr(exchange.package, "write_entries", watching)
     made = package(tmp_path, study[0])
-    assert modes == [0o600] and made.path.stat().st_mode & 0o777 == 0o644
+    assert seen == [] and made.path.stat().st_mode & 0o777 == 0o644  # O_TMPFILE: no name, nothing to reach
+
+
+def test_where_files_cannot_be_nameless_the_package_is_hidden_and_private_while_written(study, tmp_path, monkeypatch):
+    real_open, seen = os.open, []
+
+    def no_tmpfile(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    real = exchange.package.write_entries
+
+    def watching(archive, *args, **kwargs):
+        seen.extend((p.name, p.stat().st_mode & 0o777) for p in (tmp_path / "download").iterdir())
+        return real(archive, *args, **kwargs)
+
+    monkeypatch.setattr(exchange.safefs.os, "open", no_tmpfile)
+    monkeypatch.setattr(exchange.package, "write_entries", watching)
+    made = package(tmp_path, study[0])
+    ((name, mode),) = seen
+    assert name.startswith(".") and name.endswith(".partial") and mode == 0o600
+    assert sorted(p.name for p in (tmp_path / "download").iterdir()) == [made.path.name, made.path.name + ".sha256"]
 
 
 def test_a_package_whose_checksum_cannot_follow_is_not_left(study, tmp_path, monkeypatch):
-    real = Path.write_text
+    real = exchange.safefs.NewFile.publish
 
-    def full_disk(self, *args, **kwargs):
-        if self.name.endswith(".sha256.partial"):
+    def full_disk(self, name):
+        if name.endswith(".sha256"):
             raise OSError(28, "No space left on device")
-        return real(self, *args, **kwargs)
+        return real(self, name)
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(exchange.safefs.NewFile, "publish", full_disk)
     with pytest.raises(PackageError, match="No space left on device"):
         package(tmp_path, study[0])
     assert list((tmp_path / "download").iterdir()) == []
@@ -395,15 +425,26 @@ def test_an_interrupted_packaging_leaves_no_visible_zip(tmp_path):
         "from exchange.package import make_package;"
         f"make_package(POLICY, MESSAGES, 'link-x', Path({str(folder)!r}), [Path({str(tmp_path / 'in')!r})])"
     )
+
+    def writing(pid: int) -> bool:
+        """The child has its (nameless) package open in the folder."""
+        try:
+            return any(
+                os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{folder}/") for fd in os.listdir(f"/proc/{pid}/fd")
+            )
+        except OSError:
+            return False
+
     for sig in (signal.SIGKILL, signal.SIGTERM):
         child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
         deadline = time.monotonic() + 60
-        while not any(p.name.endswith(".partial") for p in folder.iterdir()) and time.monotonic() < deadline:
+        while not writing(child.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert child.poll() is None, "the package was complete before the signal"
         child.send_signal(sig)
         child.wait()
-        visible = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
-        assert visible == [], f"after {sig.name}: {visible}"
+        left = [p.name for p in folder.iterdir()]
+        assert left == [], f"after {sig.name}: {left}"
 
 
 def test_inspect_refuses_zip_slip_symlinks_encryption_and_bombs(study, tmp_path):
@@ -501,8 +542,10 @@ def test_missing_input_an_unknown_account_and_missing_media_are_named(tmp_path):
     assert not any((tmp_path / "download").iterdir())
     with pytest.raises(PackageError, match="link-nosuch12: no partner or link account of that name"):
         download_folder(POLICY, "link-nosuch12")
-    assert inspect_media(tmp_path / "missing.zip").problems == [
-        f"{tmp_path}/missing.zip: no such file or folder (symlinks are not followed)"
+    assert inspect_media(tmp_path / "missing.zip").problems == [f"{tmp_path}/missing.zip: no such file or folder"]
+    (tmp_path / "link.zip").symlink_to(tmp_path / "broken.zip")
+    assert inspect_media(tmp_path / "link.zip").problems == [
+        f"{tmp_path}/link.zip: a symlink, not followed (hand in what it points to)"
     ]
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     assert "not a readable zip" in inspect_media(tmp_path / "broken.zip").problems[0]
@@ -517,7 +560,7 @@ def test_a_viewer_folder_without_the_viewer_the_messages_name_is_refused(study, 
         package(tmp_path, root, viewer=viewer)
     assert not any((tmp_path / "download").iterdir())
     (viewer / "run_cdviewer.exe").symlink_to(viewer / "bin" / "run_cdviewer.exe")  # never followed, never packed
-    with pytest.raises(PackageError, match="no run_cdviewer.exe at its root"):
+    with pytest.raises(PackageError, match="cdviewer/run_cdviewer.exe: a symlink, not followed"):
         package(tmp_path, root, viewer=viewer)
     assert not any((tmp_path / "download").iterdir())
 

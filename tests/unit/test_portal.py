@@ -283,6 +283,27 @@ def test_sessions_are_capped_and_a_dropped_connection_ends_its_session():
     assert store.get(first.id) is None and len(store) == 0
 
 
+def test_one_account_cannot_take_the_pool_and_its_oldest_quiet_session_makes_room(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    store = sessions.SessionStore(idle_seconds=600, max_sessions=4, per_account=2)
+    first = store.open("cardiology", "partner", "192.0.2.1", _Sftp())
+    clock[0] += 1
+    second = store.open("cardiology", "partner", "192.0.2.1", _Sftp())
+    clock[0] += 1
+    third = store.open("cardiology", "partner", "192.0.2.1", _Sftp())  # a third login: the first goes
+    assert first.ssh.connection.closed and store.get(first.id) is None
+    assert store.get(second.id) is second and store.get(third.id) is third
+    # Others still get in: the account holds two of the four places, never more.
+    others = [store.open(name, "partner", "192.0.2.9", _Sftp()) for name in ("neurology", "oncology")]
+    assert all(store.get(session.id) is session for session in others) and len(store) == 4
+    with second.transfer(), third.transfer():  # both transferring: neither is cut off for a new login
+        refused = _Sftp()
+        with pytest.raises(sessions.TooManySessions):
+            store.open("cardiology", "partner", "192.0.2.1", refused)
+        assert refused.connection.closed and not second.ssh.connection.closed
+
+
 def test_the_login_limit_counts_per_address_within_the_window(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])

@@ -3,6 +3,7 @@
 import contextlib
 import email
 import grp
+import inspect
 import os
 import shutil
 import time
@@ -13,6 +14,7 @@ import pytest
 from exchange import notices
 from exchange import purge as purge_module
 from exchange.accounts import Layout
+from exchange.held import hold_uploads, keep_uploads
 from exchange.messages import Messages
 from exchange.policy import load_policy
 from exchange.purge import PurgeBusy, PurgeReport, purge_files, purge_lock
@@ -104,14 +106,14 @@ def test_dry_run_deletes_nothing(tree):
 
 
 def test_the_lock_refuses_a_second_purge(tmp_path, monkeypatch):
-    lock = tmp_path / "purge.lock"
-    with purge_lock(lock):
+    folder = str(tmp_path / "run")
+    with purge_lock(folder):
         with pytest.raises(PurgeBusy, match="another purge is running"):
-            with purge_lock(lock):
+            with purge_lock(folder):
                 pass
-    with purge_lock(lock):
+    with purge_lock(folder):
         pass
-    assert purge_module.LOCK_FILE.name == "imaging-exchange-purge.lock"
+    assert inspect.signature(purge_lock).parameters["folder"].default == "/run/imaging-exchange"
 
 
 def test_a_missing_exchange_root_is_a_clear_error(tmp_path):
@@ -183,10 +185,16 @@ def test_an_ended_links_uploads_are_held_for_staff_then_age_out(tree):
     (upload / "scans").mkdir(parents=True)
     letter = aged(upload / "letter.pdf", 2 * DAY)
     scan = aged(upload / "scans" / "ct.dcm", 1 * DAY)
-    aged(upload / ".upload-1.partial", 60)  # an upload cut off: not kept
+    aged(upload / ".upload-1.partial", 60)  # hidden, or an upload cut off: kept and announced like any file
     held = Path(layout.ended_links_dir()) / "link-aaaaaaaa"
-    assert purge_module.hold_uploads(layout, "link-aaaaaaaa") == 2
-    assert sorted(p.relative_to(held).as_posix() for p in held.rglob("*")) == ["letter.pdf", "scans", "scans/ct.dcm"]
+    assert hold_uploads(layout, "link-aaaaaaaa").files == 3
+    assert sorted(p.relative_to(held).as_posix() for p in held.rglob("*")) == [
+        ".upload-1.partial",
+        "letter.pdf",
+        "scans",
+        "scans/ct.dcm",
+    ]
+    os.unlink(held / ".upload-1.partial")
     kept = (held / "letter.pdf").stat()
     assert abs(kept.st_mtime - (time.time() - 2 * DAY)) < 5 and oct(kept.st_mode & 0o777) == "0o640"
     assert not letter.exists() and not scan.exists()
@@ -219,7 +227,7 @@ def test_held_uploads_are_announced_where_they_went_even_if_announced_before(tre
         ]
 
     assert len(notify()) == 1  # announced in the account's upload folder
-    assert purge_module.hold_uploads(layout, "link-aaaaaaaa") == 1
+    assert hold_uploads(layout, "link-aaaaaaaa").files == 1
     shutil.rmtree(chroot)  # the account's removal
     (moved,) = notify()
     assert "letter.pdf" in moved and f"{layout.ended_links_dir()}/link-aaaaaaaa" in moved
@@ -228,7 +236,7 @@ def test_held_uploads_are_announced_where_they_went_even_if_announced_before(tre
 
 def test_an_account_that_went_by_hand_has_nothing_to_hold(tree):
     events = []
-    purge_module._keep_uploads(tree[0], "link-gonebyhd", lambda event, **fields: events.append(event))
+    keep_uploads(tree[0], "link-gonebyhd", lambda event, **fields: events.append(event))
     assert events == []
 
 
@@ -307,7 +315,7 @@ def test_one_account_that_cannot_be_removed_never_keeps_the_others(tree, monkeyp
     monkeypatch.setattr(purge_module.observe, "observe", lambda params: observed)
     monkeypatch.setattr(purge_module.links, "LinkStore", Store)
     monkeypatch.setattr(purge_module.links, "remove_link", remove_link)
-    monkeypatch.setattr(purge_module, "_keep_uploads", lambda *args, **kwargs: None)
+    monkeypatch.setattr(purge_module.held, "keep_uploads", lambda *args, **kwargs: None)
     monkeypatch.setattr(purge_module, "partners_present", lambda: None)
     monkeypatch.setattr(purge_module.auditlog, "record", lambda event, **fields: event)
     monkeypatch.setattr(purge_module, "purge_lock", lambda: contextlib.nullcontext())

@@ -14,6 +14,8 @@ from exchange.site import parse_site
 from roles import REPO
 from tests.sites import outbox_site
 
+DEPTH = load_policy(REPO / "policies.yaml").policy.accounts.max_folder_depth
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
@@ -50,7 +52,7 @@ def test_private_uploads_become_group_readable_and_nothing_else_changes(tmp_path
     upload, outside = tmp_path / "upload", tmp_path / "outside"
     made = private_uploads(upload, outside)
     upload.chmod(0o2770)
-    assert notices.open_to_staff(upload) == 6  # four files, two folders
+    assert notices.open_to_staff(upload, DEPTH) == 6  # four files, two folders
     assert mode(made["file"]) == mode(made["inner"]) == mode(made["hidden"]) == 0o640
     assert mode(made["deeper"] / "im1.dcm") == 0o640
     assert mode(made["folder"]) == 0o050 and mode(made["deeper"]) == 0o750  # listable, nothing more
@@ -58,7 +60,7 @@ def test_private_uploads_become_group_readable_and_nothing_else_changes(tmp_path
     # Symlinks are neither followed nor changed; a file with a second name elsewhere is left alone.
     assert mode(outside / "secret.key") == 0o600 and mode(outside / "private") == 0o700
     assert os.path.islink(upload / "escape") and os.path.islink(upload / "escape-dir")
-    assert notices.open_to_staff(upload) == 0  # nothing left to change
+    assert notices.open_to_staff(upload, DEPTH) == 0  # nothing left to change
 
 
 def test_the_upload_notice_job_opens_uploads_to_staff_before_it_announces_them(tmp_path):

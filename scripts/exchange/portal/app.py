@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from exchange import auditlog
+from exchange import auditlog, untrusted
 from exchange.accounts import Layout
 from exchange.links import LinkStore
 from exchange.messages import messages_dir, when
@@ -76,7 +76,9 @@ class Portal:
             tuple(Path(p) for p in config.host_key_files),
             tuple(policy.sshd.ciphers),
         )
-        self.sessions = SessionStore(policy.portal.idle_minutes * 60, policy.portal.max_sessions)
+        self.sessions = SessionStore(
+            policy.portal.idle_minutes * 60, policy.portal.max_sessions, policy.portal.max_sessions_per_account
+        )
         self.limit = LoginLimit(policy.portal.login_failures_per_ip, policy.portal.login_failure_window_seconds)
         self.links = LinkStore(Path(config.state_dir))  # the portal may read its token index only
         templates = Path(config.templates_dir)
@@ -85,6 +87,7 @@ class Portal:
             loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates), jinja2.FileSystemLoader(messages_dir())]),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
+            finalize=untrusted.shown_in_template,  # file names are others': shown escaped, never as controls
         )
         self.env.filters["size"] = human_size
         # The messages' own wording, in the site's time zone (not the server's clock zone).

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 from pydantic import Field, ValidationError
 
+from exchange.invoker import Invoker
 from exchange.links import STATE_DIR
 from exchange.site import Part, PublicSite
 from exchange.validation import describe, read_yaml_file
@@ -44,9 +45,10 @@ def portal_yaml(config: PortalConfig) -> str:
     )
 
 
-def load_portal_config(path: Path | str | None = None) -> PortalConfig:
+def load_portal_config(path: Path | str | None = None, who: Invoker | None = None) -> PortalConfig:
+    """`who`: read the file with this person's rights (a file they named; None: the tool's own)."""
     path = Path(path or os.environ.get(PORTAL_CONFIG_ENV) or HOST_PORTAL_CONFIG)
-    data = read_yaml_file(path, "the portal's configuration", PortalConfigError)
+    data = read_yaml_file(path, "the portal's configuration", PortalConfigError, who=who)
     try:
         return PortalConfig.model_validate(data)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ class WebSession:
     ip: str
     ssh: SshLogin
     expires: datetime.datetime | None = None  # a link account's end
-    last_seen: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=lambda: time.monotonic())  # looked up at each call: a test's clock
     transfers: int = 0  # downloads and uploads in progress
 
     @contextlib.contextmanager
@@ -48,9 +48,13 @@ class TooManySessions(Exception):
 
 
 class SessionStore:
-    def __init__(self, idle_seconds: float, max_sessions: int) -> None:
+    """At most `max_sessions` in all and `per_account` for one account, so no account can use up
+    the pool (each session holds an SFTP session to sshd) and lock the others out."""
+
+    def __init__(self, idle_seconds: float, max_sessions: int, per_account: int | None = None) -> None:
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
+        self.per_account = per_account or max_sessions
         self._sessions: dict[str, WebSession] = {}
 
     def __len__(self) -> int:
@@ -58,6 +62,15 @@ class SessionStore:
 
     def open(self, account: str, kind: str, ip: str, ssh: SshLogin, expires=None) -> WebSession:
         self.close_idle()
+        own = [session for session in self._sessions.values() if session.account == account]
+        if len(own) >= self.per_account:
+            # The account's own least recently used session makes room (a browser lost, a new
+            # login); one that is transferring is never cut off.
+            quiet = [session for session in own if session.transfers == 0]
+            if not quiet:
+                ssh.close()
+                raise TooManySessions()
+            self.close(min(quiet, key=lambda session: session.last_seen).id)
         if len(self._sessions) >= self.max_sessions:
             ssh.close()
             raise TooManySessions()

@@ -1,0 +1,50 @@
+"""Unit tests: the audit socket is a real datagram socket of the test's own."""
+
+from __future__ import annotations
+
+import json
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from exchange import auditlog
+
+
+class AuditSocket:
+    """Receives what the tools send to the audit socket, as rsyslog would (without its stamp)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self._socket.recv(1 << 20)
+            except OSError:
+                return
+            self.messages.append(data.decode())
+
+    def records(self) -> list[dict]:
+        return [json.loads(message.split(": ", 1)[1]) for message in list(self.messages)]
+
+    def close(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+
+
+@pytest.fixture(autouse=True)
+def audit_socket(monkeypatch):
+    # A short path: a unix socket's path is limited to about 100 bytes.
+    with tempfile.TemporaryDirectory(prefix="audit-") as folder:
+        receiver = AuditSocket(Path(folder) / "log")
+        monkeypatch.setattr(auditlog, "AUDIT_SOCKET", str(receiver.path))
+        yield receiver
+        receiver.close()
