@@ -99,15 +99,13 @@ def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged
     assert {r["path"] for r in files} == {p for p in paths if not p.endswith(("nested", "deeper"))}
     old_dcm = next(r for r in files if r["path"] == "/upload/old.dcm")
     assert old_dcm["size"] == len("old study") and old_dcm["age_hours"] >= 168 and old_dcm["kind"] == "partner"
-    syslog = exchange.host.ssh(
-        "journalctl -t imaging-exchange --no-pager -o cat | grep file-purged | tail -n 20"
-    ).stdout
+    syslog = exchange.host.ssh("grep -h file-purged /var/log/auth.log | tail -n 20").stdout  # the system log
     assert '"path": "/upload/old.dcm"' in syslog
 
 
 def test_a_second_purge_at_the_same_time_waits_its_turn(exchange, aged_files):
     name, chroot = aged_files
-    exchange.host.ssh("setsid flock /run/lock/imaging-exchange-purge.lock sleep 8 >/dev/null 2>&1 < /dev/null &")
+    exchange.host.ssh("setsid flock /run/imaging-exchange/purge.lock sleep 8 >/dev/null 2>&1 < /dev/null &")
     time.sleep(1)
     result = exchange.host.ssh("exchange purge")
     assert "purge skipped: another purge is running" in result.stderr
