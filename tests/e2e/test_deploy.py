@@ -52,7 +52,7 @@ def test_bad_host_data_changes_nothing(boot_host, tmp_path):
     )
     assert result.returncode != 0
     assert "auditor audit-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
-    assert "staff staff-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
+    assert "staff member staff-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
     assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
     # One name in two of auditors, staff and partners: each role would undo the other's account.
     partners = tmp_path / "partners.yaml"
