@@ -141,7 +141,7 @@ def remove_unlisted_members(group: str, kind: str, listed: list[str], admin: str
         else:
             unlisted.append(name)
     if not unlisted:
-        host.noop(f"every account of {group} is listed")
+        host.noop(f"no account of {group} to remove")
     reason = f"not in the inventory's {kind} list"
     for name in unlisted:
         yield " && ".join(
