@@ -27,6 +27,8 @@ exchange_servers = (
         "admin_connects_as_root": False,
         "ssh_admin_groups": ["sudo"],  # deploy-admin must be in one of these, or the deploy stops
         "partners_file": "inventory/partners.yaml",
+        # Key-login accounts; each list is the whole group: whoever is dropped is locked, then removed.
+        "staff": [{"name": "staff-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@ws12"]}],
         "auditors": [{"name": "audit-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@audit"]}],
         # The secure web page (roles/portal.py): nginx with the site's own certificate.
         "portal": {

@@ -50,6 +50,23 @@ class ConfigState(FactBase):
         return state | {"apply_pending": output[2:3] == ["pending"]}
 
 
+def deploying_admin() -> str:
+    """The account this deploy logs in as."""
+    return host.data.get("ssh_user") or "root"
+
+
+def group_accounts(groups: list[str]) -> str:
+    """Shell that prints the accounts of `groups`, one name a line, sorted: those the group
+    lists and those whose primary group it is (which `getent group` leaves out)."""
+    names = " ".join(shlex.quote(group) for group in groups)
+    return (
+        f'for g in {names}; do entry=$(getent group "$g") || continue; '
+        'echo "$entry" | cut -d: -f4 | tr , "\\n"; '
+        'getent passwd | awk -F: -v gid="$(echo "$entry" | cut -d: -f3)" \'$4 == gid {print $1}\'; '
+        "done | sort -u | sed '/^$/d'"
+    )
+
+
 class ExchangeAccounts(FactBase):
     """Every exchange account's passwd, shadow, chroot and key state, in one command."""
 

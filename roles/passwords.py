@@ -18,7 +18,7 @@ from pyinfra.operations import apt, files
 from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW
 from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import Policy
-from roles.ops import config_file
+from roles.ops import config_file, group_accounts
 from roles.templating import render
 
 PROFILES = {
@@ -81,13 +81,7 @@ class KeyOnlyMembers(FactBase):
     password, each with the aging fields min:max:inactive of that entry."""
 
     def command(self, groups: list[str]) -> str:
-        names = " ".join(shlex.quote(group) for group in groups)
-        return (
-            f'for g in {names}; do entry=$(getent group "$g") || continue; '
-            'echo "$entry" | cut -d: -f4 | tr , "\\n"; '
-            'getent passwd | awk -F: -v gid="$(echo "$entry" | cut -d: -f3)" \'$4 == gid {print $1}\'; '
-            'done | sort -u | while read -r u; do [ -z "$u" ] || getent shadow "$u" | cut -d: -f1,2,4,5,7; done'
-        )
+        return f'{group_accounts(groups)} | while read -r u; do getent shadow "$u" | cut -d: -f1,2,4,5,7; done'
 
     @staticmethod
     def default() -> dict[str, str]:

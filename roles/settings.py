@@ -22,11 +22,24 @@ class HostSettingsError(Exception):
     pass
 
 
-class Auditor(BaseModel):
+class KeyLoginMember(BaseModel):
+    """A staff member or an auditor: an account that logs in with these keys only."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     public_keys: list[str] = Field(min_length=1)
+
+
+def _names_once(members: list[KeyLoginMember]) -> list[KeyLoginMember]:
+    # Two entries of one account would each set its keys: the deploy would never converge.
+    names = [member.name for member in members]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"listed more than once: {', '.join(twice)}")
+    return members
+
+
+KeyLoginMembers = Annotated[list[KeyLoginMember], AfterValidator(_names_once)]
 
 
 def _ip_address(value: str) -> str:
@@ -94,10 +107,16 @@ class HostSettings(BaseModel):
         description="YAML file of fixed partners (relative to the repository, e.g. inventory/partners.yaml). "
         "Unset: partner accounts are not managed on this host.",
     )
-    auditors: list[Auditor] = Field(
+    auditors: KeyLoginMembers = Field(
         default_factory=list,
         description="Auditor accounts: {name, public_keys}. Key login only; sudo limited to the audit suite's "
-        "read-only commands (roles/auditor.py).",
+        "read-only commands (roles/auditor.py). An account of the auditor group not listed is locked, then removed.",
+    )
+    staff: KeyLoginMembers | None = Field(
+        None,
+        description="Staff accounts: {name, public_keys}. Key login only; sudo for `exchange` only (roles/staff.py). "
+        "A list is the whole staff group: a member not listed is locked, then removed. Unset: staff are managed "
+        "by hand and the deploy leaves them alone.",
     )
     site: Site | None = Field(
         None,

@@ -15,7 +15,7 @@ from pyinfra.operations import apt, files
 
 from exchange.accounts import KEYS_DIR
 from exchange.policy import Policy
-from roles.ops import config_file
+from roles.ops import config_file, deploying_admin
 from roles.settings import HostSettings
 from roles.templating import render
 
@@ -124,9 +124,7 @@ def sshd(policy: Policy, settings: HostSettings) -> None:
     files.directory(name="Exchange accounts' public keys", path=KEYS_DIR, user="root", group="root", mode="755")
 
     allowed = allow_groups(policy, settings)
-    admin_keeps_access(
-        name="The deploying admin keeps access", admin=host.data.get("ssh_user") or "root", allowed=allowed
-    )
+    admin_keeps_access(name="The deploying admin keeps access", admin=deploying_admin(), allowed=allowed)
     config_file(
         name="sshd_config (validated with sshd -t)",
         dest="/etc/ssh/sshd_config",

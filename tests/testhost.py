@@ -63,6 +63,7 @@ DEFAULT_RUN_DIR = STATE_ROOT / "testhosts"
 SESSION_PREFIX = "session-"
 FIRST_PORT = 2201
 PORTAL_PORT_OFFSET = 1000  # a host's web page listens here above its sshd port
+STAFF_USER = "staff-demo"  # the staff account the deploy makes on every test host (host_data)
 BOOT_TIMEOUT = 120
 STOP_TIMEOUT = 30
 
@@ -166,16 +167,25 @@ class TestHost:
         return self.path / "auditor_ed25519"
 
     @property
+    def staff_key(self) -> Path:
+        """The key of the staff account `staff_user` the deploy creates (host_data)."""
+        return self.path / "staff_ed25519"
+
+    @property
+    def staff_user(self) -> str:
+        return STAFF_USER
+
+    @property
     def known_hosts(self) -> Path:
         return self.path / "known_hosts"
 
-    def ssh_args(self, user: str | None = None) -> list[str]:
+    def ssh_args(self, user: str | None = None, key: Path | None = None) -> list[str]:
         return [
             "ssh",
             "-p",
             str(self.port),
             "-i",
-            str(self.key),
+            str(key or self.key),
             "-o",
             "BatchMode=yes",
             "-o",
@@ -198,7 +208,8 @@ class TestHost:
 
     def host_data(self) -> dict:
         """pyinfra host data that reaches this host as root and keeps its sshd port; the
-        deploy also creates an `auditor` account with this host's auditor key."""
+        deploy also creates an `auditor` account with this host's auditor key, and the staff
+        account `staff_user` with its staff key."""
         return {
             "ssh_hostname": self.hostname,
             "ssh_port": self.port,
@@ -211,6 +222,9 @@ class TestHost:
             "sshd_listen_addresses": [self.hostname],
             "auditors": [
                 {"name": "auditor", "public_keys": [self.auditor_key.with_suffix(".pub").read_text().strip()]}
+            ],
+            "staff": [
+                {"name": self.staff_user, "public_keys": [self.staff_key.with_suffix(".pub").read_text().strip()]}
             ],
         }
 
@@ -354,7 +368,8 @@ def _personalise(host: TestHost) -> None:
     )
     _run("ssh-keygen", "-q", "-A", "-f", root)
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"admin@{host.name}", "-f", host.key)
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"auditor@{host.name}", "-f", host.auditor_key)
+    for key, user in ((host.auditor_key, "auditor"), (host.staff_key, host.staff_user)):
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{user}@{host.name}", "-f", key)
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(host.key.with_suffix(".pub").read_text())
@@ -525,6 +540,7 @@ def find(name: str) -> TestHost | None:
 def _print_connect(host: TestHost) -> None:
     print(f"test host {host.name!r} is up (Debian 12, systemd, OpenSSH on 127.0.0.1 port {host.port}).")
     print(f"  ssh in:     {host.how_to_connect()}")
+    print(f"  as staff:   {' '.join(host.ssh_args(host.staff_user, host.staff_key))} sudo exchange link list")
     print("  deploy:     .venv/bin/pyinfra inventory/testhost.py deploy.py")
     print("  stop it:    make testhost-down")
 

@@ -345,16 +345,26 @@ def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | N
     return want, chage
 
 
+def close_account(name: str) -> list[str]:
+    """Commands that close an account for password and key (account expiry day 1) and end its
+    sessions, waiting a few seconds at most until its processes are gone: userdel refuses an
+    account that still has one, even one killed but not yet reaped."""
+    q = shlex.quote(name)
+    return [
+        f"usermod --lock --expiredate 1 {q}",
+        f"pkill -KILL -u {q}; for i in $(seq 20); do pgrep -u {q} >/dev/null || break; sleep 0.25; done",
+    ]
+
+
 def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-removed", **audit_fields) -> list[Step]:
     """Steps that remove an account with its chroot, keys and log socket; the last writes
     `event` with `audit_fields` to the audit log."""
     q = shlex.quote(name)
     chroot = shlex.quote(layout.chroot(kind, name))
     commands = [
-        # Closed first (password and key; expiry day 1 also marks it for the purge to retry),
-        # so whatever fails after this leaves no account that opens.
-        f"usermod --lock --expiredate 1 {q}",
-        f"pkill -KILL -u {q} || true",
+        # Closed first (expiry day 1 also marks it for the purge to retry), so whatever fails
+        # after this leaves no account that opens.
+        *close_account(name),
         # Never leave the exchange filesystem, whatever is mounted below the chroot. Files before
         # the account: if they cannot all go, the account stays (closed) and the next purge retries.
         f"rm -rf --one-file-system {chroot}",

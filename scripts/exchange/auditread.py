@@ -93,7 +93,7 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
     if what == "chage":
         return ["/usr/bin/chage", "-l", exchange_account(policy, argument or "")]
     if what == "password-status":  # name, status, last change, min, max, warn, inactive; never the hash
-        return ["/usr/bin/passwd", "-S", exchange_account(policy, argument or "")]
+        return ["/usr/bin/passwd", "-S", audited_account(policy, argument or "")]
     if what == "stat":
         return ["/usr/bin/stat", "-c", "%n|%U|%G|%a|%F", readable_path(policy, argument or "")]
     if what == "old-files":

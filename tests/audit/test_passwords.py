@@ -159,6 +159,20 @@ def chage(read, name: str) -> dict[str, str]:
     }
 
 
+def password_status(read, name: str) -> tuple[str, dict[str, int | None]]:
+    """`passwd -S`: P (usable password), L (locked: none usable) or NP (empty), and the aging
+    numbers from shadow itself, also while a change is forced (chage -l then shows "password
+    must be changed" instead of dates)."""
+    fields = read.privileged("password-status", name).split()
+    numbers = (int(f) if f.lstrip("-").isdigit() else None for f in fields[3:7])
+    return fields[1], dict(zip(["min", "max", "warn", "inactive"], numbers, strict=True))
+
+
+# Without a usable password nothing may age: a key login cannot renew a password, and PAM
+# would lock the account out after max days.
+NO_AGING = {"min": 0, "max": -1, "inactive": -1}
+
+
 @control(
     "PW-05",
     reference="CIS Debian 12 5.4.1.1, 5.4.1.3-5.4.1.5 (chage per account)",
@@ -167,22 +181,27 @@ def chage(read, name: str) -> dict[str, str]:
 def test_every_partner_ages(read, policy, control):
     aging = policy.passwords.aging
     ages = {"min": aging.min_days, "max": aging.max_days, "warn": aging.warn_days, "inactive": aging.inactive_days}
-    # Without a usable password (none handed out yet, or key login only) nothing may age: a
-    # key login cannot renew a password, and PAM would lock the partner out after max days.
-    no_password = {"min": 0, "max": -1, "inactive": -1}
     deviations = {}
     for name in read.group_members(policy.accounts.partner_group):
-        # `passwd -S` gives the shadow numbers themselves, also while a change is forced
-        # (chage -l then shows "password must be changed" instead of dates).
-        fields = read.privileged("password-status", name).split()
-        got = dict(
-            zip(
-                ["min", "max", "warn", "inactive"],
-                (int(f) if f.lstrip("-").isdigit() else None for f in fields[3:7]),
-                strict=True,
-            )
-        )
-        want = ages if fields[1] == "P" else no_password
+        # None handed out yet, or key login only: no aging.
+        status, got = password_status(read, name)
+        want = ages if status == "P" else NO_AGING
         if {key: got[key] for key in want} != want:
-            deviations[name] = {"password": fields[1], **got}
+            deviations[name] = {"password": status, **got}
+    control.verify({}, deviations)
+
+
+@control(
+    "PW-06",
+    reference="this project: staff and auditors log in with a key only",
+    source="accounts.staff_group, accounts.auditor_group",
+)
+def test_staff_and_auditors_have_no_password(read, policy, control):
+    """sshd takes only keys from them; a password would still open su and the console."""
+    deviations = {}
+    for group in (policy.accounts.staff_group, policy.accounts.auditor_group):
+        for name in read.group_accounts(group):
+            status, got = password_status(read, name)
+            if status != "L" or {key: got[key] for key in NO_AGING} != NO_AGING:
+                deviations[name] = {"password": status, **got}
     control.verify({}, deviations)

@@ -3,6 +3,8 @@ partners whose keys and passwords the tests hold."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -54,6 +56,22 @@ class Exchange:
         )
 
 
+def ssh_key(directory: Path, name: str) -> Path:
+    """A fresh Ed25519 key pair for `name` in `directory`; the private key's path."""
+    key = directory / f"{name}_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
+    return key
+
+
+def public_key(key: Path) -> str:
+    return key.with_suffix(".pub").read_text().strip()
+
+
+def audit_events(host: testhost.TestHost, event: str) -> list[dict]:
+    text = host.ssh(f'grep -h \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def write_inventory(directory: Path, hosts: list[testhost.TestHost], **data) -> Path:
     """An inventory for test hosts, with host data of the test's choosing."""
     entries = [(host.name, {**host.host_data(), **data}) for host in hosts]
@@ -71,16 +89,14 @@ def partner_entry(name: str, key: Path | None = None, present: bool = True) -> d
         "present": present,
     }
     if key:
-        entry["public_keys"] = [key.with_suffix(".pub").read_text().strip()]
+        entry["public_keys"] = [public_key(key)]
     return entry
 
 
 def make_exchange(host: testhost.TestHost, directory: Path, **host_data) -> Exchange:
     logins = {}
     for name in PARTNERS:
-        key = directory / f"{name}_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
-        logins[name] = PartnerLogin(name=name, password=f"Tulip-{name}-Harbour-42!", key=key)
+        logins[name] = PartnerLogin(name=name, password=f"Tulip-{name}-Harbour-42!", key=ssh_key(directory, name))
     partners_file = directory / "partners.yaml"
     exchange = Exchange(
         host, write_inventory(directory, [host], partners_file=str(partners_file), **host_data), partners_file, logins
@@ -99,22 +115,31 @@ def make_exchange(host: testhost.TestHost, directory: Path, **host_data) -> Exch
     return exchange
 
 
+@contextlib.contextmanager
+def deployed_host(name: str, hosts: Path, directory: Path, **host_data):
+    """A fresh host in `hosts`, deployed by make_exchange; shut down afterwards."""
+    host = testhost.boot(name, log=lambda message: print(message, flush=True), directory=hosts)
+    try:
+        yield make_exchange(host, directory, **host_data)
+    finally:
+        testhost.shutdown(host)
+
+
+def module_host_name(request) -> str:
+    """A host name after the test module: test_partner_lifecycle -> partner-lifecycle."""
+    return request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:40]
+
+
 @pytest.fixture(scope="session")
 def exchange(shared_hosts, tmp_path_factory) -> Exchange:
     """One deployed server for the tests that do not change its accounts."""
-    host = testhost.boot("exchange", log=lambda message: print(message, flush=True), directory=shared_hosts)
-    try:
-        yield make_exchange(host, tmp_path_factory.mktemp("exchange"))
-    finally:
-        testhost.shutdown(host)
+    with deployed_host("exchange", shared_hosts, tmp_path_factory.mktemp("exchange")) as deployed:
+        yield deployed
 
 
 @pytest.fixture(scope="module")
 def own_exchange(shared_hosts, tmp_path_factory, request) -> Exchange:
     """A deployed server of the test module's own, for tests that lock or remove accounts."""
-    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")[:40]
-    host = testhost.boot(name, log=lambda message: print(message, flush=True), directory=shared_hosts)
-    try:
-        yield make_exchange(host, tmp_path_factory.mktemp(name))
-    finally:
-        testhost.shutdown(host)
+    name = module_host_name(request)
+    with deployed_host(name, shared_hosts, tmp_path_factory.mktemp(name)) as deployed:
+        yield deployed

@@ -44,19 +44,30 @@ def test_bad_host_data_changes_nothing(boot_host, tmp_path):
     # A key sshd would refuse at login (RequiredRSASize) stops the deploy with its owner's name.
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(tmp_path / "old")], check=True)
     short = (tmp_path / "old.pub").read_text().strip()
-    result = deploy_with(host, tmp_path, auditors=[{"name": "audit-old", "public_keys": [short]}])
+    result = deploy_with(
+        host,
+        tmp_path,
+        auditors=[{"name": "audit-old", "public_keys": [short]}],
+        staff=[{"name": "staff-old", "public_keys": [short]}],
+    )
     assert result.returncode != 0
     assert "auditor audit-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
+    assert "staff member staff-old: key 0 is an RSA key of 2048 bits, below 3072" in result.stdout + result.stderr
     assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
-    # One name as an auditor and a partner: each role would undo the other's account.
+    # One name in two of auditors, staff and partners: each role would undo the other's account.
     partners = tmp_path / "partners.yaml"
     partners.write_text("partners:\n  - {name: carol, organisation: C, email: c@c.example, phone: '+31612345678'}\n")
     key = (host.key.parent / "admin_ed25519.pub").read_text().strip()
     result = deploy_with(
-        host, tmp_path, partners_file=str(partners), auditors=[{"name": "carol", "public_keys": [key]}]
+        host,
+        tmp_path,
+        partners_file=str(partners),
+        auditors=[{"name": "carol", "public_keys": [key]}, {"name": "dave", "public_keys": [key]}],
+        staff=[{"name": "dave", "public_keys": [key]}],
     )
     assert result.returncode != 0
-    assert "carol: both an auditor and a partner" in result.stdout + result.stderr
+    assert "carol: both an auditor and a partner; rename one" in result.stdout + result.stderr
+    assert "dave: both an auditor and a staff member; rename one" in result.stdout + result.stderr
     assert host.ssh("test -e /etc/apt/apt.conf.d/20auto-upgrades", check=False).returncode == 1
 
 
@@ -71,7 +82,8 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
         assert 'APT::Periodic::Unattended-Upgrade "1";' in upgrades
         assert host.ssh("ps -p 1 -o comm=").stdout.strip() == "systemd"
         # A key-only account never meets the partners' password aging (it could not renew it).
-        assert host.ssh("getent shadow auditor | cut -d: -f4,5,7").stdout.strip() == "0::"
+        for account in ("auditor", host.staff_user):
+            assert host.ssh(f"getent shadow {account} | cut -d: -f2,4,5,7").stdout.strip() == "!:0::"
 
     changes = changed_operations(INVENTORY)
     assert {name: hosts for name, hosts in changes.items() if hosts} == {}
@@ -80,19 +92,22 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
     # reload) leaves its marker: the next run reloads, once.
     alpha = hosts[0]
     alpha.ssh(f"mkdir -p {APPLY_PENDING_DIR} && touch {apply_marker('/etc/ssh/sshd_config')}")
-    # Staff and admins added since get login.defs' aging from useradd: those with a key only
-    # (no password to renew) lose it at the next run, those with a password keep it.
+    # Admins added since get login.defs' aging from useradd: those with a key only (no password
+    # to renew) lose it at the next run, those with a password keep it. A staff account made by
+    # hand is not in the inventory's staff list: it goes.
     alpha.ssh(
-        "useradd -m -G exchange-staff staff-keys && useradd -m -G sudo admin-keys && "
-        f"useradd -m -G exchange-staff staff-pw && usermod -p '{sha512_crypt.hash('Some-Staff-Pass-1234')}' staff-pw"
+        "useradd -m -G sudo admin-keys && useradd -m -G exchange-staff staff-by-hand && "
+        f"useradd -m -G sudo admin-pw && usermod -p '{sha512_crypt.hash('Some-Admin-Pass-1234')}' admin-pw"
     )
     changes = changed_operations(INVENTORY)
     assert {name: hosts for name, hosts in changes.items() if hosts} == {
         "OpenSSH server | sshd_config (validated with sshd -t)": [alpha.name],
+        "Staff | Accounts of exchange-staff not in the inventory: locked, then removed": [alpha.name],
         "Password rules | Key-only staff and admins keep no password aging": [alpha.name],
     }
     assert pyinfra("-y", INVENTORY, "deploy.py").returncode == 0
     assert alpha.ssh(f"test -e {apply_marker('/etc/ssh/sshd_config')}", check=False).returncode == 1
-    aging = alpha.ssh("for u in staff-keys admin-keys staff-pw; do getent shadow $u | cut -d: -f4,5,7; done").stdout
-    assert aging.split() == ["0::", "0::", "1:90:30"]
+    aging = alpha.ssh("for u in admin-keys admin-pw; do getent shadow $u | cut -d: -f4,5,7; done").stdout
+    assert aging.split() == ["0::", "1:90:30"]
+    assert alpha.ssh("getent passwd staff-by-hand", check=False).returncode == 2
     assert {name: hosts for name, hosts in changed_operations(INVENTORY).items() if hosts} == {}

@@ -12,7 +12,7 @@ import paramiko
 import pytest
 
 from tests.e2e.clients import openssh_sftp, paramiko_sftp
-from tests.e2e.conftest import PARTNERS, partner_entry, write_inventory
+from tests.e2e.conftest import PARTNERS, audit_events, partner_entry, write_inventory
 from tests.pyinfra_run import PYINFRA, REPO, changed_operations, pyinfra
 
 pytestmark = pytest.mark.e2e
@@ -27,11 +27,6 @@ def can_login(exchange, name) -> dict[str, bool]:
     except paramiko.AuthenticationException:
         by_password = False
     return {"key": by_key, "password": by_password}
-
-
-def audit_events(exchange, event):
-    text = exchange.host.ssh(f'grep -h \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def test_converged_server_has_nothing_left_to_change(exchange):
@@ -57,7 +52,7 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
     with pytest.raises((EOFError, OSError, paramiko.SSHException)):
         session.listdir("/")  # the open session was ended
     assert exchange.host.ssh(f"cat /srv/exchange/partners/{bob}/download/keep.zip").stdout == "for bob"
-    assert bob in [e["account"] for e in audit_events(exchange, "account-locked")]
+    assert bob in [e["account"] for e in audit_events(exchange.host, "account-locked")]
     assert not any(changed_operations(str(exchange.inventory)).values()), "a locked partner must stay converged"
 
     # 7 days after the lock day, uploads made late that day have not had their 7 x 24 h: kept.
@@ -84,7 +79,7 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
         f"test -e /etc/imaging-exchange/log-sockets/{bob}.conf && echo socket; true"
     ).stdout
     assert gone == ""
-    assert bob in [e["account"] for e in audit_events(exchange, "account-removed")]
+    assert bob in [e["account"] for e in audit_events(exchange.host, "account-removed")]
 
 
 def test_dropped_partner_is_locked_and_restored_when_it_returns(own_exchange):
@@ -103,7 +98,7 @@ def test_dropped_partner_is_locked_and_restored_when_it_returns(own_exchange):
     exchange.write_partners([partner_entry(name, exchange.logins[name].key) for name in PARTNERS])
     assert exchange.deploy().returncode == 0
     assert can_login(exchange, alice) == {"key": True, "password": True}
-    assert alice in [e["account"] for e in audit_events(exchange, "account-unlocked")]
+    assert alice in [e["account"] for e in audit_events(exchange.host, "account-unlocked")]
 
 
 def test_link_account_is_removed_when_its_validity_ended(own_exchange):
@@ -127,7 +122,7 @@ def test_link_account_is_removed_when_its_validity_ended(own_exchange):
     try:
         stuck = exchange.host.ssh("exchange purge --quiet", check=False)
         assert stuck.returncode == 1 and "could not remove account lnk-a-stuck" in stuck.stderr, stuck.stderr
-        assert [e["account"] for e in audit_events(exchange, "account-removal-failed")] == ["lnk-a-stuck"]
+        assert [e["account"] for e in audit_events(exchange.host, "account-removal-failed")] == ["lnk-a-stuck"]
     finally:
         exchange.host.ssh("umount /srv/exchange/links/lnk-a-stuck/download")
     exchange.host.ssh("exchange purge --quiet")  # the next run removes it
@@ -135,7 +130,7 @@ def test_link_account_is_removed_when_its_validity_ended(own_exchange):
     assert exchange.host.ssh("getent passwd lnk-expired", check=False).returncode == 2
     assert exchange.host.ssh("test -e /srv/exchange/links/lnk-expired", check=False).returncode == 1
     assert exchange.host.ssh("getent passwd lnk-valid", check=False).returncode == 0
-    removed = {e["account"]: e["reason"] for e in audit_events(exchange, "account-removed")}
+    removed = {e["account"]: e["reason"] for e in audit_events(exchange.host, "account-removed")}
     assert removed.get("lnk-expired") == "validity ended" and "lnk-valid" not in removed
 
 

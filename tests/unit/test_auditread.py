@@ -58,8 +58,9 @@ def accounts(monkeypatch):
 
 
 @pytest.mark.parametrize("account", ["jdoe", "ann", "alice"])
-def test_sudo_rights_of_the_exchange_groups_accounts(accounts, account):
+def test_sudo_rights_and_password_status_of_the_exchange_groups_accounts(accounts, account):
     assert command(POLICY, "sudo-rights", account) == ["/usr/bin/sudo", "-n", "-l", "-U", account]
+    assert command(POLICY, "password-status", account) == ["/usr/bin/passwd", "-S", account]
 
 
 @pytest.mark.parametrize(
@@ -71,9 +72,10 @@ def test_sudo_rights_of_the_exchange_groups_accounts(accounts, account):
         ("", "is not an account name"),
     ],
 )
-def test_sudo_rights_of_no_one_else(accounts, account, words):
-    with pytest.raises(AuditReadError, match=words):
-        command(POLICY, "sudo-rights", account)
+def test_sudo_rights_and_password_status_of_no_one_else(accounts, account, words):
+    for what in ("sudo-rights", "password-status"):
+        with pytest.raises(AuditReadError, match=words):
+            command(POLICY, what, account)
 
 
 @pytest.mark.parametrize(

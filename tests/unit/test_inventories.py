@@ -11,4 +11,4 @@ def test_example_inventory_is_valid_host_data():
     hosts, group_data = groups["exchange_servers"]
     for name, data in hosts:
         settings = host_settings(name, {**group_data, **data})
-        assert settings.partners_file and settings.auditors
+        assert settings.partners_file and settings.auditors and settings.staff

@@ -9,6 +9,7 @@ def test_defaults_and_pass_through_keys():
     settings = host_settings("web1", {"ssh_user": "admin", "_sudo": True, "sshd_port": 2222})
     assert settings.sshd_port == 2222
     assert settings.apt_cache_time == HostSettings().apt_cache_time
+    assert settings.staff is None  # staff managed by hand: the deploy leaves them alone
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,10 @@ def test_defaults_and_pass_through_keys():
         (
             {"auditors": [{"name": "J Doe", "public_keys": ["k"]}]},
             "inventory host web1: auditors.0.name: String should match",
+        ),
+        (
+            {"staff": [{"name": "jdoe", "public_keys": ["k"]}, {"name": "jdoe", "public_keys": ["l"]}]},
+            "inventory host web1: staff: listed more than once: jdoe",
         ),
     ],
 )
