@@ -29,7 +29,7 @@ from tests.sites import outbox_site
 
 pytestmark = pytest.mark.e2e
 
-STAFF = "staff-eve"
+STAFF = testhost.STAFF_USER  # the staff account the deploy makes on every test host, key login only
 LOCAL = "mallory"
 AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
 OUTBOX = "/var/spool/imaging-exchange/outbox"
@@ -98,12 +98,7 @@ def fort(shared_hosts, tmp_path_factory) -> Fort:
         exchange = make_exchange(
             host, work, site=outbox_site() | {"portal_url": host.portal_url}, portal=host.portal_data()
         )
-        key = work / "staff_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         host.ssh(
-            f"useradd --create-home --shell /bin/bash --groups exchange-staff {STAFF} && "
-            f"install -d -m 700 -o {STAFF} -g {STAFF} ~{STAFF}/.ssh && "
-            f"echo {shlex.quote(key.with_suffix('.pub').read_text().strip())} > ~{STAFF}/.ssh/authorized_keys && "
             f"useradd --create-home --shell /bin/sh {LOCAL} && "
             f"printf %s {shlex.quote(TARGET_TEXT)} > {TARGET} && chmod 0600 {TARGET} && "
             # The site's CD viewer, so that `--viewer DIR` is allowed at all.
@@ -111,7 +106,7 @@ def fort(shared_hosts, tmp_path_factory) -> Fort:
             "printf 'windows_viewer: run_cdviewer.exe\\nviewer_dir: /opt/cdviewer\\n' >> /etc/imaging-exchange/site.yaml && "
             "exchange site check"
         )
-        yield Fort(exchange, key, work)
+        yield Fort(exchange, host.staff_key, work)
     finally:
         testhost.shutdown(host)
 

@@ -55,7 +55,7 @@ def account(**changes) -> dict:
 
 def audited(command: str) -> dict:
     """The audit record a command writes (audit_command: `logger ... -- 'JSON'`)."""
-    words = shlex.shlex(command.rsplit(" -- ", 1)[1], posix=True, punctuation_chars=True)
+    words = shlex.shlex(command.split(" -- ", 1)[1], posix=True, punctuation_chars=True)
     return json.loads(next(iter(words)))
 
 
