@@ -8,8 +8,8 @@ import json
 import shlex
 from itertools import groupby
 
-from pyinfra import host
-from pyinfra.api import OperationError, deploy, operation
+from pyinfra import host, logger
+from pyinfra.api import FactBase, OperationError, deploy, operation
 
 from exchange.accounts import AccountConflict, Layout, WantedAccount, plan
 from exchange.partners import Partner
@@ -45,6 +45,38 @@ def exchange_accounts(policy: Policy, partners: tuple[Partner, ...] | None):
         yield f"echo {shlex.quote(f'partner data conflict, not applied: {conflict}')} >&2; exit 1"
 
 
+class UserQuotas(FactBase):
+    """The filesystem holding `path` (mount point, type) and whether it enforces user quotas."""
+
+    def command(self, path: str) -> str:
+        q = shlex.quote(path)
+        return (
+            f"findmnt -n -o TARGET,FSTYPE --target {q}; "
+            f"quotaon -p -u \"$(findmnt -n -o TARGET --target {q})\" 2>/dev/null | grep -q ' is on' && echo on || echo off"
+        )
+
+    def process(self, output: list[str]) -> dict:
+        target, fstype = (output[0].split() + ["?", "?"])[:2]
+        return {"mount": target, "type": fstype, "on": output[-1] == "on"}
+
+
+@operation()
+def disk_limits_said(root: str):
+    """One account can fill a shared filesystem for all: say so when nothing limits it."""
+    found = host.get_fact(UserQuotas, path=root)
+    if found["on"]:
+        host.noop(f"user quotas are on for {found['mount']}; set each account's limit there (setquota -u)")
+    else:
+        logger.warning(
+            f"{host.name}: {root} is on {found['mount']} ({found['type']}) without user quotas, so no per-account "
+            "disk limit holds: one account's uploads can fill it for every other. Put it on a filesystem of its "
+            "own (README: IT admins)"
+        )
+        host.noop(f"no user quotas on {found['mount']}")
+    yield from ()
+
+
 @deploy("Exchange accounts")
 def accounts(policy: Policy, partners: tuple[Partner, ...] | None) -> None:
     exchange_accounts(name="Partner accounts, chroots and keys", policy=policy, partners=partners)
+    disk_limits_said(name="Per-account disk limits", root=policy.accounts.root)

@@ -66,7 +66,7 @@ def _policy_or_exit(path: Path | None = None, status: int = 2):
     try:
         return load_policy(path, invoker() if path is not None else None)
     except PolicyError as error:
-        typer.echo(str(error), err=True)
+        typer.echo(untrusted.printable_lines(error), err=True)
         raise typer.Exit(status) from None
 
 
@@ -84,7 +84,8 @@ def policy_show(path: PolicyOption = None) -> None:
 
 
 def _fail(message: object, status: int = 1) -> typer.Exit:
-    typer.echo(str(message), err=True)
+    # Messages quote what others named, escaped where it went in; no control character passes here either.
+    typer.echo(untrusted.printable_lines(message), err=True)
     return typer.Exit(status)
 
 
@@ -216,7 +217,7 @@ def link_list(
     store = LinkStore()
     rows = link_rows(tools.policy, store)
     for problem in store.unreadable():
-        typer.echo(f"left out: {problem}", err=True)
+        typer.echo(f"left out: {untrusted.printable_lines(problem)}", err=True)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
@@ -453,7 +454,7 @@ def _send_notices(command: str, send: Callable, what: str, quiet: bool) -> None:
     tools = _tools(command)
     sent, failures = send(tools.policy, tools.site, tools.messages, out=(lambda line: None) if quiet else typer.echo)
     for failure in failures:
-        typer.echo(failure, err=True)
+        typer.echo(untrusted.printable_lines(failure), err=True)
     if not quiet:
         typer.echo(f"{sent} {what} sent", err=True)
     if failures:
@@ -496,7 +497,7 @@ def purge(
         typer.echo(f"purge skipped: {busy}", err=True)
         return
     except PurgeError as error:
-        typer.echo(f"purge failed: {error}", err=True)
+        typer.echo(f"purge failed: {untrusted.printable_lines(error)}", err=True)
         raise typer.Exit(1) from None
     if not quiet:
         verb = "would delete" if dry_run else "deleted"
@@ -506,7 +507,7 @@ def purge(
             err=True,
         )
     for note in report.skipped:
-        typer.echo(f"skipped {note}", err=True)
+        typer.echo(f"skipped {untrusted.printable_lines(note)}", err=True)
     if not quiet:
         for name in report.kept:
             typer.echo(
@@ -515,7 +516,7 @@ def purge(
                 err=True,
             )
     for note in report.failed:
-        typer.echo(note, err=True)
+        typer.echo(untrusted.printable_lines(note), err=True)
     if report.failed:
         raise typer.Exit(1)
 
@@ -542,6 +543,9 @@ def audit_read(
     except AuditReadError as error:
         typer.echo(f"audit-read refused: {error}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(result.stdout, nl=False)
-    typer.echo(result.stderr, nl=False, err=True)
+    # The tools' own output, as the audit suite reads it; on a terminal, with the names in it that
+    # recipients chose (file names) escaped, as `ls` does.
+    shown = untrusted.printable_lines if sys.stdout.isatty() else str
+    typer.echo(shown(result.stdout), nl=False)
+    typer.echo(shown(result.stderr) if sys.stderr.isatty() else result.stderr, nl=False, err=True)
     raise typer.Exit(result.returncode)

@@ -74,6 +74,7 @@ class Unusable:
 @dataclass
 class HandedIn:
     found: list[File | Unusable] = field(default_factory=list)  # in the order of the walk
+    named: list[str] = field(default_factory=list)  # the paths as they were named (printable)
     _descriptors: list[int] = field(default_factory=list)
 
     @property
@@ -119,7 +120,7 @@ class MissingPaths(Exception):
 def open_named(paths: list[Path], who: Invoker | None, max_depth: int) -> HandedIn:
     """Open every file below `paths` with `who`'s rights (None: the tool's own); MissingPaths
     names every path that is not there."""
-    found, missing = HandedIn(), []
+    found, missing = HandedIn(named=[_label(Path(path)) for path in paths]), []
     limit = _more_descriptors() - 64  # some for the rest of the work
     try:
         with rights(who):

@@ -173,7 +173,7 @@ def examine(
     if problems:
         raise PackageError("refused, nothing was written:\n" + "\n".join(problems))
     if not found.instances:
-        raise PackageError("no DICOM files found in what was handed in")
+        raise PackageError("no DICOM files found in " + ", ".join(handed.named))
     try:
         tree = build_tree(found.instances)
     except DicomDirError as error:

@@ -32,20 +32,22 @@ def _escaped(character: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def printable(text: object) -> str:
+def printable(text: object, backslashes: bool = True) -> str:
     """`text` with every control, format and separator character escaped (`\\x1b`, `\\n`,
     `\\u202e`), and backslashes doubled, so the escaped form cannot be mistaken for a name."""
     text = str(text)
-    if text.isprintable() and "\\" not in text:
+    if text.isprintable() and (not backslashes or "\\" not in text):
         return text  # the common case, quickly
     return "".join(
-        "\\\\" if character == "\\" else character if _safe(character) else _escaped(character) for character in text
+        "\\\\" if backslashes and character == "\\" else character if _safe(character) else _escaped(character)
+        for character in text
     )
 
 
 def printable_lines(text: object) -> str:
-    """A message of several lines of our own: each line made printable, the line breaks kept."""
-    return "\n".join(printable(line) for line in str(text).split("\n"))
+    """A message of our own, of several lines, as it is shown: any control character left in a
+    line escaped, the line breaks kept. (What others named went in made `printable` already.)"""
+    return "\n".join(printable(line, backslashes=False) for line in str(text).split("\n"))
 
 
 def shown_in_template(value: object) -> object:

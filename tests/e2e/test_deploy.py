@@ -75,6 +75,8 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
     hosts = [boot_host("alpha"), boot_host("beta")]
     first = pyinfra("-y", INVENTORY, "deploy.py")
     assert first.returncode == 0, first.stderr + first.stdout
+    # The test hosts' exchange root is on the container's overlay: nothing limits one account's uploads.
+    assert "/srv/exchange is on / (overlay) without user quotas" in first.stdout + first.stderr
     for host in hosts:
         packages = host.ssh("dpkg-query -W -f='${Status}\\n' cron unattended-upgrades").stdout
         assert packages.count("install ok installed") == 2

@@ -222,17 +222,18 @@ def test_an_expired_link_opens_nothing_and_the_purge_removes_it(linked, relay):
     expired = {e["account"]: e for e in audit_events(linked, "link-expired")}
     assert expired[by_record.account]["recipient"].startswith("p***@example.org")
     held = f"/srv/exchange/ended-links/{by_record.account}"
-    assert linked.host.ssh(f"ls -A {held}").stdout.split("\n")[0] == "referral letter.pdf"  # not the partial
+    # Hidden files too (a cut-off upload, or a name a client chose): retention deletes them as well.
+    assert linked.host.ssh(f"ls -A {held}").stdout.split() == [".upload-1234.partial", "referral", "letter.pdf"]
     assert linked.host.ssh(f"stat -c '%U %G %a' '{held}/referral letter.pdf'").stdout.strip() == (
         "root exchange-staff 640"
     )
     (event,) = [e for e in audit_events(linked, "link-uploads-held") if e["account"] == by_record.account]
-    assert event["files"] == 1 and event["folder"] == held
+    assert event["files"] == 2 and event["folder"] == held
     linked.host.ssh("exchange notify-uploads")
     (notice,) = [r for r in relay.smtp.to("desk@hospital.example") if by_record.account in r.message["Subject"]]
     assert "referral letter.pdf" in notice.body and held in " ".join(notice.body.split())
     # Then retention applies as to any file: gone after it, with its folder.
-    linked.host.ssh(f"touch -d '-8 days' '{held}/referral letter.pdf' {held}")
+    linked.host.ssh(f"touch -d '-8 days' '{held}/referral letter.pdf' {held}/.upload-1234.partial {held}")
     linked.host.ssh("exchange purge")
     assert linked.host.ssh(f"test -e {held}", check=False).returncode == 1
 

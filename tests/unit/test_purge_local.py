@@ -340,3 +340,58 @@ def test_an_account_holding_young_files_is_known_in_a_dry_run_too(tree):
     for dry_run in (True, False):
         _, report = run(layout, dry_run=dry_run)
         assert report.holding == {"alice"}
+
+
+def test_a_folder_deeper_than_the_policy_is_named_and_the_rest_still_purged(tree):
+    layout, chroot = tree
+    deep = chroot / "upload"
+    for _ in range(600):  # made over SFTP by a recipient; a recursive walk dies of RecursionError
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    old = aged(chroot / "download/old.zip", 8 * DAY)
+    events, report = run(layout)
+    assert not old.exists()
+    (problem,) = report.failed
+    limit = layout.policy.accounts.max_folder_depth
+    assert problem.startswith(f"{chroot}/upload/{'/'.join(['d'] * (limit + 1))}: more than {limit} folders deep")
+    assert ("folder-too-deep", "/upload/" + "/".join(["d"] * (limit + 1))) in [
+        (event, fields["path"]) for event, fields in events
+    ]
+    assert "alice" in report.holding  # never reported empty: the deep folder stays
+
+
+def test_holding_moves_a_swapped_symlink_as_a_symlink_and_changes_nothing_it_points_to(tree, tmp_path):
+    layout = with_staff_group_here(tree[0])
+    upload = Path(layout.chroot("link", "link-aaaaaaaa")) / "upload"
+    upload.mkdir(parents=True)
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    (outside / "shadow").write_text("root's")
+    (outside / "shadow").chmod(0o600)
+    (upload / "scans").symlink_to(outside)  # staff swapped a folder of the account's for this
+    aged(upload / "report.pdf", 600)
+    held = hold_uploads(layout, "link-aaaaaaaa")
+    assert held.files == 1
+    moved = Path(held.folder)
+    assert (moved / "scans").is_symlink() and oct((outside / "shadow").stat().st_mode & 0o777) == "0o600"
+    assert (outside / "shadow").read_text() == "root's" and os.listdir(outside) == ["shadow"]
+    assert oct((moved / "report.pdf").stat().st_mode & 0o777) == "0o640"
+
+
+def test_hidden_and_hostile_uploads_are_announced_escaped(tree, tmp_path):
+    layout = with_staff_group_here(tree[0])
+    upload = tree[1] / "upload"
+    for name in (".hidden-scan.dcm", "evil\x1b[2K.dcm", "two\nlines: forged.txt", "bidi\u202egpj.exe"):
+        aged(upload / name, 600)
+    aged(upload / os.fsdecode(b"\xff-latin1.dcm"), 600)  # a name that is no UTF-8
+    site = parse_site(outbox_site() | {"outbox_dir": str(tmp_path / "outbox")}, "test")
+    messages = Messages(site, REPO / "templates" / "messages")
+    sent, failures = notices.notify_uploads(
+        layout.policy, site, messages, out=lambda line: None, state_dir=tmp_path / "s"
+    )
+    assert (sent, failures) == (1, [])
+    (mail,) = (tmp_path / "outbox").glob("*.eml")
+    body = email.message_from_bytes(mail.read_bytes()).get_payload(decode=True).decode()
+    assert ".hidden-scan.dcm" in body and "evil\\x1b[2K.dcm" in body and "bidi\\u202egpj.exe" in body
+    assert "two\\nlines: forged.txt" in body and "\\xff-latin1.dcm" in body
+    assert not any(c in body for c in "\x1b\u202e") and not any(line.startswith("lines:") for line in body.splitlines())
