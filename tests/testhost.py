@@ -229,6 +229,7 @@ class TestHost:
             "ssh_known_hosts_file": str(self.known_hosts),
             "ssh_strict_host_key_checking": "yes",
             "admin_connects_as_root": True,
+            "source_bans": self.own_network,
             "sshd_port": self.port,
             # The web page logs users in through sshd on loopback.
             "sshd_listen_addresses": [self.hostname, "127.0.0.1"] if self.own_network else [self.hostname],
