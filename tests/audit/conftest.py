@@ -135,6 +135,14 @@ class Control:
         self.record("actual", json.dumps(actual, sort_keys=True, default=str))
         assert actual == expected, f"{self.id}: expected {expected!r}, found {actual!r}"
 
+    def not_applicable(self, conditions, found, reason: str) -> None:
+        """Skip with `reason` if what was found is exactly what makes the control not apply;
+        the report shows both, as for a verified control."""
+        if found == conditions:
+            self.record("expected", json.dumps(conditions, sort_keys=True, default=str))
+            self.record("actual", json.dumps(found, sort_keys=True, default=str))
+            pytest.skip(f"not applicable: {reason}")
+
 
 @pytest.fixture
 def control(request, record_property):

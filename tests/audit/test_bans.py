@@ -77,11 +77,16 @@ def jail(read, name: str) -> dict | str:
     source="source_bans.max_failures, source_bans.find_seconds, source_bans.ban_seconds",
 )
 def test_sources_failing_logins_are_banned_before_they_lock_an_account(host, read, policy, control):
-    installed = host.package("fail2ban").is_installed
-    marker, capable = off_marker(host), can_set_firewall_rules(host)
-    if not installed and marker == f"root:root 0644 {OFF_TEXT!r}" and not capable:
-        control.record("actual", f"fail2ban not installed; {OFF_MARKER}: {marker}; no CAP_NET_ADMIN")
-        pytest.skip(f"not applicable: {OFF_TEXT.strip()} ({OFF_MARKER}, root's) and the host has no CAP_NET_ADMIN")
+    host_facts = {
+        "fail2ban installed": host.package("fail2ban").is_installed,
+        OFF_MARKER: off_marker(host),
+        "CAP_NET_ADMIN": can_set_firewall_rules(host),
+    }
+    control.not_applicable(
+        {"fail2ban installed": False, OFF_MARKER: f"root:root 0644 {OFF_TEXT!r}", "CAP_NET_ADMIN": False},
+        host_facts,
+        f"{OFF_TEXT.strip()} ({OFF_MARKER}, root's), and the host has no CAP_NET_ADMIN",
+    )
     bans = policy.source_bans
     wanted_jail = {
         "actions": ["nftables-allports"],
@@ -98,11 +103,5 @@ def test_sources_failing_logins_are_banned_before_they_lock_an_account(host, rea
             OFF_MARKER: None,
             **{name: wanted_jail | {"reads": READS[name]} for name in JAILS},
         },
-        {
-            "fail2ban installed": installed,
-            "nft": host.file(NFT).exists,
-            "CAP_NET_ADMIN": capable,
-            OFF_MARKER: marker,
-            **{name: jail(read, name) for name in JAILS},
-        },
+        host_facts | {"nft": host.file(NFT).exists} | {name: jail(read, name) for name in JAILS},
     )
