@@ -11,6 +11,7 @@ from exchange.partners import PartnerDataError, load_partners, short_rsa_keys
 from roles import REPO, deploy_policy
 from roles.accounts import accounts
 from roles.auditor import auditor
+from roles.bans import bans
 from roles.base import base
 from roles.logging import logging
 from roles.passwords import passwords
@@ -65,6 +66,7 @@ auditor(policy, settings)
 passwords(policy, [policy.accounts.staff_group, *settings.ssh_admin_groups])
 accounts(policy, partners)
 sshd(policy, settings)
+bans(policy, settings)
 if settings.portal is not None:
     portal(loaded_policy, settings)
 retention(policy)

@@ -26,6 +26,9 @@ exchange_servers = (
         "sshd_port": 22,
         "admin_connects_as_root": False,
         "ssh_admin_groups": ["sudo"],  # deploy-admin must be in one of these, or the deploy stops
+        # fail2ban bans addresses that fail logins (policies.yaml source_bans); false only where the
+        # host cannot set firewall rules, and the audit (BAN-01) checks that it cannot.
+        "source_bans": True,
         "partners_file": "inventory/partners.yaml",
         # Key-login accounts; each list is the whole group: whoever is dropped is locked, then removed.
         "staff": [{"name": "staff-jdoe", "public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... jdoe@ws12"]}],

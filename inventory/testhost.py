@@ -2,7 +2,8 @@
 
 Lists every host running under $EXCHANGE_TESTHOST_DIR (default
 /var/tmp/imaging-exchange/testhosts), with the admin key and pinned host keys that
-tests/testhost.py made for it.
+tests/testhost.py made for it. A host sharing this machine's network cannot ban sources
+(`source_bans: False`); one with its own network can (`up --own-network`).
 """
 
 from tests.sites import outbox_site

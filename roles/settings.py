@@ -132,6 +132,13 @@ class HostSettings(BaseModel):
         False,
         description="The deploying admin logs in as root (key only); otherwise root login is refused.",
     )
+    source_bans: bool = Field(
+        True,
+        description="Ban addresses that fail logins (fail2ban, nftables: policies.yaml source_bans), so nobody can "
+        "lock a partner out by failing logins against it. false only on a host that cannot set firewall rules "
+        "(a container sharing its host's network): the deploy then says so, installs nothing and leaves a marker "
+        "for the audit (BAN-01 not applicable).",
+    )
 
     @model_validator(mode="before")
     @classmethod

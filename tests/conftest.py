@@ -30,8 +30,8 @@ def boot_host(testhost_session):
     so inventory/testhost.py lists exactly the hosts of the running test."""
     booted: list[testhost.TestHost] = []
 
-    def boot(name: str) -> testhost.TestHost:
-        host = testhost.boot(name, log=lambda message: print(message, flush=True))
+    def boot(name: str, own_network: bool = False) -> testhost.TestHost:
+        host = testhost.boot(name, log=lambda message: print(message, flush=True), own_network=own_network)
         booted.append(host)
         return host
 

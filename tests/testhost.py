@@ -2,18 +2,26 @@
 
 A pristine rootfs is debootstrapped once and cached under /var/cache/imaging-exchange,
 keyed on its package list. Every host boots from a fresh overlayfs copy of it with
-systemd-nspawn, so no host ever sees another run's state. Hosts share this machine's
-network namespace; each gets its own sshd port on 127.0.0.1.
+systemd-nspawn, so no host ever sees another run's state. By default hosts share this
+machine's network namespace; each gets its own sshd port on 127.0.0.1. Such a host has no
+CAP_NET_ADMIN and can set no firewall rules (its host data says `source_bans: False`).
 
-    python -m tests.testhost up [--reuse] [NAME]   boot a host and print how to reach it
+`boot(name, own_network=True)` (or `up --own-network`) boots a host in a network namespace of
+its own instead (tests/hostnet.py): it keeps CAP_NET_ADMIN for its own namespace, listens on
+its address there (`host.hostname`, 198.18.x.2; sshd also on its loopback, for the web page),
+and tests may connect to it from more addresses of this machine (`host.sources`: bind the
+client, `ssh -b`, `curl --interface`). Its apt goes through a relay to the Debian mirror.
+
+    python -m tests.testhost up [--reuse] [--own-network] [NAME]   boot a host, print how to reach it
     python -m tests.testhost show [NAME]           how to reach a running host
     python -m tests.testhost down [NAME]           stop one host, or all (and reap killed runs)
     python -m tests.testhost list                  the running hosts
 
 Everything a host owns lives in one run directory: its state.json, overlay layers,
 admin key, known_hosts and console log. Teardown stops the container, kills whatever
-still runs inside its root, unmounts the overlay and deletes the directory; it runs on
-failure and Ctrl-C too, and `down` reaps hosts left behind by a killed run.
+still runs inside its root, unmounts the overlay, removes an own network (namespace, veth,
+relay) and deletes the directory; it runs on failure and Ctrl-C too, and `down` reaps hosts
+left behind by a killed run.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from tests import hostnet
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -148,6 +158,17 @@ class TestHost:
 
     hostname: str = "127.0.0.1"
     user: str = "root"
+    own_network: bool = False  # in a network namespace of its own (tests/hostnet.py)
+    relay_pid: int = 0  # its apt relay
+
+    @property
+    def network(self) -> hostnet.OwnNetwork | None:
+        return hostnet.OwnNetwork(self.port, self.port - FIRST_PORT) if self.own_network else None
+
+    @property
+    def sources(self) -> list[str]:
+        """Addresses of this machine a test may connect from, apart from the admin's (own network only)."""
+        return self.network.sources if self.network else []
 
     @property
     def path(self) -> Path:
@@ -209,7 +230,8 @@ class TestHost:
     def host_data(self) -> dict:
         """pyinfra host data that reaches this host as root and keeps its sshd port; the
         deploy also creates an `auditor` account with this host's auditor key, and the staff
-        account `staff_user` with its staff key."""
+        account `staff_user` with its staff key. Only a host with its own network can ban
+        sources (CAP_NET_ADMIN)."""
         return {
             "ssh_hostname": self.hostname,
             "ssh_port": self.port,
@@ -218,8 +240,10 @@ class TestHost:
             "ssh_known_hosts_file": str(self.known_hosts),
             "ssh_strict_host_key_checking": "yes",
             "admin_connects_as_root": True,
+            "source_bans": self.own_network,
             "sshd_port": self.port,
-            "sshd_listen_addresses": [self.hostname],
+            # The web page logs users in through sshd on loopback.
+            "sshd_listen_addresses": [self.hostname, "127.0.0.1"] if self.own_network else [self.hostname],
             "auditors": [
                 {"name": "auditor", "public_keys": [self.auditor_key.with_suffix(".pub").read_text().strip()]}
             ],
@@ -237,7 +261,7 @@ class TestHost:
         return f"https://{self.hostname}:{self.portal_port}"
 
     def portal_data(self) -> dict:
-        """Host data for the web page on this host: loopback only, a self-signed certificate."""
+        """Host data for the web page on this host: on its address only, a self-signed certificate."""
         return {
             "server_name": self.hostname,
             "listen_port": self.portal_port,
@@ -300,9 +324,9 @@ def running_hosts(directory: Path | None = None) -> list[TestHost]:
     return hosts
 
 
-def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
+def boot(name: str, log=print, directory: Path | None = None, own_network: bool = False) -> TestHost:
     """Boot a fresh host named `name` (in `directory`, default: the run directory) and wait
-    until sshd answers and systemd is up."""
+    until sshd answers and systemd is up; with `own_network`, in a network namespace of its own."""
     lower = pristine_rootfs(log)
     base = directory or run_dir()
     directory = base / name
@@ -316,10 +340,16 @@ def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
         port = _free_port(_ports_in_use())
         directory.mkdir(parents=True)
         directory.chmod(0o755)
-        host = TestHost(name=name, port=port, pid=0, directory=str(directory))
-        # Written before anything is mounted, so `down` can always find what to clean.
+        host = TestHost(name=name, port=port, pid=0, directory=str(directory), own_network=own_network)
+        if host.network:
+            host.hostname = host.network.host
+        # Written before anything is mounted or created, so `down` can always find what to clean.
         _state_file(directory).write_text(json.dumps(asdict(host)))
     try:
+        if host.network:
+            host.network.create()
+            host.relay_pid = hostnet.start_relay(host.network)
+            _state_file(directory).write_text(json.dumps(asdict(host)))
         for sub in ("upper", "work", "root"):
             (directory / sub).mkdir()
         _run(
@@ -332,6 +362,18 @@ def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
             host.merged,
         )
         _personalise(host)
+        # In its own namespace the host may set firewall rules there (nspawn drops CAP_NET_ADMIN
+        # unless told), and no name server is reachable: no resolv.conf, so a lookup fails at
+        # once instead of timing out.
+        network = (
+            [
+                f"--network-namespace-path={host.network.netns_path}",
+                "--capability=CAP_NET_ADMIN",
+                "--resolv-conf=delete",
+            ]
+            if host.network
+            else ["--resolv-conf=copy-host"]
+        )
         console = open(directory / "console.log", "w")
         process = subprocess.Popen(
             [
@@ -342,7 +384,7 @@ def boot(name: str, log=print, directory: Path | None = None) -> TestHost:
                 "--keep-unit",
                 "--console=passive",
                 "--link-journal=no",
-                "--resolv-conf=copy-host",
+                *network,
                 f"--machine={name}",
                 f"--directory={host.merged}",
             ],
@@ -376,6 +418,8 @@ def _personalise(host: TestHost) -> None:
     (ssh_dir / "authorized_keys").chmod(0o600)
     # The port is host data too (inventory/testhost.py), so the deploy keeps it.
     (root / "etc/ssh/sshd_config.d/10-testhost.conf").write_text(f"Port {host.port}\nListenAddress {host.hostname}\n")
+    if host.network:
+        (root / "etc/apt/apt.conf.d/00testhost-proxy").write_text(f'Acquire::http::Proxy "{host.network.apt_proxy}";\n')
     # How an auditor reaches this host (`make audit`).
     (host.path / "auditor_ssh_config").write_text(
         f"Host {host.hostname}\n  Port {host.port}\n  User auditor\n  IdentityFile {host.auditor_key}\n"
@@ -436,11 +480,11 @@ def shutdown(host: TestHost) -> None:
 
 def _teardown_directory(directory: Path) -> None:
     merged = directory / "root"
-    state = _state_file(directory)
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        pid = json.loads(state.read_text())["pid"]
-        if pid and _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+    host = None
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        host = TestHost(**json.loads(_state_file(directory).read_text()))
+    if host and host.pid and _pid_alive(host.pid):
+        os.killpg(host.pid, signal.SIGKILL)
     # Whatever still runs inside (after a SIGKILLed nspawn) is found by its root.
     for _ in range(50):
         pids = _processes_inside(merged)
@@ -457,6 +501,9 @@ def _teardown_directory(directory: Path) -> None:
             time.sleep(0.25)
         else:
             _run("umount", "--lazy", merged)
+    if host and host.network:
+        hostnet.stop_relay(host.relay_pid)
+        host.network.remove()
     shutil.rmtree(directory, ignore_errors=True)
     if directory.exists():
         raise TestHostError(f"could not remove {directory}")
@@ -538,7 +585,7 @@ def find(name: str) -> TestHost | None:
 
 
 def _print_connect(host: TestHost) -> None:
-    print(f"test host {host.name!r} is up (Debian 12, systemd, OpenSSH on 127.0.0.1 port {host.port}).")
+    print(f"test host {host.name!r} is up (Debian 12, systemd, OpenSSH on {host.hostname} port {host.port}).")
     print(f"  ssh in:     {host.how_to_connect()}")
     print(f"  as staff:   {' '.join(host.ssh_args(host.staff_user, host.staff_key))} sudo exchange link list")
     print("  deploy:     .venv/bin/pyinfra inventory/testhost.py deploy.py")
@@ -550,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up_cmd = sub.add_parser("up", help="boot a fresh test host")
     up_cmd.add_argument("--reuse", action="store_true", help="keep a host of that name if it already runs")
+    up_cmd.add_argument("--own-network", action="store_true", help="in a network namespace of its own")
     up_cmd.add_argument("name", nargs="?", default="testhost")
     show_cmd = sub.add_parser("show", help="how to reach a running test host")
     show_cmd.add_argument("name", nargs="?", default="testhost")
@@ -563,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             host = find(args.name) if args.reuse else None
             if host is None:
-                host = boot(args.name)
+                host = boot(args.name, own_network=args.own_network)
             _print_connect(host)
         elif args.command == "show":
             host = find(args.name)

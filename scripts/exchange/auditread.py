@@ -1,7 +1,8 @@
 """`exchange audit-read`: the read-only root commands the audit suite needs, gated.
 
 Auditors get sudo for this command only. It checks its arguments, runs the system's own
-tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U, nginx -T) and prints that
+tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U, nginx -T, fail2ban-client
+status and get) and prints that
 tool's raw output, so the evidence comes from the system, not from an interpretation of ours.
 """
 
@@ -16,6 +17,7 @@ from pathlib import PurePosixPath
 
 from exchange.accounts import Layout
 from exchange.auditlog import AUDIT_LOG
+from exchange.bans import JAILS
 from exchange.policy import Policy
 
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
@@ -30,6 +32,8 @@ TOOL_PATHS = frozenset({STATE_DIR, LINK_TOKENS})
 # A token file's name is its token's SHA-256: twelve characters name the file to an admin,
 # the rest of the index key stays root's.
 TOKEN_FILE_FORMAT = "%.12f|%u|%g|%m|%y\n"
+# What BAN-01 asks a jail of the running fail2ban: `JAIL` its status, `JAIL:SETTING` one setting.
+FAIL2BAN_SETTINGS = frozenset({"maxretry", "findtime", "bantime", "ignoreip", "actions"})
 
 
 class AuditReadError(Exception):
@@ -125,7 +129,20 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
     if what == "token-files":
         no_argument(what, argument)
         return ["/usr/bin/find", LINK_TOKENS, "-mindepth", "1", "-maxdepth", "1", "-printf", TOKEN_FILE_FORMAT]
+    if what == "fail2ban":
+        return ["/usr/bin/fail2ban-client", *fail2ban_query(argument or "")]
     raise AuditReadError(f"unknown read {what!r}")
+
+
+def fail2ban_query(argument: str) -> list[str]:
+    jail, _, setting = argument.partition(":")
+    if jail not in JAILS:
+        raise AuditReadError(f"{jail!r} is not one of the exchange's jails ({', '.join(JAILS)})")
+    if not setting:
+        return ["status", jail]
+    if setting not in FAIL2BAN_SETTINGS:
+        raise AuditReadError(f"{setting!r} is not one of {', '.join(sorted(FAIL2BAN_SETTINGS))}")
+    return ["get", jail, setting]
 
 
 def run(policy: Policy, what: str, argument: str | None) -> subprocess.CompletedProcess:

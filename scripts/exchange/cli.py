@@ -527,11 +527,15 @@ def audit_read(
         str,
         typer.Argument(
             help="sshd | chage | password-status | stat | old-files | audit-log | sudo-rights | nginx | token-files"
+            " | fail2ban"
         ),
     ],
     argument: Annotated[
         str | None,
-        typer.Argument(help="account name (sshd, chage, password-status, sudo-rights), path (stat), days (old-files)"),
+        typer.Argument(
+            help="account name (sshd, chage, password-status, sudo-rights), path (stat), days (old-files), "
+            "JAIL or JAIL:SETTING (fail2ban)"
+        ),
     ] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""

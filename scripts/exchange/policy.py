@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from exchange.bans import JAILS
 from exchange.invoker import Invoker, read_named
 from exchange.validation import describe, load_yaml, yaml_problem
 
@@ -240,6 +241,16 @@ class PortalPolicy(Section):
         return self
 
 
+class SourceBansPolicy(Section):
+    """fail2ban: an address that fails logins (SSH or the web page, any accounts) is banned from
+    every port before it can lock an account out (pam_faillock counts failures per account,
+    from anywhere)."""
+
+    max_failures: int = Field(2, ge=1, le=18)  # failed logins from one address, per way in ...
+    find_seconds: int = Field(900, ge=60, le=86_400)  # ... within this window ban it
+    ban_seconds: int = Field(1200, ge=60, le=604_800)  # for this long
+
+
 class Policy(Section):
     sshd: SshdPolicy
     accounts: AccountsPolicy = AccountsPolicy()
@@ -247,6 +258,7 @@ class Policy(Section):
     retention: RetentionPolicy = RetentionPolicy()
     links: LinkPolicy = LinkPolicy()
     portal: PortalPolicy = PortalPolicy()
+    source_bans: SourceBansPolicy = SourceBansPolicy()
 
     @model_validator(mode="after")
     def _portal_user_apart(self) -> Policy:
@@ -263,6 +275,33 @@ class Policy(Section):
             # A link that outlives its files would open an empty page.
             raise ValueError(
                 f"links.validity_days ({self.links.validity_days}) must not exceed retention.days ({self.retention.days})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _banned_before_locked(self) -> Policy:
+        """One address alone never locks an account. fail2ban counts each way in (SSH, the web
+        page) in a jail of its own: one below max_failures on each, the failure that bans, and
+        the attempt already under way when the ban lands stay below deny. Failures paced to dodge
+        the ban's window fall within faillock's too; and when the ban ends, faillock has forgotten
+        the failures before it, even one that took the longest an attempt may (sshd's login grace time)."""
+        bans, lockout = self.source_bans, self.passwords.lockout
+        ways = len(JAILS)
+        if ways * (bans.max_failures - 1) + 2 >= lockout.deny:
+            raise ValueError(
+                f"source_bans.max_failures ({bans.max_failures}) must be at most {(lockout.deny - 3) // ways + 1} "
+                f"with passwords.lockout.deny {lockout.deny}: each of the {ways} ways in counts its own failures, "
+                f"up to max_failures - 1 before a ban, then the one that bans and the attempt under way"
+            )
+        if bans.find_seconds < lockout.fail_interval:
+            raise ValueError(
+                f"source_bans.find_seconds ({bans.find_seconds}) must not be below passwords.lockout.fail_interval "
+                f"({lockout.fail_interval})"
+            )
+        if bans.ban_seconds < lockout.fail_interval + self.sshd.login_grace_time:
+            raise ValueError(
+                f"source_bans.ban_seconds ({bans.ban_seconds}) must be at least passwords.lockout.fail_interval + "
+                f"sshd.login_grace_time ({lockout.fail_interval + self.sshd.login_grace_time})"
             )
         return self
 

@@ -5,8 +5,8 @@
 
 The suite changes nothing on the host. It logs in as the auditor (key only) and reads
 what needs root through `sudo exchange audit-read`, the only command auditors may sudo,
-which prints the raw output of sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U
-and nginx -T.
+which prints the raw output of sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U,
+nginx -T and fail2ban-client.
 """
 
 from __future__ import annotations
@@ -72,11 +72,15 @@ class Reader:
         self.host = host
         self.is_root = host.user().name == "root"
 
-    def privileged(self, what: str, argument: str | None = None) -> str:
+    def privileged(self, what: str, argument: str | None = None, check: bool = True) -> str | None:
+        """The read's output; if it fails, the control fails (or, without `check`, None: for a
+        control that records a failing read as what it found)."""
         parts = [AUDIT_READ, what, *([argument] if argument else [])]
         command = " ".join(parts) if self.is_root else "sudo -n " + " ".join(parts)
         result = self.host.run(command)
         if result.rc != 0:
+            if not check:
+                return None
             pytest.fail(f"`{command}` failed ({result.rc}): {result.stderr.strip()}")
         return result.stdout
 
@@ -130,6 +134,14 @@ class Control:
         self.record("expected", json.dumps(expected, sort_keys=True, default=str))
         self.record("actual", json.dumps(actual, sort_keys=True, default=str))
         assert actual == expected, f"{self.id}: expected {expected!r}, found {actual!r}"
+
+    def not_applicable(self, conditions, found, reason: str) -> None:
+        """Skip with `reason` if what was found is exactly what makes the control not apply;
+        the report shows both, as for a verified control."""
+        if found == conditions:
+            self.record("expected", json.dumps(conditions, sort_keys=True, default=str))
+            self.record("actual", json.dumps(found, sort_keys=True, default=str))
+            pytest.skip(f"not applicable: {reason}")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -77,8 +78,10 @@ def answer(password: str, new_password: str | None = None, messages: list[str] |
     return handler
 
 
-def transport(host: TestHost) -> paramiko.Transport:
-    sock = paramiko.Transport((host.hostname, host.port))
+def transport(host: TestHost, source: str | None = None) -> paramiko.Transport:
+    """An SSH transport with the host key checked; from the address `source` if given."""
+    address = (host.hostname, host.port)
+    sock = paramiko.Transport(socket.create_connection(address, 15, (source, 0)) if source else address)
     sock.start_client(timeout=15)
     offered = sock.get_remote_server_key()
     known = {
@@ -97,8 +100,9 @@ def paramiko_sftp(
     key: Path | None = None,
     new_password: str | None = None,
     messages: list[str] | None = None,
+    source: str | None = None,
 ) -> paramiko.SFTPClient:
-    sock = transport(host)
+    sock = transport(host, source)
     try:
         if key:
             sock.auth_publickey(user, paramiko.Ed25519Key.from_private_key_file(str(key)))

@@ -1,5 +1,6 @@
 """The disposable test host itself: fresh copies, several at once, and teardown that always happens."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import testhost
+from tests import hostnet, testhost
 from tests.pyinfra_run import REPO
 
 pytestmark = pytest.mark.e2e
@@ -24,16 +25,16 @@ HOLDER = textwrap.dedent(
     signal.signal(signal.SIGINT, signal.default_int_handler)
     testhost.interrupt_on_sigterm()
     with testhost.session_directory() as directory:
-        host = testhost.boot("victim", log=lambda message: None)
+        host = testhost.boot("victim", log=lambda message: None, own_network=sys.argv[1] == "own")
         print(directory, host.merged, host.pid, flush=True)
         time.sleep(600)
     """
 )
 
 
-def start_holder() -> tuple[subprocess.Popen, Path, Path, int]:
+def start_holder(own_network: bool = False) -> tuple[subprocess.Popen, Path, Path, int]:
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER],
+        [sys.executable, "-c", HOLDER, "own" if own_network else "shared"],
         cwd=REPO,
         text=True,
         stdout=subprocess.PIPE,
@@ -46,6 +47,12 @@ def start_holder() -> tuple[subprocess.Popen, Path, Path, int]:
     directory, merged, pid = line.split()
     assert Path(f"/proc/{pid}").exists()
     return holder, Path(directory), Path(merged), int(pid)
+
+
+def network_left(network: hostnet.OwnNetwork) -> list[str]:
+    """What remains of an own network: its namespace, its veth end here, its relay."""
+    relay = subprocess.run(["pgrep", "-f", f"tests.hostnet relay {network.admin} "], capture_output=True).stdout
+    return [name for name, left in (("namespace or veth", network.exists()), ("relay", relay)) if left]
 
 
 def assert_no_trace(directory: Path, merged: Path, nspawn_pid: int) -> None:
@@ -64,14 +71,18 @@ def test_an_interrupted_run_leaves_nothing_behind(sig):
     assert_no_trace(directory, merged, nspawn_pid)
 
 
-def test_a_killed_run_is_reaped_by_the_next(testhost_session):
-    holder, directory, merged, nspawn_pid = start_holder()
+@pytest.mark.parametrize("own_network", [False, True], ids=["shared-network", "own-network"])
+def test_a_killed_run_is_reaped_by_the_next(testhost_session, own_network):
+    holder, directory, merged, nspawn_pid = start_holder(own_network)
+    network = testhost.TestHost(**json.loads((directory / "victim/state.json").read_text())).network
     holder.kill()
     holder.wait(timeout=10)
     # The container outlives a SIGKILLed holder; the next session start reaps it.
     assert testhost._pid_alive(nspawn_pid)
     assert f"{directory.name}/victim" in testhost.reap_stale_sessions()
     assert_no_trace(directory, merged, nspawn_pid)
+    if network:
+        assert network_left(network) == []
 
 
 def test_every_boot_is_a_fresh_copy_of_the_pristine_rootfs(boot_host):
@@ -92,3 +103,24 @@ def test_hosts_run_side_by_side(boot_host):
     assert two.ssh("hostname").stdout.strip() == "right"
     assert one.ssh("cat /etc/debian_version").stdout.startswith("12.")
     assert {h.name for h in testhost.running_hosts()} >= {"left", "right"}
+
+
+def test_a_host_of_its_own_network(boot_host):
+    host = boot_host("own", own_network=True)
+    network = host.network
+    assert host.hostname == network.host and host.ssh("hostname").stdout.strip() == "own"
+    # Reached from a second address of this machine as from the admin's.
+    for source, seen in ((None, network.admin), (host.sources[0], host.sources[0])):
+        bind = ["-b", source] if source else []
+        result = subprocess.run(
+            [*host.ssh_args()[:-1], *bind, host.ssh_args()[-1], "echo $SSH_CONNECTION"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.stdout.split()[0] == seen, result.stderr
+    # It may set firewall rules in its own namespace (fail2ban bans there), and apt works.
+    cap_bounding = int(host.ssh("sed -n 's/^CapBnd:\\s*//p' /proc/1/status").stdout, 16)
+    assert cap_bounding >> 12 & 1, "no CAP_NET_ADMIN"
+    assert host.ssh("ip -o link show | grep -c -v ' lo:'").stdout.strip() == "1"  # its veth end only
+    host.ssh("apt-get -q update")
+    testhost.shutdown(host)
+    assert network_left(network) == []

@@ -34,6 +34,13 @@ def test_the_reads_are_the_systems_own_tools():
     )
     assert command(POLICY, "nginx", None) == ["/usr/sbin/nginx", "-q", "-T"]
     assert command(POLICY, "token-files", None)[:2] == ["/usr/bin/find", "/var/lib/imaging-exchange/link-tokens"]
+    assert command(POLICY, "fail2ban", "sshd") == ["/usr/bin/fail2ban-client", "status", "sshd"]
+    assert command(POLICY, "fail2ban", "imaging-exchange-portal:ignoreip") == [
+        "/usr/bin/fail2ban-client",
+        "get",
+        "imaging-exchange-portal",
+        "ignoreip",
+    ]
 
 
 def test_the_token_folder_is_the_link_tools():
@@ -95,6 +102,11 @@ def test_sudo_rights_and_password_status_of_no_one_else(accounts, account, words
         ("shell", None, "unknown read 'shell'"),
         ("old-files", None, "not a number of days"),
         ("old-files", "-1 -delete", "not a number of days"),
+        ("fail2ban", None, "'' is not one of the exchange's jails"),
+        ("fail2ban", "recidive", "'recidive' is not one of the exchange's jails"),
+        ("fail2ban", "sshd:banip", "'banip' is not one of"),  # a setting, not a change
+        ("fail2ban", "sshd:maxretry:5", "'maxretry:5' is not one of"),
+        ("fail2ban", "sshd unban --all", "is not one of the exchange's jails"),
     ],
 )
 def test_anything_else_is_refused(what, argument, words):

@@ -38,6 +38,7 @@ def test_defaults_fill_sections_left_out(tmp_path, policy_data):
     assert policy.passwords.quality.minlen == 14
     assert policy.passwords.lockout.deny == 5
     assert policy.accounts.root == "/srv/exchange"
+    assert (policy.source_bans.max_failures, policy.source_bans.find_seconds) == (2, 900)
 
 
 BAD = [
@@ -69,6 +70,22 @@ BAD = [
     (lambda d: d["retention"].update(purge_schedule="5/10 * * * *"), "retention.purge_schedule", "five cron fields"),
     (lambda d: d["accounts"].update(upload_folder="dev"), "accounts", "may not be 'dev'"),
     (lambda d: d["links"].update(validity_days=14), "(top level)", "must not exceed retention.days (7)"),
+    (lambda d: d["source_bans"].update(max_failures=0), "source_bans.max_failures", "greater than or equal to 1"),
+    (lambda d: d["source_bans"].update(ban_seconds="1h"), "source_bans.ban_seconds", "valid integer"),
+    (lambda d: d["source_bans"].update(bantime=600), "source_bans.bantime", "unknown key"),
+    # One address must never reach deny: max_failures - 1 on each way in, the failure that bans
+    # and the attempt under way stay below it.
+    (lambda d: d["source_bans"].update(max_failures=3), "(top level)", "max_failures (3) must be at most 2"),
+    (lambda d: d["passwords"]["lockout"].update(deny=4), "(top level)", "at most 1 with passwords.lockout.deny 4"),
+    (lambda d: d["source_bans"].update(find_seconds=600), "(top level)", "find_seconds (600) must not be below"),
+    (lambda d: d["source_bans"].update(ban_seconds=900), "(top level)", "ban_seconds (900) must be at least"),
+    (
+        lambda d: (d["sshd"].update(login_grace_time=120), d["source_bans"].update(ban_seconds=1000)),
+        "(top level)",
+        "fail_interval + sshd.login_grace_time (1020)",
+    ),
+    # ... against the defaults too, with the section left out.
+    (lambda d: (d.pop("source_bans"), d["passwords"]["lockout"].update(deny=4)), "(top level)", "max_failures (2)"),
 ]
 
 
