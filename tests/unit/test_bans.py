@@ -68,6 +68,7 @@ def test_only_a_test_host_of_its_own_network_bans(tmp_path, own_network, hostnam
     if own_network:
         host.hostname = host.network.host
     host.auditor_key.with_suffix(".pub").write_text("ssh-ed25519 AAAA auditor@t\n")
+    host.staff_key.with_suffix(".pub").write_text("ssh-ed25519 AAAA staff@t\n")
     data = host.host_data()
     assert (data["ssh_hostname"], data["source_bans"]) == (hostname, bans_on)
     # With its own network the web page still reaches sshd on loopback.
