@@ -31,8 +31,12 @@ audit: deps
 	    --ssh-config=/var/tmp/imaging-exchange/testhosts/testhost/auditor_ssh_config \
 	    --junitxml=reports/audit.xml --html=reports/audit.html --self-contained-html
 
+# Test modules run side by side (pytest-xdist, a module to a worker): most of an e2e module's time
+# is spent waiting on its own test host, and the harness gives each host its own ports.
+TEST_WORKERS ?= 2
+
 test: deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: deps
 	$(BIN)/ruff check $(LINTED)
