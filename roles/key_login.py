@@ -33,8 +33,9 @@ class KeyLoginAccount(FactBase):
             f'entry=$(getent passwd {q}) || exit 0; echo "$entry"; id -nG {q}; '
             f"getent shadow {q} | awk -F: "
             """'{print ($2 ~ /^[!*]/ ? "none" : "usable"), $4 ":" $5 ":" $7, ($8 == "" ? "-" : $8)}'; """
-            'keys="$(echo "$entry" | cut -d: -f6)/.ssh/authorized_keys"; '
-            'if [ -f "$keys" ]; then sha256sum < "$keys" | cut -d" " -f1; fi'
+            # Read as the member (its home is its own: root would follow a symlink planted there).
+            f"runuser -u {q} -- sh -c 'f=\"$HOME/.ssh/authorized_keys\"; [ ! -f \"$f\" ] || sha256sum < \"$f\"' "
+            "2>/dev/null | cut -d' ' -f1"
         )
 
     def process(self, output: list[str]) -> dict | None:
@@ -100,12 +101,13 @@ def key_login_account(user: str, group: str, kind: str, public_keys: list[str]):
         # Locked when dropped from the list (a removal that failed) or by hand: listed, it opens.
         commands.append(f"usermod --expiredate '' {q} && {audit('account-unlocked', account=user, kind=kind)}")
     if seen["keys_sha256"] != hashlib.sha256(keys.encode()).hexdigest():
-        ssh_dir = shlex.quote(f"{seen['home']}/.ssh")
-        target = shlex.quote(f"{seen['home']}/.ssh/authorized_keys")
-        commands.append(
-            f"install -d -o {q} -g {q} -m 0700 {ssh_dir} && printf %s {shlex.quote(keys)} > {target} "
-            f"&& chown {q}:{q} {target} && chmod 0600 {target}"
+        # Written as the member, never as root: the home and its .ssh are the member's, and a
+        # symlink there (to /etc/passwd, say) would have root write and chown whatever it names.
+        write = (
+            'umask 077 && mkdir -p "$HOME/.ssh" && cat > "$HOME/.ssh/authorized_keys.new" && '
+            'mv -f "$HOME/.ssh/authorized_keys.new" "$HOME/.ssh/authorized_keys"'
         )
+        commands.append(f"printf %s {shlex.quote(keys)} | runuser -u {q} -- sh -c {shlex.quote(write)}")
     if not commands:
         host.noop(f"{kind} {user} is as the inventory wants")
     yield from commands

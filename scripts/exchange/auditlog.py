@@ -26,13 +26,31 @@ __all__ = ["AUDIT_LOG", "AUDIT_TAG", "LOG_DIR", "SFTP_LOG", "actor", "audit_comm
 AUDIT_TAG = "imaging-exchange"
 # rsyslog is away for a moment at every restart (each new account restarts it): a record waits.
 WAIT_SECONDS = 10
+# What rsyslog takes in one record (maxMessageSize 64k in templates/logging/rsyslog.conf.j2), with
+# room for the syslog header and the uid it adds. A longer record would be cut off and lost.
+MAX_RECORD = 60_000
 _PRIORITY = syslog.LOG_AUTHPRIV | syslog.LOG_NOTICE
 
 
 def audit_line(event: str, **fields) -> str:
-    """One JSON object: the event, its fields, and the time (UTC, to the second)."""
+    """One JSON object: the event, its fields, and the time (UTC, to the second). One that would
+    not fit a record has its longest lists (or texts) shortened, each named with its full length
+    in `cut`: the record still arrives, and says what it leaves out."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return json.dumps({"event": event, "time": now, **fields}, sort_keys=True)
+    line = json.dumps({"event": event, "time": now, **fields}, sort_keys=True)
+    cut: dict[str, int] = {}
+    while len(line) > MAX_RECORD:
+        longest = max(
+            (key for key, value in fields.items() if isinstance(value, list | str) and len(value) > 1),
+            key=lambda key: len(json.dumps(fields[key])),
+            default=None,
+        )
+        if longest is None:
+            break
+        cut.setdefault(longest, len(fields[longest]))
+        fields = {**fields, longest: fields[longest][: len(fields[longest]) // 2]}
+        line = json.dumps({"event": event, "time": now, **fields, "cut": cut}, sort_keys=True)
+    return line
 
 
 def actor() -> str:

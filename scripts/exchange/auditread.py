@@ -75,6 +75,10 @@ def readable_path(policy: Policy, path: str) -> str:
     root = PurePosixPath(policy.accounts.root)
     if str(clean) != path or not clean.is_absolute():
         raise AuditReadError(f"{path!r} is not a normalised absolute path")
+    if os.path.realpath(path) != path:
+        # A symlink on the way (staff may make one in a download folder) would lead root's stat
+        # into folders only root may see.
+        raise AuditReadError(f"{path!r} passes through a symlink")
     if clean == root or root in clean.parents or clean in root.parents or path in TOOL_PATHS:
         return path
     raise AuditReadError(f"{path!r} is outside {root} and its parents, and not one of {', '.join(sorted(TOOL_PATHS))}")
@@ -146,7 +150,18 @@ def fail2ban_query(argument: str) -> list[str]:
 
 
 def run(policy: Policy, what: str, argument: str | None) -> subprocess.CompletedProcess:
+    """The tool's output as bytes: names recipients chose need not be UTF-8."""
     # The C locale: sshd and sudo pass the caller's LANG on, and stat, chage and passwd
     # translate what they print ("map" for "directory" in Dutch).
     environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-    return subprocess.run(command(policy, what, argument), capture_output=True, text=True, env=environment)
+    return subprocess.run(command(policy, what, argument), capture_output=True, env=environment)
+
+
+def refused_for(policy: Policy, name: str) -> str | None:
+    """Why the person behind sudo may not use audit-read: staff may sudo `exchange` with any
+    arguments, audit-read among them, but its reads are the auditors' (root's own, and an admin's
+    with full sudo, stay allowed)."""
+    accounts = policy.accounts
+    if _member(name, accounts.staff_group) and not _member(name, accounts.auditor_group):
+        return f"audit-read is for auditors (members of {accounts.auditor_group}), not for {accounts.staff_group}"
+    return None

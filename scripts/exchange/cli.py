@@ -136,6 +136,8 @@ def portal_check(
     try:
         with rights(who):
             Portal(load_portal_config(path), policy).check()
+    except RecursionError:  # a templates folder nested thousands deep (jinja2 walks it recursively)
+        raise _fail(f"{path}: its templates folder is nested too deep to check") from None
     except (PortalConfigError, PolicyError, OSError, ValueError, jinja2.TemplateError) as error:
         raise _fail(untrusted.printable_lines(error)) from None
     typer.echo(f"{path or 'portal configuration'}: valid")
@@ -539,17 +541,25 @@ def audit_read(
     ] = None,
 ) -> None:
     """Run one read-only system command for the audit suite (auditors may sudo this only)."""
-    from exchange.auditread import AuditReadError, run
+    from exchange.auditread import AuditReadError, refused_for, run
+    from exchange.invoker import invoker
 
     loaded = _policy_or_exit()
+    who = invoker()
     try:
+        if who and (refusal := refused_for(loaded.policy, who.name)):
+            raise AuditReadError(refusal)
         result = run(loaded.policy, what, argument)
     except AuditReadError as error:
-        typer.echo(f"audit-read refused: {error}", err=True)
+        typer.echo(f"audit-read refused: {untrusted.printable_lines(error)}", err=True)
         raise typer.Exit(2) from None
-    # The tools' own output, as the audit suite reads it; on a terminal, with the names in it that
+    # The tools' own output as they wrote it, for the audit suite; on a terminal, with the names
     # recipients chose (file names) escaped, as `ls` does.
-    shown = untrusted.printable_lines if sys.stdout.isatty() else str
-    typer.echo(shown(result.stdout), nl=False)
-    typer.echo(shown(result.stderr) if sys.stderr.isatty() else result.stderr, nl=False, err=True)
+    for data, stream in ((result.stdout, sys.stdout), (result.stderr, sys.stderr)):
+        if stream.isatty():
+            stream.write(untrusted.printable_lines(data.decode("utf-8", "surrogateescape")))
+        else:
+            stream.flush()
+            stream.buffer.write(data)
+        stream.flush()
     raise typer.Exit(result.returncode)

@@ -32,6 +32,7 @@ from pydicom.fileset import DIRECTORY_RECORDERS, _four_level_record_type  # pydi
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
+from exchange import untrusted
 from exchange.dicomfiles import Header, Instance, as_dataset, full_header
 
 FILE_SET_ID = "IMAGINGEXCHANGE"
@@ -188,9 +189,12 @@ def _record(record_type: str, header: Header, keys: dict | None = None, source=N
             for keyword, value in (keys or {}).items():
                 setattr(merged, keyword, value)
         record = DIRECTORY_RECORDERS[record_type](merged)
-    except (ValueError, TypeError) as exc:  # a value pydicom will not write, named by pydicom
+    # A value pydicom will not write, named by pydicom; or a sender's file pydicom cannot even
+    # read whole (nesting thousands of sequences deep, damaged elements): refused, never a crash.
+    except Exception as exc:  # noqa: BLE001 - whatever a received file makes pydicom raise
         where = f" for {source.label}" if source is not None else ""
-        raise DicomDirError(f"cannot make a {record_type} record{where}: {exc}") from None
+        reason = "nested too deep" if isinstance(exc, RecursionError) else untrusted.printable(exc)
+        raise DicomDirError(f"cannot make a {record_type} record{where}: {reason}") from None
     # The three offsets first (PS3.3 F.3.2.2): their byte positions in the encoded record are
     # fixed, so they are patched in after the layout is known (see _OFFSET_FIELDS).
     record.OffsetOfTheNextDirectoryRecord = 0
@@ -273,7 +277,10 @@ def _link(siblings: list[_Node]) -> None:
 
 def dicomdir_bytes(tree: Tree) -> bytes:
     """The encoded DICOMDIR file (preamble, meta, directory), Explicit VR Little Endian."""
-    roots = _nodes(tree)
+    try:
+        roots = _nodes(tree)
+    except RecursionError:  # a record whose elements nest thousands deep (a sender's SR): pydicom recurses
+        raise DicomDirError("a file's header nests too deep for its directory record") from None
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from exchange import handed_in, untrusted
 
@@ -246,6 +247,8 @@ def read_header(source: Source) -> Instance | str:
             syntax = meta.get("TransferSyntaxUID")
             if syntax is None or "SOPInstanceUID" not in header or "SOPClassUID" not in header:
                 return "broken: no transfer syntax, SOP Class or SOP Instance UID in the header"
+            if not isinstance(syntax, UID):  # e.g. two values (a backslash in it)
+                return f"broken: the transfer syntax is no single UID ({syntax!r})"
             # Zip members seek too (a deflated one by decompressing forward, in bounded memory).
             problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR, syntax.is_little_endian)
             if problem:
@@ -253,8 +256,10 @@ def read_header(source: Source) -> Instance | str:
             return Instance(source, compact(header), str(syntax), syntax.is_compressed)
     except InvalidDicomError:
         return "not DICOM"
-    except (*READ_ERRORS, ValueError, KeyError, struct.error, NotImplementedError) as exc:
-        return f"broken: {exc}"
+    except RecursionError:
+        return "broken: nested too deep to read"
+    except Exception as exc:  # noqa: BLE001 - a sender's file may make pydicom raise anything: broken, named
+        return f"broken: {type(exc).__name__ if not str(exc) else exc}"
 
 
 def scan(handed: handed_in.HandedIn, progress: Callable[[str], None] = lambda label: None) -> Scan:

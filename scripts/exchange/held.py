@@ -15,14 +15,13 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shlex
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from exchange import safefs, untrusted
-from exchange.accounts import Layout, Step, account_lock, run_steps
+from exchange.accounts import Layout, Step, account_lock, close_account, run_steps
 
 
 @dataclass
@@ -47,19 +46,20 @@ def _free_name(dir_fd: int, name: str) -> str:
 
 def hold_uploads(layout: Layout, account: str) -> Held:
     """Move the link account's uploads to ended-links/<account>/ for staff. The account must be
-    locked and its sessions ended first (keep_uploads)."""
+    closed and its sessions ended first (keep_uploads). Run again after an interruption, it
+    moves what is left and finishes making everything held staff's."""
     policy = layout.policy
     staff = grp.getgrnam(policy.accounts.staff_group).gr_gid
     held = Held(folder=f"{layout.ended_links_dir()}/{account}")
     try:
         source = safefs.open_dir(f"{layout.chroot('link', account)}/{policy.accounts.upload_folder}")
     except FileNotFoundError:
-        return held
+        source = None
     try:
-        names = sorted(os.listdir(source))
-        if not names:
-            return held
+        names = sorted(os.listdir(source)) if source is not None else []
         ended_parent = PurePosixPath(layout.ended_links_dir())
+        if not names and not os.path.isdir(held.folder):
+            return held  # nothing uploaded, nothing held before
         with safefs.opened_dir(str(ended_parent.parent)) as root:
             ended = safefs.make_dir(root, ended_parent.name, 0, staff, 0o2750)  # as the deploy makes it
         try:
@@ -74,7 +74,8 @@ def hold_uploads(layout: Layout, account: str) -> Held:
         finally:
             os.close(target)
     finally:
-        os.close(source)
+        if source is not None:
+            os.close(source)
     return held
 
 
@@ -88,7 +89,12 @@ def _close_for_staff(top_fd: int, staff: int, max_depth: int, held: Held) -> Non
             os.fchown(step.fd, 0, staff)
             os.fchmod(step.fd, 0o750)
         elif step.kind == "file" and stat.S_ISREG(entry.stat.st_mode):
-            descriptor = safefs.open_entry(entry.dir_fd, entry.name, entry.stat)
+            try:
+                descriptor = safefs.open_entry(entry.dir_fd, entry.name, entry.stat)
+            except OSError as error:  # e.g. a lease someone holds on it (EWOULDBLOCK)
+                held.files += 1
+                held.problems.append(f"{held.folder}/{untrusted.printable(entry.path)}: {error.strerror}, left as it is")
+                continue
             if descriptor is None:
                 continue
             try:
@@ -121,12 +127,9 @@ def keep_uploads(layout: Layout, account: str, emit: Callable, **fields) -> Held
     except KeyError:
         return Held()  # only its record is left (the account went by hand): nothing to lock or hold
     with account_lock():
-        run_steps(
-            [
-                Step(account, "lock the ended link account", f"usermod --lock {shlex.quote(account)}"),
-                Step(account, "end its sessions", f"pkill -KILL -u {shlex.quote(account)} || true"),
-            ]
-        )
+        # Closed for password and key, and every process of it gone, before its files move: an
+        # upload still being written could otherwise land after the move, and go with the account.
+        run_steps([Step(account, "close the ended link account", command) for command in close_account(account)])
     held = hold_uploads(layout, account)
     if held.files:
         emit("link-uploads-held", account=account, files=held.files, folder=held.folder, **fields)

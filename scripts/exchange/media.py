@@ -157,6 +157,15 @@ def _check_folder(handed: handed_in.HandedIn, report: Report) -> list[Source]:
 
 
 def _check_dicomdir(directory: Source, instances: list[Instance], report: Report) -> None:
+    try:
+        _compare_dicomdir(directory, instances, report)
+    except Exception as exc:  # noqa: BLE001 - the sender's DICOMDIR may be anything: refused, named
+        report.problems.append(f"{directory.label}: not a usable DICOMDIR ({printable(exc) or type(exc).__name__})")
+
+
+def _compare_dicomdir(directory: Source, instances: list[Instance], report: Report) -> None:
+    """Every record's file is there with the UIDs and transfer syntax the record names; every
+    DICOM file is referenced."""
     base = PurePosixPath(directory.member).parent
     try:
         with directory.open() as handle:

@@ -230,6 +230,10 @@ class PortalPolicy(Section):
     # One account's open web sessions: a new login beyond it ends that account's least recently
     # used one, so no account can take the pool from the others.
     max_sessions_per_account: int = Field(5, ge=1, le=100)
+    # One account's downloads and uploads at once, over all its sessions: each holds the portal's
+    # and nginx's buffers, so none may start them without end.
+    max_transfers_per_account: int = Field(8, ge=1, le=100)
+    connections_per_address: int = Field(32, ge=4, le=10_000)  # nginx: open connections from one address
 
     @model_validator(mode="after")
     def _per_account_within_the_pool(self) -> PortalPolicy:

@@ -46,8 +46,11 @@ def printable(text: object, backslashes: bool = True) -> str:
 
 def printable_lines(text: object) -> str:
     """A message of our own, of several lines, as it is shown: any control character left in a
-    line escaped, the line breaks kept. (What others named went in made `printable` already.)"""
-    return "\n".join(printable(line, backslashes=False) for line in str(text).split("\n"))
+    line escaped, line breaks and tabs (columns) kept. (What others named went in made
+    `printable` already.)"""
+    return "\n".join(
+        "\t".join(printable(part, backslashes=False) for part in line.split("\t")) for line in str(text).split("\n")
+    )
 
 
 def shown_in_template(value: object) -> object:

@@ -26,6 +26,8 @@ SERVICE = "imaging-exchange-portal"
 UPLOAD = "/files/upload"
 PASSWORD_FORMS = {"/login": "/login", "/l/<token>": "/l/" + "A" * 43, "/password": "/password"}
 NGINX_DEFAULT_BODY_SIZE = "1m"
+# Where a transfer or a login holds a connection: each route's location must limit them per address.
+CONNECTION_ROUTES = {"/files/download/<name>": "/files/download/x.zip", UPLOAD: UPLOAD, **PASSWORD_FORMS}
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +148,22 @@ def posts_per_minute(main: Directive, levels: list[Directive]) -> int | None:
     return min(limits) if limits else None
 
 
+def connections_per_address(main: Directive, levels: list[Directive]) -> int | None:
+    """The strictest limit on open connections from one address on these blocks; None without."""
+    zones = {
+        zone.args[1].split("=", 1)[1].split(":")[0]: zone.args[0]
+        for http in main.all("http")
+        for zone in http.all("limit_conn_zone")
+        if len(zone.args) > 1 and zone.args[1].startswith("zone=")
+    }
+    limits = [int(args[1]) for args in in_effect("limit_conn", *levels) if zones.get(args[0]) == "$binary_remote_addr"]
+    return min(limits) if limits else None
+
+
 @control(
     "PORTAL-04",
-    reference="issue 7: upload size and login rate limits in nginx",
-    source="portal.upload_max_mb, portal.login_requests_per_minute",
+    reference="issue 7: upload size and login rate limits in nginx; issue 14: connections per address",
+    source="portal.upload_max_mb, portal.login_requests_per_minute, portal.connections_per_address",
 )
 def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, control):
     """Read from what nginx loads, for the location nginx picks for each route: a limit in the
@@ -159,12 +173,17 @@ def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, co
         {
             f"client_max_body_size_mb {UPLOAD}": policy.portal.upload_max_mb + 1,  # + the form around the file
             "login_posts_per_minute": {form: policy.portal.login_requests_per_minute for form in PASSWORD_FORMS},
+            "connections_per_address": dict.fromkeys(CONNECTION_ROUTES, policy.portal.connections_per_address),
         },
         {
             f"client_max_body_size_mb {UPLOAD}": body_size_mb(applying_to(running_nginx, port, UPLOAD)),
             "login_posts_per_minute": {
                 form: posts_per_minute(running_nginx, applying_to(running_nginx, port, path))
                 for form, path in PASSWORD_FORMS.items()
+            },
+            "connections_per_address": {
+                route: connections_per_address(running_nginx, applying_to(running_nginx, port, path))
+                for route, path in CONNECTION_ROUTES.items()
             },
         },
     )
@@ -174,7 +193,7 @@ def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, co
     "PORTAL-05",
     reference="issue 7: session idle time, per-address login limit, session caps from the policy",
     source="portal.idle_minutes, portal.login_failures_per_ip, portal.login_failure_window_seconds, portal.max_sessions, "
-    "portal.max_sessions_per_account",
+    "portal.max_sessions_per_account, portal.max_transfers_per_account",
 )
 def test_the_running_portal_uses_this_policy(host, policy, site_config, control):
     """The portal reads these from the installed policy at start: the installed one must say the

@@ -16,6 +16,7 @@ from tests.audit.test_portal import (
     _leaks,
     applying_to,
     body_size_mb,
+    connections_per_address,
     posts_per_minute,
 )
 
@@ -108,6 +109,16 @@ def test_the_deployed_site_has_the_policys_limits():
 )
 def test_what_nginx_runs_decides(changes, found):
     assert limits(dump((ENABLED, site(**changes)))) == found
+
+
+def test_connections_per_address_are_read_where_nginx_applies_them():
+    deployed = dump((ENABLED, site())).main()
+    assert (
+        connections_per_address(deployed, applying_to(deployed, 3202, UPLOAD)) == POLICY.portal.connections_per_address
+    )
+    line = f"    limit_conn imaging_exchange_conn {POLICY.portal.connections_per_address};\n"
+    unlimited = dump((ENABLED, site(**{line: ""}))).main()
+    assert connections_per_address(unlimited, applying_to(unlimited, 3202, "/files/download/x.zip")) is None
 
 
 def token_leaks(config: Config) -> dict:

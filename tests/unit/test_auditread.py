@@ -112,3 +112,22 @@ def test_sudo_rights_and_password_status_of_no_one_else(accounts, account, words
 def test_anything_else_is_refused(what, argument, words):
     with pytest.raises(AuditReadError, match=words):
         command(POLICY, what, argument)
+
+
+def test_a_path_through_a_symlink_is_refused(tmp_path):
+    # Staff may put a symlink in a download folder: root's stat must not follow it to /root.
+    root = tmp_path / "srv"
+    (root / "partners" / "acme" / "download").mkdir(parents=True)
+    (root / "partners" / "acme" / "download" / "r").symlink_to("/root")
+    policy = POLICY.model_copy(update={"accounts": POLICY.accounts.model_copy(update={"root": str(root)})})
+    assert command(policy, "stat", f"{root}/partners/acme/download")[-1] == f"{root}/partners/acme/download"
+    with pytest.raises(AuditReadError, match="passes through a symlink"):
+        command(policy, "stat", f"{root}/partners/acme/download/r/.bashrc")
+
+
+def test_staff_may_sudo_exchange_but_not_its_auditors_reads(monkeypatch):
+    groups = {POLICY.accounts.staff_group: ["staff-anna"], POLICY.accounts.auditor_group: ["audit-bo"]}
+    monkeypatch.setattr(auditread, "_member", lambda name, group: name in groups.get(group, []))
+    assert "for auditors" in auditread.refused_for(POLICY, "staff-anna")
+    assert auditread.refused_for(POLICY, "audit-bo") is None
+    assert auditread.refused_for(POLICY, "deploy-admin") is None  # an admin with full sudo reads anything anyway

@@ -77,8 +77,9 @@ def test_a_new_member_gets_an_account_without_password_or_aging_and_exactly_its_
         "useradd --create-home --shell /bin/bash --groups exchange-staff staff-anna",
         "chage --mindays 0 --maxdays -1 --inactive -1 staff-anna",
     ]
-    assert commands[2].startswith("install -d -o staff-anna -g staff-anna -m 0700 /home/staff-anna/.ssh && printf %s ")
-    assert shlex.quote(f"{KEY}\n") in commands[2] and "chmod 0600 /home/staff-anna/.ssh/authorized_keys" in commands[2]
+    # As the member: a symlink planted in its own home leads nowhere root could reach.
+    assert commands[2].startswith(f"printf %s {shlex.quote(KEY + chr(10))} | runuser -u staff-anna -- sh -c ")
+    assert "umask 077" in commands[2] and 'mv -f "$HOME/.ssh/authorized_keys.new"' in commands[2]
     assert len(commands) == 3 and noops == []
 
 
@@ -102,7 +103,7 @@ def test_an_account_made_by_hand_is_taken_over_and_opens_by_its_keys_only():
         "kind": "staff",
         "time": None,
     }
-    assert "/home/staff-anna/.ssh/authorized_keys" in commands[5] and len(commands) == 6
+    assert "runuser -u staff-anna -- " in commands[5] and len(commands) == 6
 
 
 def members(**accounts) -> dict:

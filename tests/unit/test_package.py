@@ -633,3 +633,74 @@ def test_the_link_end_comes_from_the_links_record(tmp_path):
     assert link_end("cardiology", store) is None  # a partner: the retention applies
     (tmp_path / "links" / "link-brkenzzz.json").write_text("{")
     assert link_end("link-brkenzzz", store) is None
+
+
+def _nested_sequences(depth: int) -> bytes:
+    """(0040,A043) nested `depth` times, each sequence and item of defined length (Explicit VR LE)."""
+    inner = b""
+    for _ in range(depth):
+        item = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(inner)) + inner
+        inner = b"\x40\x00\x43\xa0SQ\x00\x00" + struct.pack("<I", len(item)) + item
+    return inner
+
+
+def test_received_files_that_make_pydicom_raise_are_named_not_a_traceback(study, tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    _, files = study
+    good = files[0].read_bytes()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    syntax = b"1.2.840.10008.1.2.1\x00"
+    at = good.index(syntax)
+    (broken / "two-syntaxes").write_bytes(good[:at] + b"1.2.840.10\\08.1.2.1" + good[at + len(syntax) - 1 :])
+    vr = good.index(b"OB", 132)
+    (broken / "damaged-meta").write_bytes(good[:vr] + b"O\xe7" + good[vr + 2 :])
+    report = inspect_media(broken)
+    assert not report.ok and len(report.problems) == 2 and report.instances == []
+    with pytest.raises(PackageError, match="refused, nothing was written"):
+        package(tmp_path, broken)
+
+    # A structured report nesting 3,000 sequences: skipped by its length when headers are read,
+    # but its DICOMDIR record needs the whole header, which pydicom reads by recursion.
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID = generate_uid()
+    sr.Modality, sr.PatientID, sr.StudyInstanceUID, sr.SeriesInstanceUID = (
+        "SR",
+        "SYN0001",
+        generate_uid(),
+        generate_uid(),
+    )
+    sr.InstanceNumber, sr.ContentDate, sr.ContentTime = 1, "20260101", "120000"
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    sr.save_as(nested / "SR1", enforce_file_format=True)
+    with open(nested / "SR1", "ab") as handle:  # in tag order: (0040,A043), then the two flags
+        handle.write(_nested_sequences(3000))
+        handle.write(b"\x40\x00\x91\xa4CS\x08\x00COMPLETE" + b"\x40\x00\x93\xa4CS\x0a\x00UNVERIFIED")
+    with pytest.raises(PackageError, match="nests too deep for its directory record"):
+        package(tmp_path, nested)
+    assert not any((tmp_path / "download").iterdir())
+
+
+def test_a_received_dicomdir_that_is_no_directory_is_named(study, tmp_path):
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    _, files = study
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    shutil.copy(files[0], medium / "IM1")
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    directory.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    directory.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+    directory.add(DataElement(0x00041220, "LO", "not a sequence"))
+    directory.save_as(medium / "DICOMDIR", enforce_file_format=True)
+    (problem,) = inspect_media(medium).problems
+    assert problem.startswith(f"{medium}/DICOMDIR: not a usable DICOMDIR (")

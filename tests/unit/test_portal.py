@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import json
 import random
 import re
 import warnings
+import weakref
 
 import httpx
 import pytest
@@ -302,6 +304,39 @@ def test_one_account_cannot_take_the_pool_and_its_oldest_quiet_session_makes_roo
         with pytest.raises(sessions.TooManySessions):
             store.open("cardiology", "partner", "192.0.2.1", refused)
         assert refused.connection.closed and not second.ssh.connection.closed
+
+
+def test_one_account_runs_a_bounded_number_of_transfers_over_all_its_sessions():
+    store = sessions.SessionStore(idle_seconds=600, max_sessions=10, per_account=5, transfers=3)
+    first, second = (store.open("cardiology", "partner", "192.0.2.1", _Sftp()) for _ in range(2))
+    other = store.open("neurology", "partner", "192.0.2.2", _Sftp())
+    slots = [store.transfer_slot(first), store.transfer_slot(second), store.transfer_slot(first)]
+    with pytest.raises(sessions.TooManyTransfers):  # a fourth, from either session
+        store.transfer_slot(second)
+    with store.transfer_slot(other):  # another account is not held back
+        pass
+    slots[0].release()
+    slots[0].release()  # once only
+    assert first.transfers == 1 and second.transfers == 1
+    store.transfer_slot(second).release()
+
+
+def test_a_download_whose_body_never_ran_gives_its_place_back():
+    store = sessions.SessionStore(idle_seconds=600, max_sessions=10, transfers=1)
+    session = store.open("cardiology", "partner", "192.0.2.1", _Sftp())
+    slot = store.transfer_slot(session)
+
+    async def body():
+        try:
+            yield b"x"
+        finally:
+            slot.release()
+
+    stream = body()
+    weakref.finalize(stream, slot.release)  # as the portal's download does
+    del stream  # the client went away before the response began
+    gc.collect()
+    assert session.transfers == 0 and store.transfer_slot(session)
 
 
 def test_the_login_limit_counts_per_address_within_the_window(monkeypatch):

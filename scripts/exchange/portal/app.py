@@ -17,6 +17,7 @@ import mimetypes
 import re
 import secrets
 import time
+import weakref
 from email.utils import formatdate
 from pathlib import Path
 from urllib.parse import quote
@@ -36,7 +37,7 @@ from exchange.messages import messages_dir, when
 from exchange.policy import Policy, load_policy
 from exchange.portal import files, multipart
 from exchange.portal.config import PortalConfig, load_portal_config
-from exchange.portal.sessions import LoginLimit, SessionStore, TooManySessions, WebSession
+from exchange.portal.sessions import LoginLimit, SessionStore, TooManySessions, TooManyTransfers, WebSession
 from exchange.portal.sftp import (
     LoginRefused,
     NewPasswordRejected,
@@ -76,8 +77,12 @@ class Portal:
             tuple(Path(p) for p in config.host_key_files),
             tuple(policy.sshd.ciphers),
         )
+        portal = policy.portal
         self.sessions = SessionStore(
-            policy.portal.idle_minutes * 60, policy.portal.max_sessions, policy.portal.max_sessions_per_account
+            portal.idle_minutes * 60,
+            portal.max_sessions,
+            portal.max_sessions_per_account,
+            portal.max_transfers_per_account,
         )
         self.limit = LoginLimit(policy.portal.login_failures_per_ip, policy.portal.login_failure_window_seconds)
         self.links = LinkStore(Path(config.state_dir))  # the portal may read its token index only
@@ -331,22 +336,28 @@ class Portal:
         media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if request.method == "HEAD":  # the headers only: nothing read, nothing downloaded
             return Response(status_code=206 if span else 200, headers=headers, media_type=media_type)
+        try:
+            slot = self.sessions.transfer_slot(session)  # taken now: a hundred at once cannot all pass
+        except TooManyTransfers:
+            return self.page(request, "message.htm.j2", status=429, error="too_many_transfers")
 
         async def body():
             sent = 0
             try:
-                with session.transfer():
-                    if length:
-                        async for data in files.read_file(session.ssh.sftp, path, start, length):
-                            sent += len(data)
-                            yield data
+                if length:
+                    async for data in files.read_file(session.ssh.sftp, path, start, length):
+                        sent += len(data)
+                        yield data
             finally:
+                slot.release()
                 auditlog.record(
                     "portal-download", account=session.account, ip=ip, file=name, bytes=sent,
                     offset=start, complete=sent == length,
                 )  # fmt: skip
 
-        return StreamingResponse(body(), status_code=206 if span else 200, headers=headers, media_type=media_type)
+        stream = body()
+        weakref.finalize(stream, slot.release)  # a body dropped before it ever ran gives its place back
+        return StreamingResponse(stream, status_code=206 if span else 200, headers=headers, media_type=media_type)
 
     async def upload(self, request: Request) -> Response:
         response = await self.receive_upload(request)
@@ -369,7 +380,11 @@ class Portal:
             return back("too_large")
         csrf, current, upload = None, None, None
         try:
-            with session.transfer():
+            slot = self.sessions.transfer_slot(session)
+        except TooManyTransfers:
+            return back("too_many_transfers")
+        try:
+            with slot:
                 async for event in multipart.parts(request.headers.get("content-type", ""), request.stream()):
                     if isinstance(event, multipart.PartStart):
                         current = event

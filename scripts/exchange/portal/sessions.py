@@ -32,30 +32,66 @@ class WebSession:
     @contextlib.contextmanager
     def transfer(self) -> Iterator[None]:
         """A download or upload in progress keeps the session from idling out, however long."""
-        self.transfers += 1
-        try:
+        with self.slot():
             yield
-        finally:
-            self.transfers -= 1
-            self.last_seen = time.monotonic()
+
+    def slot(self) -> TransferSlot:
+        return TransferSlot(self)
 
     def past_its_end(self) -> bool:
         return self.expires is not None and self.expires <= datetime.datetime.now(datetime.UTC)
+
+
+class TransferSlot:
+    """One download or upload of a session, counted from its start until it is released, once:
+    by its end, or when a response body is dropped before it ever ran (weakref.finalize)."""
+
+    def __init__(self, session: WebSession) -> None:
+        self.session, self.held = session, True
+        session.transfers += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.session.transfers -= 1
+            self.session.last_seen = time.monotonic()
+
+    def __enter__(self) -> TransferSlot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class TooManySessions(Exception):
     pass
 
 
+class TooManyTransfers(Exception):
+    pass
+
+
 class SessionStore:
     """At most `max_sessions` in all and `per_account` for one account, so no account can use up
-    the pool (each session holds an SFTP session to sshd) and lock the others out."""
+    the pool (each session holds an SFTP session to sshd) and lock the others out; and at most
+    `transfers` downloads and uploads at once per account."""
 
-    def __init__(self, idle_seconds: float, max_sessions: int, per_account: int | None = None) -> None:
+    def __init__(
+        self, idle_seconds: float, max_sessions: int, per_account: int | None = None, transfers: int | None = None
+    ) -> None:
         self.idle_seconds = idle_seconds
         self.max_sessions = max_sessions
         self.per_account = per_account or max_sessions
+        self.transfers_per_account = transfers or 1 << 30
         self._sessions: dict[str, WebSession] = {}
+
+    def transfer_slot(self, session: WebSession) -> TransferSlot:
+        """A place for one more transfer of the session's account, or TooManyTransfers: each
+        holds the portal's buffers (and nginx's), so no account may start them without end."""
+        running = sum(other.transfers for other in self._sessions.values() if other.account == session.account)
+        if running >= self.transfers_per_account:
+            raise TooManyTransfers()
+        return session.slot()
 
     def __len__(self) -> int:
         return len(self._sessions)
