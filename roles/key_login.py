@@ -34,7 +34,7 @@ class KeyLoginAccount(FactBase):
             f"getent shadow {q} | awk -F: "
             """'{print ($2 ~ /^[!*]/ ? "none" : "usable"), $4 ":" $5 ":" $7, ($8 == "" ? "-" : $8)}'; """
             # Read as the member (its home is its own: root would follow a symlink planted there).
-            f"runuser -u {q} -- sh -c 'f=\"$HOME/.ssh/authorized_keys\"; [ ! -f \"$f\" ] || sha256sum < \"$f\"' "
+            f'runuser -u {q} -- sh -c \'f="$HOME/.ssh/authorized_keys"; [ ! -f "$f" ] || sha256sum < "$f"\' '
             "2>/dev/null | cut -d' ' -f1"
         )
 

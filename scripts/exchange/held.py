@@ -93,7 +93,9 @@ def _close_for_staff(top_fd: int, staff: int, max_depth: int, held: Held) -> Non
                 descriptor = safefs.open_entry(entry.dir_fd, entry.name, entry.stat)
             except OSError as error:  # e.g. a lease someone holds on it (EWOULDBLOCK)
                 held.files += 1
-                held.problems.append(f"{held.folder}/{untrusted.printable(entry.path)}: {error.strerror}, left as it is")
+                held.problems.append(
+                    f"{held.folder}/{untrusted.printable(entry.path)}: {error.strerror}, left as it is"
+                )
                 continue
             if descriptor is None:
                 continue
