@@ -32,6 +32,7 @@ from statistics import median
 
 import httpx
 
+from exchange import paths
 from tests import testhost
 from tests.e2e.clients import portal_form, ssh_options
 from tests.e2e.conftest import make_exchange
@@ -103,7 +104,7 @@ def main() -> int:
             local = Path(tmp) / "big.bin"
             subprocess.run(["head", "-c", str(size), "/dev/urandom"], stdout=local.open("wb"), check=True)
             certificate = Path(tmp) / "portal.crt"
-            certificate.write_text(host.ssh("cat /etc/ssl/imaging-exchange/portal.crt").stdout)
+            certificate.write_text(host.ssh(f"cat {paths.TLS_CERTIFICATE}").stdout)
 
             with httpx.Client(base_url=host.portal_url, verify=ssl.create_default_context(cafile=certificate)) as web:
                 response = portal_form(web, "/login", username=PARTNER, password=login.password)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from exchange import paths
 from exchange.policy import Policy
 from roles.key_login import key_login_members
 from roles.ops import sudo_rule
 from roles.settings import HostSettings
-
-AUDIT_READ = "/usr/local/bin/exchange audit-read"
 
 
 @deploy("Auditors")
@@ -21,7 +20,7 @@ def auditor(policy: Policy, settings: HostSettings) -> None:
     # Any arguments: `exchange audit-read` itself refuses all but its read-only reads.
     sudo_rule(
         name="Auditors' sudo rule",
-        dest="/etc/sudoers.d/imaging-exchange-auditor",
+        dest=paths.AUDITOR_SUDOERS,
         group=group,
-        command=f"{AUDIT_READ} *",
+        command=f"{paths.AUDIT_READ} *",
     )

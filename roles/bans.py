@@ -16,8 +16,9 @@ from pyinfra import logger
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, systemd
 
-from exchange.auditlog import AUDIT_LOG, audit_line
-from exchange.bans import JAILS, NEVER_BANNED, OFF_MARKER, OFF_TEXT, PORTAL_JAIL, SSHD_JAIL
+from exchange import paths
+from exchange.auditlog import audit_line
+from exchange.bans import JAILS, NEVER_BANNED, OFF_TEXT, PORTAL_JAIL, SSHD_JAIL
 from exchange.policy import Policy
 from roles.ops import config_file
 from roles.settings import HostSettings
@@ -59,9 +60,13 @@ def filter_test() -> str:
 def bans(policy: Policy, settings: HostSettings) -> None:
     if not settings.source_bans:
         logger.warning("Source bans are OFF on this host (host data source_bans: false): fail2ban is not installed")
-        config_file(name=f"Source bans OFF by host data: marker {OFF_MARKER}", dest=OFF_MARKER, content=OFF_TEXT)
+        config_file(
+            name=f"Source bans OFF by host data: marker {paths.SOURCE_BANS_OFF}",
+            dest=paths.SOURCE_BANS_OFF,
+            content=OFF_TEXT,
+        )
         return
-    files.file(name="No source-bans-off marker", path=OFF_MARKER, present=False)
+    files.file(name="No source-bans-off marker", path=paths.SOURCE_BANS_OFF, present=False)
     apt.packages(name="Install fail2ban and nftables", packages=PACKAGES, no_recommends=True)
     config_file(
         name="fail2ban filter: the web page's failed logins",
@@ -79,7 +84,7 @@ def bans(policy: Policy, settings: HostSettings) -> None:
             never_banned=NEVER_BANNED,
             sshd_jail=SSHD_JAIL,
             portal_jail=PORTAL_JAIL,
-            audit_log=AUDIT_LOG,
+            audit_log=paths.AUDIT_LOG,
         ),
         validate=config_test(JAIL_FILE),
         apply=APPLY,

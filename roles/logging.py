@@ -8,8 +8,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import apt, files
 
-from exchange.accounts import LOG_SOCKET_DIR
-from exchange.paths import AUDIT_LOG, AUDIT_SOCKET, AUDIT_SOCKET_DIR, AUDIT_TMPFILES, LOG_DIR
+from exchange import paths
 from roles.ops import config_file
 from roles.service_user import service_account
 from roles.templating import render
@@ -45,8 +44,10 @@ def logging(portal_user: str | None) -> None:
     apt.packages(
         name="Install rsyslog, logrotate and chattr", packages=["rsyslog", "logrotate", "e2fsprogs"], no_recommends=True
     )
-    files.directory(name="Log directory", path=LOG_DIR, user="root", group="adm", mode="750")
-    files.directory(name="Chroot log socket directory", path=LOG_SOCKET_DIR, user="root", group="root", mode="755")
+    files.directory(name="Log directory", path=paths.LOG_DIR, user="root", group="adm", mode="750")
+    files.directory(
+        name="Chroot log socket directory", path=paths.LOG_SOCKETS_DIR, user="root", group="root", mode="755"
+    )
     config_file(
         name="rsyslog may restart as often as accounts come and go",
         dest="/etc/systemd/system/rsyslog.service.d/imaging-exchange.conf",
@@ -61,29 +62,29 @@ def logging(portal_user: str | None) -> None:
         service_account(name=f"Service user {portal_user} (no exchange group)", user=portal_user)
     config_file(
         name="The audit socket's folder: root and the web page's service only",
-        dest=AUDIT_TMPFILES,
+        dest=paths.AUDIT_TMPFILES,
         content=render(
-            "logging/tmpfiles-audit.conf.j2", audit_socket_dir=AUDIT_SOCKET_DIR, writers=portal_user or "root"
+            "logging/tmpfiles-audit.conf.j2", audit_socket_dir=paths.AUDIT_SOCKET_DIR, writers=portal_user or "root"
         ),
-        apply=f"systemd-tmpfiles --create {AUDIT_TMPFILES}",
+        apply=f"systemd-tmpfiles --create {paths.AUDIT_TMPFILES}",
     )
     config_file(
         name="Route SFTP and audit messages to their logs",
-        dest="/etc/rsyslog.d/30-imaging-exchange.conf",
+        dest=paths.RSYSLOG_CONF,
         content=render(
             "logging/rsyslog.conf.j2",
-            log_dir=LOG_DIR,
-            audit_log=AUDIT_LOG,
-            socket_dir=LOG_SOCKET_DIR,
-            audit_socket=AUDIT_SOCKET,
-            audit_socket_dir=AUDIT_SOCKET_DIR,
+            log_dir=paths.LOG_DIR,
+            audit_log=paths.AUDIT_LOG,
+            socket_dir=paths.LOG_SOCKETS_DIR,
+            audit_socket=paths.AUDIT_SOCKET,
+            audit_socket_dir=paths.AUDIT_SOCKET_DIR,
         ),
         # rsyslog checks its whole configuration only; a bad one is refused before the restart.
         apply="rsyslogd -N1 >/dev/null && systemctl restart rsyslog",
     )
     config_file(
         name="Rotate the exchange logs",
-        dest="/etc/logrotate.d/imaging-exchange",
-        content=render("logging/logrotate.j2", log_dir=LOG_DIR, audit_log=AUDIT_LOG),
+        dest=paths.LOGROTATE_CONF,
+        content=render("logging/logrotate.j2", log_dir=paths.LOG_DIR, audit_log=paths.AUDIT_LOG),
     )
-    append_only(name="The audit log can only grow", path=AUDIT_LOG)
+    append_only(name="The audit log can only grow", path=paths.AUDIT_LOG)

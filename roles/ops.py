@@ -18,16 +18,16 @@ from pyinfra.api import FactBase, FileUploadCommand, operation
 from pyinfra.operations import files
 
 import exchange.observe
+from exchange import paths
 from roles import REPO
 from roles.templating import render
 
 # A file here names a config whose `apply` (reload) has not run since the config changed: the
 # deploy was stopped between the two, or the reload failed. The next run applies it again.
-APPLY_PENDING_DIR = "/var/lib/imaging-exchange-deploy/apply-pending"
 
 
 def apply_marker(dest: str) -> str:
-    return f"{APPLY_PENDING_DIR}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
+    return f"{paths.APPLY_PENDING_DIR}/{hashlib.sha256(dest.encode()).hexdigest()[:16]}"
 
 
 class ConfigState(FactBase):
@@ -115,7 +115,7 @@ def config_file(
         checks.append(validate.format(path=q))
     yield f"{{ {' && '.join(checks)}; }} || {{ rc=$?; rm -f {q}; echo 'refused {dest}: validation failed' >&2; exit $rc; }}"
     if apply:
-        yield f"mkdir -p {APPLY_PENDING_DIR} && touch {marker}"
+        yield f"mkdir -p {paths.APPLY_PENDING_DIR} && touch {marker}"
     yield f"mv -f {q} {shlex.quote(dest)}"
     if apply:
         yield f"{apply} && rm -f {marker}"

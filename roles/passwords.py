@@ -15,8 +15,8 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files
 
+from exchange import paths
 from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW
-from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import Policy
 from roles.ops import config_file, group_accounts
 from roles.templating import render
@@ -122,11 +122,11 @@ def passwords(policy: Policy, key_login_groups: list[str]) -> None:
         dest="/etc/security/pwquality.conf.d/50-imaging-exchange.conf",
         content=render("passwords/pwquality.conf.j2", policy=policy),
     )
-    files.directory(name="Lockout tally directory", path=FAILLOCK_DIR, user="root", group="root", mode="700")
+    files.directory(name="Lockout tally directory", path=paths.FAILLOCK_DIR, user="root", group="root", mode="700")
     config_file(
         name="Lockout",
         dest="/etc/security/faillock.conf",
-        content=render("passwords/faillock.conf.j2", policy=policy, faillock_dir=FAILLOCK_DIR),
+        content=render("passwords/faillock.conf.j2", policy=policy, faillock_dir=paths.FAILLOCK_DIR),
     )
     profiles = {name: render(template, policy=policy) for name, template in PROFILES.items()}
     for name, text in profiles.items():

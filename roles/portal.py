@@ -19,20 +19,16 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import Arch, Command
 from pyinfra.operations import files, systemd
 
-from exchange.links import STATE_DIR
+from exchange import paths
 from exchange.policy import LoadedPolicy
-from exchange.portal.config import HOST_PORTAL_CONFIG, HOST_PORTAL_TEMPLATES, PortalConfig, portal_yaml
+from exchange.portal.config import PortalConfig, portal_yaml
 from roles import REPO
 from roles.ops import config_file, files_digest, installed_templates
 from roles.service_user import service_account
 from roles.settings import HostSettings
 from roles.templating import render
-from roles.tools import EXCHANGE, VENV, source_digest
+from roles.tools import source_digest
 
-SERVICE = "imaging-exchange-portal"
-RUNTIME_DIR = "imaging-exchange-portal"
-SOCKET = f"/run/{RUNTIME_DIR}/portal.sock"
-NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
 # nginx -t of the staged site alone, in place of the live sites (Debian's nginx.conf includes them).
 NGINX_VALIDATE = (
     "sed -e 's#include /etc/nginx/sites-enabled/\\*;#include {path};#' "
@@ -107,23 +103,23 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     service_account(name=f"Service user {user} (no exchange group)", user=user)
 
     # The token index: the portal's group may pass and read a token by its name, never list.
-    files.directory(name="Tool state: portal may pass", path=str(STATE_DIR), user="root", group=user, mode="710")
-    tokens = f"{STATE_DIR}/link-tokens"
+    files.directory(name="Tool state: portal may pass", path=paths.STATE_DIR, user="root", group=user, mode="710")
+    tokens = paths.LINK_TOKENS_DIR
     files.directory(name="Link tokens: portal reads by name", path=tokens, user="root", group=user, mode="2710")
     token_files_readable(name="Link tokens written before: group readable", directory=tokens, group=user)
 
-    installed_templates(name="Page templates", folder="portal", dest=str(HOST_PORTAL_TEMPLATES))
+    installed_templates(name="Page templates", folder="portal", dest=paths.PORTAL_TEMPLATES_DIR)
     config = PortalConfig(
         site=settings.site.public(), sshd_host=settings.sshd_loopback_address, sshd_port=settings.sshd_port
     )
     content = portal_yaml(config)
     config_file(
         name="Portal configuration (checked with the policy and templates)",
-        dest=str(HOST_PORTAL_CONFIG),
+        dest=paths.PORTAL_CONFIG,
         content=content,
         mode="640",
         group=user,
-        validate=f"{EXCHANGE} portal check {{path}} >/dev/null",
+        validate=f"{paths.EXCHANGE} portal check {{path}} >/dev/null",
     )
     if web.self_signed:
         self_signed_certificate(
@@ -138,16 +134,16 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
         )
     config_file(
         name="nginx site (validated with nginx -t)",
-        dest=NGINX_SITE,
-        content=render("webserver/nginx-site.conf.j2", portal=web, policy=policy, socket=SOCKET),
+        dest=paths.NGINX_SITE,
+        content=render("webserver/nginx-site.conf.j2", portal=web, policy=policy, socket=paths.PORTAL_SOCKET),
         validate=NGINX_VALIDATE,
         apply="systemctl reload-or-restart nginx",
     )
     # Enabled only once written and checked: a link to a missing file would stop nginx starting.
     enabled = files.link(
         name="nginx site enabled (once written and checked)",
-        path="/etc/nginx/sites-enabled/imaging-exchange",
-        target=NGINX_SITE,
+        path=paths.NGINX_ENABLED,
+        target=paths.NGINX_SITE,
     )
     systemd.service(name="nginx serves the newly enabled site", service="nginx", restarted=True, _if=enabled.did_change)
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
@@ -158,19 +154,19 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     ).hexdigest()[:16]
     config_file(
         name="Portal service",
-        dest=f"/etc/systemd/system/{SERVICE}.service",
+        dest=paths.PORTAL_UNIT,
         content=render(
             "webserver/imaging-exchange-portal.service.j2",
             user=user,
-            runtime_dir=RUNTIME_DIR,
-            socket=SOCKET,
-            venv=VENV,
+            runtime_dir=paths.PORTAL_RUNTIME_DIR,
+            socket=paths.PORTAL_SOCKET,
+            venv=paths.TOOLS_VENV,
             policy=policy,
             revision=revision,
         ),
-        apply=f"systemctl daemon-reload && systemctl enable --quiet {SERVICE} && systemctl restart {SERVICE}",
+        apply=f"systemctl daemon-reload && systemctl enable --quiet {paths.PORTAL_SERVICE} && systemctl restart {paths.PORTAL_SERVICE}",
     )
-    systemd.service(name="Portal running", service=SERVICE, running=True, enabled=True)
+    systemd.service(name="Portal running", service=paths.PORTAL_SERVICE, running=True, enabled=True)
 
 
 def _templates_digest() -> str:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from exchange import paths
 from exchange.site import Site
 from exchange.validation import describe
 
@@ -66,9 +67,9 @@ class PortalSettings(BaseModel):
         80, ge=1, le=65535, description="Plain HTTP port that only redirects to HTTPS; null: none."
     )
     tls_certificate: str = Field(
-        "/etc/ssl/imaging-exchange/portal.crt", description="PEM certificate chain for server_name (the site's own)."
+        f"{paths.TLS_CERTIFICATE}", description="PEM certificate chain for server_name (the site's own)."
     )
-    tls_certificate_key: str = Field("/etc/ssl/imaging-exchange/portal.key", description="Its private key.")
+    tls_certificate_key: str = Field(f"{paths.TLS_CERTIFICATE_KEY}", description="Its private key.")
     self_signed: bool = Field(
         False,
         description="Make a self-signed certificate at those paths if none is there: test hosts only; browsers "

@@ -8,13 +8,11 @@ import yaml
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from exchange.links import STATE_DIR
-from exchange.messages import HOST_MESSAGES_DIR
-from exchange.partners import HOST_PARTNERS_PATH, Partner
-from exchange.site import HOST_SITE_PATH, site_yaml
+from exchange import paths
+from exchange.partners import Partner
+from exchange.site import site_yaml
 from roles.ops import config_file, installed_templates
 from roles.settings import HostSettings
-from roles.tools import EXCHANGE
 
 
 @deploy("Site data for the staff tools")
@@ -22,23 +20,23 @@ def site(settings: HostSettings, partners: tuple[Partner, ...] | None) -> None:
     if settings.portal is None:
         # Recipients' addresses and numbers, token hashes, notice state: root only.
         # (With a web page, roles/portal.py lets its group pass to the token index.)
-        files.directory(name="Tool state", path=str(STATE_DIR), user="root", group="root", mode="700")
+        files.directory(name="Tool state", path=paths.STATE_DIR, user="root", group="root", mode="700")
     if settings.site is not None:
         config_file(
             name="Site data (holds the transports' credentials: root only)",
-            dest=str(HOST_SITE_PATH),
+            dest=paths.SITE,
             content=site_yaml(settings.site),
             mode="600",
-            validate=f"{EXCHANGE} site check {{path}} >/dev/null",
+            validate=f"{paths.EXCHANGE} site check {{path}} >/dev/null",
         )
     else:
-        files.file(name="No site data on this host", path=str(HOST_SITE_PATH), present=False)
-    installed_templates(name="Message templates", folder="messages", dest=str(HOST_MESSAGES_DIR))
+        files.file(name="No site data on this host", path=paths.SITE, present=False)
+    installed_templates(name="Message templates", folder="messages", dest=paths.MESSAGES_DIR)
     if partners is not None:
         data = {"partners": [partner.model_dump() for partner in partners]}
         config_file(
             name="Partner contacts (for credentials and notices: root only)",
-            dest=HOST_PARTNERS_PATH,
+            dest=paths.PARTNERS,
             content="# Managed by imaging-exchange (roles/site.py) from the inventory's partners_file.\n"
             + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
             mode="600",

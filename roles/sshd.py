@@ -13,13 +13,12 @@ from pyinfra import host
 from pyinfra.api import FactBase, OperationError, deploy, operation
 from pyinfra.operations import apt, files
 
-from exchange.accounts import KEYS_DIR
+from exchange import paths
 from exchange.policy import Policy
 from roles.ops import config_file, deploying_admin
 from roles.settings import HostSettings
 from roles.templating import render
 
-HOST_KEYS = {"ed25519": "/etc/ssh/ssh_host_ed25519_key", "rsa": "/etc/ssh/ssh_host_rsa_key"}
 UNUSED_HOST_KEYS = ["/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_dsa_key"]
 # Requests an exchange account may not make (internal-sftp -P).
 SFTP_DENIED_REQUESTS = ["setstat", "fsetstat", "lsetstat", "symlink", "hardlink"]
@@ -29,8 +28,8 @@ class HostKeyBits(FactBase):
     """Key type -> bits of the host keys sshd is configured with."""
 
     def command(self) -> str:
-        paths = " ".join(f"{path}.pub" for path in HOST_KEYS.values())
-        return f"for key in {paths}; do [ -f $key ] && ssh-keygen -lf $key; done; true"
+        public = " ".join(f"{path}.pub" for path in paths.SSH_HOST_KEYS.values())
+        return f"for key in {public}; do [ -f $key ] && ssh-keygen -lf $key; done; true"
 
     def process(self, output: list[str]) -> dict[str, int]:
         bits = {}
@@ -65,12 +64,12 @@ def host_keys(rsa_bits: int):
     changed = False
     if "ed25519" not in bits:
         changed = True
-        yield f"rm -f {HOST_KEYS['ed25519']} {HOST_KEYS['ed25519']}.pub"
-        yield f"ssh-keygen -q -t ed25519 -N '' -f {HOST_KEYS['ed25519']}"
+        yield f"rm -f {paths.SSH_HOST_KEYS['ed25519']} {paths.SSH_HOST_KEYS['ed25519']}.pub"
+        yield f"ssh-keygen -q -t ed25519 -N '' -f {paths.SSH_HOST_KEYS['ed25519']}"
     if bits.get("rsa") != rsa_bits:
         changed = True
-        yield f"rm -f {HOST_KEYS['rsa']} {HOST_KEYS['rsa']}.pub"
-        yield f"ssh-keygen -q -t rsa -b {int(rsa_bits)} -N '' -f {HOST_KEYS['rsa']}"
+        yield f"rm -f {paths.SSH_HOST_KEYS['rsa']} {paths.SSH_HOST_KEYS['rsa']}.pub"
+        yield f"ssh-keygen -q -t rsa -b {int(rsa_bits)} -N '' -f {paths.SSH_HOST_KEYS['rsa']}"
     if not changed:
         host.noop("host keys are as the policy wants")
 
@@ -113,6 +112,19 @@ def admin_keeps_access(admin: str, allowed: list[str]):
     yield from ()  # an operation is a generator, even one that only checks
 
 
+def sshd_config(policy: Policy, settings: HostSettings) -> str:
+    """The whole sshd_config for this policy and host."""
+    return render(
+        "sshd/sshd_config.j2",
+        policy=policy,
+        settings=settings,
+        allow_groups=allow_groups(policy, settings),
+        keys_dir=paths.AUTHORIZED_KEYS_DIR,
+        host_keys=paths.SSH_HOST_KEYS.values(),
+        sftp_denied_requests=SFTP_DENIED_REQUESTS,
+    )
+
+
 @deploy("OpenSSH server")
 def sshd(policy: Policy, settings: HostSettings) -> None:
     apt.packages(name="Install OpenSSH server", packages=["openssh-server"], no_recommends=True)
@@ -121,21 +133,17 @@ def sshd(policy: Policy, settings: HostSettings) -> None:
         files.file(name=f"Remove unused host key {path}", path=path, present=False)
         files.file(name=f"Remove unused host key {path}.pub", path=f"{path}.pub", present=False)
     strong_moduli(name="DH moduli of the policy's minimum size", min_bits=policy.sshd.moduli_min_bits)
-    files.directory(name="Exchange accounts' public keys", path=KEYS_DIR, user="root", group="root", mode="755")
+    files.directory(
+        name="Exchange accounts' public keys", path=paths.AUTHORIZED_KEYS_DIR, user="root", group="root", mode="755"
+    )
 
-    allowed = allow_groups(policy, settings)
-    admin_keeps_access(name="The deploying admin keeps access", admin=deploying_admin(), allowed=allowed)
+    admin_keeps_access(
+        name="The deploying admin keeps access", admin=deploying_admin(), allowed=allow_groups(policy, settings)
+    )
     config_file(
         name="sshd_config (validated with sshd -t)",
-        dest="/etc/ssh/sshd_config",
-        content=render(
-            "sshd/sshd_config.j2",
-            policy=policy,
-            settings=settings,
-            allow_groups=allowed,
-            keys_dir=KEYS_DIR,
-            sftp_denied_requests=SFTP_DENIED_REQUESTS,
-        ),
+        dest=paths.SSHD_CONFIG,
+        content=sshd_config(policy, settings),
         mode="600",
         validate="sshd -t -f {path}",
         apply="systemctl reload ssh",

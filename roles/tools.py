@@ -2,16 +2,18 @@
 policy they obey at /etc/imaging-exchange/policies.yaml.
 
 The servers need no access to a package index: the deploy builds a wheelhouse on the
-admin's machine (cached in build/wheelhouse, keyed on the package source and the
-server's architecture) and installs from it with `pip --no-index`.
+admin's machine (cached outside the checkout, see `wheelhouse_cache`, keyed on the package
+source and the server's architecture) and installs from it with `pip --no-index`.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from pyinfra import host
@@ -20,17 +22,13 @@ from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Arch
 from pyinfra.operations import apt, files, server
 
-from exchange.paths import TOOL_RUN_DIR, TOOLS_TMPFILES
-from exchange.policy import HOST_POLICY_PATH, LoadedPolicy
+from exchange import paths
+from exchange.policy import LoadedPolicy
 from roles import REPO
 from roles.ops import config_file, files_digest, sudo_rule
 from roles.templating import render
 
-PREFIX = "/opt/imaging-exchange"
-VENV = f"{PREFIX}/venv"
-WHEELS = f"{PREFIX}/wheels"
-MANIFEST = f"{VENV}/.wheelhouse"
-EXCHANGE = "/usr/local/bin/exchange"
+MANIFEST = f"{paths.TOOLS_VENV}/.wheelhouse"
 # The servers run Debian 12's CPython 3.11 (glibc 2.36).
 TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
 
@@ -41,27 +39,60 @@ def source_digest(arch: str) -> str:
     return files_digest(sources, seed=arch.encode())[:16]
 
 
+def wheelhouse_cache() -> Path:
+    """Where the admin's machine keeps built wheelhouses: outside the checkout, so a read-only
+    checkout deploys ($EXCHANGE_WHEELHOUSE, else the user's cache folder)."""
+    named = os.environ.get("EXCHANGE_WHEELHOUSE")
+    if named:
+        return Path(named)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imaging-exchange" / "wheelhouse"
+
+
+def build_own_wheel(out: Path, env: dict[str, str]) -> Path:
+    """The exchange package's wheel, built from a copy of its sources: setuptools writes its
+    build and egg-info folders beside the sources, never into the checkout."""
+    with tempfile.TemporaryDirectory(prefix="imaging-exchange-build-") as folder:
+        copy = Path(folder)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, copy / name)
+        shutil.copytree(REPO / "scripts", copy / "scripts", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+        subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(out), str(copy)], check=True, env=env)
+    (own,) = out.glob("imaging_exchange-*.whl")
+    return own
+
+
 def wheelhouse(arch: str) -> tuple[Path, str]:
     """Build (once per source version) the wheels the servers install from."""
     key = f"{arch}-{source_digest(arch)}"
-    out = REPO / "build" / "wheelhouse" / key
+    out = wheelhouse_cache() / key
     if (out / ".complete").exists():
         return out, key
-    out.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Built aside and renamed into place whole: deploys side by side never share a half-built one.
+    building = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out.parent))
     # A fixed timestamp makes our wheel byte-identical for the same source.
     env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
-    subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(out), str(REPO)], check=True, env=env)
-    (own,) = out.glob("imaging_exchange-*.whl")
+    own = build_own_wheel(building, env)
     platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in (17, 28, 34)] + [
         f"--platform=manylinux2014_{arch}"
     ]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     subprocess.run(
-        [*pip, "download", "--only-binary=:all:", *TARGET, *platforms, "--dest", str(out), str(own)],
+        [*pip, "download", "--only-binary=:all:", *TARGET, *platforms, "--dest", str(building), str(own)],
         check=True,
         env=env,
     )
-    (out / ".complete").touch()
+    (building / ".complete").touch()
+    building.chmod(0o755)
+    try:
+        building.rename(out)
+    except OSError:  # another deploy got there first, or a stale unfinished one is in the way
+        if not (out / ".complete").exists():
+            shutil.rmtree(out)
+            building.rename(out)
+        else:
+            shutil.rmtree(building)
     return out, key
 
 
@@ -72,9 +103,9 @@ def install_tools(key: str):
     if installed and installed[0].strip() == key:
         host.noop(f"exchange tools {key} are installed")
         return
-    yield f"[ -x {VENV}/bin/python ] || python3 -m venv {VENV}"
+    yield f"[ -x {paths.TOOLS_VENV}/bin/python ] || python3 -m venv {paths.TOOLS_VENV}"
     yield (
-        f"{VENV}/bin/pip install --quiet --disable-pip-version-check --no-index --find-links {WHEELS} "
+        f"{paths.TOOLS_VENV}/bin/pip install --quiet --disable-pip-version-check --no-index --find-links {paths.TOOLS_WHEELS} "
         f"--upgrade --force-reinstall imaging-exchange"
     )
     yield f"echo {shlex.quote(key)} > {MANIFEST}"
@@ -85,14 +116,12 @@ def tools(policy: LoadedPolicy) -> None:
     apt.packages(name="Install Python venv support", packages=["python3-venv"], no_recommends=True)
     arch = host.get_fact(Arch)
     source, key = wheelhouse(arch)
-    files.directory(name="Tools directory", path=PREFIX, user="root", group="root", mode="755")
-    files.directory(
-        name="Configuration directory", path=str(HOST_POLICY_PATH.parent), user="root", group="root", mode="755"
-    )
+    files.directory(name="Tools directory", path=paths.TOOLS_PREFIX, user="root", group="root", mode="755")
+    files.directory(name="Configuration directory", path=paths.CONFIG_DIR, user="root", group="root", mode="755")
     files.sync(
         name="Upload the wheelhouse",
         src=str(source),
-        dest=WHEELS,
+        dest=paths.TOOLS_WHEELS,
         delete=True,
         user="root",
         group="root",
@@ -101,25 +130,25 @@ def tools(policy: LoadedPolicy) -> None:
         exclude=".complete",
     )
     install_tools(name="Install the exchange tools", key=key)
-    files.link(name="Put `exchange` on PATH", path=EXCHANGE, target=f"{VENV}/bin/exchange")
+    files.link(name="Put `exchange` on PATH", path=paths.EXCHANGE, target=f"{paths.TOOLS_VENV}/bin/exchange")
     config_file(
         name="Install the policy the tools obey",
-        dest=str(HOST_POLICY_PATH),
+        dest=paths.POLICY,
         content=policy.path.read_text(encoding="utf-8"),
         mode="644",
-        validate=f"{VENV}/bin/exchange policy check {{path}} >/dev/null",
+        validate=f"{paths.TOOLS_VENV}/bin/exchange policy check {{path}} >/dev/null",
     )
     config_file(
         name="The tools' lock folder: root only",
-        dest=TOOLS_TMPFILES,
-        content=render("tools/tmpfiles.conf.j2", run_dir=TOOL_RUN_DIR),
-        apply=f"systemd-tmpfiles --create {TOOLS_TMPFILES}",
+        dest=paths.TOOLS_TMPFILES,
+        content=render("tools/tmpfiles.conf.j2", run_dir=paths.TOOL_RUN_DIR),
+        apply=f"systemd-tmpfiles --create {paths.TOOLS_TMPFILES}",
     )
     staff = policy.policy.accounts.staff_group
     server.group(name=f"Group {staff}", group=staff, system=True)
     sudo_rule(
         name="Staff may run `exchange` as root, nothing else",
-        dest="/etc/sudoers.d/imaging-exchange-staff",
+        dest=paths.STAFF_SUDOERS,
         group=staff,
-        command=EXCHANGE,
+        command=paths.EXCHANGE,
     )

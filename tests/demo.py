@@ -19,8 +19,9 @@ from urllib.parse import unquote
 
 import httpx
 
+from exchange import paths
 from tests.dicom_synth import ct_study
-from tests.e2e.clients import portal_form
+from tests.e2e.clients import issued_account, portal_form
 from tests.testhost import TestHostError, find
 
 
@@ -40,7 +41,7 @@ def main() -> int:
         "exchange link issue --email patient@example.org --phone +31612345678 --lang en --note 'demo: CT thorax'"
     )
     print(issued)
-    account = re.search(r"issued (link-[a-z0-9]{8})", issued)[1]
+    account = issued_account(issued)
 
     print("== staff pack a study (here: 40 synthetic CT images) into its download folder")
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,10 +55,10 @@ def main() -> int:
     print(run(f"exchange package --to {account} /tmp/demo-study --label 'CT thorax'"))
 
     print("== the e-mail the patient gets (the link; the password is only in the SMS):")
-    mail = run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.eml | head -1)"')
+    mail = run(f'cat "$(ls -t {paths.OUTBOX_DIR}/*.eml | head -1)"')
     print(mail)
     print("== the SMS (the password only):")
-    sms = run('cat "$(ls -t /var/spool/imaging-exchange/outbox/*.sms | head -1)"')
+    sms = run(f'cat "$(ls -t {paths.OUTBOX_DIR}/*.sms | head -1)"')
     print(sms)
     print()
     print(run("exchange link list"))
@@ -67,7 +68,7 @@ def main() -> int:
     print("== and on the web page: the link, the SMS password, the download (as a browser does it)")
     link = re.search(re.escape(host.portal_url) + r"/l/[A-Za-z0-9_-]{43}", mail)[0]
     password = re.search(r"\b[A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,}\b", json.loads(sms)["text"])[0]
-    certificate = run("cat /etc/ssl/imaging-exchange/portal.crt")
+    certificate = run(f"cat {paths.TLS_CERTIFICATE}")
     with httpx.Client(verify=ssl.create_default_context(cadata=certificate), follow_redirects=True) as web:
         files = portal_form(web, link, password=password)
         package = re.search(r'href="/files/download/([^"]+\.zip)"', files.text)[1]

@@ -111,8 +111,18 @@ class OwnNetwork:
     def remove(self) -> None:
         """Delete the namespace (which takes the veth pair with it) and any veth end left here."""
         _ip("netns", "delete", self.netns, check=False)
-        if _ip("link", "show", self.outer, check=False).returncode == 0:
-            _ip("link", "delete", self.outer)
+        # The kernel tears a namespace's devices down after `netns delete` returns: the veth end
+        # may vanish between a look and a delete, or linger a moment after.
+        deadline = time.monotonic() + 30
+        while _ip("link", "show", self.outer, check=False).returncode == 0:
+            deleted = _ip("link", "delete", self.outer, check=False)
+            if deleted.returncode != 0 and "Cannot find device" not in deleted.stderr:
+                raise HostNetError(
+                    f"ip link delete {self.outer} failed ({deleted.returncode}): {deleted.stderr.strip()}"
+                )
+            if time.monotonic() > deadline:
+                raise HostNetError(f"{self.outer} is still there 30 s after it was deleted")
+            time.sleep(0.1)
 
     def exists(self) -> bool:
         return Path(self.netns_path).exists() or _ip("link", "show", self.outer, check=False).returncode == 0

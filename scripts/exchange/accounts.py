@@ -16,14 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from exchange import locks, observe
+from exchange import locks, observe, paths
 from exchange.auditlog import audit_command as audit
-from exchange.paths import ACCOUNT_LOCK, TOOL_RUN_DIR
 from exchange.policy import Policy
-
-KEYS_DIR = "/etc/ssh/authorized_keys"  # root-owned: a partner cannot change its own keys
-LOG_SOCKET_DIR = "/etc/imaging-exchange/log-sockets"  # one rsyslog input per chroot (/dev/log)
-NOLOGIN = "/usr/sbin/nologin"
 
 
 class AccountConflict(Exception):
@@ -101,7 +96,7 @@ class Layout:
     def ended_links_dir(self) -> str:
         """Where the uploads of a link account whose time ended wait for staff (one folder per
         account), under the same retention as everything else."""
-        return f"{self.root}/ended-links"
+        return f"{self.root}/{paths.ENDED_LINKS}"
 
     def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
         staff = self.policy.accounts.staff_group
@@ -122,8 +117,8 @@ class Layout:
             "upload_folder": accounts.upload_folder,
             "names": sorted(names),
             "dirs": sorted(self.tree_dirs()),
-            "keys_dir": KEYS_DIR,
-            "log_socket_dir": LOG_SOCKET_DIR,
+            "keys_dir": paths.AUTHORIZED_KEYS_DIR,
+            "log_socket_dir": paths.LOG_SOCKETS_DIR,
         }
 
 
@@ -228,7 +223,9 @@ def plan(layout: Layout, wanted: list[WantedAccount], observed: dict, manage_kin
         if name in planned:
             continue  # an account (re)created by this plan keeps its socket
         result.add(
-            name, "remove the log socket of a removed account", f"rm -f {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}"
+            name,
+            "remove the log socket of a removed account",
+            f"rm -f {shlex.quote(f'{paths.LOG_SOCKETS_DIR}/{name}.conf')}",
         )
         result.restart_rsyslog = True
     if result.restart_rsyslog:
@@ -254,14 +251,14 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
             f"create {kind} account",
             # No password yet ("!"): nothing opens until the staff tool hands one out.
             f"useradd --user-group --no-create-home --home-dir {shlex.quote(chroot)} "
-            f"--shell {NOLOGIN} --groups {shlex.quote(group)} {q}",
+            f"--shell {paths.NOLOGIN} --groups {shlex.quote(group)} {q}",
             audit("account-created", account=name, kind=kind),
         )
         seen = {
             "shadow": None,
             "paths": {},
             "home": chroot,
-            "shell": NOLOGIN,
+            "shell": paths.NOLOGIN,
             "exchange_groups": [group],
             "authorized_keys": None,
             "log_socket": None,
@@ -285,8 +282,8 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
             f"pkill -KILL -u {q} || true",
             audit("account-locked", account=name, kind=kind, reason="absent from partner data"),
         )
-    if seen["home"] != chroot or seen["shell"] != NOLOGIN:
-        result.add(name, "home and shell", f"usermod --home {shlex.quote(chroot)} --shell {NOLOGIN} {q}")
+    if seen["home"] != chroot or seen["shell"] != paths.NOLOGIN:
+        result.add(name, "home and shell", f"usermod --home {shlex.quote(chroot)} --shell {paths.NOLOGIN} {q}")
 
     for relative, (owner, owner_group, mode) in layout.skeleton(name).items():
         path = f"{chroot}/{relative}" if relative else chroot
@@ -295,7 +292,7 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
         if not _node_matches(node, owner, owner_group, mode):
             result.add(name, f"folder {path}", _install_dir(path, owner, owner_group, mode))
 
-    keys_path = f"{KEYS_DIR}/{name}"
+    keys_path = f"{paths.AUTHORIZED_KEYS_DIR}/{name}"
     keys = authorized_keys(account.public_keys)
     # A locked account keeps its keys (expiry refuses them), so unlocking restores them.
     if account.active and keys != (seen["authorized_keys"] or ""):
@@ -306,7 +303,7 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
 
     socket = log_socket_config(f"{chroot}/dev/log", name)
     if seen["log_socket"] != socket:
-        result.add(name, "log socket", _write_file(f"{LOG_SOCKET_DIR}/{name}.conf", socket))
+        result.add(name, "log socket", _write_file(f"{paths.LOG_SOCKETS_DIR}/{name}.conf", socket))
         result.restart_rsyslog = True
 
     shadow = seen["shadow"] or {}
@@ -368,7 +365,7 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
         # Never leave the exchange filesystem, whatever is mounted below the chroot. Files before
         # the account: if they cannot all go, the account stays (closed) and the next purge retries.
         f"rm -rf --one-file-system {chroot}",
-        f"rm -f {shlex.quote(f'{KEYS_DIR}/{name}')} {shlex.quote(f'{LOG_SOCKET_DIR}/{name}.conf')}",
+        f"rm -f {shlex.quote(f'{paths.AUTHORIZED_KEYS_DIR}/{name}')} {shlex.quote(f'{paths.LOG_SOCKETS_DIR}/{name}.conf')}",
         f"userdel {q}",
         audit(event, account=name, kind=kind, **audit_fields),  # it is gone: on record before anything else
         "systemctl restart rsyslog",
@@ -381,10 +378,10 @@ class StepFailed(Exception):
 
 
 @contextlib.contextmanager
-def account_lock(folder: str = TOOL_RUN_DIR) -> Iterator[None]:
+def account_lock(folder: str = paths.TOOL_RUN_DIR) -> Iterator[None]:
     """One account change at a time: useradd and userdel refuse to run while another holds
     /etc/passwd, and rsyslog restarts must not overlap."""
-    with locks.held(ACCOUNT_LOCK, wait=True, folder=folder):
+    with locks.held(paths.ACCOUNT_LOCK, wait=True, folder=folder):
         yield
 
 

@@ -19,11 +19,10 @@ import sys
 import syslog
 import time
 
-from exchange.paths import AUDIT_LOG, AUDIT_SOCKET, LOG_DIR, SFTP_LOG
+from exchange import paths
 
-__all__ = ["AUDIT_LOG", "AUDIT_TAG", "LOG_DIR", "SFTP_LOG", "actor", "audit_command", "audit_line", "record"]
+__all__ = ["actor", "audit_command", "audit_line", "record"]
 
-AUDIT_TAG = "imaging-exchange"
 # rsyslog is away for a moment at every restart (each new account restarts it): a record waits.
 WAIT_SECONDS = 10
 # What rsyslog takes in one record (maxMessageSize 64k in templates/logging/rsyslog.conf.j2), with
@@ -67,8 +66,8 @@ def record(event: str, **fields) -> str:
 def send(line: str, socket_path: str | None = None, wait: float = WAIT_SECONDS) -> None:
     """One record to the audit socket. If rsyslog does not take it within `wait` seconds, the
     record goes to the system log instead, marked, and the tool says so: never lost unsaid."""
-    socket_path = socket_path or AUDIT_SOCKET
-    message = f"<{_PRIORITY}>{AUDIT_TAG}[{os.getpid()}]: {line}".encode()
+    socket_path = socket_path or paths.AUDIT_SOCKET
+    message = f"<{_PRIORITY}>{paths.AUDIT_TAG}[{os.getpid()}]: {line}".encode()
     deadline = time.monotonic() + wait
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
         while True:
@@ -83,7 +82,7 @@ def send(line: str, socket_path: str | None = None, wait: float = WAIT_SECONDS) 
             except OSError as error:
                 problem = error.strerror
                 break
-    syslog.openlog(AUDIT_TAG, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    syslog.openlog(paths.AUDIT_TAG, syslog.LOG_PID, syslog.LOG_AUTHPRIV)
     syslog.syslog(syslog.LOG_WARNING, f"audit log unavailable, record kept here: {line}")
     print(
         f"warning: audit log unavailable ({socket_path}: {problem}); the record is in the system log", file=sys.stderr
@@ -94,8 +93,8 @@ def audit_command(event: str, **fields) -> str:
     """The same record as a shell command, for steps that run in a shell (exchange.accounts):
     logger to the audit socket, waiting out an rsyslog restart as `send` does."""
     line = shlex.quote(audit_line(event, **fields))
-    to_audit = f"logger --socket-errors=on -u {AUDIT_SOCKET} -t {AUDIT_TAG} -p authpriv.notice -- {line}"
-    to_syslog = f"logger -t {AUDIT_TAG} -p authpriv.warning -- 'audit log unavailable, record kept here: '{line}"
+    to_audit = f"logger --socket-errors=on -u {paths.AUDIT_SOCKET} -t {paths.AUDIT_TAG} -p authpriv.notice -- {line}"
+    to_syslog = f"logger -t {paths.AUDIT_TAG} -p authpriv.warning -- 'audit log unavailable, record kept here: '{line}"
     tries = WAIT_SECONDS * 10
     return (
         f"n=0; until {to_audit} 2>/dev/null; do n=$((n+1)); "

@@ -15,20 +15,16 @@ import re
 import subprocess
 from pathlib import PurePosixPath
 
+from exchange import paths
 from exchange.accounts import Layout
-from exchange.auditlog import AUDIT_LOG
 from exchange.bans import JAILS
 from exchange.policy import Policy
 
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
 MATCH_SPEC = "user={user},host=audit.invalid,addr=192.0.2.1"
-NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# exchange.links.STATE_DIR and its token index, written out: audit-read starts for every read,
-# and importing the link tool would slow each start.
-STATE_DIR = "/var/lib/imaging-exchange"
-LINK_TOKENS = f"{STATE_DIR}/link-tokens"
+NAME = re.compile(paths.UNIX_NAME)
 # Beyond the exchange tree, the tools' state that TOOLS-01 checks and an auditor cannot reach.
-TOOL_PATHS = frozenset({STATE_DIR, LINK_TOKENS})
+TOOL_PATHS = frozenset({paths.STATE_DIR, paths.LINK_TOKENS_DIR})
 # A token file's name is its token's SHA-256: twelve characters name the file to an admin,
 # the rest of the index key stays root's.
 TOKEN_FILE_FORMAT = "%.12f|%u|%g|%m|%y\n"
@@ -121,10 +117,10 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
         return [
             "/usr/bin/find", policy.accounts.root, "-xdev", "-regextype", "posix-extended", "-type", "d",
             "(", "-regex", f"{root}/(partners|links)/[^/]+/[^/]+{beyond}", "-o",
-            "-regex", f"{root}/ended-links/[^/]+{beyond}", ")", "-print", "-prune",
+            "-regex", f"{root}/{paths.ENDED_LINKS}/[^/]+{beyond}", ")", "-print", "-prune",
         ]  # fmt: skip
     if what == "audit-log":
-        return ["/usr/bin/lsattr", "-d", AUDIT_LOG]
+        return ["/usr/bin/lsattr", "-d", paths.AUDIT_LOG]
     if what == "sudo-rights":  # what sudo itself grants the account, however the sudoers spell it
         return ["/usr/bin/sudo", "-n", "-l", "-U", audited_account(policy, argument or "")]
     if what == "nginx":  # the configuration nginx loads, every included file in order
@@ -132,7 +128,16 @@ def command(policy: Policy, what: str, argument: str | None) -> list[str]:
         return ["/usr/sbin/nginx", "-q", "-T"]
     if what == "token-files":
         no_argument(what, argument)
-        return ["/usr/bin/find", LINK_TOKENS, "-mindepth", "1", "-maxdepth", "1", "-printf", TOKEN_FILE_FORMAT]
+        return [
+            "/usr/bin/find",
+            paths.LINK_TOKENS_DIR,
+            "-mindepth",
+            "1",
+            "-maxdepth",
+            "1",
+            "-printf",
+            TOKEN_FILE_FORMAT,
+        ]
     if what == "fail2ban":
         return ["/usr/bin/fail2ban-client", *fail2ban_query(argument or "")]
     raise AuditReadError(f"unknown read {what!r}")

@@ -8,5 +8,4 @@ JAILS = (SSHD_JAIL, PORTAL_JAIL)
 NEVER_BANNED = ("127.0.0.1/8", "::1")
 # On a host that cannot set firewall rules (host data source_bans: false) the deploy writes this,
 # root's, instead of installing fail2ban; the audit takes BAN-01 as not applicable only with it.
-OFF_MARKER = "/etc/imaging-exchange/source-bans-off"
 OFF_TEXT = "source bans are off by host data (source_bans: false): this host cannot set firewall rules\n"

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from exchange import __version__, untrusted
-from exchange.policy import HOST_POLICY_PATH, POLICY_ENV, Policy, PolicyError, load_policy
-from exchange.site import HOST_SITE_PATH, SITE_ENV, Site
+from exchange import __version__, paths, untrusted
+from exchange.policy import POLICY_ENV, Policy, PolicyError, load_policy
+from exchange.site import SITE_ENV, Site
 
 if TYPE_CHECKING:
     from exchange.messages import Messages
@@ -39,7 +39,7 @@ app.add_typer(portal_app, name="portal")
 
 PolicyOption = Annotated[
     Path | None,
-    typer.Argument(help=f"Policy file (default: ${POLICY_ENV}, else {HOST_POLICY_PATH}).", show_default=False),
+    typer.Argument(help=f"Policy file (default: ${POLICY_ENV}, else {paths.POLICY}).", show_default=False),
 ]
 
 
@@ -145,9 +145,7 @@ def portal_check(
 
 @site_app.command("check")
 def site_check(
-    path: Annotated[
-        Path | None, typer.Argument(help=f"Site file (default: ${SITE_ENV}, else {HOST_SITE_PATH}).")
-    ] = None,
+    path: Annotated[Path | None, typer.Argument(help=f"Site file (default: ${SITE_ENV}, else {paths.SITE}).")] = None,
 ) -> None:
     """Validate a site file; exit 1 with one line per problem."""
     from exchange.invoker import invoker
@@ -160,7 +158,7 @@ def site_check(
         load_site(path, who if path is not None else None, show_values=path is not None or who is None)
     except SiteError as error:
         raise _fail(error) from None
-    typer.echo(f"{path or os.environ.get(SITE_ENV) or HOST_SITE_PATH}: valid")
+    typer.echo(f"{path or os.environ.get(SITE_ENV) or paths.SITE}: valid")
 
 
 ShowPassword = Annotated[
@@ -308,15 +306,15 @@ def partner_credentials(
     from exchange.credentials import CredentialError
     from exchange.messages import MessageError, mask_email, mask_phone
     from exchange.partner_access import LockoutNotCleared, PartnerAccessError, new_credentials
-    from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
+    from exchange.partners import PartnerDataError, load_partners
 
     tools = _tools("partner credentials")
     try:
-        partners = {p.name: p for p in load_partners(HOST_PARTNERS_PATH)}
+        partners = {p.name: p for p in load_partners(paths.PARTNERS)}
     except PartnerDataError as error:
         raise _fail(error, 2) from None
     if name not in partners:
-        raise _fail(f"{name}: not in the partner data ({HOST_PARTNERS_PATH}); known: {', '.join(sorted(partners))}", 2)
+        raise _fail(f"{name}: not in the partner data ({paths.PARTNERS}); known: {', '.join(sorted(partners))}", 2)
     not_cleared = None
     try:
         issued = new_credentials(tools.policy, tools.site, tools.messages, partners[name])

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from exchange import paths
 from exchange.policy import Policy
 
 # No look-alikes: 0/O/o, 1/l/I/i, and nothing a phone keyboard hides behind a long press.
@@ -19,9 +20,6 @@ UPPER = "ABCDEFGHJKMNPQRSTUVWXYZ"
 LOWER = "abcdefghjkmnpqrstuvwxyz"
 DIGITS = "23456789"
 GROUP = 4  # typed as blocks: Hq7t-Mw3k-Pz9x-Ne4r
-# On disk, not under /run, so the tally survives a reboot. The faillock command does not
-# read faillock.conf (Debian 12): it is always called with `--dir FAILLOCK_DIR`.
-FAILLOCK_DIR = "/var/lib/faillock"
 SEPARATOR = "-"  # a fourth character class, on every phone's first keyboard page
 
 
@@ -134,12 +132,12 @@ def reset_failures(account: str) -> None:
     A failure is a CredentialError saying how to clear it by hand."""
     try:
         subprocess.run(
-            ["faillock", "--dir", FAILLOCK_DIR, "--user", account, "--reset"], check=True, capture_output=True
+            ["faillock", "--dir", paths.FAILLOCK_DIR, "--user", account, "--reset"], check=True, capture_output=True
         )
     except (subprocess.CalledProcessError, OSError) as error:
         raise CredentialError(
             f"lockout not cleared: {command_failure(error)}\n"
-            f"clear it by hand: faillock --dir {FAILLOCK_DIR} --user {account} --reset"
+            f"clear it by hand: faillock --dir {paths.FAILLOCK_DIR} --user {account} --reset"
         ) from None
 
 

@@ -20,15 +20,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog, observe
-from exchange.links import STATE_DIR
+from exchange import auditlog, observe, paths
 from exchange.messages import Messages, when
-from exchange.partners import HOST_PARTNERS_PATH, Partner, PartnerDataError, load_partners
+from exchange.partners import Partner, PartnerDataError, load_partners
 from exchange.policy import Policy
 from exchange.site import Site
 from exchange.transports import DeliveryError, send_email
-
-NOTICES = "expiry-notices"
 
 
 @dataclass(frozen=True)
@@ -63,12 +60,12 @@ def expiring(partners: Iterable[Partner], shadow: dict[str, dict], today: int) -
 
 
 def _notice_file(state_dir: Path, account: str) -> Path:
-    return state_dir / NOTICES / f"{account}.json"
+    return state_dir / paths.EXPIRY_NOTICES / f"{account}.json"
 
 
 def mark_told(account: str, changed: int, state_dir: Path | None = None) -> None:
     """No notice for the password of this change day (one staff handed out)."""
-    path = _notice_file(state_dir or STATE_DIR, account)
+    path = _notice_file(state_dir or Path(paths.STATE_DIR), account)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.tmp")
     staged.write_text(json.dumps({"changed": changed}))
@@ -87,14 +84,14 @@ def notify_password_expiry(
     site: Site,
     messages: Messages,
     out: Callable[[str], None] = print,
-    state_dir: Path = STATE_DIR,
+    state_dir: Path = Path(paths.STATE_DIR),
     today: int | None = None,
 ) -> tuple[int, list[str]]:
     """(notices sent, failures). A failed notice is tried again on the next run."""
-    if not Path(HOST_PARTNERS_PATH).exists():
+    if not Path(paths.PARTNERS).exists():
         return 0, []  # partners are not managed on this host
     try:
-        partners = load_partners(HOST_PARTNERS_PATH)
+        partners = load_partners(paths.PARTNERS)
     except PartnerDataError as error:
         return 0, [f"no expiry notices: {error}"]
     today = observe.shadow_today() if today is None else today

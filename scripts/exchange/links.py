@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
 
-from exchange import auditlog, credentials, held, observe
+from exchange import auditlog, credentials, held, observe, paths
 from exchange.accounts import Layout, Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
 from exchange.auditlog import actor
 from exchange.messages import Messages, mask_email, mask_phone
@@ -34,13 +34,9 @@ from exchange.site import E164, Site
 from exchange.transports import DeliveryError, send_email, send_sms
 from exchange.validation import describe
 
-STATE_DIR = Path(os.environ.get("EXCHANGE_STATE") or "/var/lib/imaging-exchange")
-ACCOUNT_PREFIX = "link-"  # partner names may not start with it (exchange.partners)
-ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # read out on the phone without look-alikes
-ID_LENGTH = 8
 TOKEN_BYTES = 32  # 256 bits
+ACCOUNT_NAME = re.compile(paths.LINK_ACCOUNT_NAME)
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(TOKEN_BYTES)
-ACCOUNT_NAME = re.compile(rf"^{ACCOUNT_PREFIX}[{ID_ALPHABET}]{{{ID_LENGTH}}}$")
 
 
 class LinkError(Exception):
@@ -98,9 +94,9 @@ def token_hash(token: str) -> str:
 class LinkStore:
     """The records beside the link accounts; written whole, then renamed into place."""
 
-    def __init__(self, state_dir: Path = STATE_DIR) -> None:
-        self.records = state_dir / "links"
-        self.tokens = state_dir / "link-tokens"
+    def __init__(self, state_dir: Path = Path(paths.STATE_DIR)) -> None:
+        self.records = state_dir / paths.LINK_RECORDS
+        self.tokens = state_dir / paths.LINK_TOKENS
 
     def _write(self, path: Path, text: str, mode: int = 0o600) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -159,7 +155,7 @@ class LinkStore:
         return [str(found) for found in self._each() if isinstance(found, LinkError)]
 
     def _each(self) -> Iterator[LinkRecord | LinkError]:
-        for path in sorted(self.records.glob(f"{ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
+        for path in sorted(self.records.glob(f"{paths.LINK_ACCOUNT_PREFIX}*.json")) if self.records.is_dir() else []:
             try:
                 record = self.get(path.stem)
             except LinkError as error:
@@ -212,7 +208,9 @@ class Links:
 
     def _new_account_name(self) -> str:
         while True:
-            name = ACCOUNT_PREFIX + "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
+            name = paths.LINK_ACCOUNT_PREFIX + "".join(
+                secrets.choice(paths.LINK_ID_ALPHABET) for _ in range(paths.LINK_ID_LENGTH)
+            )
             try:
                 pwd.getpwnam(name)
             except KeyError:

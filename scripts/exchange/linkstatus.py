@@ -7,9 +7,8 @@ import os
 import re
 from pathlib import Path
 
-from exchange import safefs
+from exchange import paths, safefs
 from exchange.accounts import Layout
-from exchange.auditlog import SFTP_LOG
 from exchange.links import LinkStore
 from exchange.messages import mask_email
 from exchange.policy import Policy
@@ -57,7 +56,7 @@ def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
     layout = Layout(policy)
     store = store or LinkStore()
     # The link validity is shorter than a log rotation period: the current and previous file suffice.
-    logins = last_logins([Path(SFTP_LOG + ".1"), Path(SFTP_LOG)])
+    logins = last_logins([Path(paths.SFTP_LOG + ".1"), Path(paths.SFTP_LOG)])
     rows, depth = [], policy.accounts.max_folder_depth
     for record in store.all():
         chroot = layout.chroot("link", record.account)

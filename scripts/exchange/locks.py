@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from exchange.paths import TOOL_RUN_DIR
+from exchange import paths
 
 
 class LockFolderError(Exception):
@@ -42,7 +42,7 @@ def _folder(path: str) -> int:
 
 
 @contextlib.contextmanager
-def held(name: str, wait: bool, folder: str = TOOL_RUN_DIR) -> Iterator[None]:
+def held(name: str, wait: bool, folder: str = paths.TOOL_RUN_DIR) -> Iterator[None]:
     """Hold the lock `name`; without `wait`, Busy if another process holds it."""
     directory = _folder(folder)
     try:

@@ -14,14 +14,13 @@ import re
 import textwrap
 import zoneinfo
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import jinja2
 
-from exchange import untrusted
+from exchange import paths, untrusted
 from exchange.site import Site
 
-HOST_MESSAGES_DIR = PurePosixPath("/etc/imaging-exchange/messages")
 MESSAGES_ENV = "EXCHANGE_MESSAGES"
 
 _MONTHS = {
@@ -107,7 +106,7 @@ def mask_phone(number: str) -> str:
 
 
 def messages_dir() -> Path:
-    return Path(os.environ.get(MESSAGES_ENV) or HOST_MESSAGES_DIR)
+    return Path(os.environ.get(MESSAGES_ENV) or paths.MESSAGES_DIR)
 
 
 class Messages:

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog, safefs, untrusted
+from exchange import auditlog, paths, safefs, untrusted
 from exchange.accounts import Layout
-from exchange.links import STATE_DIR, LinkStore
+from exchange.links import LinkStore
 from exchange.messages import Messages
-from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
+from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
 from exchange.site import Site
 from exchange.transports import DeliveryError, send_email
@@ -117,7 +117,7 @@ def _describe_accounts(policy: Policy, store: LinkStore) -> dict[str, str]:
         for record in store.all()
     }
     try:
-        for partner in load_partners(HOST_PARTNERS_PATH) if Path(HOST_PARTNERS_PATH).exists() else ():
+        for partner in load_partners(paths.PARTNERS) if Path(paths.PARTNERS).exists() else ():
             who[partner.name] = f"partner {partner.organisation}"
     except PartnerDataError:
         pass  # the notice still names the account
@@ -125,11 +125,15 @@ def _describe_accounts(policy: Policy, store: LinkStore) -> dict[str, str]:
 
 
 def notify_uploads(
-    policy: Policy, site: Site, messages: Messages, out: Callable[[str], None] = print, state_dir: Path = STATE_DIR
+    policy: Policy,
+    site: Site,
+    messages: Messages,
+    out: Callable[[str], None] = print,
+    state_dir: Path = Path(paths.STATE_DIR),
 ) -> tuple[int, list[str]]:
     """(notices sent, failures). A failed account is retried on the next run."""
     layout = Layout(policy)
-    seen_dir = state_dir / "upload-notices"
+    seen_dir = state_dir / paths.UPLOAD_NOTICES
     seen_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     who = _describe_accounts(policy, LinkStore(state_dir))
     now = time.time()

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
+from exchange import paths
 from exchange.validation import describe, read_yaml_file
 
 # A Debian username that is also safe as a path component and a syslog hostname.
-PARTNER_NAME = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 # Names that must never become an exchange account.
 RESERVED = frozenset(
     {
@@ -77,7 +77,6 @@ def short_rsa_keys(owners: dict[str, list[str]], min_bits: int) -> list[str]:
 
 
 # The deploy installs the validated partner data here, for the staff tools (contacts).
-HOST_PARTNERS_PATH = "/etc/imaging-exchange/partners.yaml"
 
 
 class PartnerDataError(Exception):
@@ -87,7 +86,7 @@ class PartnerDataError(Exception):
 class Partner(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: Annotated[str, StringConstraints(pattern=PARTNER_NAME)]
+    name: Annotated[str, StringConstraints(pattern=paths.PARTNER_NAME)]
     organisation: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     email: EmailStr
     phone: Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{6,14}$")] = Field(description="E.164")

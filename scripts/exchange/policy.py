@@ -24,17 +24,16 @@ from pydantic import (
     model_validator,
 )
 
+from exchange import paths
 from exchange.bans import JAILS
 from exchange.invoker import Invoker, read_named
 from exchange.validation import describe, load_yaml, yaml_problem
 
 # Where the deploy installs the policy on a server; the tools read it from there.
-HOST_POLICY_PATH = PurePosixPath("/etc/imaging-exchange/policies.yaml")
 # Lets an admin point deploy or tools at another policy file.
 POLICY_ENV = "EXCHANGE_POLICY"
 
-UNIX_NAME = r"^[a-z_][a-z0-9_-]{0,31}$"
-GroupName = Annotated[str, StringConstraints(pattern=UNIX_NAME)]
+GroupName = Annotated[str, StringConstraints(pattern=paths.UNIX_NAME)]
 # A single path component: no slashes, no dot names.
 FolderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 AlgorithmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._+-]+$")]
@@ -105,7 +104,7 @@ class SshdPolicy(Section):
 class AccountsPolicy(Section):
     """Where exchange data lives and which groups own what."""
 
-    root: str = "/srv/exchange"
+    root: str = paths.DEFAULT_EXCHANGE_ROOT
     partner_group: GroupName = "exchange-partners"
     link_group: GroupName = "exchange-links"
     staff_group: GroupName = "exchange-staff"
@@ -336,7 +335,7 @@ def parse_policy(text: str, path: Path) -> Policy:
 
 def default_policy_path() -> Path:
     """The policy a tool uses when none is named: $EXCHANGE_POLICY, else the installed one."""
-    return Path(os.environ.get(POLICY_ENV) or HOST_POLICY_PATH)
+    return Path(os.environ.get(POLICY_ENV) or paths.POLICY)
 
 
 def load_policy(path: Path | str | None = None, who: Invoker | None = None) -> LoadedPolicy:

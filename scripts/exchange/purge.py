@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exchange import auditlog, held, links, locks, observe, safefs, untrusted
+from exchange import auditlog, held, links, locks, observe, paths, safefs, untrusted
 from exchange.accounts import Layout, StepFailed, account_lock, removal_steps, run_steps
-from exchange.partners import HOST_PARTNERS_PATH, PartnerDataError, load_partners
-from exchange.paths import PURGE_LOCK, TOOL_RUN_DIR
+from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
 
 OPEN_DIR = safefs.OPEN_DIR
@@ -48,9 +47,9 @@ class PurgeReport:
 
 
 @contextlib.contextmanager
-def purge_lock(folder: str = TOOL_RUN_DIR) -> Iterator[None]:
+def purge_lock(folder: str = paths.TOOL_RUN_DIR) -> Iterator[None]:
     try:
-        with locks.held(PURGE_LOCK, wait=False, folder=folder):
+        with locks.held(paths.PURGE_LOCK, wait=False, folder=folder):
             yield
     except locks.Busy as lock:
         raise PurgeBusy(f"another purge is running (lock {lock})") from None
@@ -233,7 +232,7 @@ def expired_accounts(
     return expired, kept
 
 
-def partners_present(path: str = HOST_PARTNERS_PATH) -> set[str] | None:
+def partners_present(path: str = paths.PARTNERS) -> set[str] | None:
     """Partners the installed partner data lists as present; None without partner data."""
     if not Path(path).exists():
         return None

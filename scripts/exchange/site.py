@@ -27,10 +27,10 @@ from pydantic import (
     field_validator,
 )
 
+from exchange import paths
 from exchange.invoker import Invoker
 from exchange.validation import describe, read_yaml_file
 
-HOST_SITE_PATH = PurePosixPath("/etc/imaging-exchange/site.yaml")
 SITE_ENV = "EXCHANGE_SITE"
 LANGUAGES = ("nl", "en")
 Language = Literal["nl", "en"]
@@ -201,7 +201,7 @@ class Site(PublicSite):
     staff_language: Language = "nl"
     email: EmailTransport
     sms: SmsTransport
-    outbox_dir: str = "/var/spool/imaging-exchange/outbox"
+    outbox_dir: str = paths.OUTBOX_DIR
 
     @field_validator("viewer_dir")
     @classmethod
@@ -251,6 +251,6 @@ def site_yaml(site: Site) -> str:
 
 def load_site(path: Path | str | None = None, who: Invoker | None = None, show_values: bool = True) -> Site:
     """`who`: read the file with this person's rights (a file they named; None: the tool's own)."""
-    path = Path(path or os.environ.get(SITE_ENV) or HOST_SITE_PATH)
+    path = Path(path or os.environ.get(SITE_ENV) or paths.SITE)
     missing = "no site data on this server; set `site` in the inventory and deploy (see inventory/example.py)"
     return parse_site(read_yaml_file(path, "site data", SiteError, missing, who), str(path), show_values=show_values)

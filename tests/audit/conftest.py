@@ -17,11 +17,10 @@ import json
 
 import pytest
 
+from exchange import paths
 from exchange.accounts import Layout
 from exchange.policy import PolicyError, load_policy
 from roles import REPO
-
-AUDIT_READ = "/usr/local/bin/exchange audit-read"
 
 
 def pytest_addoption(parser):
@@ -75,7 +74,7 @@ class Reader:
     def privileged(self, what: str, argument: str | None = None, check: bool = True) -> str | None:
         """The read's output; if it fails, the control fails (or, without `check`, None: for a
         control that records a failing read as what it found)."""
-        parts = [AUDIT_READ, what, *([argument] if argument else [])]
+        parts = [paths.AUDIT_READ, what, *([argument] if argument else [])]
         command = " ".join(parts) if self.is_root else "sudo -n " + " ".join(parts)
         result = self.host.run(command)
         if result.rc != 0:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from exchange.accounts import NOLOGIN
+from exchange import paths
 
 control = pytest.mark.control
 
@@ -41,7 +41,7 @@ def test_groups_exist(host, policy, control):
 )
 def test_no_shell(host, read, policy, control):
     found = {name: host.user(name).shell for name, _ in accounts(read, policy)}
-    control.verify({name: NOLOGIN for name in found}, found)
+    control.verify({name: paths.NOLOGIN for name in found}, found)
 
 
 @control("ACC-03", reference="sshd_config(5) ChrootDirectory; this project: isolation", source="accounts.root")
@@ -100,6 +100,6 @@ def test_home_is_the_own_chroot(host, read, policy, layout, control):
     expected, found = {}, {}
     for name, kind in accounts(read, policy):
         user = host.user(name)
-        expected[name] = {"home": layout.chroot(kind, name), "shell": NOLOGIN}
+        expected[name] = {"home": layout.chroot(kind, name), "shell": paths.NOLOGIN}
         found[name] = {"home": user.home, "shell": user.shell}
     control.verify(expected, found)

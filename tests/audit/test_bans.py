@@ -13,15 +13,15 @@ import re
 
 import pytest
 
-from exchange.auditlog import AUDIT_LOG
-from exchange.bans import JAILS, NEVER_BANNED, OFF_MARKER, OFF_TEXT, PORTAL_JAIL, SSHD_JAIL
+from exchange import paths
+from exchange.bans import JAILS, NEVER_BANNED, OFF_TEXT, PORTAL_JAIL, SSHD_JAIL
 
 control = pytest.mark.control
 
 CAP_NET_ADMIN = 12  # linux/capability.h
 NFT = "/usr/sbin/nft"  # what the ban action runs
 # What each jail reads: sshd's messages in the journal, the web page's failed logins in the audit log.
-READS = {SSHD_JAIL: "journal: _COMM=sshd", PORTAL_JAIL: f"file: {AUDIT_LOG}"}
+READS = {SSHD_JAIL: "journal: _COMM=sshd", PORTAL_JAIL: f"file: {paths.AUDIT_LOG}"}
 
 
 def can_set_firewall_rules(host) -> bool:
@@ -31,7 +31,7 @@ def can_set_firewall_rules(host) -> bool:
 
 
 def off_marker(host) -> str | None:
-    marker = host.file(OFF_MARKER)
+    marker = host.file(paths.SOURCE_BANS_OFF)
     if not marker.exists:
         return None
     return f"{marker.user}:{marker.group} {marker.mode:04o} {marker.content_string!r}"
@@ -79,13 +79,13 @@ def jail(read, name: str) -> dict | str:
 def test_sources_failing_logins_are_banned_before_they_lock_an_account(host, read, policy, control):
     host_facts = {
         "fail2ban installed": host.package("fail2ban").is_installed,
-        OFF_MARKER: off_marker(host),
+        paths.SOURCE_BANS_OFF: off_marker(host),
         "CAP_NET_ADMIN": can_set_firewall_rules(host),
     }
     control.not_applicable(
-        {"fail2ban installed": False, OFF_MARKER: f"root:root 0644 {OFF_TEXT!r}", "CAP_NET_ADMIN": False},
+        {"fail2ban installed": False, paths.SOURCE_BANS_OFF: f"root:root 0644 {OFF_TEXT!r}", "CAP_NET_ADMIN": False},
         host_facts,
-        f"{OFF_TEXT.strip()} ({OFF_MARKER}, root's), and the host has no CAP_NET_ADMIN",
+        f"{OFF_TEXT.strip()} ({paths.SOURCE_BANS_OFF}, root's), and the host has no CAP_NET_ADMIN",
     )
     bans = policy.source_bans
     wanted_jail = {
@@ -100,7 +100,7 @@ def test_sources_failing_logins_are_banned_before_they_lock_an_account(host, rea
             "fail2ban installed": True,
             "nft": True,
             "CAP_NET_ADMIN": True,
-            OFF_MARKER: None,
+            paths.SOURCE_BANS_OFF: None,
             **{name: wanted_jail | {"reads": READS[name]} for name in JAILS},
         },
         host_facts | {"nft": host.file(NFT).exists} | {name: jail(read, name) for name in JAILS},

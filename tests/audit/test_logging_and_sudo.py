@@ -5,13 +5,12 @@ import shlex
 
 import pytest
 
+from exchange import paths
+
 control = pytest.mark.control
 
-AUDIT_LOG = "/var/log/imaging-exchange/audit.log"
 # The audit log's one way in: rsyslog's socket in this folder, which only root and the web
 # page's service group may reach, stamping each record with the sender's uid.
-AUDIT_SOCKET_DIR = "/run/imaging-exchange-audit"
-PORTAL_CONFIG = "/etc/imaging-exchange/portal.yaml"
 RSYSLOG_CONFIG = "cat /etc/rsyslog.conf /etc/rsyslog.d/*.conf"
 TRY_CONNECT = (
     "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
@@ -32,7 +31,7 @@ def audit_log_writers(config: str) -> dict[str, object]:
         _options(body).get("ruleset")
         for body in re.findall(r"input\((.*?)\)", text, re.S)
         if _options(body).get("type") == "imuxsock"
-        and _options(body).get("socket", "").startswith(AUDIT_SOCKET_DIR + "/")
+        and _options(body).get("socket", "").startswith(paths.AUDIT_SOCKET_DIR + "/")
         and _options(body).get("annotate") == "on"
         and _options(body).get("parsetrusted") == "on"
     } - {None}
@@ -44,7 +43,7 @@ def audit_log_writers(config: str) -> dict[str, object]:
             end += 1
         if match[1] in trusted:
             spans.append((match.start(), end))
-    named = [m.start() for m in re.finditer(re.escape(AUDIT_LOG), text)]
+    named = [m.start() for m in re.finditer(re.escape(paths.AUDIT_LOG), text)]
     return {
         "written from a trusted socket's ruleset": bool(named)
         and all(any(a <= at < b for a, b in spans) for at in named),
@@ -60,13 +59,13 @@ def test_audit_log_is_append_only(read, control):
 
 @control("LOG-03", reference="issue 14: the audit trail cannot be forged", source="portal.service_user")
 def test_only_root_and_the_web_page_can_write_the_audit_log(host, read, policy, control):
-    writers = policy.portal.service_user if host.file(PORTAL_CONFIG).exists else "root"
-    folder = host.file(AUDIT_SOCKET_DIR)
+    writers = policy.portal.service_user if host.file(paths.PORTAL_CONFIG).exists else "root"
+    folder = host.file(paths.AUDIT_SOCKET_DIR)
     written = audit_log_writers(host.run(RSYSLOG_CONFIG).stdout)
-    sockets = host.run(f"ls {AUDIT_SOCKET_DIR} 2>&1").stdout.split()
+    sockets = host.run(f"ls {paths.AUDIT_SOCKET_DIR} 2>&1").stdout.split()
     # The auditor is neither: it must not even reach the socket (connect sends nothing).
     reached = {
-        name: host.run(f"python3 -c {shlex.quote(TRY_CONNECT)} {AUDIT_SOCKET_DIR}/{name}").stdout.strip()
+        name: host.run(f"python3 -c {shlex.quote(TRY_CONNECT)} {paths.AUDIT_SOCKET_DIR}/{name}").stdout.strip()
         for name in sockets
     }
     control.verify(
@@ -89,9 +88,9 @@ def test_only_root_and_the_web_page_can_write_the_audit_log(host, read, policy, 
     source="sshd.sftp.log_level",
 )
 def test_sftp_sessions_are_logged(host, read, policy, control):
-    rsyslog = read.text("/etc/rsyslog.d/30-imaging-exchange.conf") or ""
+    rsyslog = read.text(paths.RSYSLOG_CONF) or ""
     accounts = read.group_members(policy.accounts.partner_group) + read.group_members(policy.accounts.link_group)
-    sockets = {name: host.file(f"/etc/imaging-exchange/log-sockets/{name}.conf").exists for name in accounts}
+    sockets = {name: host.file(f"{paths.LOG_SOCKETS_DIR}/{name}.conf").exists for name in accounts}
     control.verify(
         {"sftp log rule": True, "socket per account": {name: True for name in accounts}},
         {"sftp log rule": 'programname == "internal-sftp"' in rsyslog, "socket per account": sockets},
@@ -105,9 +104,6 @@ def test_auditor_may_only_read(host, read, control):
     listing = host.run("sudo -n -l").stdout
     commands = [line.strip() for line in listing.splitlines() if line.strip().startswith("(")]
     control.verify(["(root) NOPASSWD: /usr/local/bin/exchange audit-read *"], commands)
-
-
-EXCHANGE = "/usr/local/bin/exchange"
 
 
 def sudo_rights(listing: str) -> list[str]:
@@ -134,8 +130,8 @@ def test_sudo_rights_of_the_exchange_accounts(read, policy, control):
     a user list, a continued line, a %#gid or an alias grants as much as a plain %group line."""
     accounts = policy.accounts
     rights_of_group = {
-        accounts.staff_group: [f"(root) NOPASSWD: {EXCHANGE}"],
-        accounts.auditor_group: [f"(root) NOPASSWD: {EXCHANGE} audit-read *"],
+        accounts.staff_group: [f"(root) NOPASSWD: {paths.EXCHANGE}"],
+        accounts.auditor_group: [f"(root) NOPASSWD: {paths.EXCHANGE} audit-read *"],
         accounts.partner_group: [],  # SFTP accounts: nothing at all
         accounts.link_group: [],
     }

@@ -7,6 +7,7 @@ import shlex
 
 import pytest
 
+from exchange import paths
 from exchange.policy import parse_policy
 from tests.audit.nginxconf import (
     Config,
@@ -20,8 +21,6 @@ from tests.audit.nginxconf import (
 
 control = pytest.mark.control
 
-NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
-SERVICE = "imaging-exchange-portal"
 # The portal's routes (scripts/exchange/portal/app.py): uploads, and the forms that take a password.
 UPLOAD = "/files/upload"
 PASSWORD_FORMS = {"/login": "/login", "/l/<token>": "/l/" + "A" * 43, "/password": "/password"}
@@ -32,7 +31,7 @@ CONNECTION_ROUTES = {"/files/download/<name>": "/files/download/x.zip", UPLOAD: 
 
 @pytest.fixture(scope="module")
 def site_config(read):
-    text = read.text(NGINX_SITE)
+    text = read.text(paths.NGINX_SITE)
     if text is None:
         pytest.skip("no web page on this host")
     return text
@@ -48,7 +47,7 @@ def https_address(site_config):
 def test_portal_service_cannot_reach_the_exchange_folders(host, policy, site_config, control):
     user = policy.portal.service_user
     unit = host.run(
-        f"systemctl show {SERVICE} -p User -p InaccessiblePaths -p NoNewPrivileges -p ActiveState -p ProtectSystem"
+        f"systemctl show {paths.PORTAL_SERVICE} -p User -p InaccessiblePaths -p NoNewPrivileges -p ActiveState -p ProtectSystem"
     ).stdout
     shown = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
     control.verify(
@@ -198,9 +197,9 @@ def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, co
 def test_the_running_portal_uses_this_policy(host, policy, site_config, control):
     """The portal reads these from the installed policy at start: the installed one must say the
     same, and the service must have started after the policy file was last written."""
-    installed = host.file("/etc/imaging-exchange/policies.yaml")
+    installed = host.file(paths.POLICY)
     section = parse_policy(installed.content_string, installed.path).portal
-    started = host.run(f"systemctl show {SERVICE} -p ActiveEnterTimestamp --value").stdout.strip()
+    started = host.run(f"systemctl show {paths.PORTAL_SERVICE} -p ActiveEnterTimestamp --value").stdout.strip()
     started_epoch = int(host.run(f"date -d {json.dumps(started)} +%s").stdout.strip() or 0) if started else 0
     control.verify(
         {"installed portal policy": policy.portal.model_dump(), "started after the policy was written": True},

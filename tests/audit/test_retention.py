@@ -4,17 +4,17 @@ import datetime
 
 import pytest
 
+from exchange import paths
 from tests.audit.test_passwords import chage
 
 control = pytest.mark.control
-CRON_FILE = "/etc/cron.d/imaging-exchange-purge"
 
 
 @control(
     "RET-01", reference="this project: retention (source document: at most 7 days)", source="retention.purge_schedule"
 )
 def test_purge_job(host, policy, control):
-    cron = host.file(CRON_FILE)
+    cron = host.file(paths.PURGE_CRON)
     found = {"exists": cron.exists}
     if cron.exists:
         found.update(

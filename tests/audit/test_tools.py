@@ -2,21 +2,18 @@
 
 import pytest
 
-from exchange.policy import HOST_POLICY_PATH, parse_policy
+from exchange import paths
+from exchange.policy import parse_policy
 
 control = pytest.mark.control
 
-STATE_DIR = "/var/lib/imaging-exchange"
-TOKEN_FOLDER = f"{STATE_DIR}/link-tokens"
-PORTAL_CONFIG = "/etc/imaging-exchange/portal.yaml"
-TOOL_RUN_DIR = "/run/imaging-exchange"
 # Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
 # addresses and numbers and the link token hashes, the partner file the partners' contacts.
 ROOT_ONLY = {
-    "/etc/imaging-exchange/site.yaml": ("root", "root", 0o600),
-    "/etc/imaging-exchange/partners.yaml": ("root", "root", 0o600),
-    STATE_DIR: ("root", "root", 0o700),
-    "/var/spool/imaging-exchange/outbox": ("root", "root", 0o700),
+    paths.SITE: ("root", "root", 0o600),
+    paths.PARTNERS: ("root", "root", 0o600),
+    paths.STATE_DIR: ("root", "root", 0o700),
+    paths.OUTBOX_DIR: ("root", "root", 0o700),
 }
 KINDS = {"f": "file", "d": "directory", "l": "symlink"}  # find -printf %y
 
@@ -41,7 +38,7 @@ def token_files(read) -> dict[str, str]:
     found = {}
     for line in read.privileged("token-files").splitlines():
         name, owner, group, mode, kind = line.split("|")
-        found[f"{TOKEN_FOLDER}/{name}..."] = owner_and_mode(owner, group, int(mode, 8), KINDS.get(kind, kind))
+        found[f"{paths.LINK_TOKENS_DIR}/{name}..."] = owner_and_mode(owner, group, int(mode, 8), KINDS.get(kind, kind))
     return found
 
 
@@ -51,17 +48,20 @@ def token_files(read) -> dict[str, str]:
 def test_credentials_and_recipient_data_are_root_only(host, read, policy, control):
     wanted = {path: owner_and_mode(*spec) for path, spec in ROOT_ONLY.items()}
     found = {path: as_auditor(host, path) for path in ROOT_ONLY}
-    if host.file(PORTAL_CONFIG).exists:
+    if host.file(paths.PORTAL_CONFIG).exists:
         # With the web page its group may pass to the link token folder and read a token by
         # name; it can list neither directory. The auditor cannot pass either: root reads them.
         portal = policy.portal.service_user
         tokens = token_files(read)
         wanted |= {
-            STATE_DIR: owner_and_mode("root", portal, 0o710),
-            PORTAL_CONFIG: owner_and_mode("root", portal, 0o640),
-            TOKEN_FOLDER: owner_and_mode("root", portal, 0o2710),
+            paths.STATE_DIR: owner_and_mode("root", portal, 0o710),
+            paths.PORTAL_CONFIG: owner_and_mode("root", portal, 0o640),
+            paths.LINK_TOKENS_DIR: owner_and_mode("root", portal, 0o2710),
         } | {path: owner_and_mode("root", portal, 0o640, "file") for path in tokens}
-        found |= {PORTAL_CONFIG: as_auditor(host, PORTAL_CONFIG), TOKEN_FOLDER: as_root(read, TOKEN_FOLDER)} | tokens
+        found |= {
+            paths.PORTAL_CONFIG: as_auditor(host, paths.PORTAL_CONFIG),
+            paths.LINK_TOKENS_DIR: as_root(read, paths.LINK_TOKENS_DIR),
+        } | tokens
     # Not there is not checked: e.g. no outbox on a site that sends through SMTP and an SMS gateway.
     present = [path for path, seen in found.items() if seen is not None]
     control.verify({path: wanted[path] for path in present}, {path: found[path] for path in present})
@@ -72,7 +72,7 @@ def test_the_installed_policy_is_the_audited_one(host, policy, control):
     """The tools, the purge and the web page obey the policy installed on the server; the other
     controls compare the server with the audited policy. So the two must say the same (a
     retention of 30 days in the installed copy would otherwise keep files unnoticed)."""
-    installed = host.file(str(HOST_POLICY_PATH))
+    installed = host.file(paths.POLICY)
     found = parse_policy(installed.content_string, installed.path).model_dump() if installed.exists else None
     control.verify(policy.model_dump(), found)
 
@@ -80,4 +80,4 @@ def test_the_installed_policy_is_the_audited_one(host, policy, control):
 @control("TOOLS-03", reference="issue 14: locks and tool state in root-only places", source="(baseline)")
 def test_the_tools_locks_are_root_only(host, control):
     """A lock another account can open, it can hold (the purge skips for ever) or redirect."""
-    control.verify({TOOL_RUN_DIR: "root:root 0700"}, {TOOL_RUN_DIR: as_auditor(host, TOOL_RUN_DIR)})
+    control.verify({paths.TOOL_RUN_DIR: "root:root 0700"}, {paths.TOOL_RUN_DIR: as_auditor(host, paths.TOOL_RUN_DIR)})

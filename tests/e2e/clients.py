@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from collections.abc import Callable
@@ -10,7 +11,18 @@ from pathlib import Path
 import httpx
 import paramiko
 
+from exchange import paths
 from tests.testhost import TestHost
+
+# What `exchange link issue` prints: "issued <account> ...".
+ISSUED = re.compile(rf"issued ({paths.LINK_ACCOUNT_NAME.strip('^$')})")
+
+
+def issued_account(out: str) -> str:
+    """The link account `exchange link issue` says it issued."""
+    found = ISSUED.search(out)
+    assert found, f"no issued link account in: {out!r}"
+    return found[1]
 
 
 def ssh_options(host: TestHost, key: Path | None) -> list[str]:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from passlib.hash import sha512_crypt
 
+from exchange import paths
 from exchange.accounts import partner_aging
-from exchange.credentials import FAILLOCK_DIR
 from exchange.policy import load_policy
 from roles import REPO
 from tests import testhost
@@ -52,7 +52,7 @@ class Exchange:
         _, chage = partner_aging(load_policy(REPO / "policies.yaml").policy, password_set=True)
         self.host.ssh(
             f"usermod -p '{sha512_crypt.hash(password)}' {name} && {shlex.join(chage)} --lastday $(( $(date +%s) / 86400 )) {name} "
-            f"&& faillock --dir {FAILLOCK_DIR} --user {name} --reset"
+            f"&& faillock --dir {paths.FAILLOCK_DIR} --user {name} --reset"
         )
 
 
@@ -68,7 +68,7 @@ def public_key(key: Path) -> str:
 
 
 def audit_events(host: testhost.TestHost, event: str) -> list[dict]:
-    text = host.ssh(f'grep -h \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
+    text = host.ssh(f'grep -h \'"event": "{event}"\' {paths.AUDIT_LOG} || true').stdout
     return [json.loads(line) for line in text.splitlines()]
 
 

@@ -5,7 +5,8 @@ import subprocess
 import pytest
 from passlib.hash import sha512_crypt
 
-from roles.ops import APPLY_PENDING_DIR, apply_marker
+from exchange import paths
+from roles.ops import apply_marker
 from tests.pyinfra_run import changed_operations, pyinfra
 from tests.testhost import RUN_DIR_ENV
 
@@ -93,7 +94,7 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
     # A deploy stopped between moving sshd_config into place and reloading sshd (or a failed
     # reload) leaves its marker: the next run reloads, once.
     alpha = hosts[0]
-    alpha.ssh(f"mkdir -p {APPLY_PENDING_DIR} && touch {apply_marker('/etc/ssh/sshd_config')}")
+    alpha.ssh(f"mkdir -p {paths.APPLY_PENDING_DIR} && touch {apply_marker(paths.SSHD_CONFIG)}")
     # Admins added since get login.defs' aging from useradd: those with a key only (no password
     # to renew) lose it at the next run, those with a password keep it. A staff account made by
     # hand is not in the inventory's staff list: it goes.
@@ -108,7 +109,7 @@ def test_converges_several_hosts_and_a_rerun_changes_nothing(boot_host):
         "Password rules | Key-only staff and admins keep no password aging": [alpha.name],
     }
     assert pyinfra("-y", INVENTORY, "deploy.py").returncode == 0
-    assert alpha.ssh(f"test -e {apply_marker('/etc/ssh/sshd_config')}", check=False).returncode == 1
+    assert alpha.ssh(f"test -e {apply_marker(paths.SSHD_CONFIG)}", check=False).returncode == 1
     aging = alpha.ssh("for u in admin-keys admin-pw; do getent shadow $u | cut -d: -f4,5,7; done").stdout
     assert aging.split() == ["0::", "1:90:30"]
     assert alpha.ssh("getent passwd staff-by-hand", check=False).returncode == 2

@@ -8,6 +8,7 @@ import subprocess
 import paramiko
 import pytest
 
+from exchange import paths
 from tests.e2e.clients import openssh, openssh_sftp, paramiko_sftp, transport
 from tests.e2e.conftest import PARTNERS
 
@@ -166,7 +167,7 @@ def test_sftp_sessions_and_file_operations_are_logged_with_the_account(exchange,
         f"put {local} /upload/audit-probe.dcm\nget /upload/audit-probe.dcm {tmp_path}/back.dcm\nrename /upload/audit-probe.dcm /upload/renamed.dcm\nrm /upload/renamed.dcm\n",
     )
     assert result.returncode == 0, result.stderr
-    log = exchange.host.ssh("cat /var/log/imaging-exchange/sftp.log").stdout
+    log = exchange.host.ssh(f"cat {paths.SFTP_LOG}").stdout
     mine = [line for line in log.splitlines() if f"account={me} " in line]
     joined = "\n".join(mine)
     assert "session opened for local user" in joined and "session closed for local user" in joined

@@ -19,10 +19,11 @@ import pytest
 from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE
 from pydicom.data import get_testdata_file
 
+from exchange import paths
 from exchange.messages import when
 from tests import testhost
 from tests.dicom_synth import clone, ct_study
-from tests.e2e.clients import openssh_sftp, paramiko_sftp
+from tests.e2e.clients import ISSUED, issued_account, openssh_sftp, paramiko_sftp
 from tests.e2e.conftest import PARTNERS, make_exchange
 from tests.messaging import SmsGateway, SmtpServer, make_ca
 from tests.pyinfra_run import REPO
@@ -32,8 +33,7 @@ pytestmark = pytest.mark.e2e
 
 J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 
-CA_ON_HOST = "/etc/imaging-exchange/test-relay-ca.pem"
-STATE = "/var/lib/imaging-exchange"
+CA_ON_HOST = f"{paths.CONFIG_DIR}/test-relay-ca.pem"
 LINK_URL = re.compile(r"https://exchange\.test\.example/l/([A-Za-z0-9_-]{43})\b")
 PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
 
@@ -61,7 +61,7 @@ def linked(shared_hosts, tmp_path_factory, relay):
     host = testhost.boot("links", log=lambda message: print(message, flush=True), directory=shared_hosts)
     try:
         ca = base64.b64encode(relay.ca.read_bytes()).decode()
-        host.ssh(f"install -d /etc/imaging-exchange && echo {ca} | base64 -d > {CA_ON_HOST}")
+        host.ssh(f"install -d {paths.CONFIG_DIR} && echo {ca} | base64 -d > {CA_ON_HOST}")
         yield make_exchange(
             host,
             tmp_path_factory.mktemp("links"),
@@ -99,7 +99,7 @@ def issue(exchange, relay, *extra: str) -> IssuedLink:
     email, phone = recipient()
     result = run(exchange, "link", "issue", "--email", email, "--phone", phone, *extra)
     assert result.returncode == 0, result.stderr
-    account = re.search(r"issued (link-[a-z0-9]{8})", result.stdout)[1]
+    account = issued_account(result.stdout)
     (mail,) = relay.smtp.to(email)
     (sms,) = relay.sms.to(phone)
     text = sms.body["text"]
@@ -119,15 +119,15 @@ def can_login(exchange, account: str, password: str) -> bool:
 def audit_events(exchange, event: str) -> list[dict]:
     """Audit lines whose event is `event`, or starts with it if it ends in "-"."""
     pattern = f'"event": "{event}' + ("" if event.endswith("-") else '"')
-    text = exchange.host.ssh(f"grep -hF {shlex.quote(pattern)} /var/log/imaging-exchange/audit.log || true").stdout
+    text = exchange.host.ssh(f"grep -hF {shlex.quote(pattern)} {paths.AUDIT_LOG} || true").stdout
     return [json.loads(line) for line in text.splitlines()]
 
 
 def link_state(exchange) -> str:
     """Everything an issue creates: accounts, chroots, records, tokens, keys and log sockets."""
     return exchange.host.ssh(
-        f"getent group exchange-links; ls /srv/exchange/links {STATE}/links {STATE}/link-tokens "
-        "/etc/imaging-exchange/log-sockets; grep -c '^link-' /etc/passwd || true"
+        f"getent group exchange-links; ls /srv/exchange/links {paths.STATE_DIR}/links {paths.STATE_DIR}/link-tokens "
+        f"{paths.LOG_SOCKETS_DIR}; grep -c '^link-' /etc/passwd || true"
     ).stdout
 
 
@@ -141,10 +141,10 @@ def test_link_by_mail_password_by_sms_and_the_password_opens_sftp(linked, relay)
     assert link.token not in link.sms and "/l/" not in link.sms
     # The token is stored only as its hash; the password nowhere.
     digest = hashlib.sha256(link.token.encode()).hexdigest()
-    assert json.loads(linked.host.ssh(f"cat {STATE}/link-tokens/{digest}").stdout)["account"] == link.account
+    assert json.loads(linked.host.ssh(f"cat {paths.STATE_DIR}/link-tokens/{digest}").stdout)["account"] == link.account
     for secret in (link.token, link.password):
         found = linked.host.ssh(
-            f"grep -rlF -- {shlex.quote(secret)} /var/lib/imaging-exchange /var/log /etc /srv /var/spool || true"
+            f"grep -rlF -- {shlex.quote(secret)} {paths.STATE_DIR} /var/log /etc /srv /var/spool || true"
         )
         assert found.stdout == "", f"a secret was written to {found.stdout}"
     # The password opens the account's own chroot over SFTP (keyboard-interactive).
@@ -167,7 +167,7 @@ def test_generated_passwords_are_checked_with_the_servers_libpwquality(linked):
     # Rarely cracklib finds a random password "too simplistic/systematic" and PAM would refuse
     # the hand-out: the generator asks libpwquality first, as PAM will.
     verdicts = linked.host.ssh(
-        "/opt/imaging-exchange/venv/bin/python -c 'from exchange.credentials import pwquality_refusal as no; "
+        f"{paths.TOOLS_VENV}/bin/python -c 'from exchange.credentials import pwquality_refusal as no; "
         'print(bool(no("Password1234567")), bool(no("Hq7t-Mw3k-Pz9x-Ne4r")))\''
     ).stdout.split()
     assert verdicts == ["True", "False"]
@@ -188,8 +188,8 @@ def test_revoke_ends_access_and_removes_everything(linked, relay):
     assert not can_login(linked, link.account, link.password)
     digest = hashlib.sha256(link.token.encode()).hexdigest()
     gone = linked.host.ssh(
-        f"test -e /srv/exchange/links/{link.account} || test -e {STATE}/links/{link.account}.json || "
-        f"test -e {STATE}/link-tokens/{digest} || getent passwd {link.account}",
+        f"test -e /srv/exchange/links/{link.account} || test -e {paths.STATE_DIR}/links/{link.account}.json || "
+        f"test -e {paths.STATE_DIR}/link-tokens/{digest} || getent passwd {link.account}",
         check=False,
     )
     assert gone.returncode != 0
@@ -203,7 +203,7 @@ def test_an_expired_link_opens_nothing_and_the_purge_removes_it(linked, relay):
     by_record = issue(linked, relay)  # the record's validity over (the hourly purge's usual case)
     linked.host.ssh(f"usermod --expiredate 2020-01-01 {by_account.account}")
     assert not can_login(linked, by_account.account, by_account.password)
-    record = f"{STATE}/links/{by_record.account}.json"
+    record = f"{paths.STATE_DIR}/links/{by_record.account}.json"
     linked.host.ssh(
         f'python3 -c \'import json,sys; r=json.load(open(sys.argv[1])); r["expires"]="2020-01-01T00:00:00Z"; '
         f'json.dump(r, open(sys.argv[1], "w"))\' {record}'
@@ -275,7 +275,7 @@ def test_twenty_issues_in_parallel_all_succeed_distinctly(linked, relay):
     for n in range(20):
         rc = linked.host.ssh(f"cat /tmp/parallel.{n}.rc /tmp/parallel.{n}.out").stdout
         assert rc.startswith("0\n"), rc
-    accounts = set(re.findall(r"issued (link-[a-z0-9]{8})", linked.host.ssh("cat /tmp/parallel.*.out").stdout))
+    accounts = set(ISSUED.findall(linked.host.ssh("cat /tmp/parallel.*.out").stdout))
     tokens = {LINK_URL.search(relay.smtp.to(email)[0].body)[1] for email, _ in recipients}
     passwords = {PASSWORD.search(relay.sms.to(phone)[0].body["text"])[1] for _, phone in recipients}
     assert len(accounts) == len(tokens) == len(passwords) == 20
@@ -283,7 +283,9 @@ def test_twenty_issues_in_parallel_all_succeed_distinctly(linked, relay):
     assert accounts <= set(members)
     email, phone = recipients[0]
     account = next(
-        a for a in accounts if json.loads(linked.host.ssh(f"cat {STATE}/links/{a}.json").stdout)["email"] == email
+        a
+        for a in accounts
+        if json.loads(linked.host.ssh(f"cat {paths.STATE_DIR}/links/{a}.json").stdout)["email"] == email
     )
     assert can_login(linked, account, PASSWORD.search(relay.sms.to(phone)[0].body["text"])[1])
 
@@ -461,7 +463,7 @@ def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, w
     email, phone = recipient()
     issued = fab("link-issue", "--email", email, "--phone", phone, "--lang", "en")
     assert issued.returncode == 0, issued.stderr
-    account = re.search(r"issued (link-[a-z0-9]{8})", issued.stdout)[1]
+    account = issued_account(issued.stdout)
     assert relay.smtp.to(email) and relay.sms.to(phone)
     listed = fab("link-list", "--json")
     assert listed.returncode == 0 and account in listed.stdout and email not in listed.stdout

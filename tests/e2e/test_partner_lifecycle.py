@@ -11,6 +11,7 @@ import time
 import paramiko
 import pytest
 
+from exchange import paths
 from tests.e2e.clients import openssh_sftp, paramiko_sftp
 from tests.e2e.conftest import PARTNERS, audit_events, partner_entry, write_inventory
 from tests.pyinfra_run import PYINFRA, REPO, changed_operations, pyinfra
@@ -75,8 +76,8 @@ def test_absent_partner_is_locked_at_once_then_removed_after_retention(own_excha
         exchange.host.ssh(f"usermod --expiredate '' {alice}")
     gone = exchange.host.ssh(
         f"getent passwd {bob}; test -e /srv/exchange/partners/{bob} && echo chroot; "
-        f"test -e /etc/ssh/authorized_keys/{bob} && echo keys; "
-        f"test -e /etc/imaging-exchange/log-sockets/{bob}.conf && echo socket; true"
+        f"test -e {paths.AUTHORIZED_KEYS_DIR}/{bob} && echo keys; "
+        f"test -e {paths.LOG_SOCKETS_DIR}/{bob}.conf && echo socket; true"
     ).stdout
     assert gone == ""
     assert bob in [e["account"] for e in audit_events(exchange.host, "account-removed")]

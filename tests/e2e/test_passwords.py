@@ -3,7 +3,7 @@
 import paramiko
 import pytest
 
-from exchange.credentials import FAILLOCK_DIR
+from exchange import paths
 from tests.e2e.clients import paramiko_sftp
 from tests.e2e.conftest import PARTNERS
 
@@ -29,7 +29,7 @@ def partner(exchange):
     login = exchange.logins[name]
     exchange.set_password(name, login.password)
     yield name, login.password
-    exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name} --reset")
+    exchange.host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {name} --reset")
     exchange.set_password(name, login.password)
     exchange.host.ssh(f"chage --lastday $(( $(date +%s) / 86400 )) {name}")
 
@@ -47,7 +47,7 @@ def test_new_partner_accounts_have_no_usable_password_and_no_aging(exchange):
     assert exchange.initial_password_fields == {name: "!" for name in PARTNERS}
     # Nothing to renew, so nothing ages (useradd gave them login.defs' 90 days; the deploy removed it).
     assert exchange.initial_aging == {name: "0::" for name in PARTNERS}
-    created = exchange.host.ssh("zcat -f /var/log/imaging-exchange/audit.log* | grep account-created").stdout
+    created = exchange.host.ssh(f"zcat -f {paths.AUDIT_LOG}* | grep account-created").stdout
     assert all(f'"account": "{name}"' in created for name in PARTNERS)
 
 
@@ -112,11 +112,11 @@ def test_lockout_after_repeated_failures(exchange, partner):
     for _ in range(5):
         assert not login_works(exchange, name, "Wrong-Password-123456")
     assert not login_works(exchange, name, password), "the right password worked during the lockout"
-    tally = exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name}").stdout
+    tally = exchange.host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {name}").stdout
     assert sum(1 for line in tally.splitlines() if line.rstrip().endswith(" V")) >= 5, tally
     # The tally is on disk, so it survives a reboot.
-    assert exchange.host.ssh(f"test -s {FAILLOCK_DIR}/{name}", check=False).returncode == 0
-    exchange.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {name} --reset")
+    assert exchange.host.ssh(f"test -s {paths.FAILLOCK_DIR}/{name}", check=False).returncode == 0
+    exchange.host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {name} --reset")
     assert login_works(exchange, name, password)
 
 

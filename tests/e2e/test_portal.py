@@ -23,10 +23,10 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from pydicom.data import get_testdata_file
 
-from exchange.credentials import FAILLOCK_DIR
+from exchange import paths
 from exchange.policy import load_policy
 from tests import testhost
-from tests.e2e.clients import paramiko_sftp, portal_form
+from tests.e2e.clients import issued_account, paramiko_sftp, portal_form
 from tests.e2e.conftest import make_exchange
 from tests.pyinfra_run import REPO
 from tests.sites import outbox_site
@@ -35,9 +35,6 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "reports" / "portal"
-OUTBOX = "/var/spool/imaging-exchange/outbox"
-NGINX_SITE = "/etc/nginx/sites-available/imaging-exchange"
-NGINX_ENABLED = "/etc/nginx/sites-enabled/imaging-exchange"
 PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
 NEUTRAL = "did not succeed"
 
@@ -92,9 +89,9 @@ def issue_link(web, lang: str = "en") -> Link:
     n = next(_counter)
     email, phone = f"web{n}@example.org", f"+3162345{n:04d}"
     result = web.host.ssh(shlex.join(["exchange", "link", "issue", "--email", email, "--phone", phone, "--lang", lang]))
-    account = re.search(r"issued (link-[a-z0-9]{8})", result.stdout)[1]
-    mail = web.host.ssh(f"grep -l -F {shlex.quote(email)} {OUTBOX}/*.eml | xargs cat").stdout
-    sms = web.host.ssh(f"grep -l -F {shlex.quote(phone)} {OUTBOX}/*.sms | xargs cat").stdout
+    account = issued_account(result.stdout)
+    mail = web.host.ssh(f"grep -l -F {shlex.quote(email)} {paths.OUTBOX_DIR}/*.eml | xargs cat").stdout
+    sms = web.host.ssh(f"grep -l -F {shlex.quote(phone)} {paths.OUTBOX_DIR}/*.sms | xargs cat").stdout
     url = re.search(re.escape(web.host.portal_url) + r"/l/[A-Za-z0-9_-]{43}", mail)[0]
     return Link(account, url, PASSWORD.search(json.loads(sms)["text"])[1])
 
@@ -111,7 +108,7 @@ def put_study(web, account: str) -> tuple[str, str]:
 
 
 def audit_events(web, event: str) -> list[dict]:
-    text = web.host.ssh(f'grep -hF \'"event": "{event}"\' /var/log/imaging-exchange/audit.log || true').stdout
+    text = web.host.ssh(f'grep -hF \'"event": "{event}"\' {paths.AUDIT_LOG} || true').stdout
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -121,7 +118,7 @@ _certificates: dict[str, str] = {}
 def tls_context(web) -> ssl.SSLContext:
     """Trusts exactly the test host's certificate."""
     if web.host.name not in _certificates:
-        _certificates[web.host.name] = web.host.ssh("cat /etc/ssl/imaging-exchange/portal.crt").stdout
+        _certificates[web.host.name] = web.host.ssh(f"cat {paths.TLS_CERTIFICATE}").stdout
     return ssl.create_default_context(cadata=_certificates[web.host.name])
 
 
@@ -192,7 +189,7 @@ def test_link_flow_download_and_upload_in_the_browser(web, page, tmp_path):
     uploads = [e for e in audit_events(web, "portal-upload") if e["account"] == link.account]
     assert uploads[0]["file"] == "referral letter.pdf" and uploads[0]["bytes"] == upload.stat().st_size
     # The web session was the account's own SFTP session: the SFTP log has it.
-    assert f"account={link.account}" in web.host.ssh("cat /var/log/imaging-exchange/sftp.log").stdout
+    assert f"account={link.account}" in web.host.ssh(f"cat {paths.SFTP_LOG}").stdout
 
 
 def test_download_resumes_with_a_range_and_partials_stay_hidden(web):
@@ -248,9 +245,7 @@ def test_unknown_revoked_expired_token_and_wrong_password_get_one_answer(web, pa
     wrong, revoked, expired = issue_link(web), issue_link(web), issue_link(web)
     web.host.ssh(f"exchange link revoke {revoked.account}")
     # The record's expiry passed (the hourly purge has not run yet): the token no longer opens.
-    token_file = (
-        "/var/lib/imaging-exchange/link-tokens/" + hashlib.sha256(expired.url.rsplit("/", 1)[1].encode()).hexdigest()
-    )
+    token_file = f"{paths.LINK_TOKENS_DIR}/" + hashlib.sha256(expired.url.rsplit("/", 1)[1].encode()).hexdigest()
     web.host.ssh(
         f"python3 -c \"import json,sys; p='{token_file}'; d=json.load(open(p)); d['expires']='2020-01-01T00:00:00+00:00';"
         " open(p,'w').write(json.dumps(d))\""
@@ -284,7 +279,7 @@ def test_lockout_after_repeated_failures(web, policy):
             assert portal_form(http, path, password="Wrong-Pass-Word-0000").status_code == 401
         # PAM's lockout (pam_faillock) holds for the web exactly as for SFTP.
         assert portal_form(http, path, password=link.password).status_code == 401
-    web.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {link.account} --reset")
+    web.host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {link.account} --reset")
 
 
 def test_forms_without_the_csrf_token_are_refused(web):
@@ -364,7 +359,7 @@ def test_expired_partner_password_is_changed_through_the_form(web, page):
     page.fill("#new_password_again", "Quartz-Meadow-Lantern-4711")
     page.click("button[type=submit]")  # a wrong current password: the neutral answer, the form again
     assert NEUTRAL in page.locator("p.error").inner_text() and page.locator("#new_password").count() == 1
-    web.host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {bob.name} --reset")
+    web.host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {bob.name} --reset")
     change("Short-1a")  # PAM's own reason comes back
     assert "BAD PASSWORD" in page.locator("ul.error").inner_text()
     shot(page, "09-password-rejected")
@@ -505,9 +500,9 @@ def test_the_audit_suite_sees_the_token_index_and_the_running_nginx(web, policy,
     loads shows (an edited copy enabled in place of the deployed site file) fail their controls."""
     from tests.e2e.test_audit import run_audit
 
-    tokens, site, enabled = "/var/lib/imaging-exchange/link-tokens", NGINX_SITE, NGINX_ENABLED
+    tokens, site, enabled = paths.LINK_TOKENS_DIR, paths.NGINX_SITE, paths.NGINX_ENABLED
     link = issue_link(web)
-    record = web.host.ssh(f"cat /var/lib/imaging-exchange/links/{link.account}.json").stdout
+    record = web.host.ssh(f"cat {paths.LINK_RECORDS_DIR}/{link.account}.json").stdout
     token = json.loads(record)["token_sha256"]
     rate = policy.portal.login_requests_per_minute
     web.host.ssh(
@@ -535,6 +530,11 @@ def test_the_audit_suite_sees_the_token_index_and_the_running_nginx(web, policy,
     assert json.loads(controls["PORTAL-04"]["actual"]) == {
         "client_max_body_size_mb /files/upload": 10,
         "login_posts_per_minute": {"/login": rate * 20, "/l/<token>": rate * 20, "/password": rate * 20},
+        # Not drifted, but part of what the control reports.
+        "connections_per_address": dict.fromkeys(
+            ["/files/download/<name>", "/files/upload", "/login", "/l/<token>", "/password"],
+            policy.portal.connections_per_address,
+        ),
     }
 
 

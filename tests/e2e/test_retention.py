@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from exchange import paths
 from tests.e2e.conftest import PARTNERS
 
 pytestmark = pytest.mark.e2e
@@ -56,11 +57,11 @@ def test_dry_run_lists_and_changes_nothing(exchange, aged_files):
 
 def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged_files):
     name, chroot = aged_files
-    audit_before = exchange.host.ssh("wc -l < /var/log/imaging-exchange/audit.log").stdout.strip()
+    audit_before = exchange.host.ssh(f"wc -l < {paths.AUDIT_LOG}").stdout.strip()
     result = exchange.host.ssh("exchange purge")
     deleted = [json.loads(line) for line in result.stdout.splitlines()]
-    paths = {d["path"] for d in deleted if d["account"] == name}
-    assert paths == {
+    deleted_paths = {d["path"] for d in deleted if d["account"] == name}
+    assert deleted_paths == {
         "/upload/old.dcm",
         "/upload/nested/deeper/old2.dcm",
         "/upload/nested/deeper",
@@ -93,10 +94,10 @@ def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged
     )
 
     time.sleep(1)  # rsyslog writes asynchronously
-    audit = exchange.host.ssh(f"tail -n +{int(audit_before) + 1} /var/log/imaging-exchange/audit.log").stdout
+    audit = exchange.host.ssh(f"tail -n +{int(audit_before) + 1} {paths.AUDIT_LOG}").stdout
     records = [json.loads(line) for line in audit.splitlines()]
     files = [r for r in records if r["event"] == "file-purged" and r["account"] == name]
-    assert {r["path"] for r in files} == {p for p in paths if not p.endswith(("nested", "deeper"))}
+    assert {r["path"] for r in files} == {p for p in deleted_paths if not p.endswith(("nested", "deeper"))}
     old_dcm = next(r for r in files if r["path"] == "/upload/old.dcm")
     assert old_dcm["size"] == len("old study") and old_dcm["age_hours"] >= 168 and old_dcm["kind"] == "partner"
     syslog = exchange.host.ssh("grep -h file-purged /var/log/auth.log | tail -n 20").stdout  # the system log
@@ -105,7 +106,7 @@ def test_purge_deletes_exactly_past_retention_and_follows_no_link(exchange, aged
 
 def test_a_second_purge_at_the_same_time_waits_its_turn(exchange, aged_files):
     name, chroot = aged_files
-    exchange.host.ssh("setsid flock /run/imaging-exchange/purge.lock sleep 8 >/dev/null 2>&1 < /dev/null &")
+    exchange.host.ssh(f"setsid flock {paths.TOOL_RUN_DIR}/{paths.PURGE_LOCK} sleep 8 >/dev/null 2>&1 < /dev/null &")
     time.sleep(1)
     result = exchange.host.ssh("exchange purge")
     assert "purge skipped: another purge is running" in result.stderr

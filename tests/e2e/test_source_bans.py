@@ -18,8 +18,8 @@ import httpx
 import paramiko
 import pytest
 
-from exchange.bans import JAILS, OFF_MARKER, OFF_TEXT, PORTAL_JAIL
-from exchange.credentials import FAILLOCK_DIR
+from exchange import paths
+from exchange.bans import JAILS, OFF_TEXT, PORTAL_JAIL
 from exchange.policy import load_policy
 from tests import testhost
 from tests.e2e.clients import paramiko_sftp, portal_form
@@ -81,7 +81,7 @@ def web_login(exchange, user: str, password: str, source: str) -> str:
 
 def tally(host, user: str) -> int:
     """pam_faillock's failures of `user` that still count (V: within fail_interval)."""
-    out = host.ssh(f"faillock --dir {FAILLOCK_DIR} --user {user}").stdout
+    out = host.ssh(f"faillock --dir {paths.FAILLOCK_DIR} --user {user}").stdout
     return len(re.findall(r"\sV\s*$", out, re.M))
 
 
@@ -173,14 +173,14 @@ def test_the_audit_sees_the_bans_in_force_and_any_weakening(banning, tmp_path):
     assert result.returncode == 0 and not controls["BAN-01"]["failed"], result.stdout[-3000:]
     assert "expected" in controls["BAN-01"] and "SKIPPED" not in result.stdout  # checked, not skipped
     # A weaker jail at run time, and a marker claiming bans are off where they could be on.
-    host.ssh(f"fail2ban-client set sshd maxretry 9 && printf %s {shlex.quote(OFF_TEXT)} > {OFF_MARKER}")
+    host.ssh(f"fail2ban-client set sshd maxretry 9 && printf %s {shlex.quote(OFF_TEXT)} > {paths.SOURCE_BANS_OFF}")
     try:
         result, controls = run_audit(host, tmp_path / "weakened", "test_bans.py")
     finally:
-        host.ssh(f"rm -f {OFF_MARKER} && fail2ban-client reload")
+        host.ssh(f"rm -f {paths.SOURCE_BANS_OFF} && fail2ban-client reload")
     assert result.returncode == 1 and controls["BAN-01"]["failed"]
     actual = json.loads(controls["BAN-01"]["actual"])
-    assert actual["sshd"]["maxretry"] == 9 and actual[OFF_MARKER].startswith("root:root 0644")
+    assert actual["sshd"]["maxretry"] == 9 and actual[paths.SOURCE_BANS_OFF].startswith("root:root 0644")
 
 
 def test_a_host_that_cannot_ban_says_so_and_the_audit_cannot_be_fooled(exchange, tmp_path):
@@ -189,14 +189,17 @@ def test_a_host_that_cannot_ban_says_so_and_the_audit_cannot_be_fooled(exchange,
     dry = pyinfra("--dry", str(exchange.inventory), "deploy.py")
     assert dry.returncode == 0 and "Source bans are OFF on this host" in dry.stdout + dry.stderr
     assert host.ssh("dpkg-query -W fail2ban nftables", check=False).returncode != 0  # nothing installed
-    assert host.ssh(f"stat -c '%U:%G %a' {OFF_MARKER} && cat {OFF_MARKER}").stdout == f"root:root 644\n{OFF_TEXT}"
+    assert (
+        host.ssh(f"stat -c '%U:%G %a' {paths.SOURCE_BANS_OFF} && cat {paths.SOURCE_BANS_OFF}").stdout
+        == f"root:root 644\n{OFF_TEXT}"
+    )
     result, controls = run_audit(host, tmp_path / "off", "test_bans.py")
     assert result.returncode == 0 and "not applicable: source bans are off by host data" in result.stdout
     assert json.loads(controls["BAN-01"]["actual"])["CAP_NET_ADMIN"] is False
     # Without the deploy's marker (a deploy that skipped the role, say) the control fails.
-    host.ssh(f"rm {OFF_MARKER}")
+    host.ssh(f"rm {paths.SOURCE_BANS_OFF}")
     try:
         result, controls = run_audit(host, tmp_path / "no-marker", "test_bans.py")
     finally:
-        host.ssh(f"printf %s {shlex.quote(OFF_TEXT)} > {OFF_MARKER} && chmod 644 {OFF_MARKER}")
+        host.ssh(f"printf %s {shlex.quote(OFF_TEXT)} > {paths.SOURCE_BANS_OFF} && chmod 644 {paths.SOURCE_BANS_OFF}")
     assert result.returncode == 1 and controls["BAN-01"]["failed"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange import auditlog
+from exchange import paths
 
 
 class AuditSocket:
@@ -45,6 +45,6 @@ def audit_socket(monkeypatch):
     # A short path: a unix socket's path is limited to about 100 bytes.
     with tempfile.TemporaryDirectory(prefix="audit-") as folder:
         receiver = AuditSocket(Path(folder) / "log")
-        monkeypatch.setattr(auditlog, "AUDIT_SOCKET", str(receiver.path))
+        monkeypatch.setattr(paths, "AUDIT_SOCKET", str(receiver.path))
         yield receiver
         receiver.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange import auditread
+from exchange import auditread, paths
 from exchange.auditread import AuditReadError, command
 from exchange.links import LinkStore
 from exchange.policy import load_policy
@@ -44,8 +44,8 @@ def test_the_reads_are_the_systems_own_tools():
 
 
 def test_the_token_folder_is_the_link_tools():
-    assert Path(auditread.LINK_TOKENS) == LinkStore(Path(auditread.STATE_DIR)).tokens
-    assert auditread.STATE_DIR == "/var/lib/imaging-exchange"  # exchange.links.STATE_DIR without EXCHANGE_STATE
+    assert Path(paths.LINK_TOKENS_DIR) == LinkStore().tokens
+    assert paths.STATE_DIR == "/var/lib/imaging-exchange"
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from exchange.auditlog import AUDIT_LOG
+from exchange import paths
 from exchange.bans import PORTAL_JAIL, SSHD_JAIL
 from exchange.policy import load_policy
 from roles import REPO, bans
@@ -27,7 +27,7 @@ def jails() -> configparser.ConfigParser:
             never_banned=bans.NEVER_BANNED,
             sshd_jail=SSHD_JAIL,
             portal_jail=PORTAL_JAIL,
-            audit_log=AUDIT_LOG,
+            audit_log=paths.AUDIT_LOG,
         )
     )
     return parser
@@ -42,7 +42,7 @@ def test_both_jails_ban_by_the_policy_from_every_port_but_never_loopback():
         assert (jail["maxretry"], jail["findtime"], jail["bantime"]) == ("2", "900", "1200")
         assert jail["ignoreip"].split() == ["127.0.0.1/8", "::1"]
     assert parser[SSHD_JAIL]["backend"] == "systemd"  # Debian 12 need not write auth.log
-    assert parser[PORTAL_JAIL]["logpath"] == AUDIT_LOG and parser[PORTAL_JAIL]["filter"] == PORTAL_JAIL
+    assert parser[PORTAL_JAIL]["logpath"] == paths.AUDIT_LOG and parser[PORTAL_JAIL]["filter"] == PORTAL_JAIL
 
 
 def test_the_filter_is_checked_against_a_failed_login_as_the_portal_writes_it():

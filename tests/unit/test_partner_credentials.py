@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exchange import cli, credentials, partner_access
+from exchange import cli, credentials, partner_access, paths
 from exchange.accounts import Layout
 from exchange.messages import Messages
 from exchange.policy import load_policy
@@ -55,7 +55,7 @@ def host(tmp_path, monkeypatch) -> Host:
     before = credentials.ShadowEntry(hash="$y$j9T$old", lastchg="19990", aging=("1", "90", "14", "30"))
     monkeypatch.setattr(credentials, "shadow_entry", lambda account: before)  # /etc/shadow has no partner here
     monkeypatch.setattr(partner_access, "account_lock", contextlib.nullcontext)
-    monkeypatch.setattr(partner_access.expiry_notices, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(paths, "STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setattr(Layout, "kind_of", lambda self, name: "partner")
     monkeypatch.setattr(
         partner_access.auditlog, "record", lambda event, **fields: host.audit.append((event, fields, host.ran()))
@@ -73,7 +73,7 @@ def host(tmp_path, monkeypatch) -> Host:
             }
         )
     )
-    monkeypatch.setattr("exchange.partners.HOST_PARTNERS_PATH", str(partners))
+    monkeypatch.setattr(paths, "PARTNERS", str(partners))
     return host
 
 

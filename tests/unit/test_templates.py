@@ -45,18 +45,9 @@ def test_a_missing_variable_is_an_error_not_an_empty_string(name):
 def sshd_config(**settings) -> str:
     from exchange.policy import load_policy
     from roles import REPO
-    from roles.sshd import SFTP_DENIED_REQUESTS, allow_groups
+    from roles.sshd import sshd_config
 
-    policy = load_policy(REPO / "policies.yaml").policy
-    host = HostSettings(**settings)
-    return render(
-        "sshd/sshd_config.j2",
-        policy=policy,
-        settings=host,
-        allow_groups=allow_groups(policy, host),
-        keys_dir="/etc/ssh/authorized_keys",
-        sftp_denied_requests=SFTP_DENIED_REQUESTS,
-    )
+    return sshd_config(load_policy(REPO / "policies.yaml").policy, HostSettings(**settings))
 
 
 def test_sshd_config_root_login_follows_the_inventory():

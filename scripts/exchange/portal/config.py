@@ -8,18 +8,16 @@ credentials: those stay in the root-only site.yaml) and where sshd listens.
 from __future__ import annotations
 
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 from pydantic import Field, ValidationError
 
+from exchange import paths
 from exchange.invoker import Invoker
-from exchange.links import STATE_DIR
 from exchange.site import Part, PublicSite
 from exchange.validation import describe, read_yaml_file
 
-HOST_PORTAL_CONFIG = PurePosixPath("/etc/imaging-exchange/portal.yaml")
-HOST_PORTAL_TEMPLATES = PurePosixPath("/etc/imaging-exchange/portal")
 PORTAL_CONFIG_ENV = "EXCHANGE_PORTAL_CONFIG"
 
 
@@ -33,10 +31,10 @@ class PortalConfig(Part):
     sshd_port: int = Field(22, ge=1, le=65535)
     # The server's own host keys: the portal trusts nothing else on the other end.
     host_key_files: list[str] = Field(
-        default_factory=lambda: ["/etc/ssh/ssh_host_ed25519_key.pub", "/etc/ssh/ssh_host_rsa_key.pub"], min_length=1
+        default_factory=lambda: [f"{key}.pub" for key in paths.SSH_HOST_KEYS.values()], min_length=1
     )
-    templates_dir: str = str(HOST_PORTAL_TEMPLATES)
-    state_dir: str = str(STATE_DIR)
+    templates_dir: str = paths.PORTAL_TEMPLATES_DIR
+    state_dir: str = paths.STATE_DIR
 
 
 def portal_yaml(config: PortalConfig) -> str:
@@ -47,7 +45,7 @@ def portal_yaml(config: PortalConfig) -> str:
 
 def load_portal_config(path: Path | str | None = None, who: Invoker | None = None) -> PortalConfig:
     """`who`: read the file with this person's rights (a file they named; None: the tool's own)."""
-    path = Path(path or os.environ.get(PORTAL_CONFIG_ENV) or HOST_PORTAL_CONFIG)
+    path = Path(path or os.environ.get(PORTAL_CONFIG_ENV) or paths.PORTAL_CONFIG)
     data = read_yaml_file(path, "the portal's configuration", PortalConfigError, who=who)
     try:
         return PortalConfig.model_validate(data)
