@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 
 from exchange import locks, observe, paths
 from exchange.auditlog import audit_command as audit
+from exchange.errors import ExchangeError
 from exchange.policy import Policy
 
 
@@ -373,7 +374,7 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
     return [Step(name, f"remove {kind} account", command) for command in commands]
 
 
-class StepFailed(Exception):
+class StepFailed(ExchangeError):
     pass
 
 

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 from exchange import paths
 from exchange.accounts import Layout
 from exchange.bans import JAILS
+from exchange.errors import REFUSED, ExchangeError
 from exchange.policy import Policy
 
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.
@@ -32,8 +33,8 @@ TOKEN_FILE_FORMAT = "%.12f|%u|%g|%m|%y\n"
 FAIL2BAN_SETTINGS = frozenset({"maxretry", "findtime", "bantime", "ignoreip", "actions"})
 
 
-class AuditReadError(Exception):
-    pass
+class AuditReadError(ExchangeError):
+    status = REFUSED
 
 
 def exchange_account(policy: Policy, name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -15,26 +16,49 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from exchange import __version__, paths, untrusted
+from exchange.errors import ExchangeError
 from exchange.policy import POLICY_ENV, Policy, PolicyError, load_policy
 from exchange.site import SITE_ENV, Site
 
 if TYPE_CHECKING:
     from exchange.messages import Messages
 
-app = typer.Typer(
+
+class ExchangeApp(typer.Typer):
+    """Typer whose commands share one handler: an ExchangeError anywhere in a command ends it
+    with its message, escaped, and its exit status; never a traceback."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Callable) -> Callable:
+            @functools.wraps(function)
+            def run(*call_args, **call_kwargs):
+                try:
+                    return function(*call_args, **call_kwargs)
+                except ExchangeError as error:
+                    raise _fail(error, error.status) from None
+
+            register(run)
+            return function
+
+        return decorator
+
+
+app = ExchangeApp(
     help="imaging-exchange: secure exchange of imaging studies over SFTP and the web.",
     no_args_is_help=True,
     add_completion=False,
 )
-policy_app = typer.Typer(help="Inspect the exchange policy.", no_args_is_help=True)
+policy_app = ExchangeApp(help="Inspect the exchange policy.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-site_app = typer.Typer(help="Inspect the site data (institution, contacts, message transports).", no_args_is_help=True)
+site_app = ExchangeApp(help="Inspect the site data (institution, contacts, message transports).", no_args_is_help=True)
 app.add_typer(site_app, name="site")
-link_app = typer.Typer(help="One-time link accounts: link by e-mail, password by SMS.", no_args_is_help=True)
+link_app = ExchangeApp(help="One-time link accounts: link by e-mail, password by SMS.", no_args_is_help=True)
 app.add_typer(link_app, name="link")
-partner_app = typer.Typer(help="Fixed partner accounts.", no_args_is_help=True)
+partner_app = ExchangeApp(help="Fixed partner accounts.", no_args_is_help=True)
 app.add_typer(partner_app, name="partner")
-portal_app = typer.Typer(help="The secure web page.", no_args_is_help=True)
+portal_app = ExchangeApp(help="The secure web page.", no_args_is_help=True)
 app.add_typer(portal_app, name="portal")
 
 PolicyOption = Annotated[
@@ -105,22 +129,17 @@ def _tools(command: str) -> Tools:
     """Root, the policy, the site data and the message templates, or a clear exit."""
     from exchange.invoker import invoker
     from exchange.messages import Messages
-    from exchange.site import SiteError, load_site
+    from exchange.site import load_site
 
     _require_root(command)
     policy = _policy_or_exit().policy
-    try:
-        site = load_site(show_values=invoker() is None)  # root-only: its values are not staff's to read
-    except SiteError as error:
-        raise _fail(error, 2) from None
+    site = load_site(show_values=invoker() is None)  # root-only: its values are not staff's to read
     return Tools(policy, site, Messages(site))
 
 
 @portal_app.command("check")
 def portal_check(
-    path: Annotated[
-        Path | None, typer.Argument(help="The portal's file (default: /etc/imaging-exchange/portal.yaml).")
-    ] = None,
+    path: Annotated[Path | None, typer.Argument(help=f"The portal's file (default: {paths.PORTAL_CONFIG}).")] = None,
 ) -> None:
     """Validate the portal's file with the policy and its page templates; exit 1 naming the problem."""
     import jinja2
@@ -181,21 +200,14 @@ def link_issue(
     show_password: ShowPassword = False,
 ) -> None:
     """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
-    from exchange.credentials import CredentialError
-    from exchange.links import LinkError, Links, LinkStore, validate_request
-    from exchange.messages import MessageError, mask_email, mask_phone, when
+    from exchange.links import Links, LinkStore, validate_request
+    from exchange.messages import mask_email, mask_phone, when
 
     _require_root("link issue")
     policy = _policy_or_exit().policy
-    try:
-        request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
-    except LinkError as error:
-        raise _fail(error, 2) from None
+    request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
     tools = _tools("link issue")
-    try:
-        issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
-    except (LinkError, MessageError, CredentialError) as error:
-        raise _fail(error) from None
+    issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
     record = issued.record
     typer.echo(f"issued {record.account}")
     typer.echo(f"  expires  {when(record.expires, 'en', tools.site.zone)}")
@@ -248,20 +260,15 @@ def link_resend(
     show_password: ShowPassword = False,
 ) -> None:
     """A new password by SMS (the old one stops working; the link stays)."""
-    from exchange.credentials import CredentialError
-    from exchange.links import LinkError, Links, LinkStore
+    from exchange.links import Links, LinkStore
     from exchange.messages import MessageError, mask_phone
     from exchange.transports import DeliveryError
 
     tools = _tools("link resend")
-    try:
+    try:  # a CredentialError says itself whether the new password went out
         issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).resend(account)
-    except LinkError as error:
-        raise _fail(error, 2) from None
     except (DeliveryError, MessageError) as error:
         raise _fail(f"{error}\nthe previous password still works") from None
-    except CredentialError as error:  # says whether the new password went out
-        raise _fail(error) from None
     typer.echo(f"new password for {account} sent to {mask_phone(issued.record.phone)}")
     if show_password:
         typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
@@ -276,13 +283,11 @@ def link_revoke(
 ) -> None:
     """End the account's sessions and remove it with its link; its uploads are kept for staff."""
     from exchange.accounts import StepFailed
-    from exchange.links import LinkError, Links, LinkStore
+    from exchange.links import Links, LinkStore
 
     tools = _tools("link revoke")
     try:
         revoked = Links(tools.policy, tools.site, tools.messages, LinkStore()).revoke(account, discard_uploads)
-    except LinkError as error:
-        raise _fail(error, 2) from None
     except (StepFailed, OSError) as error:
         raise _fail(
             f"{account}: not revoked: {error}\nthe account is locked and still there with its files; try again, or "
@@ -303,16 +308,12 @@ def partner_credentials(
     show_password: ShowPassword = False,
 ) -> None:
     """A fresh password by SMS, a notice by e-mail; the partner must change it at first login."""
-    from exchange.credentials import CredentialError
-    from exchange.messages import MessageError, mask_email, mask_phone
-    from exchange.partner_access import LockoutNotCleared, PartnerAccessError, new_credentials
-    from exchange.partners import PartnerDataError, load_partners
+    from exchange.messages import mask_email, mask_phone
+    from exchange.partner_access import LockoutNotCleared, new_credentials
+    from exchange.partners import load_partners
 
     tools = _tools("partner credentials")
-    try:
-        partners = {p.name: p for p in load_partners(paths.PARTNERS)}
-    except PartnerDataError as error:
-        raise _fail(error, 2) from None
+    partners = {p.name: p for p in load_partners(paths.PARTNERS)}
     if name not in partners:
         raise _fail(f"{name}: not in the partner data ({paths.PARTNERS}); known: {', '.join(sorted(partners))}", 2)
     not_cleared = None
@@ -320,8 +321,6 @@ def partner_credentials(
         issued = new_credentials(tools.policy, tools.site, tools.messages, partners[name])
     except LockoutNotCleared as error:
         issued, not_cleared = error.issued, error  # sent: say so, then fail
-    except (PartnerAccessError, MessageError, CredentialError) as error:
-        raise _fail(error) from None
     partner = issued.partner
     typer.echo(
         f"new password for {name}: notice to {mask_email(partner.email)}, password to {mask_phone(partner.phone)}"
@@ -350,29 +349,22 @@ def package(
 ) -> None:
     """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
     from exchange.invoker import invoker
-    from exchange.messages import MessageError
-    from exchange.package import PackageError, download_folder, link_end, make_package
+    from exchange.package import download_folder, link_end, make_package
 
     tools = _tools("package")
     who = invoker()  # what staff name is read with their rights, the site's viewer folder with root's
     # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        folder = download_folder(tools.policy, to)
-    except PackageError as error:
-        raise _fail(error, 2) from None
+    folder = download_folder(tools.policy, to)
     viewer_who = who if viewer is not None else None
     viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
     link_ends = link_end(to)
     with _progress() as progress:
-        try:
-            made = make_package(
-                tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
-                allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
-                who=who, viewer_who=viewer_who,
-            )  # fmt: skip
-        except (PackageError, MessageError) as error:
-            raise _fail(error) from None
+        made = make_package(
+            tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
+            allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
+            who=who, viewer_who=viewer_who,
+        )  # fmt: skip
     for label_ in made.scan.not_dicom:
         typer.echo(f"skipped (not DICOM): {label_}", err=True)
     for line in made.scan.duplicates:

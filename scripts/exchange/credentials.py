@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from exchange import paths
+from exchange.errors import ExchangeError
 from exchange.policy import Policy
 
 # No look-alikes: 0/O/o, 1/l/I/i, and nothing a phone keyboard hides behind a long press.
@@ -23,7 +24,7 @@ GROUP = 4  # typed as blocks: Hq7t-Mw3k-Pz9x-Ne4r
 SEPARATOR = "-"  # a fourth character class, on every phone's first keyboard page
 
 
-class CredentialError(Exception):
+class CredentialError(ExchangeError):
     pass
 
 

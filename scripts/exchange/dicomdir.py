@@ -34,11 +34,12 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, Medi
 
 from exchange import untrusted
 from exchange.dicomfiles import Header, Instance, as_dataset, full_header
+from exchange.errors import ExchangeError
 
 FILE_SET_ID = "IMAGINGEXCHANGE"
 
 
-class DicomDirError(Exception):
+class DicomDirError(ExchangeError):
     pass
 
 

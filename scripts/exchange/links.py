@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, 
 from exchange import auditlog, credentials, held, observe, paths
 from exchange.accounts import Layout, Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
 from exchange.auditlog import actor
+from exchange.errors import FAILED, REFUSED, ExchangeError
 from exchange.messages import Messages, mask_email, mask_phone
 from exchange.policy import Policy
 from exchange.site import E164, Site
@@ -39,8 +40,10 @@ ACCOUNT_NAME = re.compile(paths.LINK_ACCOUNT_NAME)
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(TOKEN_BYTES)
 
 
-class LinkError(Exception):
+class LinkError(ExchangeError):
     """The request cannot be done; the message says why, and nothing was changed."""
+
+    status = REFUSED
 
 
 class LinkRequest(BaseModel):
@@ -219,7 +222,7 @@ class Links:
     def _create_account(self, name: str, expires: datetime.datetime, password: str) -> None:
         observed = observe.observe(self.layout.observe_params([name]))
         if name in observed["accounts"]:
-            raise LinkError(f"{name}: exists already")
+            raise LinkError(f"{name}: exists already", status=FAILED)
         # pam_unix refuses an account from its expiry day on (UTC days): the day after the
         # validity ends, so no minute is lost; the purge removes it within the hour after.
         expire_day = (expires + datetime.timedelta(days=1)).date().isoformat()
@@ -281,11 +284,12 @@ class Links:
                 except (StepFailed, OSError) as rollback:
                     raise LinkError(
                         f"{failure}\nand undoing it failed too ({rollback}): the link cannot open (its token is "
-                        f"gone), but the account {name} may remain; remove it with `exchange link revoke {name}`"
+                        f"gone), but the account {name} may remain; remove it with `exchange link revoke {name}`",
+                        status=FAILED,
                     ) from None
             if isinstance(failure, (DeliveryError, StepFailed, credentials.CredentialError, OSError)):
                 raise LinkError(
-                    f"{failure}\nnothing was issued: the account {name} and its folders were removed"
+                    f"{failure}\nnothing was issued: the account {name} and its folders were removed", status=FAILED
                 ) from None
             raise
         auditlog.record(

@@ -14,9 +14,10 @@ import stat
 from collections.abc import Iterator
 
 from exchange import paths
+from exchange.errors import ExchangeError
 
 
-class LockFolderError(Exception):
+class LockFolderError(ExchangeError):
     """The lock folder is not root's own; the message says what is wrong with it."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 
 from exchange import paths, untrusted
+from exchange.errors import ExchangeError
 from exchange.site import Site
 
 MESSAGES_ENV = "EXCHANGE_MESSAGES"
@@ -33,7 +34,7 @@ _WEEKDAYS = {
 }
 
 
-class MessageError(Exception):
+class MessageError(ExchangeError):
     pass
 
 

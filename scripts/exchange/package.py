@@ -30,6 +30,7 @@ from exchange.accounts import Layout
 from exchange.auditlog import actor
 from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
 from exchange.dicomfiles import Scan, Source, scan
+from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker
 from exchange.links import LinkError, LinkStore
 from exchange.messages import Messages
@@ -39,7 +40,7 @@ from exchange.zipstream import Entry, SourceError, write_entries
 DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work
 
 
-class PackageError(Exception):
+class PackageError(ExchangeError):
     """Nothing was written; the message says why."""
 
 
@@ -128,25 +129,30 @@ def download_folder(policy: Policy, account: str, now: float | None = None) -> P
     layout = Layout(policy)
     kind = layout.kind_of(account)
     if not kind:
-        raise PackageError(f"{account}: no partner or link account of that name (see `exchange link list`)")
+        raise PackageError(
+            f"{account}: no partner or link account of that name (see `exchange link list`)", status=REFUSED
+        )
     now = time.time() if now is None else now
     expiry = (observe.shadow().get(account) or {}).get("expire")
     if expiry is not None and expiry <= now // 86400:  # shadow's days
         since = observe.shadow_day(expiry).date().isoformat()
         if kind == "partner":
             raise PackageError(
-                f"partner {account} is locked (account expired {since}) and cannot log in; nothing was written"
+                f"partner {account} is locked (account expired {since}) and cannot log in; nothing was written",
+                status=REFUSED,
             )
         raise PackageError(
             f"link {account} has ended (account expired {since}) and cannot log in; nothing was written "
-            "(issue a new link: `exchange link issue`)"
+            "(issue a new link: `exchange link issue`)",
+            status=REFUSED,
         )
     # A link ends at its record's time; its account expires at the next day (shadow counts days).
     end = link_end(account) if kind == "link" else None
     if end is not None and end.timestamp() <= now:
         raise PackageError(
             f"link {account} has ended ({end.isoformat()}) and cannot log in; nothing was written "
-            "(issue a new link: `exchange link issue`)"
+            "(issue a new link: `exchange link issue`)",
+            status=REFUSED,
         )
     return Path(layout.chroot(kind, account)) / policy.accounts.download_folder
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from exchange import auditlog, credentials, expiry_notices, observe
 from exchange.accounts import Layout, account_lock, partner_aging
 from exchange.auditlog import actor
+from exchange.errors import ExchangeError
 from exchange.messages import Messages, mask_email, mask_phone, when
 from exchange.partners import Partner
 from exchange.policy import Policy
@@ -18,7 +19,7 @@ from exchange.site import Site
 from exchange.transports import DeliveryError, send_email, send_sms
 
 
-class PartnerAccessError(Exception):
+class PartnerAccessError(ExchangeError):
     pass
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError, field_validator
 
 from exchange import paths
+from exchange.errors import REFUSED, ExchangeError
 from exchange.validation import describe, read_yaml_file
 
 # A Debian username that is also safe as a path component and a syslog hostname.
@@ -79,8 +80,8 @@ def short_rsa_keys(owners: dict[str, list[str]], min_bits: int) -> list[str]:
 # The deploy installs the validated partner data here, for the staff tools (contacts).
 
 
-class PartnerDataError(Exception):
-    pass
+class PartnerDataError(ExchangeError):
+    status = REFUSED
 
 
 class Partner(BaseModel):

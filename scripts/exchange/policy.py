@@ -26,6 +26,7 @@ from pydantic import (
 
 from exchange import paths
 from exchange.bans import JAILS
+from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker, read_named
 from exchange.validation import describe, load_yaml, yaml_problem
 
@@ -55,8 +56,10 @@ def _cron_field(field: str, low: int, high: int) -> bool:
     return True
 
 
-class PolicyError(Exception):
+class PolicyError(ExchangeError):
     """A policy file that cannot be used. The message is meant for the admin as is."""
+
+    status = REFUSED
 
 
 class Section(BaseModel):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from exchange import auditlog, held, links, locks, observe, paths, safefs, untrusted
 from exchange.accounts import Layout, StepFailed, account_lock, removal_steps, run_steps
+from exchange.errors import ExchangeError
 from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
 
@@ -30,7 +31,7 @@ class PurgeBusy(Exception):
     pass
 
 
-class PurgeError(Exception):
+class PurgeError(ExchangeError):
     """The purge cannot run at all; the message says why."""
 
 

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from exchange import paths
+from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker
 from exchange.validation import describe, read_yaml_file
 
@@ -38,8 +39,10 @@ E164 = r"^\+[1-9]\d{6,14}$"
 Text = Annotated[str, StringConstraints(min_length=1, max_length=300, strip_whitespace=True)]
 
 
-class SiteError(Exception):
+class SiteError(ExchangeError):
     """Site data that cannot be used; the message names the file or host and the key."""
+
+    status = REFUSED
 
 
 class Part(BaseModel):

@@ -19,11 +19,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from exchange.errors import ExchangeError
 from exchange.messages import Email
 from exchange.site import HttpSmsTransport, OutboxTransport, Site, SmtpTransport
 
 
-class DeliveryError(Exception):
+class DeliveryError(ExchangeError):
     pass
 
 

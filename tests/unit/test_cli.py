@@ -39,3 +39,26 @@ def test_policy_defaults_to_the_environment_then_the_installed_file(tmp_path: Pa
 
 def test_version():
     assert run("--version").stdout.startswith("exchange ")
+
+
+def test_every_command_shares_one_handler_for_refusals_and_failures(monkeypatch):
+    """An ExchangeError anywhere in any command: its message, escaped, and its exit status."""
+    from typer.testing import CliRunner
+
+    from exchange import cli
+    from exchange.links import LinkError
+    from exchange.package import PackageError
+
+    def refused(*args, **kwargs):
+        raise LinkError("link-zzzzzzzz\x1b[2K: no such link account")
+
+    def failed(*args, **kwargs):
+        raise PackageError("packing failed, nothing was left")
+
+    monkeypatch.setattr(cli, "_tools", refused)
+    answer = CliRunner().invoke(cli.app, ["link", "resend", "link-zzzzzzzz"])
+    assert answer.exit_code == 2 and isinstance(answer.exception, SystemExit)  # no traceback
+    assert answer.stderr == "link-zzzzzzzz\\x1b[2K: no such link account\n"
+    monkeypatch.setattr(cli, "_tools", failed)
+    answer = CliRunner().invoke(cli.app, ["link", "list"])
+    assert answer.exit_code == 1 and answer.stderr == "packing failed, nothing was left\n"

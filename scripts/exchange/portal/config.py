@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from exchange import paths
+from exchange.errors import ExchangeError
 from exchange.invoker import Invoker
 from exchange.site import Part, PublicSite
 from exchange.validation import describe, read_yaml_file
@@ -21,7 +22,7 @@ from exchange.validation import describe, read_yaml_file
 PORTAL_CONFIG_ENV = "EXCHANGE_PORTAL_CONFIG"
 
 
-class PortalConfigError(Exception):
+class PortalConfigError(ExchangeError):
     pass
 
 
