@@ -70,7 +70,7 @@ def disk_limits_said(root: str):
         logger.warning(
             f"{host.name}: {root} is on {found['mount']} ({found['type']}) without user quotas, so no per-account "
             "disk limit holds: one account's uploads can fill it for every other. Put it on a filesystem of its "
-            "own (README: IT admins)"
+            "own (docs/admins.md: Disk space per account)"
         )
         host.noop(f"no user quotas on {found['mount']}")
     yield from ()

@@ -1,4 +1,4 @@
-"""The privilege boundaries of the threat model (README, Security), attacked on a real host.
+"""The privilege boundaries of the threat model (docs/security.md), attacked on a real host.
 
 Actors: a staff member (key login, `sudo exchange` and nothing else), a plain local account,
 a partner and a link recipient (SFTP and the web page only). Each test is one attack that

@@ -51,12 +51,18 @@ def test_control_ids_are_unique_and_carry_a_reference():
                     assert mark.kwargs.get("reference"), mark.args[0]
 
 
+CONTROLS_BEGIN, CONTROLS_END = "<!-- controls:begin -->", "<!-- controls:end -->"
+
+
 def readme_controls() -> set[str]:
-    """The ids in the first column of the README's audit table: "ACC-01..06", "SUDO-01, SUDO-02"."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    table = readme[readme.index("| control | what it verifies |") :].split("\n\n", 1)[0]
+    """The ids in the first column of the README's audit table, which stands alone between its two
+    marker lines: "ACC-01..06", "SUDO-01, SUDO-02"."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert readme.count(CONTROLS_BEGIN) == 1 and readme.count(CONTROLS_END) == 1, "the table's marker lines"
+    table = "\n".join(readme[readme.index(CONTROLS_BEGIN) + 1 : readme.index(CONTROLS_END)]).strip().splitlines()
+    assert table[:2] == ["| control | what it verifies |", "| --- | --- |"]
     ids = set()
-    for row in table.splitlines()[2:]:
+    for row in table[2:]:
         for item in row.split("|")[1].split(","):
             prefix, first, last = re.fullmatch(r"\s*([A-Z]+)-(\d+)(?:\.\.(\d+))?\s*", item).groups()
             ids |= {f"{prefix}-{n:02d}" for n in range(int(first), int(last or first) + 1)}
