@@ -40,7 +40,7 @@ import socket, sys, tempfile
 from pathlib import Path
 from exchange import auditlog
 from exchange.messages import Messages
-from exchange.package import make_package
+from exchange.dicom.package import make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from tests.sites import outbox_site
@@ -142,8 +142,8 @@ def compare(name: str, study: Path, work: Path, repeat: int) -> dict:
 
 
 def dicomdir_time(study: Path) -> float:
-    from exchange.dicomdir import build_tree, dicomdir_bytes
-    from exchange.dicomfiles import scan
+    from exchange.dicom.dicomdir import build_tree, dicomdir_bytes
+    from exchange.dicom.dicomfiles import scan
     from exchange.handed_in import open_named
 
     start = time.perf_counter()

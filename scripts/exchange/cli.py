@@ -348,8 +348,8 @@ def package(
     ] = False,
 ) -> None:
     """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
+    from exchange.dicom.package import download_folder, link_end, make_package
     from exchange.invoker import invoker
-    from exchange.package import download_folder, link_end, make_package
 
     tools = _tools("package")
     who = invoker()  # what staff name is read with their rights, the site's viewer folder with root's
@@ -383,9 +383,9 @@ def inspect(
     max_ratio: Annotated[int, typer.Option("--max-ratio", help="Refuse an entry that expands more than this.")] = 200,
 ) -> None:
     """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems."""
-    from exchange.dicomdir import DicomDirError, build_tree, summary
+    from exchange.dicom.dicomdir import DicomDirError, build_tree, summary
+    from exchange.dicom.media import inspect_media
     from exchange.invoker import invoker
-    from exchange.media import inspect_media
 
     depth = _policy_or_exit().policy.accounts.max_folder_depth
     report = inspect_media(path, depth, invoker(), max_total=int(max_gb * 1024**3), max_ratio=max_ratio)

@@ -46,8 +46,8 @@ def test_every_command_shares_one_handler_for_refusals_and_failures(monkeypatch)
     from typer.testing import CliRunner
 
     from exchange import cli
+    from exchange.dicom.package import PackageError
     from exchange.links import LinkError
-    from exchange.package import PackageError
 
     def refused(*args, **kwargs):
         raise LinkError("link-zzzzzzzz\x1b[2K: no such link account")

@@ -23,11 +23,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.fileset import FileSet
 
-import exchange.package
+import exchange.dicom.package
 import exchange.safefs
-from exchange import media as media_module
+from exchange.dicom import media as media_module
+from exchange.dicom.package import PackageError, make_package
 from exchange.messages import Messages
-from exchange.package import PackageError, make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
@@ -195,7 +195,7 @@ def test_an_unreadable_received_zip_refuses_the_package_by_name(study, tmp_path)
 
 def test_a_second_package_of_the_same_name_never_replaces_the_first(study, tmp_path, monkeypatch):
     root, _ = study
-    monkeypatch.setattr("exchange.package.package_name", lambda label, now: "same.zip")
+    monkeypatch.setattr("exchange.dicom.package.package_name", lambda label, now: "same.zip")
     first, second = package(tmp_path, root), package(tmp_path, root)
     assert (first.path.name, second.path.name) == ("same.zip", "same-2.zip")
     folder = tmp_path / "download"
@@ -228,7 +228,7 @@ def test_what_cannot_be_read_refuses_the_package_by_name(tmp_path):
     tmp_path.chmod(0o755)
     script = (
         "import sys; from pathlib import Path; from tests.unit.test_package import package;"
-        "from exchange.package import PackageError\n"
+        "from exchange.dicom.package import PackageError\n"
         f"try: package(Path({str(tmp_path)!r}), Path({str(tmp_path / 'in')!r}))\n"
         "except PackageError as e: print(e)"
     )
@@ -337,13 +337,13 @@ def test_media_whose_path_holds_a_bang_are_inspected(study, tmp_path):
 
 def test_the_package_is_nameless_while_written(study, tmp_path, monkeypatch):
     seen = []
-    real = exchange.package.write_entries
+    real = exchange.dicom.package.write_entries
 
     def watching(archive, *args, **kwargs):
         seen.extend((p.name, p.stat().st_mode & 0o777) for p in (tmp_path / "download").iterdir())
         return real(archive, *args, **kwargs)
 
-    monkeypatch.setattr(exchange.package, "write_entries", watching)
+    monkeypatch.setattr(exchange.dicom.package, "write_entries", watching)
     made = package(tmp_path, study[0])
     assert seen == [] and made.path.stat().st_mode & 0o777 == 0o644  # O_TMPFILE: no name, nothing to reach
 
@@ -356,14 +356,14 @@ def test_where_files_cannot_be_nameless_the_package_is_hidden_and_private_while_
             raise OSError(errno.EOPNOTSUPP, "Operation not supported")
         return real_open(path, flags, *args, **kwargs)
 
-    real = exchange.package.write_entries
+    real = exchange.dicom.package.write_entries
 
     def watching(archive, *args, **kwargs):
         seen.extend((p.name, p.stat().st_mode & 0o777) for p in (tmp_path / "download").iterdir())
         return real(archive, *args, **kwargs)
 
     monkeypatch.setattr(exchange.safefs.os, "open", no_tmpfile)
-    monkeypatch.setattr(exchange.package, "write_entries", watching)
+    monkeypatch.setattr(exchange.dicom.package, "write_entries", watching)
     made = package(tmp_path, study[0])
     ((name, mode),) = seen
     assert name.startswith(".") and name.endswith(".partial") and mode == 0o600
@@ -422,7 +422,7 @@ def test_an_interrupted_packaging_leaves_no_visible_zip(tmp_path):
     folder.mkdir()
     script = (
         "import sys; from pathlib import Path; from tests.unit.test_package import POLICY, MESSAGES;"
-        "from exchange.package import make_package;"
+        "from exchange.dicom.package import make_package;"
         f"make_package(POLICY, MESSAGES, 'link-x', Path({str(folder)!r}), [Path({str(tmp_path / 'in')!r})])"
     )
 
@@ -518,11 +518,11 @@ def test_the_sites_viewer_sits_beside_the_dicomdir(study, tmp_path):
 
 def test_zip64_records_are_written_when_sizes_need_them(study, tmp_path, monkeypatch):
     # Lower the limits so that small test files take the ZIP64 paths a 4 GB study takes.
-    import exchange.zipstream
+    import exchange.dicom.zipstream
 
     root, files = study
     monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
-    monkeypatch.setattr(exchange.zipstream, "ZIP64_AT", 1000)
+    monkeypatch.setattr(exchange.dicom.zipstream, "ZIP64_AT", 1000)
     made = package(tmp_path, root)
     monkeypatch.undo()
     assert subprocess.run(["unzip", "-tq", str(made.path)], capture_output=True).returncode == 0
@@ -535,7 +535,7 @@ def test_zip64_records_are_written_when_sizes_need_them(study, tmp_path, monkeyp
 
 
 def test_missing_input_an_unknown_account_and_missing_media_are_named(tmp_path):
-    from exchange.package import download_folder
+    from exchange.dicom.package import download_folder
 
     with pytest.raises(PackageError, match=f"no such file or folder: {tmp_path}/nowhere"):
         package(tmp_path, tmp_path / "nowhere")
@@ -617,8 +617,8 @@ def test_the_package_says_in_both_languages_when_the_server_deletes_it(study, tm
 
 
 def test_the_link_end_comes_from_the_links_record(tmp_path):
+    from exchange.dicom.package import link_end
     from exchange.links import LinkRecord, LinkStore
-    from exchange.package import link_end
 
     store = LinkStore(tmp_path)
     ends = datetime.datetime(2026, 12, 5, 13, 0, tzinfo=datetime.UTC)

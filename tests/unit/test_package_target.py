@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exchange import observe
-from exchange import package as package_module
 from exchange.accounts import Layout
-from exchange.package import PackageError, download_folder
+from exchange.dicom import package as package_module
+from exchange.dicom.package import PackageError, download_folder
 from exchange.policy import load_policy
 from roles import REPO
 

@@ -22,7 +22,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from exchange import handed_in
-from exchange.dicomfiles import (
+from exchange.dicom.dicomfiles import (
     READ_ERRORS,
     ZIP_MAX_RATIO,
     ZIP_MAX_TOTAL_BYTES,

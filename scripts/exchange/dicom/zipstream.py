@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from exchange.dicomfiles import READ_ERRORS, Source
+from exchange.dicom.dicomfiles import READ_ERRORS, Source
 
 CHUNK = 1 << 20
 

@@ -28,14 +28,14 @@ from pathlib import Path
 from exchange import auditlog, handed_in, observe, safefs, untrusted
 from exchange.accounts import Layout
 from exchange.auditlog import actor
-from exchange.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
-from exchange.dicomfiles import Scan, Source, scan
+from exchange.dicom.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
+from exchange.dicom.dicomfiles import Scan, Source, scan
+from exchange.dicom.zipstream import Entry, SourceError, write_entries
 from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker
 from exchange.links import LinkError, LinkStore
 from exchange.messages import Messages
 from exchange.policy import Policy
-from exchange.zipstream import Entry, SourceError, write_entries
 
 DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work
 

@@ -33,7 +33,7 @@ from pydicom.filewriter import write_data_element, write_dataset, write_file_met
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 from exchange import untrusted
-from exchange.dicomfiles import Header, Instance, as_dataset, full_header
+from exchange.dicom.dicomfiles import Header, Instance, as_dataset, full_header
 from exchange.errors import ExchangeError
 
 FILE_SET_ID = "IMAGINGEXCHANGE"
