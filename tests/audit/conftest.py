@@ -18,9 +18,10 @@ import json
 import pytest
 
 from exchange import paths
-from exchange.accounts import Layout
 from exchange.policy import PolicyError, load_policy
 from roles import REPO
+from tests.audit.baseline import Expected
+from tests.audit.catalogue import catalogue
 
 
 def pytest_addoption(parser):
@@ -28,7 +29,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "control(id, reference, source): an audit control and where it comes from")
+    config.addinivalue_line("markers", "control(id): an audit control; the rest is in its entry in controls.yaml")
     try:
         config.audit_policy = load_policy(config.getoption("--policy"))
     except PolicyError as error:
@@ -52,8 +53,9 @@ def policy(loaded_policy):
 
 
 @pytest.fixture(scope="session")
-def layout(policy):
-    return Layout(policy)
+def baseline(policy):
+    """The audit's own expectations (baseline.yaml) with this policy's names."""
+    return Expected(policy)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -121,8 +123,9 @@ class Control:
         if marker is None:
             raise RuntimeError(f"{request.node.nodeid} has no @pytest.mark.control")
         self.id = marker.args[0]
-        self.reference = marker.kwargs.get("reference", "")
-        self.source = marker.kwargs.get("source", "")
+        entry = catalogue()[self.id]
+        self.reference = entry.reference
+        self.source = entry.source
         self.record = record_property
         record_property("control", self.id)
         record_property("reference", self.reference)

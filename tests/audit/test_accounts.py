@@ -1,10 +1,6 @@
 """Every partner and link account: group, shell, chroot ownership and modes, folders, passwd entry."""
 
-import pytest
-
-from exchange import paths
-
-control = pytest.mark.control
+from tests.audit.catalogue import control
 
 
 def accounts(read, policy):
@@ -19,11 +15,7 @@ def stat(read, path):
     return owner, group, mode, kind
 
 
-@control(
-    "ACC-01",
-    reference="this project: groups",
-    source="accounts.partner_group, accounts.link_group, accounts.staff_group, accounts.auditor_group",
-)
+@control("ACC-01")
 def test_groups_exist(host, policy, control):
     groups = [
         policy.accounts.partner_group,
@@ -34,21 +26,17 @@ def test_groups_exist(host, policy, control):
     control.verify({g: True for g in groups}, {g: host.group(g).exists for g in groups})
 
 
-@control(
-    "ACC-02",
-    reference="this project: no shell for exchange accounts",
-    source="accounts.partner_group, accounts.link_group",
-)
-def test_no_shell(host, read, policy, control):
+@control("ACC-02")
+def test_no_shell(host, read, policy, baseline, control):
     found = {name: host.user(name).shell for name, _ in accounts(read, policy)}
-    control.verify({name: paths.NOLOGIN for name in found}, found)
+    control.verify({name: baseline.shell for name in found}, found)
 
 
-@control("ACC-03", reference="sshd_config(5) ChrootDirectory; this project: isolation", source="accounts.root")
-def test_chroot_path_is_root_owned_and_closed(read, policy, layout, control):
+@control("ACC-03")
+def test_chroot_path_is_root_owned_and_closed(read, policy, baseline, control):
     deviations = {}
     for name, kind in accounts(read, policy):
-        chroot = layout.chroot(kind, name)
+        chroot = baseline.chroot(kind, name)
         parts = chroot.strip("/").split("/")
         for depth in range(len(parts) + 1):
             path = "/" + "/".join(parts[:depth])
@@ -58,18 +46,12 @@ def test_chroot_path_is_root_owned_and_closed(read, policy, layout, control):
     control.verify({}, deviations)
 
 
-@control(
-    "ACC-04",
-    reference="this project: download/upload folders",
-    source="accounts.download_folder, accounts.upload_folder, accounts.staff_group",
-)
-def test_folders(read, policy, layout, control):
+@control("ACC-04")
+def test_folders(read, policy, baseline, control):
     deviations = {}
     for name, kind in accounts(read, policy):
-        chroot = layout.chroot(kind, name)
-        for relative, want in layout.skeleton(name).items():
-            if not relative:
-                continue  # the chroot itself: ACC-03
+        chroot = baseline.chroot(kind, name)
+        for relative, want in baseline.chroot_folders(name).items():  # not the chroot itself: ACC-03
             path = f"{chroot}/{relative}"
             owner, group, mode, kind_ = stat(read, path)
             got = (owner, group, mode.zfill(4), kind_)
@@ -78,9 +60,9 @@ def test_folders(read, policy, layout, control):
     control.verify({}, deviations)
 
 
-@control("ACC-05", reference="this project: the exchange tree", source="accounts.root, accounts.staff_group")
-def test_tree(read, layout, control):
-    expected = {path: " ".join(want) for path, want in layout.tree_dirs().items()}
+@control("ACC-05")
+def test_tree(read, baseline, control):
+    expected = {path: " ".join(want) for path, want in baseline.tree().items()}
     found = {}
     for path in expected:
         owner, group, mode, _ = stat(read, path)
@@ -88,18 +70,14 @@ def test_tree(read, layout, control):
     control.verify(expected, found)
 
 
-@control(
-    "ACC-06",
-    reference="sshd_config(5) ChrootDirectory %h; this project: isolation",
-    source="accounts.root, accounts.partner_group, accounts.link_group",
-)
-def test_home_is_the_own_chroot(host, read, policy, layout, control):
+@control("ACC-06")
+def test_home_is_the_own_chroot(host, read, policy, baseline, control):
     """sshd chroots each account to its passwd home (ChrootDirectory %h): a home pointed at
     another account's folder, or above the tree, opens that to it. ACC-03 checks the folders
     where they should be; this checks that sshd goes there."""
     expected, found = {}, {}
     for name, kind in accounts(read, policy):
         user = host.user(name)
-        expected[name] = {"home": layout.chroot(kind, name), "shell": paths.NOLOGIN}
+        expected[name] = {"home": baseline.chroot(kind, name), "shell": baseline.shell}
         found[name] = {"home": user.home, "shell": user.shell}
     control.verify(expected, found)

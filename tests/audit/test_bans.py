@@ -11,12 +11,15 @@ root-owned marker says bans are off by host data, and the host really lacks CAP_
 import ipaddress
 import re
 
-import pytest
-
 from exchange import paths
-from exchange.bans import JAILS, NEVER_BANNED, OFF_TEXT, PORTAL_JAIL, SSHD_JAIL
+from tests.audit.baseline import baseline
+from tests.audit.catalogue import control
 
-control = pytest.mark.control
+# The audit's own expectations (baseline.yaml), not the deploy's: the jails that must run, what
+# they never ban, and what the off marker must say.
+SSHD_JAIL, PORTAL_JAIL = (baseline().jails[jail] for jail in ("sshd", "portal"))
+JAILS = (SSHD_JAIL, PORTAL_JAIL)
+NEVER_BANNED, OFF_TEXT = baseline().never_banned, baseline().bans_off_text
 
 CAP_NET_ADMIN = 12  # linux/capability.h
 NFT = "/usr/sbin/nft"  # what the ban action runs
@@ -71,11 +74,7 @@ def jail(read, name: str) -> dict | str:
     }
 
 
-@control(
-    "BAN-01",
-    reference="issue 14 rule 11 (lockout is not a weapon); NIST SP 800-63B 5.2.2 (rate limiting)",
-    source="source_bans.max_failures, source_bans.find_seconds, source_bans.ban_seconds",
-)
+@control("BAN-01")
 def test_sources_failing_logins_are_banned_before_they_lock_an_account(host, read, policy, control):
     host_facts = {
         "fail2ban installed": host.package("fail2ban").is_installed,

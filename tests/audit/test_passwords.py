@@ -2,9 +2,7 @@
 
 import re
 
-import pytest
-
-control = pytest.mark.control
+from tests.audit.catalogue import control
 
 
 def conf_values(text: str) -> dict[str, str]:
@@ -39,11 +37,7 @@ def module_line(read, stack: str, module: str, when: str | None = None) -> str |
     return None
 
 
-@control(
-    "PW-01",
-    reference="CIS Debian 12 5.3.3.2.x (pam_pwquality)",
-    source="passwords.quality.minlen, passwords.quality.minclass, passwords.quality.dictcheck, passwords.quality.maxrepeat, passwords.quality.maxsequence, passwords.quality.difok, passwords.quality.enforce_for_root",
-)
+@control("PW-01")
 def test_pwquality_settings(host, read, policy, control):
     q = policy.passwords.quality
     # libpwquality's order: pwquality.conf.d/*.conf (sorted), then pwquality.conf, then the
@@ -66,11 +60,7 @@ def test_pwquality_settings(host, read, policy, control):
     control.verify(expected, {key: merged.get(key) for key in expected})
 
 
-@control(
-    "PW-02",
-    reference="CIS Debian 12 5.3.2.3, 5.3.3.2 (PAM stack)",
-    source="passwords.history.remember, passwords.quality.enforce_for_root",
-)
+@control("PW-02")
 def test_password_stack(read, policy, control):
     remember = policy.passwords.history.remember
     pwquality = module_line(read, "common-password", "pam_pwquality.so")
@@ -90,11 +80,7 @@ def test_password_stack(read, policy, control):
     )
 
 
-@control(
-    "PW-03",
-    reference="CIS Debian 12 5.3.2.2, 5.3.3.1.x (pam_faillock)",
-    source="passwords.lockout.deny, passwords.lockout.unlock_time, passwords.lockout.fail_interval",
-)
+@control("PW-03")
 def test_lockout(read, policy, control):
     lockout = policy.passwords.lockout
     conf = conf_values(read.text("/etc/security/faillock.conf"))
@@ -122,11 +108,7 @@ def test_lockout(read, policy, control):
     control.verify(expected, found)
 
 
-@control(
-    "PW-04",
-    reference="CIS Debian 12 5.4.1.1-5.4.1.5 (login.defs, useradd)",
-    source="passwords.aging.max_days, passwords.aging.min_days, passwords.aging.warn_days, passwords.aging.inactive_days",
-)
+@control("PW-04")
 def test_login_defs(read, policy, control):
     aging = policy.passwords.aging
     defs = dict(
@@ -173,11 +155,7 @@ def password_status(read, name: str) -> tuple[str, dict[str, int | None]]:
 NO_AGING = {"min": 0, "max": -1, "inactive": -1}
 
 
-@control(
-    "PW-05",
-    reference="CIS Debian 12 5.4.1.1, 5.4.1.3-5.4.1.5 (chage per account)",
-    source="passwords.aging.max_days, passwords.aging.min_days, passwords.aging.warn_days, passwords.aging.inactive_days",
-)
+@control("PW-05")
 def test_every_partner_ages(read, policy, control):
     aging = policy.passwords.aging
     ages = {"min": aging.min_days, "max": aging.max_days, "warn": aging.warn_days, "inactive": aging.inactive_days}
@@ -191,11 +169,7 @@ def test_every_partner_ages(read, policy, control):
     control.verify({}, deviations)
 
 
-@control(
-    "PW-06",
-    reference="this project: staff and auditors log in with a key only",
-    source="accounts.staff_group, accounts.auditor_group",
-)
+@control("PW-06")
 def test_staff_and_auditors_have_no_password(read, policy, control):
     """sshd takes only keys from them; a password would still open su and the console."""
     deviations = {}

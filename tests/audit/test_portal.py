@@ -9,6 +9,7 @@ import pytest
 
 from exchange import paths
 from exchange.policy import parse_policy
+from tests.audit.catalogue import control
 from tests.audit.nginxconf import (
     Config,
     Directive,
@@ -18,8 +19,6 @@ from tests.audit.nginxconf import (
     tls_servers,
     zone_rates_per_minute,
 )
-
-control = pytest.mark.control
 
 # The portal's routes (scripts/exchange/portal/app.py): uploads, and the forms that take a password.
 UPLOAD = "/files/upload"
@@ -43,7 +42,7 @@ def https_address(site_config):
     return (listen[1] or "127.0.0.1"), int(listen[2])
 
 
-@control("PORTAL-01", reference="issue 7: the portal holds no file privileges of its own", source="portal.service_user")
+@control("PORTAL-01")
 def test_portal_service_cannot_reach_the_exchange_folders(host, policy, site_config, control):
     user = policy.portal.service_user
     unit = host.run(
@@ -69,7 +68,7 @@ def hsts_max_age(header: str) -> int:
     return int(match[1]) if match else 0
 
 
-@control("PORTAL-02", reference="Mozilla TLS intermediate; BSI TR-02102-2 (TLS 1.2 and 1.3 only)", source="portal")
+@control("PORTAL-02")
 def test_tls_12_and_13_only(host, https_address, control):
     address, port = https_address
     found = {}
@@ -92,7 +91,7 @@ print(json.dumps({"status": response.status, "headers": [[k.lower(), v] for k, v
 """
 
 
-@control("PORTAL-03", reference="OWASP Secure Headers; issue 7 (CSP, HSTS, cookies, no caching)", source="portal")
+@control("PORTAL-03")
 def test_security_headers_and_cookies(host, https_address, control):
     address, port = https_address
     fetched = json.loads(host.run(f"python3 -c {shlex.quote(FETCH)} {address} {port}").stdout)
@@ -159,11 +158,7 @@ def connections_per_address(main: Directive, levels: list[Directive]) -> int | N
     return min(limits) if limits else None
 
 
-@control(
-    "PORTAL-04",
-    reference="issue 7: upload size and login rate limits in nginx; issue 14: connections per address",
-    source="portal.upload_max_mb, portal.login_requests_per_minute, portal.connections_per_address",
-)
+@control("PORTAL-04")
 def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, control):
     """Read from what nginx loads, for the location nginx picks for each route: a limit in the
     site file means nothing if nginx runs another file, or a location overrides it."""
@@ -188,12 +183,7 @@ def test_nginx_limits_follow_the_policy(policy, running_nginx, https_address, co
     )
 
 
-@control(
-    "PORTAL-05",
-    reference="issue 7: session idle time, per-address login limit, session caps from the policy",
-    source="portal.idle_minutes, portal.login_failures_per_ip, portal.login_failure_window_seconds, portal.max_sessions, "
-    "portal.max_sessions_per_account, portal.max_transfers_per_account",
-)
+@control("PORTAL-05")
 def test_the_running_portal_uses_this_policy(host, policy, site_config, control):
     """The portal reads these from the installed policy at start: the installed one must say the
     same, and the service must have started after the policy file was last written."""
@@ -251,11 +241,7 @@ def _error_levels(levels: list[Directive]) -> list[str]:
     return [args[1] if len(args) > 1 else "error" for args in in_effect("error_log", *levels) or [["-"]]]
 
 
-@control(
-    "PORTAL-06",
-    reference="issue 14: secrets never in logs (a link's token is one of its two factors)",
-    source="portal",
-)
+@control("PORTAL-06")
 def test_no_link_token_reaches_an_nginx_log(running_nginx, https_address, control):
     _, port = https_address
     http = running_nginx.all("http")[0]

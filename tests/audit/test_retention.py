@@ -2,17 +2,12 @@
 
 import datetime
 
-import pytest
-
 from exchange import paths
+from tests.audit.catalogue import control
 from tests.audit.test_passwords import chage
 
-control = pytest.mark.control
 
-
-@control(
-    "RET-01", reference="this project: retention (source document: at most 7 days)", source="retention.purge_schedule"
-)
+@control("RET-01")
 def test_purge_job(host, policy, control):
     cron = host.file(paths.PURGE_CRON)
     found = {"exists": cron.exists}
@@ -30,23 +25,19 @@ def test_purge_job(host, policy, control):
     control.verify({"exists": True, "owner": "root", "group": "root", "mode": "0o644", "entry": True}, found)
 
 
-@control("RET-02", reference="this project: retention", source="retention.days")
+@control("RET-02")
 def test_no_file_older_than_retention(read, policy, control):
     old = read.privileged("old-files", str(policy.retention.days))
     control.verify([], sorted(filter(None, old.splitlines())))
 
 
-@control(
-    "RET-03",
-    reference="issue 14: no recursion on a depth a user controls; retention reaches every file",
-    source="accounts.max_folder_depth",
-)
+@control("RET-03")
 def test_no_folder_deeper_than_the_tools_walk(read, policy, control):
     deep = read.privileged("deep-folders", str(policy.accounts.max_folder_depth))
     control.verify([], sorted(filter(None, deep.splitlines())))
 
 
-@control("LINK-01", reference="this project: one-time links expire", source="links.validity_days")
+@control("LINK-01")
 def test_no_link_account_past_validity(read, policy, control):
     today = datetime.date.today()
     # The account expiry day is the first day refused: the day after the validity ends.

@@ -1,11 +1,8 @@
 """The staff tools' data: transport credentials, recipients' addresses and token hashes."""
 
-import pytest
-
 from exchange import paths
 from exchange.policy import parse_policy
-
-control = pytest.mark.control
+from tests.audit.catalogue import control
 
 # Root only: the site file holds the SMTP and SMS credentials, the state the recipients'
 # addresses and numbers and the link token hashes, the partner file the partners' contacts.
@@ -42,9 +39,7 @@ def token_files(read) -> dict[str, str]:
     return found
 
 
-@control(
-    "TOOLS-01", reference="CIS Debian 12 7.1.x (file permissions); this project: secrets root only", source="(baseline)"
-)
+@control("TOOLS-01")
 def test_credentials_and_recipient_data_are_root_only(host, read, policy, control):
     wanted = {path: owner_and_mode(*spec) for path, spec in ROOT_ONLY.items()}
     found = {path: as_auditor(host, path) for path in ROOT_ONLY}
@@ -67,7 +62,7 @@ def test_credentials_and_recipient_data_are_root_only(host, read, policy, contro
     control.verify({path: wanted[path] for path in present}, {path: found[path] for path in present})
 
 
-@control("TOOLS-02", reference="this project: one policy, enforced as audited", source="(baseline)")
+@control("TOOLS-02")
 def test_the_installed_policy_is_the_audited_one(host, policy, control):
     """The tools, the purge and the web page obey the policy installed on the server; the other
     controls compare the server with the audited policy. So the two must say the same (a
@@ -77,7 +72,7 @@ def test_the_installed_policy_is_the_audited_one(host, policy, control):
     control.verify(policy.model_dump(), found)
 
 
-@control("TOOLS-03", reference="issue 14: locks and tool state in root-only places", source="(baseline)")
+@control("TOOLS-03")
 def test_the_tools_locks_are_root_only(host, control):
     """A lock another account can open, it can hold (the purge skips for ever) or redirect."""
     control.verify({paths.TOOL_RUN_DIR: "root:root 0700"}, {paths.TOOL_RUN_DIR: as_auditor(host, paths.TOOL_RUN_DIR)})
