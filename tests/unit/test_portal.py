@@ -20,8 +20,10 @@ from exchange.cli import app as cli
 from exchange.links import LinkStore, token_hash
 from exchange.policy import Policy, PolicyError, load_policy, parse_policy
 from exchange.portal import files, multipart, sessions
-from exchange.portal.app import FAILURE_FLOOR, create_app, load_text
+from exchange.portal.app import create_app
 from exchange.portal.config import PortalConfig, load_portal_config, portal_yaml
+from exchange.portal.login import FAILURE_FLOOR
+from exchange.portal.pages import load_text
 from exchange.site import parse_site
 from roles import REPO
 from roles.settings import HostSettingsError, host_settings
@@ -59,7 +61,7 @@ def client_for(tmp_path, policy: Policy = POLICY, site: dict | None = None) -> T
 
 @pytest.fixture
 def no_floor(monkeypatch):
-    monkeypatch.setattr("exchange.portal.app.FAILURE_FLOOR", 0.0)
+    monkeypatch.setattr("exchange.portal.login.FAILURE_FLOOR", 0.0)
 
 
 def csrf_post(web: TestClient, path: str, **fields) -> httpx.Response:
@@ -469,7 +471,8 @@ def test_every_text_a_template_uses_exists_in_every_language():
     used = set()
     for template in TEMPLATES.glob("*.j2"):
         used |= set(re.findall(r't\(["\'](\w+)["\']\)', template.read_text()))
-    errors = set(re.findall(r'error="(\w+)"|back\("(\w+)"\)', (REPO / "scripts/exchange/portal/app.py").read_text()))
+    routes = "".join(path.read_text() for path in sorted((REPO / "scripts/exchange/portal").glob("*.py")))
+    errors = set(re.findall(r'error="(\w+)"|back\("(\w+)"\)', routes))
     used |= {f"error_{name}" for pair in errors for name in pair if name}
     assert used - set(text) == set()
 
@@ -527,7 +530,7 @@ def test_a_portal_needs_site_data():
     ],
 )
 def test_every_page_renders_with_what_its_callers_pass(tmp_path, template, context):
-    """The pages behind an SSH login are rendered here with exactly the context app.py gives them."""
+    """The pages behind an SSH login are rendered here with exactly the context the routes (login.py, transfer.py) give them."""
     from starlette.requests import Request
 
     from exchange.portal.app import Portal
@@ -833,7 +836,7 @@ def test_a_refused_uploads_body_is_read_to_its_end_so_the_answer_arrives(tmp_pat
 def test_a_big_refused_body_is_read_only_so_far():
     from starlette.requests import Request
 
-    from exchange.portal.app import drain
+    from exchange.portal.transfer import drain
 
     messages = [{"type": "http.request", "body": b"x" * 1000, "more_body": True} for _ in range(5)]
     left = iter([*messages, {"type": "http.request", "body": b"", "more_body": False}])

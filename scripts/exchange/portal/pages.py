@@ -1,0 +1,100 @@
+"""The pages: the templates rendered in the visitor's language (nl or en) with the texts of
+text.yaml, the message page that says what went wrong or what happened, and help."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from exchange import untrusted
+from exchange.messages import messages_dir, when
+from exchange.policy import Policy
+from exchange.portal.browser import CSRF_COOKIE, LANG_COOKIE, new_csrf_token, set_cookie
+from exchange.portal.config import PortalConfig
+from exchange.site import LANGUAGES
+from exchange.validation import load_yaml
+
+
+class Pages:
+    def __init__(self, config: PortalConfig, policy: Policy) -> None:
+        self.config, self.policy = config, policy
+        templates = Path(config.templates_dir)
+        self.text = load_text(templates / "text.yaml")
+        self.env = jinja2.Environment(
+            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates), jinja2.FileSystemLoader(messages_dir())]),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            finalize=untrusted.shown_in_template,  # file names are others': shown escaped, never as controls
+        )
+        self.env.filters["size"] = human_size
+        # The messages' own wording, in the site's time zone (not the server's clock zone).
+        self.env.filters["when"] = lambda value, lang: when(value, lang, config.site.zone)
+        self.static = templates / "static"
+
+    def check_templates(self) -> None:
+        own = jinja2.FileSystemLoader(self.config.templates_dir).list_templates()
+        for name in [n for n in own if n.endswith(".j2")]:
+            self.env.get_template(name)
+
+    def check_static(self) -> None:
+        if not self.static.is_dir():
+            raise OSError(f"{self.static}: no static files")
+
+    def language(self, request: Request) -> str:
+        chosen = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
+        if chosen in LANGUAGES:
+            return chosen
+        for part in request.headers.get("accept-language", "").split(","):
+            tag = part.split(";")[0].strip().lower()[:2]
+            if tag in LANGUAGES:
+                return tag
+        return LANGUAGES[0]
+
+    def page(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+        lang = self.language(request)
+        csrf = request.cookies.get(CSRF_COOKIE) or new_csrf_token()
+        html = self.env.get_template(template).render(
+            site=self.config.site,
+            policy=self.policy,
+            portal_host=self.config.site.portal_host,
+            lang=lang,
+            t=lambda key: self.text[key][lang],
+            csrf=csrf,
+            path=request.url.path,
+            **{"error": None, "notice": None, **context},
+        )
+        response = HTMLResponse(html, status_code=status)
+        if request.cookies.get(CSRF_COOKIE) != csrf:
+            set_cookie(response, CSRF_COOKIE, csrf)
+        if request.query_params.get("lang") in LANGUAGES:
+            set_cookie(response, LANG_COOKIE, lang, max_age=365 * 86400)
+        return response
+
+    def message(self, request: Request, status: int = 200, **context) -> HTMLResponse:
+        """The page that says one thing, an `error` or a `notice`, and leads back to the login."""
+        return self.page(request, "message.htm.j2", status=status, **context)
+
+    async def help(self, request: Request) -> Response:
+        return self.page(request, f"help.{self.language(request)}.htm.j2")
+
+
+def load_text(path: Path) -> dict[str, dict[str, str]]:
+    """The page texts, one entry per key with every language."""
+    text = load_yaml(path.read_text(encoding="utf-8"))
+    incomplete = [key for key, value in text.items() if set(value) != set(LANGUAGES)]
+    if incomplete:
+        raise ValueError(f"{path}: keys without every language ({', '.join(LANGUAGES)}): {', '.join(incomplete)}")
+    return text
+
+
+def human_size(size: int, lang: str = "en") -> str:
+    """123.5 MB, in Dutch 123,5 MB."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            text = f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+            return text.replace(".", ",") if lang == "nl" else text
+        size /= 1000
+    return str(size)
