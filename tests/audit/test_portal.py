@@ -20,7 +20,7 @@ from tests.audit.nginxconf import (
     zone_rates_per_minute,
 )
 
-# The portal's routes (scripts/exchange/portal/app.py): uploads, and the forms that take a password.
+# The portal's routes (scripts/exchange/portal/app.py, Portal.routes): uploads, and the forms that take a password.
 UPLOAD = "/files/upload"
 PASSWORD_FORMS = {"/login": "/login", "/l/<token>": "/l/" + "A" * 43, "/password": "/password"}
 NGINX_DEFAULT_BODY_SIZE = "1m"

@@ -15,7 +15,7 @@ import time
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from exchange import auditlog
+from exchange import auditlog, paths
 from exchange.accounts import Layout
 from exchange.links import LinkStore
 from exchange.portal.browser import (
@@ -40,7 +40,7 @@ from exchange.portal.sftp import (
 )
 
 FAILURE_FLOOR = 3.0  # seconds every failed login takes, whatever failed: above PAM's own ~2 s failure delay
-USERNAME = r"^[a-z_][a-z0-9_-]{0,31}$"
+USERNAME = paths.UNIX_NAME
 
 
 class Logins:
