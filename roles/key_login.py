@@ -15,24 +15,26 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import FactBase, operation
 
-from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW, authorized_keys, close_account
+from exchange import aging
+from exchange.accounts import authorized_keys, close_account
 from exchange.auditlog import audit_command as audit
-from roles.ops import deploying_admin, group_accounts
+from exchange.observe import shadow_entries
+from roles.ops import WITHOUT_HASHES, deploying_admin, group_accounts
 from roles.settings import HostSettings, KeyLoginMember
 
 LOGIN_SHELL = "/bin/bash"
 
 
 class KeyLoginAccount(FactBase):
-    """One account's home, shell and groups, whether its password is usable, its shadow aging
-    (min:max:inactive) and expiry day, and the SHA-256 of its authorized_keys; or None."""
+    """One account's home, shell and groups, whether its password is usable (an empty one asks
+    for none), its shadow aging fields and expiry day, and the SHA-256 of its authorized_keys;
+    or None."""
 
     def command(self, user: str) -> str:
         q = shlex.quote(user)
         return (
             f'entry=$(getent passwd {q}) || exit 0; echo "$entry"; id -nG {q}; '
-            f"getent shadow {q} | awk -F: "
-            """'{print ($2 ~ /^[!*]/ ? "none" : "usable"), $4 ":" $5 ":" $7, ($8 == "" ? "-" : $8)}'; """
+            f"getent shadow {q} | {WITHOUT_HASHES}; "
             # Read as the member (its home is its own: root would follow a symlink planted there).
             f'runuser -u {q} -- sh -c \'f="$HOME/.ssh/authorized_keys"; [ ! -f "$f" ] || sha256sum < "$f"\' '
             "2>/dev/null | cut -d' ' -f1"
@@ -42,14 +44,14 @@ class KeyLoginAccount(FactBase):
         if not output:
             return None
         fields = output[0].split(":")
-        password, aging, expire = output[2].split()
+        (shadow,) = shadow_entries(output[2:3]).values()
         return {
             "home": fields[5],
             "shell": fields[6],
             "groups": output[1].split(),
-            "password_usable": password == "usable",
-            "aging": aging,
-            "expire": None if expire == "-" else int(expire),
+            "password_usable": not shadow["password_locked"],
+            "aging": {field: shadow[field] for field in aging.CHAGE_OPTIONS},
+            "expire": shadow["expire"],
             "keys_sha256": output[3] if len(output) > 3 else None,
         }
 
@@ -85,7 +87,7 @@ def key_login_account(user: str, group: str, kind: str, public_keys: list[str]):
     if seen is None:
         commands.append(f"useradd --create-home --shell {LOGIN_SHELL} --groups {shlex.quote(group)} {q}")
         seen = {"home": f"/home/{user}", "shell": LOGIN_SHELL, "groups": [group], "password_usable": False}
-        seen |= {"aging": "", "expire": None, "keys_sha256": None}
+        seen |= {"aging": {}, "expire": None, "keys_sha256": None}
     elif group not in seen["groups"]:
         commands.append(f"usermod --append --groups {shlex.quote(group)} {q}")
     if seen["shell"] != LOGIN_SHELL:
@@ -93,10 +95,10 @@ def key_login_account(user: str, group: str, kind: str, public_keys: list[str]):
     if seen["password_usable"]:
         # sshd takes only keys from these accounts, but a password still opens su and the console.
         commands.append(f"usermod --password '!' {q}")
-    if seen["aging"] != NO_AGING_IN_SHADOW:
-        # login.defs gives new accounts the partners' 90-day aging; a key-only account without a
-        # password could never renew it, and PAM's account check would lock it out (sshd UsePAM).
-        commands.append(shlex.join([*NO_AGING, user]))
+    # Its password locked (above), nothing may age: login.defs gave a new account the partners' aging.
+    want = aging.wanted(kind, password_set=False)
+    if not aging.holds(seen["aging"], want):
+        commands.append(shlex.join([*aging.chage(want), user]))
     if seen["expire"] is not None:
         # Locked when dropped from the list (a removal that failed) or by hand: listed, it opens.
         commands.append(f"usermod --expiredate '' {q} && {audit('account-unlocked', account=user, kind=kind)}")

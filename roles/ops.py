@@ -67,6 +67,12 @@ def group_accounts(groups: list[str]) -> str:
     )
 
 
+# A filter for `getent shadow` lines: every password hash withheld, "!" for a locked one, "" kept
+# (exchange.observe.shadow_entries reads them as before). A fact's output reaches the deploy's
+# machine and its logs; the hashes stay on the host.
+WITHOUT_HASHES = """awk -F: -v OFS=: '$2 != "" { $2 = ($2 ~ /^[!*]/) ? "!" : "withheld" } { print }'"""
+
+
 class ExchangeAccounts(FactBase):
     """Every exchange account's passwd, shadow, chroot and key state, in one command."""
 

@@ -15,10 +15,10 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files
 
-from exchange import paths
-from exchange.accounts import NO_AGING, NO_AGING_IN_SHADOW
+from exchange import aging, paths
+from exchange.observe import shadow_entries
 from exchange.policy import Policy
-from roles.ops import config_file, group_accounts
+from roles.ops import WITHOUT_HASHES, config_file, group_accounts
 from roles.templating import render
 
 PROFILES = {
@@ -76,35 +76,31 @@ def enable_pam_profiles(profiles: dict[str, str]):
     )
 
 
-class KeyOnlyMembers(FactBase):
-    """Members of `groups` (listed or by primary group) whose shadow entry has no usable
-    password, each with the aging fields min:max:inactive of that entry."""
+class MembersShadow(FactBase):
+    """The shadow entries (exchange.observe.shadow_entries, hashes withheld) of the members of
+    `groups`, listed or by primary group."""
 
     def command(self, groups: list[str]) -> str:
-        return f'{group_accounts(groups)} | while read -r u; do getent shadow "$u" | cut -d: -f1,2,4,5,7; done'
+        return f'{group_accounts(groups)} | while read -r u; do getent shadow "$u"; done | {WITHOUT_HASHES}'
 
     @staticmethod
-    def default() -> dict[str, str]:
+    def default() -> dict[str, dict]:
         return {}  # no output: no such member
 
-    def process(self, output: list[str]) -> dict[str, str]:
-        members = {}
-        for line in output:
-            name, password, min_days, max_days, inactive = line.split(":")
-            if password == "" or password.startswith(("!", "*")):
-                members[name] = f"{min_days}:{max_days}:{inactive}"
-        return members
+    def process(self, output: list[str]) -> dict[str, dict]:
+        return shadow_entries(output)
 
 
 @operation()
 def no_aging_for_key_only(groups: list[str]):
-    """login.defs gives every new account the partners' aging (CIS). An account that logs in
-    with a key and has no password can never renew one, and PAM's account check (sshd UsePAM)
-    would lock it out when the password "expires": such members keep no aging."""
-    members = host.get_fact(KeyOnlyMembers, groups=groups)
-    changes = [user for user, aging in members.items() if aging != NO_AGING_IN_SHADOW]
-    for user in sorted(changes):
-        yield shlex.join([*NO_AGING, user])
+    """login.defs gives every new account the partners' aging (CIS); staff and admins log in with
+    keys, and those without a password keep none (exchange.aging)."""
+    changes = []
+    for user, entry in sorted(host.get_fact(MembersShadow, groups=groups).items()):
+        want = aging.wanted("admin", entry["password_set"])
+        if want is not None and not aging.holds(entry, want):
+            changes.append(user)
+            yield shlex.join([*aging.chage(want), user])
     if not changes:
         host.noop("no key-only member of " + ", ".join(groups) + " has password aging")
 
@@ -133,11 +129,11 @@ def passwords(policy: Policy, key_login_groups: list[str]) -> None:
         config_file(name=f"PAM profile {name}", dest=f"/usr/share/pam-configs/{name}", content=text)
     enable_pam_profiles(name="Enable the PAM profiles", profiles=profiles)
 
-    aging = policy.passwords.aging
+    policy_aging = policy.passwords.aging
     for key, value in (
-        ("PASS_MAX_DAYS", aging.max_days),
-        ("PASS_MIN_DAYS", aging.min_days),
-        ("PASS_WARN_AGE", aging.warn_days),
+        ("PASS_MAX_DAYS", policy_aging.max_days),
+        ("PASS_MIN_DAYS", policy_aging.min_days),
+        ("PASS_WARN_AGE", policy_aging.warn_days),
     ):
         files.line(
             name=f"login.defs {key}", path="/etc/login.defs", line=rf"^{key}[[:space:]].*$", replace=f"{key}\t{value}"
@@ -146,6 +142,6 @@ def passwords(policy: Policy, key_login_groups: list[str]) -> None:
         name="New accounts go inactive after an expired password",
         path="/etc/default/useradd",
         line=r"^INACTIVE=.*$",
-        replace=f"INACTIVE={aging.inactive_days}",
+        replace=f"INACTIVE={policy_aging.inactive_days}",
     )
     no_aging_for_key_only(name="Key-only staff and admins keep no password aging", groups=key_login_groups)

@@ -1,4 +1,4 @@
-"""Retention: `exchange purge` from cron, on the policy's schedule."""
+"""Retention: `exchange purge` from cron, on the policy's schedule, with the jobs that follow it."""
 
 from pyinfra.api import deploy
 

@@ -12,11 +12,12 @@ import contextlib
 import grp
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import PurePosixPath
 
-from exchange import locks, observe, paths
+from exchange import aging, locks, observe, paths
 from exchange.auditlog import audit_command as audit
 from exchange.errors import ExchangeError
 from exchange.policy import Policy
@@ -309,38 +310,13 @@ def _plan_account(layout: Layout, account: WantedAccount, seen: dict | None, tod
 
     shadow = seen["shadow"] or {}
     if kind == "partner":
-        want, chage = partner_aging(policy, shadow.get("password_set", False))
-        if any(shadow.get(key) != value for key, value in want.items()):
-            result.add(name, "password aging", shlex.join([*chage, name]))
+        want = aging.wanted(kind, shadow.get("password_set", False), policy)
+        if not aging.holds(shadow, want):
+            result.add(name, "password aging", shlex.join([*aging.chage(want), name]))
         if account.active and shadow.get("expire") is not None:
             result.add(
                 name, "unlock", f"usermod --expiredate '' {q}", audit("account-unlocked", account=name, kind=kind)
             )
-
-
-# Password aging off (`chage` arguments), and how /etc/shadow shows it (min:max:inactive): for an
-# account that logs in with a key and has no password, which it could never renew.
-NO_AGING = ["chage", "--mindays", "0", "--maxdays", "-1", "--inactive", "-1"]
-NO_AGING_IN_SHADOW = "0::"
-
-
-def partner_aging(policy: Policy, password_set: bool) -> tuple[dict[str, int | None], list[str]]:
-    """The shadow aging fields a partner account should have, and the `chage` that sets them.
-    A password ages by the policy. Without one (none handed out yet, or a partner that logs
-    in with its key only) nothing ages: PAM's account check would otherwise demand a new
-    password after max_days, which a key login cannot give, and lock the partner out."""
-    if not password_set:
-        return {"min_days": 0, "max_days": None, "inactive_days": None}, NO_AGING
-    aging = policy.passwords.aging
-    want = {
-        "min_days": aging.min_days,
-        "max_days": aging.max_days,
-        "warn_days": aging.warn_days,
-        "inactive_days": aging.inactive_days,
-    }
-    chage = ["chage", "--mindays", str(aging.min_days), "--maxdays", str(aging.max_days)]
-    chage += ["--warndays", str(aging.warn_days), "--inactive", str(aging.inactive_days)]
-    return want, chage
 
 
 def close_account(name: str) -> list[str]:
@@ -400,3 +376,50 @@ def run_steps(steps: list[Step]) -> None:
         step = steps[min(done, len(steps) - 1)]
         account = f"{step.account}: " if step.account else ""
         raise StepFailed(f"{account}{step.summary} failed: {result.stderr.strip() or f'exit {result.returncode}'}")
+
+
+def password_aging_steps(policy: Policy, partners: Iterable[str], shadow: dict[str, dict]) -> list[Step]:
+    """Steps that give each partner the aging exchange.aging wants for it, as the deploy does,
+    each on record in the audit log: a password set by hand between deploys (`chpasswd`) keeps
+    the aging it had, none for a partner without one before, and would never expire."""
+    result = Plan()
+    for name in sorted(partners):
+        entry = shadow.get(name)
+        if entry is None:
+            continue  # in the group, but no such account
+        want = aging.wanted("partner", entry["password_set"], policy)
+        if not aging.holds(entry, want):
+            result.add(
+                name,
+                "password aging",
+                shlex.join([*aging.chage(want), name]),
+                audit(
+                    "password-aging-set",
+                    account=name,
+                    kind="partner",
+                    password_set=entry["password_set"],
+                    by="password-aging",
+                    **want,
+                ),
+            )
+    return result.steps
+
+
+def converge_password_aging(policy: Policy) -> tuple[list[str], list[str]]:
+    """password_aging_steps on this host, an account at a time: one that fails is named and the
+    others still go (the next run tries it again). The accounts changed, and the failures."""
+    changed, failed = [], []
+    with account_lock():
+        try:
+            partners = grp.getgrnam(policy.accounts.partner_group).gr_mem
+        except KeyError:
+            partners = []  # not deployed yet: no partner
+        steps = password_aging_steps(policy, partners, observe.shadow())
+        for name, account_steps in groupby(steps, key=lambda step: step.account):
+            try:
+                run_steps(list(account_steps))
+            except StepFailed as failure:
+                failed.append(str(failure))
+            else:
+                changed.append(name)
+    return changed, failed

@@ -469,6 +469,23 @@ def notify_expiring(quiet: Quiet = False) -> None:
     _send_notices("notify-expiring", send, "password expiry notices", quiet)
 
 
+@app.command("password-aging")
+def password_aging(quiet: Quiet = False) -> None:
+    """Give every partner's password the policy's aging, and a partner without one none, as the
+    deploy does: for a password set by hand since (chpasswd). Each change is an audit record."""
+    from exchange.accounts import converge_password_aging
+
+    _require_root("password-aging")
+    changed, failed = converge_password_aging(_policy_or_exit().policy)
+    if not quiet:
+        for name in changed:
+            typer.echo(f"{name}: password aging set")
+    for failure in failed:
+        typer.echo(untrusted.printable_lines(failure), err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; change nothing.")] = False,

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from exchange import paths
+from exchange import aging, observe, paths
 from exchange.errors import ExchangeError
 from exchange.policy import Policy
 
@@ -81,17 +81,17 @@ class ShadowEntry:
     """What a password change replaces, kept in memory to put back if the message fails."""
 
     hash: str
-    lastchg: str
-    aging: tuple[str, str, str, str] = ("", "", "", "")  # min, max, warn, inactive; "" is unset
+    lastchg: int | None
+    aging: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None)  # min, max, warn, inactive
 
 
 def shadow_entry(account: str) -> ShadowEntry:
-    with open("/etc/shadow", encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.rstrip("\n").split(":")
-            if fields[0] == account:
-                return ShadowEntry(hash=fields[1], lastchg=fields[2], aging=tuple(fields[3:7]))
-    raise CredentialError(f"{account}: no such account")
+    entry = observe.shadow(with_hash=True).get(account)
+    if entry is None:
+        raise CredentialError(f"{account}: no such account")
+    return ShadowEntry(
+        hash=entry["hash"], lastchg=entry["lastchg"], aging=tuple(entry[field] for field in aging.CHAGE_OPTIONS)
+    )
 
 
 def set_password(account: str, password: str) -> None:
@@ -120,12 +120,11 @@ def _chpasswd_failure(account: str, status: int, stderr: str) -> str:
 def restore(account: str, entry: ShadowEntry) -> None:
     # The old hash goes in on stdin too: argv is visible to every local process.
     subprocess.run(["chpasswd", "--encrypted"], input=f"{account}:{entry.hash}\n", text=True, check=True)
-    # chage takes -1 for an unset field; the hand-out may have changed the aging too.
-    aging = [value or "-1" for value in entry.aging]
-    options = ["--mindays", aging[0], "--maxdays", aging[1], "--warndays", aging[2], "--inactive", aging[3]]
-    if entry.lastchg:
-        options += ["--lastday", entry.lastchg]
-    subprocess.run(["chage", *options, account], check=True, capture_output=True)
+    # The hand-out may have changed the aging too.
+    options = aging.chage(dict(zip(aging.CHAGE_OPTIONS, entry.aging, strict=True)))
+    if entry.lastchg is not None:
+        options += ["--lastday", str(entry.lastchg)]
+    subprocess.run([*options, account], check=True, capture_output=True)
 
 
 def reset_failures(account: str) -> None:

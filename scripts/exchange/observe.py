@@ -53,28 +53,37 @@ def shadow_day(day):
     return datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(days=day)
 
 
-def shadow(path="/etc/shadow"):
-    """/etc/shadow: account -> whether a password is set, and the aging and expiry days."""
+def shadow_entries(lines, with_hash=False):
+    """Lines of /etc/shadow (or `getent shadow`'s): account -> whether a usable password is set,
+    whether the password is locked ("!" or "*": no password matches; an empty one asks for none),
+    and the days (None: unset). The hash itself only `with_hash` (to put a password back)."""
+
+    def number(value):
+        return int(value) if value.strip() else None
+
     entries = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.rstrip("\n").split(":")
-            if len(fields) < 9:
-                continue
-
-            def number(value):
-                return int(value) if value.strip() else None
-
-            entries[fields[0]] = {
-                "password_set": not fields[1].startswith(("!", "*")) and fields[1] != "",
-                "lastchg": number(fields[2]),
-                "min_days": number(fields[3]),
-                "max_days": number(fields[4]),
-                "warn_days": number(fields[5]),
-                "inactive_days": number(fields[6]),
-                "expire": number(fields[7]),
-            }
+    for line in lines:
+        fields = line.rstrip("\n").split(":")
+        if len(fields) < 9:
+            continue
+        locked = fields[1].startswith(("!", "*"))
+        entries[fields[0]] = {
+            "password_set": not locked and fields[1] != "",
+            "password_locked": locked,
+            "lastchg": number(fields[2]),
+            "min_days": number(fields[3]),
+            "max_days": number(fields[4]),
+            "warn_days": number(fields[5]),
+            "inactive_days": number(fields[6]),
+            "expire": number(fields[7]),
+        } | ({"hash": fields[1]} if with_hash else {})
     return entries
+
+
+def shadow(path="/etc/shadow", with_hash=False):
+    """/etc/shadow, read by shadow_entries."""
+    with open(path, encoding="utf-8") as handle:
+        return shadow_entries(handle, with_hash)
 
 
 def _read(path):

@@ -8,8 +8,8 @@ import contextlib
 import subprocess
 from dataclasses import dataclass
 
-from exchange import auditlog, credentials, expiry_notices, observe
-from exchange.accounts import Layout, account_lock, partner_aging
+from exchange import aging, auditlog, credentials, expiry_notices, observe
+from exchange.accounts import Layout, account_lock
 from exchange.auditlog import actor
 from exchange.errors import ExchangeError
 from exchange.messages import Messages, mask_email, mask_phone, when
@@ -72,7 +72,7 @@ def new_credentials(policy: Policy, site: Site, messages: Messages, partner: Par
         # Expired at once, by age: the first login (SFTP or web) must choose a new one, and an
         # unused one dies after the policy's inactive days. (`chage --lastday 0` would force the
         # change too, but PAM then skips the age checks: an unused password would work forever.)
-        _, chage = partner_aging(policy, password_set=True)
+        chage = aging.chage(aging.wanted("partner", password_set=True, policy=policy))
         with account_lock():
             subprocess.run([*chage, "--lastday", str(expired_since), partner.name], check=True, capture_output=True)
         send_email(site, mail)

@@ -14,8 +14,7 @@ import pytest
 import yaml
 from passlib.hash import sha512_crypt
 
-from exchange import paths
-from exchange.accounts import partner_aging
+from exchange import aging, paths
 from exchange.policy import load_policy
 from roles import REPO
 from tests import testhost
@@ -49,7 +48,9 @@ class Exchange:
     def set_password(self, name: str, password: str) -> None:
         # Set as root with a ready hash, as the staff tool does (with the policy's aging), but
         # not expired; PAM rules apply to changes.
-        _, chage = partner_aging(load_policy(REPO / "policies.yaml").policy, password_set=True)
+        chage = aging.chage(
+            aging.wanted("partner", password_set=True, policy=load_policy(REPO / "policies.yaml").policy)
+        )
         self.host.ssh(
             f"usermod -p '{sha512_crypt.hash(password)}' {name} && {shlex.join(chage)} --lastday $(( $(date +%s) / 86400 )) {name} "
             f"&& faillock --dir {paths.FAILLOCK_DIR} --user {name} --reset"

@@ -1,11 +1,13 @@
 """Password rules, enforced by PAM through sshd: quality, history, lockout and aging."""
 
+import time
+
 import paramiko
 import pytest
 
 from exchange import paths
 from tests.e2e.clients import paramiko_sftp
-from tests.e2e.conftest import PARTNERS
+from tests.e2e.conftest import PARTNERS, audit_events
 
 pytestmark = pytest.mark.e2e
 
@@ -66,6 +68,57 @@ def test_a_partner_without_a_password_keeps_its_key_login_however_long(exchange)
         exchange.host.ssh(f"chage --maxdays 90 --inactive 30 {name}")
         with pytest.raises((paramiko.SSHException, EOFError)):
             paramiko_sftp(exchange.host, name, key=key).close()
+    finally:
+        exchange.set_password(name, exchange.logins[name].password)
+
+
+def password_status(exchange, name: str) -> tuple[str, list[str]]:
+    """`passwd -S`: P (usable password) or L (locked), and min, max, warn and inactive days."""
+    fields = exchange.host.ssh(f"passwd -S {name}").stdout.split()
+    return fields[1], fields[3:7]
+
+
+def test_a_password_set_by_hand_ages_by_the_policy_from_the_next_hourly_run(exchange):
+    """As a new admin would: `chpasswd` leaves the partner's password never expiring (it keeps
+    the no-aging of a partner without a password); the hourly job gives it the policy's."""
+    name = PARTNERS[0]
+    host = exchange.host
+    (job,) = host.ssh(f"grep -o '{paths.EXCHANGE} password-aging[^;]*' {paths.PURGE_CRON}").stdout.splitlines()
+
+    def records() -> list[dict]:
+        return [e for e in audit_events(host, "password-aging-set") if e["account"] == name]
+
+    try:
+        # As the deploy leaves a new partner: no password, no aging; the job leaves it so.
+        host.ssh(f"usermod -p '!' {name} && chage --mindays 0 --maxdays -1 --inactive -1 {name}")
+        before = records()
+        host.ssh(job)
+        assert password_status(exchange, name) == ("L", ["0", "-1", "14", "-1"])
+        host.ssh(f"echo '{name}:Harbour-Quartz-Violet-63' | chpasswd")
+        assert password_status(exchange, name) == ("P", ["0", "-1", "14", "-1"])
+
+        host.ssh(job)
+        assert password_status(exchange, name) == ("P", ["1", "90", "14", "30"])
+        limits = host.ssh(f"LC_ALL=C chage -l {name}").stdout
+        assert "Maximum number of days between password change\t\t: 90" in limits, limits
+        time.sleep(1)  # rsyslog writes the record
+        (record,) = records()[len(before) :]
+        assert {key: record[key] for key in ("kind", "password_set", "by")} == {
+            "kind": "partner",
+            "password_set": True,
+            "by": "password-aging",
+        }
+        assert [record[key] for key in ("min_days", "max_days", "warn_days", "inactive_days")] == [1, 90, 14, 30]
+
+        # Converged: a second run changes nothing and writes nothing.
+        shadow = host.ssh(f"getent shadow {name}").stdout
+        assert host.ssh(job.replace(" --quiet", "")).stdout == ""
+        time.sleep(1)
+        assert host.ssh(f"getent shadow {name}").stdout == shadow and len(records()) == len(before) + 1
+        # Staff and auditors log in with keys: still no password and no aging.
+        for member in (host.staff_user, "auditor"):
+            status, days = password_status(exchange, member)
+            assert (status, days[0], days[1], days[3]) == ("L", "0", "-1", "-1"), member
     finally:
         exchange.set_password(name, exchange.logins[name].password)
 

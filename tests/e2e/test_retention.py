@@ -121,7 +121,7 @@ def test_purge_runs_from_cron_on_the_policy_schedule(exchange):
     ).stdout
     assert cron.startswith("root:root:644\n")
     assert (
-        "\n17 * * * * root /usr/local/bin/exchange purge --quiet; "
+        "\n17 * * * * root /usr/local/bin/exchange purge --quiet; /usr/local/bin/exchange password-aging --quiet; "
         "[ ! -f /etc/imaging-exchange/site.yaml ] || { /usr/local/bin/exchange notify-uploads --quiet; "
         "/usr/local/bin/exchange notify-expiring --quiet; }\n"
     ) in cron

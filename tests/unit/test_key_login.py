@@ -15,6 +15,7 @@ from roles.key_login import GroupAccounts, KeyLoginAccount, key_login_account, r
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoy anna@ws"
 KEYS_SHA256 = hashlib.sha256(authorized_keys((KEY,)).encode()).hexdigest()
+POLICY_AGING = {"min_days": 1, "max_days": 90, "warn_days": 14, "inactive_days": 30}  # what login.defs gives
 
 
 class FakeHost:
@@ -47,7 +48,7 @@ def account(**changes) -> dict:
         "shell": "/bin/bash",
         "groups": ["staff-anna", "exchange-staff"],
         "password_usable": False,
-        "aging": "0::",
+        "aging": {"min_days": 0, "max_days": None, "warn_days": None, "inactive_days": None},
         "expire": None,
         "keys_sha256": KEYS_SHA256,
     } | changes
@@ -88,7 +89,9 @@ def test_a_member_as_listed_needs_nothing():
 
 
 def test_an_account_made_by_hand_is_taken_over_and_opens_by_its_keys_only():
-    drifted = account(groups=["staff-anna"], shell="/usr/sbin/nologin", password_usable=True, aging="1:90:30", expire=1)
+    drifted = account(
+        groups=["staff-anna"], shell="/usr/sbin/nologin", password_usable=True, aging=POLICY_AGING, expire=1
+    )
     commands, _ = staff_account(drifted | {"keys_sha256": "0" * 64})
     assert commands[:4] == [
         "usermod --append --groups exchange-staff staff-anna",
@@ -163,8 +166,14 @@ def test_an_empty_or_missing_group_needs_nothing():
 
 def test_the_facts_read_what_the_host_prints():
     entry = "staff-anna:x:1001:1001::/home/staff-anna:/bin/bash"
-    assert KeyLoginAccount().process([entry, "staff-anna exchange-staff", "none 0:: -", KEYS_SHA256]) == account()
-    assert KeyLoginAccount().process([entry, "staff-anna", "usable 1:90:30 1"])["keys_sha256"] is None
+    assert (
+        KeyLoginAccount().process([entry, "staff-anna exchange-staff", "staff-anna:!:19000:0:::::", KEYS_SHA256])
+        == account()
+    )
+    assert (
+        KeyLoginAccount().process([entry, "staff-anna", "staff-anna:withheld:19000:1:90:14:30:1:"])["keys_sha256"]
+        is None
+    )
     assert GroupAccounts().process(["root 0 root,exchange-staff", "staff-anna 1001 staff-anna,exchange-staff"]) == {
         "root": {"uid": 0, "groups": ["root", "exchange-staff"]},
         "staff-anna": {"uid": 1001, "groups": ["staff-anna", "exchange-staff"]},
