@@ -55,10 +55,10 @@ def test_every_command_shares_one_handler_for_refusals_and_failures(monkeypatch)
     def failed(*args, **kwargs):
         raise PackageError("packing failed, nothing was left")
 
-    monkeypatch.setattr(cli, "_tools", refused)
+    monkeypatch.setattr(cli.base, "tools", refused)
     answer = CliRunner().invoke(cli.app, ["link", "resend", "link-zzzzzzzz"])
     assert answer.exit_code == 2 and isinstance(answer.exception, SystemExit)  # no traceback
     assert answer.stderr == "link-zzzzzzzz\\x1b[2K: no such link account\n"
-    monkeypatch.setattr(cli, "_tools", failed)
+    monkeypatch.setattr(cli.base, "tools", failed)
     answer = CliRunner().invoke(cli.app, ["link", "list"])
     assert answer.exit_code == 1 and answer.stderr == "packing failed, nothing was left\n"

@@ -61,8 +61,8 @@ def host(tmp_path, monkeypatch) -> Host:
         partner_access.auditlog, "record", lambda event, **fields: host.audit.append((event, fields, host.ran()))
     )
     site = parse_site(outbox_site() | {"outbox_dir": str(host.outbox)}, "test")
-    tools = cli.Tools(POLICY, site, Messages(site, REPO / "templates" / "messages"))
-    monkeypatch.setattr(cli, "_tools", lambda command: tools)
+    tools = cli.base.Tools(POLICY, site, Messages(site, REPO / "templates" / "messages"))
+    monkeypatch.setattr(cli.base, "tools", lambda command: tools)
     partners = tmp_path / "partners.yaml"
     partners.write_text(
         json.dumps(

@@ -34,4 +34,4 @@ def test_building_the_wheel_writes_nothing_into_the_checkout(tmp_path):
     assert checkout_files() == before
     with zipfile.ZipFile(wheel) as built:
         names = built.namelist()
-    assert "exchange/paths.py" in names and "exchange/cli.py" in names
+    assert "exchange/paths.py" in names and "exchange/cli/__init__.py" in names

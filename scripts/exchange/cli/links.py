@@ -1,0 +1,130 @@
+"""`exchange link ...`: one-time link accounts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from exchange import untrusted
+from exchange.cli import base
+
+link_app = base.ExchangeApp(help="One-time link accounts: link by e-mail, password by SMS.", no_args_is_help=True)
+
+
+@link_app.command("issue")
+def link_issue(
+    email: Annotated[str, typer.Option("--email", help="The recipient's e-mail address: gets the link.")],
+    phone: Annotated[
+        str, typer.Option("--phone", help="The recipient's mobile number, E.164 (+31612345678): gets the password.")
+    ],
+    lang: Annotated[str, typer.Option("--lang", help="Language of the messages: nl or en.")] = "nl",
+    note: Annotated[str, typer.Option("--note", help="A note for staff (list, upload notices); never sent.")] = "",
+    days: Annotated[
+        int | None, typer.Option("--days", help="Validity in days (default and maximum: the policy's).")
+    ] = None,
+    show_password: base.ShowPassword = False,
+) -> None:
+    """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
+    from exchange.links import Links, LinkStore, validate_request
+    from exchange.messages import mask_email, mask_phone, when
+
+    base.require_root("link issue")
+    policy = base.policy_or_exit().policy
+    request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
+    tools = base.tools("link issue")
+    issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
+    record = issued.record
+    typer.echo(f"issued {record.account}")
+    typer.echo(f"  expires  {when(record.expires, 'en', tools.site.zone)}")
+    typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
+    typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
+    if show_password:
+        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@link_app.command("list")
+def link_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
+) -> None:
+    """Link accounts: recipient (masked), created, expires, files waiting, last login."""
+    from exchange.links import LinkStore
+    from exchange.linkstatus import link_rows
+
+    tools = base.tools("link list")
+    store = LinkStore()
+    rows = link_rows(tools.policy, store)
+    for problem in store.unreadable():
+        typer.echo(f"left out: {untrusted.printable_lines(problem)}", err=True)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("account", "e-mail", "created", "expires", "download", "upload", "last login", "note", box=None)
+    for row in rows:
+        table.add_row(
+            row["account"],
+            row["email"],
+            row["created"][:16].replace("T", " "),
+            row["expires"][:16].replace("T", " "),
+            str(row["download_files"]),
+            str(row["upload_files"]),
+            (row["last_login"] or "never")[:16].replace("T", " "),
+            escape(untrusted.printable(row["note"])),
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    typer.echo(f"{len(rows)} link accounts (times UTC)", err=True)
+
+
+@link_app.command("resend")
+def link_resend(
+    account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")],
+    show_password: base.ShowPassword = False,
+) -> None:
+    """A new password by SMS (the old one stops working; the link stays)."""
+    from exchange.links import Links, LinkStore
+    from exchange.messages import MessageError, mask_phone
+    from exchange.transports import DeliveryError
+
+    tools = base.tools("link resend")
+    try:  # a CredentialError says itself whether the new password went out
+        issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).resend(account)
+    except (DeliveryError, MessageError) as error:
+        raise base.fail(f"{error}\nthe previous password still works") from None
+    typer.echo(f"new password for {account} sent to {mask_phone(issued.record.phone)}")
+    if show_password:
+        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+
+
+@link_app.command("revoke")
+def link_revoke(
+    account: Annotated[str, typer.Argument(help="The link account, e.g. link-k7m2p9qa.")],
+    discard_uploads: Annotated[
+        bool, typer.Option("--discard-uploads", help="Delete its uploads too, instead of keeping them for staff.")
+    ] = False,
+) -> None:
+    """End the account's sessions and remove it with its link; its uploads are kept for staff."""
+    from exchange.accounts import StepFailed
+    from exchange.links import Links, LinkStore
+
+    tools = base.tools("link revoke")
+    try:
+        revoked = Links(tools.policy, tools.site, tools.messages, LinkStore()).revoke(account, discard_uploads)
+    except (StepFailed, OSError) as error:
+        raise base.fail(
+            f"{account}: not revoked: {error}\nthe account is locked and still there with its files; try again, or "
+            "remove its uploads with it: exchange link revoke --discard-uploads"
+        ) from None
+    record, kept = revoked.record, revoked.kept
+    who = f" ({record.recipient})" if record else " (its record was unreadable)"
+    typer.echo(f"revoked {account}{who}: sessions ended, account and link removed")
+    if kept.files:
+        typer.echo(f"  {kept.files} uploads kept for staff in {kept.folder} (the next upload notice lists them)")
+    for problem in kept.problems:
+        typer.echo(f"  {problem}", err=True)

@@ -1,0 +1,122 @@
+"""`exchange package` and `exchange inspect`: study packages out, received media checked."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from exchange import untrusted
+from exchange.cli import base
+
+app = base.ExchangeApp()  # its commands join the top level
+
+
+@app.command("package")
+def package(
+    to: Annotated[str, typer.Option("--to", help="The partner or link account whose download folder gets the zip.")],
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders, or received media (a folder or zip).")],
+    label: Annotated[str, typer.Option("--label", help="A title for the package and its file name.")] = "",
+    viewer: Annotated[
+        Path | None, typer.Option("--viewer", help="Viewer folder to include (default: the site's viewer_dir).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse non-DICOM files and duplicates instead of skipping.")
+    ] = False,
+    allow_multiple_patients: Annotated[
+        bool, typer.Option("--allow-multiple-patients", help="Allow images of more than one patient in one package.")
+    ] = False,
+) -> None:
+    """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
+    from exchange.dicom.package import download_folder, link_end, make_package
+    from exchange.invoker import invoker
+
+    tools = base.tools("package")
+    who = invoker()  # what staff name is read with their rights, the site's viewer folder with root's
+    # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    folder = download_folder(tools.policy, to)
+    viewer_who = who if viewer is not None else None
+    viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
+    link_ends = link_end(to)
+    with _progress() as progress:
+        made = make_package(
+            tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
+            allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
+            who=who, viewer_who=viewer_who,
+        )  # fmt: skip
+    for label_ in made.scan.not_dicom:
+        typer.echo(f"skipped (not DICOM): {label_}", err=True)
+    for line in made.scan.duplicates:
+        typer.echo(f"skipped (duplicate): {line}", err=True)
+    for line in made.tree.filled:
+        typer.echo(f"filled: {untrusted.printable(line)}", err=True)
+    studies = sum(len(p.studies) for p in made.tree.patients.values())
+    typer.echo(f"packed {made.files} files of {studies} studies into {made.path} ({made.bytes} bytes)")
+    typer.echo(f"  sha256 {made.sha256}")
+
+
+@app.command("inspect")
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Received media: a zip file or a folder.")],
+    max_gb: Annotated[float, typer.Option("--max-gb", help="Refuse media that unpack to more than this.")] = 50,
+    max_ratio: Annotated[int, typer.Option("--max-ratio", help="Refuse an entry that expands more than this.")] = 200,
+) -> None:
+    """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems."""
+    from exchange.dicom.dicomdir import DicomDirError, build_tree, summary
+    from exchange.dicom.media import inspect_media
+    from exchange.invoker import invoker
+
+    depth = base.policy_or_exit().policy.accounts.max_folder_depth
+    report = inspect_media(path, depth, invoker(), max_total=int(max_gb * 1024**3), max_ratio=max_ratio)
+    shown = untrusted.printable
+    typer.echo(f"{shown(path)}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
+    try:
+        patients = summary(build_tree(report.instances)) if report.instances else []
+    except DicomDirError as error:
+        report.problems.append(shown(error))
+        patients = []
+    for patient in patients:  # DICOM text is the sender's: shown escaped like the names
+        typer.echo(f"  patient {shown(patient['id'])} {shown(patient['name'])}")
+        for study in patient["studies"]:
+            typer.echo(
+                f"    {shown(study['date'])} {shown(study['modalities'])} {shown(study['description'])} "
+                f"({study['series']} series, {study['images']} images)"
+            )
+    typer.echo(f"  DICOMDIR: {report.dicomdir or 'none'}")
+    for name in report.not_dicom:
+        typer.echo(f"  not DICOM: {name}")
+    for problem in report.problems:
+        typer.echo(f"  PROBLEM: {problem}", err=True)
+    typer.echo("refused: do not import" if report.problems else "ok", err=bool(report.problems))
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _progress():
+    """A progress bar on a terminal, plain lines otherwise; yields progress(stage, done, total)."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+            task = bar.add_task("reading headers", total=None)
+
+            def update(stage: str, done: int, total: int) -> None:
+                bar.update(task, description=stage, completed=done, total=total or None)
+
+            yield update
+        return
+    last = {"stage": "", "percent": -10}
+
+    def plain(stage: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 0
+        if stage != last["stage"] or percent >= last["percent"] + 10:
+            typer.echo(f"{stage}: {percent}%" if total else f"{stage} ...", err=True)
+            last.update(stage=stage, percent=percent)
+
+    yield plain
