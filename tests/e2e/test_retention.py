@@ -14,7 +14,7 @@ RETENTION = 7 * 86400
 
 @pytest.fixture
 def aged_files(exchange):
-    """Files and links on both sides of the retention boundary, aged with touch -d."""
+    """Files and links on both sides of the retention boundary, aged with touch -d; removed after."""
     name = PARTNERS[0]
     chroot = f"/srv/exchange/partners/{name}"
     now = int(exchange.host.ssh("date +%s").stdout)
@@ -35,7 +35,12 @@ def aged_files(exchange):
         printf 'new package' > new-package.zip
         """
     )
-    return name, chroot
+    yield name, chroot
+    # The host is the session's: what is left here would age past retention under the next module.
+    exchange.host.ssh(
+        f"cd {chroot}/upload && rm -rf old.dcm young.dcm nested recent etc-link old-link && "
+        f"cd {chroot}/download && rm -f old-package.zip new-package.zip"
+    )
 
 
 def listing(exchange, chroot):
