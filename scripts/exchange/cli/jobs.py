@@ -60,7 +60,9 @@ def password_aging(quiet: base.Quiet = False) -> None:
 
 @app.command()
 def purge(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be deleted; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the steps the purge would take, as JSON lines; change nothing.")
+    ] = False,
     quiet: base.Quiet = False,
 ) -> None:
     """Delete exchange files older than the retention, and accounts whose time is over.
@@ -96,6 +98,8 @@ def purge(
                 "server); not removed",
                 err=True,
             )
+        for note in report.changed:
+            typer.echo(f"left for the next run, changed meanwhile: {untrusted.printable_lines(note)}", err=True)
     for note in report.failed:
         typer.echo(untrusted.printable_lines(note), err=True)
     if report.failed:
