@@ -38,6 +38,7 @@ CT_BYTES = 512 * 512 * 2
 CHILD = r"""
 import socket, sys, tempfile
 from pathlib import Path
+from exchange import templates
 from exchange import auditlog
 from exchange.messages import Messages
 from exchange.dicom.package import make_package
@@ -45,7 +46,7 @@ from exchange.policy import load_policy
 from exchange.site import parse_site
 from tests.sites import outbox_site
 policy = load_policy("policies.yaml").policy
-messages = Messages(parse_site(outbox_site(), "bench"), Path("templates/messages"))
+messages = Messages(parse_site(outbox_site(), "bench"), templates.MESSAGES)
 audit = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the audit record's socket, as on a server
 auditlog.AUDIT_SOCKET = tempfile.mktemp(prefix="bench-audit-")
 audit.bind(auditlog.AUDIT_SOCKET)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, operation
-from pyinfra.operations import files
 
 import exchange.observe
 from exchange import paths
@@ -133,21 +132,6 @@ def files_digest(paths: Iterable[Path], seed: bytes = b"") -> str:
     for path in sorted(paths):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def installed_templates(name: str, folder: str, dest: str) -> None:
-    """A folder of templates/ that the server renders itself (messages, web pages): root's,
-    world-readable, nothing left over from an earlier version."""
-    files.sync(
-        name=name,
-        src=str(REPO / "templates" / folder),
-        dest=dest,
-        delete=True,
-        user="root",
-        group="root",
-        mode="644",
-        dir_mode="755",
-    )
 
 
 def sudo_rule(name: str, dest: str, group: str, command: str) -> None:

@@ -22,8 +22,7 @@ from pyinfra.operations import files, systemd
 from exchange import paths
 from exchange.policy import LoadedPolicy
 from exchange.portal.config import PortalConfig, portal_yaml
-from roles import REPO
-from roles.ops import config_file, files_digest, installed_templates
+from roles.ops import config_file
 from roles.service_user import service_account
 from roles.settings import HostSettings
 from roles.templating import render
@@ -108,7 +107,8 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     files.directory(name="Link tokens: portal reads by name", path=tokens, user="root", group=user, mode="2710")
     token_files_readable(name="Link tokens written before: group readable", directory=tokens, group=user)
 
-    installed_templates(name="Page templates", folder="portal", dest=paths.PORTAL_TEMPLATES_DIR)
+    # The pages ship with the tools now; an earlier version installed them here.
+    files.directory(name="No page templates of an earlier version", path=f"{paths.CONFIG_DIR}/portal", present=False)
     config = PortalConfig(
         site=settings.site.public(), sshd_host=settings.sshd_loopback_address, sshd_port=settings.sshd_port
     )
@@ -148,9 +148,9 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     systemd.service(name="nginx serves the newly enabled site", service="nginx", restarted=True, _if=enabled.did_change)
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
 
-    # The unit names what the portal runs (code, policy, its file, templates): any change restarts it.
+    # The unit names what the portal runs (the tools with their pages, the policy, its file): any change restarts it.
     revision = hashlib.sha256(
-        (source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content + _templates_digest()).encode()
+        (source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content).encode()
     ).hexdigest()[:16]
     config_file(
         name="Portal service",
@@ -167,7 +167,3 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
         apply=f"systemctl daemon-reload && systemctl enable --quiet {paths.PORTAL_SERVICE} && systemctl restart {paths.PORTAL_SERVICE}",
     )
     systemd.service(name="Portal running", service=paths.PORTAL_SERVICE, running=True, enabled=True)
-
-
-def _templates_digest() -> str:
-    return files_digest(p for p in (REPO / "templates" / "portal").rglob("*") if p.is_file())

@@ -11,7 +11,7 @@ from pyinfra.operations import files
 from exchange import paths
 from exchange.partners import Partner
 from exchange.site import site_yaml
-from roles.ops import config_file, installed_templates
+from roles.ops import config_file
 from roles.settings import HostSettings
 
 
@@ -31,7 +31,10 @@ def site(settings: HostSettings, partners: tuple[Partner, ...] | None) -> None:
         )
     else:
         files.file(name="No site data on this host", path=paths.SITE, present=False)
-    installed_templates(name="Message templates", folder="messages", dest=paths.MESSAGES_DIR)
+    # The texts ship with the tools now; an earlier version installed them here.
+    files.directory(
+        name="No message templates of an earlier version", path=f"{paths.CONFIG_DIR}/messages", present=False
+    )
     if partners is not None:
         data = {"partners": [partner.model_dump() for partner in partners]}
         config_file(

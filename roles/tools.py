@@ -33,9 +33,17 @@ MANIFEST = f"{paths.TOOLS_VENV}/.wheelhouse"
 TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
 
 
+def package_files() -> list[Path]:
+    """The on-host package's files: its code and the texts it ships (messages, pages)."""
+    skip = ("__pycache__", ".egg-info")
+    return [
+        p for p in (REPO / "scripts").rglob("*") if p.is_file() and not any(s in part for part in p.parts for s in skip)
+    ]
+
+
 def source_digest(arch: str) -> str:
     """What the tools are built from, for this architecture (the wheelhouse's cache key)."""
-    sources = [REPO / "pyproject.toml", *(REPO / "scripts").rglob("*.py"), *(REPO / "scripts").rglob("py.typed")]
+    sources = [REPO / "pyproject.toml", *package_files()]
     return files_digest(sources, seed=arch.encode())[:16]
 
 

@@ -1,8 +1,8 @@
 """The texts sent to recipients and staff, rendered from jinja2 templates.
 
-The templates live in the repository's templates/messages/ (one file per message and
-language, `<message>.<lang>.j2`); the deploy installs them in /etc/imaging-exchange/messages,
-so a site can read and adjust exactly what is sent. An e-mail template starts with a
+The templates ship with the tools (exchange/templates/messages/, one file per message and
+language, `<message>.<lang>.j2`), so a site reads and adjusts exactly what is sent, in its
+checkout, and the deploy installs them with the version of the tools that renders them. An e-mail template starts with a
 `Subject:` line and a blank line; an SMS template is the text only.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jinja2
 
-from exchange import paths, untrusted
+from exchange import templates, untrusted
 from exchange.errors import ExchangeError
 from exchange.site import Site
 
@@ -107,7 +107,7 @@ def mask_phone(number: str) -> str:
 
 
 def messages_dir() -> Path:
-    return Path(os.environ.get(MESSAGES_ENV) or paths.MESSAGES_DIR)
+    return Path(os.environ.get(MESSAGES_ENV) or templates.MESSAGES)
 
 
 class Messages:

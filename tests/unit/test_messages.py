@@ -1,4 +1,4 @@
-"""The messages recipients and staff get, rendered from templates/messages/ for both languages."""
+"""The messages recipients and staff get, rendered from exchange/templates/messages/ for both languages."""
 
 import datetime
 import os
@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from exchange import templates
 from exchange.credentials import generate_password
 from exchange.messages import MessageError, Messages, mask_email, mask_phone, when
 from exchange.policy import load_policy
@@ -13,7 +14,7 @@ from exchange.site import parse_site
 from roles import REPO
 from tests.sites import outbox_site, viewer_site
 
-MESSAGES = REPO / "templates" / "messages"
+MESSAGES = templates.MESSAGES
 POLICY = load_policy(REPO / "policies.yaml").policy
 EXPIRES = datetime.datetime(2026, 12, 5, 13, 0, tzinfo=datetime.UTC)
 LINK = "https://exchange.test.example/l/tOkEn-ExAmPlE_0123456789abcdefghijklmnopqrs"

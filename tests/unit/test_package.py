@@ -25,6 +25,7 @@ from pydicom.fileset import FileSet
 
 import exchange.dicom.package
 import exchange.safefs
+from exchange import templates
 from exchange.dicom import media as media_module
 from exchange.dicom.package import PackageError, make_package
 from exchange.messages import Messages
@@ -43,8 +44,8 @@ def inspect_media(path: Path, **options) -> media_module.Report:
 
 # The site names run_cdviewer.exe: a viewer folder must hold it (the packages below without
 # --viewer are what `exchange package` makes for a site without viewer_dir).
-MESSAGES = Messages(parse_site(viewer_site(), "test"), REPO / "templates" / "messages")
-NO_VIEWER = Messages(parse_site(outbox_site(), "test"), REPO / "templates" / "messages")
+MESSAGES = Messages(parse_site(viewer_site(), "test"), templates.MESSAGES)
+NO_VIEWER = Messages(parse_site(outbox_site(), "test"), templates.MESSAGES)
 J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 FILE_ID = re.compile(r"^DICOM(/[A-Z0-9_]{1,8}){1,7}$")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from exchange import cli, credentials, partner_access, paths
+from exchange import cli, credentials, partner_access, paths, templates
 from exchange.accounts import Layout
 from exchange.messages import Messages
 from exchange.policy import load_policy
@@ -61,7 +61,7 @@ def host(tmp_path, monkeypatch) -> Host:
         partner_access.auditlog, "record", lambda event, **fields: host.audit.append((event, fields, host.ran()))
     )
     site = parse_site(outbox_site() | {"outbox_dir": str(host.outbox)}, "test")
-    tools = cli.base.Tools(POLICY, site, Messages(site, REPO / "templates" / "messages"))
+    tools = cli.base.Tools(POLICY, site, Messages(site, templates.MESSAGES))
     monkeypatch.setattr(cli.base, "tools", lambda command: tools)
     partners = tmp_path / "partners.yaml"
     partners.write_text(

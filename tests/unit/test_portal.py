@@ -16,6 +16,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from exchange import templates
 from exchange.cli import app as cli
 from exchange.links import LinkStore, token_hash
 from exchange.policy import Policy, PolicyError, load_policy, parse_policy
@@ -33,13 +34,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-TEMPLATES = REPO / "templates" / "portal"
+TEMPLATES = templates.PORTAL
 POLICY = load_policy(REPO / "policies.yaml").policy
 
 
 @pytest.fixture(autouse=True)
 def _messages(monkeypatch):
-    monkeypatch.setenv("EXCHANGE_MESSAGES", str(REPO / "templates" / "messages"))
+    monkeypatch.setenv("EXCHANGE_MESSAGES", str(templates.MESSAGES))
 
 
 def make_config(tmp_path, port: int = 9, site: dict | None = None) -> PortalConfig:

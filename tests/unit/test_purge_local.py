@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange import notices
+from exchange import notices, templates
 from exchange import purge as purge_module
 from exchange.accounts import Layout
 from exchange.held import hold_uploads, keep_uploads
@@ -216,7 +216,7 @@ def test_held_uploads_are_announced_where_they_went_even_if_announced_before(tre
     (chroot / "upload").mkdir(parents=True)
     aged(chroot / "upload" / "letter.pdf", 600)
     site = parse_site(outbox_site() | {"outbox_dir": str(tmp_path / "outbox")}, "test")
-    messages = Messages(site, REPO / "templates" / "messages")
+    messages = Messages(site, templates.MESSAGES)
 
     def notify() -> list[str]:
         before = set((tmp_path / "outbox").glob("*.eml")) if (tmp_path / "outbox").exists() else set()
@@ -385,7 +385,7 @@ def test_hidden_and_hostile_uploads_are_announced_escaped(tree, tmp_path):
         aged(upload / name, 600)
     aged(upload / os.fsdecode(b"\xff-latin1.dcm"), 600)  # a name that is no UTF-8
     site = parse_site(outbox_site() | {"outbox_dir": str(tmp_path / "outbox")}, "test")
-    messages = Messages(site, REPO / "templates" / "messages")
+    messages = Messages(site, templates.MESSAGES)
     sent, failures = notices.notify_uploads(
         layout.policy, site, messages, out=lambda line: None, state_dir=tmp_path / "s"
     )

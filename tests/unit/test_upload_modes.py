@@ -6,7 +6,7 @@ import stat
 import time
 from pathlib import Path
 
-from exchange import notices
+from exchange import notices, templates
 from exchange.accounts import Layout
 from exchange.messages import Messages
 from exchange.policy import load_policy
@@ -75,7 +75,7 @@ def test_the_upload_notice_job_opens_uploads_to_staff_before_it_announces_them(t
         os.utime(path, (settled, settled))
     site = parse_site(outbox_site() | {"outbox_dir": str(tmp_path / "outbox")}, "test")
     sent, failures = notices.notify_uploads(
-        layout.policy, site, Messages(site, REPO / "templates" / "messages"), out=lambda line: None,
+        layout.policy, site, Messages(site, templates.MESSAGES), out=lambda line: None,
         state_dir=tmp_path / "state",
     )  # fmt: skip
     assert (sent, failures) == (1, [])

@@ -35,3 +35,8 @@ def test_building_the_wheel_writes_nothing_into_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as built:
         names = built.namelist()
     assert "exchange/paths.py" in names and "exchange/cli/__init__.py" in names
+    # The texts the server renders ship with the tools that render them.
+    assert (
+        "exchange/templates/messages/link-email.nl.j2" in names
+        and "exchange/templates/portal/static/upload.js" in names
+    )

@@ -34,7 +34,7 @@ class PortalConfig(Part):
     host_key_files: list[str] = Field(
         default_factory=lambda: [f"{key}.pub" for key in paths.SSH_HOST_KEYS.values()], min_length=1
     )
-    templates_dir: str = paths.PORTAL_TEMPLATES_DIR
+    templates_dir: str | None = None  # another folder of page templates (tests); default: the tools' own
     state_dir: str = paths.STATE_DIR
 
 

@@ -9,6 +9,7 @@ import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from exchange import templates as package_templates
 from exchange import untrusted
 from exchange.messages import messages_dir, when
 from exchange.policy import Policy
@@ -21,7 +22,7 @@ from exchange.validation import load_yaml
 class Pages:
     def __init__(self, config: PortalConfig, policy: Policy) -> None:
         self.config, self.policy = config, policy
-        templates = Path(config.templates_dir)
+        templates = self.templates = Path(config.templates_dir or package_templates.PORTAL)
         self.text = load_text(templates / "text.yaml")
         self.env = jinja2.Environment(
             loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(templates), jinja2.FileSystemLoader(messages_dir())]),
@@ -35,7 +36,7 @@ class Pages:
         self.static = templates / "static"
 
     def check_templates(self) -> None:
-        own = jinja2.FileSystemLoader(self.config.templates_dir).list_templates()
+        own = jinja2.FileSystemLoader(self.templates).list_templates()
         for name in [n for n in own if n.endswith(".j2")]:
             self.env.get_template(name)
 

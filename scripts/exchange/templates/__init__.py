@@ -1,0 +1,8 @@
+"""The texts the server renders itself, shipped with the tools (one installed thing, one
+version): e-mail, SMS and the package README (`messages/`, `<message>.<lang>.j2`), and the web
+page (`portal/`: its pages, their texts in text.yaml, and static files)."""
+
+from pathlib import Path
+
+MESSAGES = Path(__file__).parent / "messages"
+PORTAL = Path(__file__).parent / "portal"
