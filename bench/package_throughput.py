@@ -40,7 +40,7 @@ import socket, sys, tempfile
 from pathlib import Path
 from exchange import templates
 from exchange import auditlog
-from exchange.messages import Messages
+from exchange.messaging.messages import Messages
 from exchange.dicom.package import make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site

@@ -11,7 +11,8 @@ from itertools import groupby
 from pyinfra import host, logger
 from pyinfra.api import FactBase, OperationError, deploy, operation
 
-from exchange.accounts import AccountConflict, Layout, WantedAccount, plan
+from exchange.accounts import AccountConflict, WantedAccount, plan
+from exchange.layout import Layout
 from exchange.partners import Partner
 from exchange.policy import Policy
 from roles.ops import ExchangeAccounts

@@ -1,4 +1,4 @@
-"""Exchange accounts (partners and link accounts): where they live and how to converge them.
+"""Exchange accounts (partners and link accounts): how to converge them (where they live: exchange.layout).
 
 `plan()` compares the wanted accounts with an observation (exchange.observe) and returns
 the shell steps that make the host match, in order. The deploy yields these steps from
@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from exchange import aging, locks, observe, paths
 from exchange.auditlog import audit_command as audit
 from exchange.errors import ExchangeError
+from exchange.layout import Layout
 from exchange.policy import Policy
 
 
@@ -45,83 +46,6 @@ class WantedAccount:
     kind: str  # "partner" or "link"
     public_keys: tuple[str, ...] = ()
     active: bool = True  # False: locked now, removed once retention has passed
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Paths, owners and modes of the exchange tree, all derived from the policy."""
-
-    policy: Policy
-
-    @property
-    def root(self) -> str:
-        return self.policy.accounts.root
-
-    def kind_dir(self, kind: str) -> str:
-        return f"{self.root}/{'partners' if kind == 'partner' else 'links'}"
-
-    def chroot(self, kind: str, name: str) -> str:
-        return f"{self.kind_dir(kind)}/{name}"
-
-    def group(self, kind: str) -> str:
-        accounts = self.policy.accounts
-        return accounts.partner_group if kind == "partner" else accounts.link_group
-
-    def kind_of(self, name: str) -> str | None:
-        """ "partner" or "link" if `name` is an exchange account on this host, else None."""
-        for kind in ("partner", "link"):
-            try:
-                if name in grp.getgrnam(self.group(kind)).gr_mem:
-                    return kind
-            except KeyError:
-                continue
-        return None
-
-    def skeleton(self, name: str) -> dict[str, tuple[str, str, str]]:
-        """Relative path in the chroot -> (owner, group, mode).
-
-        sshd requires the chroot itself root-owned and not group/other writable. Other
-        partners never reach it (each is chrooted to its own); other local users cannot
-        pass the 0750 kind directory, so the chroot's "other" bits reach its account only.
-        """
-        staff = self.policy.accounts.staff_group
-        return {
-            "": ("root", "root", "0755"),
-            # Staff write (setgid keeps group staff); the account reads through "other".
-            self.policy.accounts.download_folder: ("root", staff, "2775"),
-            # The account writes; setgid hands every upload to staff to read.
-            self.policy.accounts.upload_folder: (name, staff, "2770"),
-            # Holds the /dev/log socket rsyslog listens on, so internal-sftp can log.
-            "dev": ("root", "root", "0755"),
-        }
-
-    def ended_links_dir(self) -> str:
-        """Where the uploads of a link account whose time ended wait for staff (one folder per
-        account), under the same retention as everything else."""
-        return f"{self.root}/{paths.ENDED_LINKS}"
-
-    def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
-        staff = self.policy.accounts.staff_group
-        return {
-            self.root: ("root", "root", "0755"),
-            self.kind_dir("partner"): ("root", staff, "0750"),
-            self.kind_dir("link"): ("root", staff, "0750"),
-            self.ended_links_dir(): ("root", staff, "2750"),
-        }
-
-    def observe_params(self, names: list[str]) -> dict:
-        accounts = self.policy.accounts
-        return {
-            "groups": [accounts.partner_group, accounts.link_group, accounts.staff_group],
-            "partner_group": accounts.partner_group,
-            "link_group": accounts.link_group,
-            "download_folder": accounts.download_folder,
-            "upload_folder": accounts.upload_folder,
-            "names": sorted(names),
-            "dirs": sorted(self.tree_dirs()),
-            "keys_dir": paths.AUTHORIZED_KEYS_DIR,
-            "log_socket_dir": paths.LOG_SOCKETS_DIR,
-        }
 
 
 def _write_file(path: str, content: str, mode: str = "0644") -> str:

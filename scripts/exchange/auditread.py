@@ -16,9 +16,9 @@ import subprocess
 from pathlib import PurePosixPath
 
 from exchange import paths
-from exchange.accounts import Layout
 from exchange.bans import JAILS
 from exchange.errors import REFUSED, ExchangeError
+from exchange.layout import Layout
 from exchange.policy import Policy
 
 # A connection spec for `sshd -T -C`: what sshd would apply to this user from anywhere.

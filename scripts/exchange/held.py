@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from exchange import safefs, untrusted
-from exchange.accounts import Layout, Step, account_lock, close_account, run_steps
+from exchange.accounts import Step, account_lock, close_account, run_steps
+from exchange.layout import Layout
 
 
 @dataclass

@@ -26,13 +26,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
 
 from exchange import auditlog, credentials, held, observe, paths
-from exchange.accounts import Layout, Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
+from exchange.accounts import Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
 from exchange.auditlog import actor
 from exchange.errors import FAILED, REFUSED, ExchangeError
-from exchange.messages import Messages, mask_email, mask_phone
+from exchange.layout import Layout
+from exchange.messaging.messages import Messages, mask_email, mask_phone
+from exchange.messaging.transports import DeliveryError, send_email, send_sms
 from exchange.policy import Policy
 from exchange.site import E164, Site
-from exchange.transports import DeliveryError, send_email, send_sms
 from exchange.validation import describe
 
 TOKEN_BYTES = 32  # 256 bits

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 from exchange import paths, safefs
-from exchange.accounts import Layout
+from exchange.layout import Layout
 from exchange.links import LinkStore
-from exchange.messages import mask_email
+from exchange.messaging.messages import mask_email
 from exchange.policy import Policy
 
 # rsyslog's line (roles/logging.py): "<rfc3339 time> account=<name> internal-sftp[pid]: session opened for ..."

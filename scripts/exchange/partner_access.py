@@ -8,15 +8,17 @@ import contextlib
 import subprocess
 from dataclasses import dataclass
 
-from exchange import aging, auditlog, credentials, expiry_notices, observe
-from exchange.accounts import Layout, account_lock
+from exchange import aging, auditlog, credentials, observe
+from exchange.accounts import account_lock
 from exchange.auditlog import actor
 from exchange.errors import ExchangeError
-from exchange.messages import Messages, mask_email, mask_phone, when
+from exchange.layout import Layout
+from exchange.messaging import expiry_notices
+from exchange.messaging.messages import Messages, mask_email, mask_phone, when
+from exchange.messaging.transports import DeliveryError, send_email, send_sms
 from exchange.partners import Partner
 from exchange.policy import Policy
 from exchange.site import Site
-from exchange.transports import DeliveryError, send_email, send_sms
 
 
 class PartnerAccessError(ExchangeError):

@@ -4,7 +4,7 @@ and audit import the same names, so the deploy makes exactly the places the tool
 audit checks (an admin's environment cannot change what is deployed).
 
 The exchange tree itself and its groups are the policy's (`accounts.root`); what lies in it
-is `exchange.accounts.Layout`.
+is `exchange.layout.Layout`.
 """
 
 # -- the exchange tree ------------------------------------------------------------------------

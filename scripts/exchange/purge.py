@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exchange import auditlog, held, links, locks, observe, paths, safefs, untrusted
-from exchange.accounts import Layout, StepFailed, account_lock, removal_steps, run_steps
+from exchange.accounts import StepFailed, account_lock, removal_steps, run_steps
 from exchange.errors import ExchangeError
+from exchange.layout import Layout
 from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
 

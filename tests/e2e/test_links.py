@@ -20,7 +20,7 @@ from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_TRUN
 from pydicom.data import get_testdata_file
 
 from exchange import paths
-from exchange.messages import when
+from exchange.messaging.messages import when
 from tests import testhost
 from tests.dicom_synth import clone, ct_study
 from tests.e2e.clients import ISSUED, issued_account, openssh_sftp, paramiko_sftp

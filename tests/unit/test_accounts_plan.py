@@ -2,7 +2,8 @@
 
 import pytest
 
-from exchange.accounts import AccountConflict, Layout, WantedAccount, plan
+from exchange.accounts import AccountConflict, WantedAccount, plan
+from exchange.layout import Layout
 from exchange.policy import load_policy
 from roles import REPO
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from exchange import bans, paths
-from exchange.accounts import Layout
+from exchange.layout import Layout
 from exchange.policy import load_policy, parse_policy
 from roles import REPO
 from tests.audit.baseline import ACCOUNT, Expected, baseline, placeholders

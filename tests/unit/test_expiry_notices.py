@@ -1,6 +1,6 @@
 """Which partners get a password expiry notice (no host needed)."""
 
-from exchange.expiry_notices import _told, expiring, mark_told
+from exchange.messaging.expiry_notices import _told, expiring, mark_told
 from exchange.partners import Partner
 
 TODAY = 20_000

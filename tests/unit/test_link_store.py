@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from exchange import linkstatus, notices, safefs
+from exchange import linkstatus, safefs
 from exchange.links import LinkError, LinkRecord, LinkStore, token_hash
+from exchange.messaging import notices
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 

@@ -8,7 +8,7 @@ import pytest
 
 from exchange import templates
 from exchange.credentials import generate_password
-from exchange.messages import MessageError, Messages, mask_email, mask_phone, when
+from exchange.messaging.messages import MessageError, Messages, mask_email, mask_phone, when
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO

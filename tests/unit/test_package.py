@@ -28,7 +28,7 @@ import exchange.safefs
 from exchange import templates
 from exchange.dicom import media as media_module
 from exchange.dicom.package import PackageError, make_package
-from exchange.messages import Messages
+from exchange.messaging.messages import Messages
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO

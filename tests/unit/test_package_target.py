@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exchange import observe
-from exchange.accounts import Layout
 from exchange.dicom import package as package_module
 from exchange.dicom.package import PackageError, download_folder
+from exchange.layout import Layout
 from exchange.policy import load_policy
 from roles import REPO
 

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from exchange import cli, credentials, partner_access, paths, templates
-from exchange.accounts import Layout
-from exchange.messages import Messages
+from exchange.layout import Layout
+from exchange.messaging.messages import Messages
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO

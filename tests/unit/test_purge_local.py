@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from exchange import notices, templates
 from exchange import purge as purge_module
-from exchange.accounts import Layout
+from exchange import templates
 from exchange.held import hold_uploads, keep_uploads
-from exchange.messages import Messages
+from exchange.layout import Layout
+from exchange.messaging import notices
+from exchange.messaging.messages import Messages
 from exchange.policy import load_policy
 from exchange.purge import PurgeBusy, PurgeReport, purge_files, purge_lock
 from exchange.site import parse_site

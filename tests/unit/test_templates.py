@@ -27,7 +27,7 @@ def test_reboot_only_when_a_time_is_set():
     assert 'Automatic-Reboot "true";' in timed and 'Automatic-Reboot-Time "04:30";' in timed
 
 
-# The server's own texts (exchange/templates/) are rendered there by exchange.messages and
+# The server's own texts (exchange/templates/) are rendered there by exchange.messaging.messages and
 # exchange.portal (tests/unit/test_messages.py, tests/unit/test_portal.py).
 WITH_VARIABLES = sorted(str(p.relative_to(TEMPLATES)) for p in TEMPLATES.rglob("*.j2") if "{{" in p.read_text())
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from exchange.messages import Email
+from exchange.messaging.messages import Email
+from exchange.messaging.transports import DeliveryError, send_email, send_sms
 from exchange.site import parse_site
-from exchange.transports import DeliveryError, send_email, send_sms
 from tests.messaging import SmsGateway, SmtpServer, free_port, make_ca
 from tests.sites import SMS_TOKEN, outbox_site, relay_site
 

@@ -6,9 +6,10 @@ import stat
 import time
 from pathlib import Path
 
-from exchange import notices, templates
-from exchange.accounts import Layout
-from exchange.messages import Messages
+from exchange import templates
+from exchange.layout import Layout
+from exchange.messaging import notices
+from exchange.messaging.messages import Messages
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO

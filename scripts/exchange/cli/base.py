@@ -18,7 +18,7 @@ from exchange.policy import Policy, PolicyError, load_policy
 from exchange.site import Site
 
 if TYPE_CHECKING:
-    from exchange.messages import Messages
+    from exchange.messaging.messages import Messages
 
 
 class ExchangeApp(typer.Typer):
@@ -75,7 +75,7 @@ class Tools:
 def tools(command: str) -> Tools:
     """Root, the policy, the site data and the message templates, or a clear exit."""
     from exchange.invoker import invoker
-    from exchange.messages import Messages
+    from exchange.messaging.messages import Messages
     from exchange.site import load_site
 
     require_root(command)

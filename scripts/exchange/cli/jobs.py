@@ -28,7 +28,7 @@ def _send_notices(command: str, send: Callable, what: str, quiet: bool) -> None:
 @app.command("notify-uploads")
 def notify_uploads(quiet: base.Quiet = False) -> None:
     """E-mail the staff mailbox about new uploads: one notice per account, each file once."""
-    from exchange.notices import notify_uploads as send
+    from exchange.messaging.notices import notify_uploads as send
 
     _send_notices("notify-uploads", send, "upload notices", quiet)
 
@@ -36,7 +36,7 @@ def notify_uploads(quiet: base.Quiet = False) -> None:
 @app.command("notify-expiring")
 def notify_expiring(quiet: base.Quiet = False) -> None:
     """E-mail partners whose password expires within the policy's warning days: once a password."""
-    from exchange.expiry_notices import notify_password_expiry as send
+    from exchange.messaging.expiry_notices import notify_password_expiry as send
 
     _send_notices("notify-expiring", send, "password expiry notices", quiet)
 

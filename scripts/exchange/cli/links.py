@@ -29,7 +29,7 @@ def link_issue(
 ) -> None:
     """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
     from exchange.links import Links, LinkStore, validate_request
-    from exchange.messages import mask_email, mask_phone, when
+    from exchange.messaging.messages import mask_email, mask_phone, when
 
     base.require_root("link issue")
     policy = base.policy_or_exit().policy
@@ -89,8 +89,8 @@ def link_resend(
 ) -> None:
     """A new password by SMS (the old one stops working; the link stays)."""
     from exchange.links import Links, LinkStore
-    from exchange.messages import MessageError, mask_phone
-    from exchange.transports import DeliveryError
+    from exchange.messaging.messages import MessageError, mask_phone
+    from exchange.messaging.transports import DeliveryError
 
     tools = base.tools("link resend")
     try:  # a CredentialError says itself whether the new password went out

@@ -18,7 +18,7 @@ def partner_credentials(
     show_password: base.ShowPassword = False,
 ) -> None:
     """A fresh password by SMS, a notice by e-mail; the partner must change it at first login."""
-    from exchange.messages import mask_email, mask_phone
+    from exchange.messaging.messages import mask_email, mask_phone
     from exchange.partner_access import LockoutNotCleared, new_credentials
     from exchange.partners import load_partners
 

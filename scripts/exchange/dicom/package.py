@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange import auditlog, handed_in, observe, safefs, untrusted
-from exchange.accounts import Layout
 from exchange.auditlog import actor
 from exchange.dicom.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
 from exchange.dicom.dicomfiles import Scan, Source, scan
 from exchange.dicom.zipstream import Entry, SourceError, write_entries
 from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker
+from exchange.layout import Layout
 from exchange.links import LinkError, LinkStore
-from exchange.messages import Messages
+from exchange.messaging.messages import Messages
 from exchange.policy import Policy
 
 DEFLATE_LEVEL = 1  # fast: DICOM pixel data gains little from harder work

@@ -20,7 +20,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from exchange.accounts import Layout
+from exchange.layout import Layout
 from exchange.links import LinkStore
 from exchange.policy import Policy, load_policy
 from exchange.portal.config import PortalConfig, load_portal_config

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from exchange import auditlog, paths
-from exchange.accounts import Layout
+from exchange.layout import Layout
 from exchange.links import LinkStore
 from exchange.portal.browser import (
     CSRF_COOKIE,

@@ -11,7 +11,7 @@ from starlette.responses import HTMLResponse, Response
 
 from exchange import templates as package_templates
 from exchange import untrusted
-from exchange.messages import messages_dir, when
+from exchange.messaging.messages import messages_dir, when
 from exchange.policy import Policy
 from exchange.portal.browser import CSRF_COOKIE, LANG_COOKIE, new_csrf_token, set_cookie
 from exchange.portal.config import PortalConfig

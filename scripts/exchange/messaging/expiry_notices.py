@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange import auditlog, observe, paths
-from exchange.messages import Messages, when
+from exchange.messaging.messages import Messages, when
+from exchange.messaging.transports import DeliveryError, send_email
 from exchange.partners import Partner, PartnerDataError, load_partners
 from exchange.policy import Policy
 from exchange.site import Site
-from exchange.transports import DeliveryError, send_email
 
 
 @dataclass(frozen=True)

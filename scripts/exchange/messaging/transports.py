@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from exchange.errors import ExchangeError
-from exchange.messages import Email
+from exchange.messaging.messages import Email
 from exchange.site import HttpSmsTransport, OutboxTransport, Site, SmtpTransport
 
 

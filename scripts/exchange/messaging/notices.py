@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exchange import auditlog, paths, safefs, untrusted
-from exchange.accounts import Layout
+from exchange.layout import Layout
 from exchange.links import LinkStore
-from exchange.messages import Messages
+from exchange.messaging.messages import Messages
+from exchange.messaging.transports import DeliveryError, send_email
 from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
 from exchange.site import Site
-from exchange.transports import DeliveryError, send_email
 
 SETTLE_SECONDS = 120
 
