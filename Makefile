@@ -31,12 +31,13 @@ audit: deps
 	    --ssh-config=/var/tmp/imaging-exchange/testhosts/testhost/auditor_ssh_config \
 	    --junitxml=reports/audit.xml --html=reports/audit.html --self-contained-html
 
-# Test modules run side by side (pytest-xdist, a module to a worker): most of an e2e module's time
-# is spent waiting on its own test host, and the harness gives each host its own ports.
+# Test modules run side by side (pytest-xdist, a module to a worker, the longest first: see
+# tests/conftest.py): most of an e2e module's time is spent waiting on its own test host, and the
+# harness gives each host its own ports.
 TEST_WORKERS ?= 2
 
 test: deps lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: deps
 	$(BIN)/ruff check $(LINTED)
