@@ -9,12 +9,6 @@ def accounts(read, policy):
     ]
 
 
-def stat(read, path):
-    out = read.privileged("stat", path).strip()
-    _, owner, group, mode, kind = out.split("|")
-    return owner, group, mode, kind
-
-
 @control("ACC-01")
 def test_groups_exist(host, policy, control):
     groups = [
@@ -34,39 +28,38 @@ def test_no_shell(host, read, policy, baseline, control):
 
 @control("ACC-03")
 def test_chroot_path_is_root_owned_and_closed(read, policy, baseline, control):
-    deviations = {}
+    on_the_way = []
     for name, kind in accounts(read, policy):
-        chroot = baseline.chroot(kind, name)
-        parts = chroot.strip("/").split("/")
-        for depth in range(len(parts) + 1):
-            path = "/" + "/".join(parts[:depth])
-            owner, _group, mode, _ = stat(read, path)
-            if owner != "root" or int(mode, 8) & 0o022:
-                deviations[path] = f"{owner} {mode}"
+        parts = baseline.chroot(kind, name).strip("/").split("/")
+        on_the_way += ["/" + "/".join(parts[:depth]) for depth in range(len(parts) + 1)]
+    deviations = {}
+    for path, (owner, _group, mode, _) in read.stats(*on_the_way).items():
+        if owner != "root" or int(mode, 8) & 0o022:
+            deviations[path] = f"{owner} {mode}"
     control.verify({}, deviations)
 
 
 @control("ACC-04")
 def test_folders(read, policy, baseline, control):
-    deviations = {}
+    wanted = {}
     for name, kind in accounts(read, policy):
         chroot = baseline.chroot(kind, name)
         for relative, want in baseline.chroot_folders(name).items():  # not the chroot itself: ACC-03
-            path = f"{chroot}/{relative}"
-            owner, group, mode, kind_ = stat(read, path)
-            got = (owner, group, mode.zfill(4), kind_)
-            if got != (*want, "directory"):
-                deviations[path] = " ".join(got)
+            wanted[f"{chroot}/{relative}"] = (*want, "directory")
+    deviations = {}
+    for path, (owner, group, mode, kind_) in read.stats(*wanted).items():
+        got = (owner, group, mode.zfill(4), kind_)
+        if got != wanted[path]:
+            deviations[path] = " ".join(got)
     control.verify({}, deviations)
 
 
 @control("ACC-05")
 def test_tree(read, baseline, control):
     expected = {path: " ".join(want) for path, want in baseline.tree().items()}
-    found = {}
-    for path in expected:
-        owner, group, mode, _ = stat(read, path)
-        found[path] = f"{owner} {group} {mode.zfill(4)}"
+    found = {
+        path: f"{owner} {group} {mode.zfill(4)}" for path, (owner, group, mode, _) in read.stats(*expected).items()
+    }
     control.verify(expected, found)
 
 

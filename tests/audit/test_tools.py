@@ -25,7 +25,7 @@ def as_auditor(host, path: str) -> str | None:
 
 
 def as_root(read, path: str) -> str:
-    _, owner, group, mode, _ = read.privileged("stat", path).strip().split("|")
+    owner, group, mode, _ = read.stats(path)[path]
     return owner_and_mode(owner, group, int(mode, 8))
 
 

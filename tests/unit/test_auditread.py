@@ -131,3 +131,17 @@ def test_staff_may_sudo_exchange_but_not_its_auditors_reads(monkeypatch):
     assert "for auditors" in auditread.refused_for(POLICY, "staff-anna")
     assert auditread.refused_for(POLICY, "audit-bo") is None
     assert auditread.refused_for(POLICY, "deploy-admin") is None  # an admin with full sudo reads anything anyway
+
+
+def test_stat_takes_several_paths_and_refuses_all_for_one_bad():
+    """One sudo and one start for every folder of every chroot; each path checked as alone."""
+    assert command(POLICY, "stat", "/", "/srv/exchange", "/srv/exchange/partners")[-4:] == [
+        "--",
+        "/",
+        "/srv/exchange",
+        "/srv/exchange/partners",
+    ]
+    with pytest.raises(AuditReadError, match="is outside /srv/exchange"):
+        command(POLICY, "stat", "/srv/exchange", "/etc/shadow")
+    with pytest.raises(AuditReadError, match="sshd takes one argument at most"):
+        command(POLICY, "sshd", "root", "bob")

@@ -22,11 +22,11 @@ def audit_read(
             " | fail2ban"
         ),
     ],
-    argument: Annotated[
-        str | None,
+    arguments: Annotated[
+        list[str] | None,
         typer.Argument(
-            help="account name (sshd, chage, password-status, sudo-rights), path (stat), days (old-files), "
-            "JAIL or JAIL:SETTING (fail2ban)"
+            help="account name (sshd, chage, password-status, sudo-rights), paths (stat: one or more), days "
+            "(old-files), JAIL or JAIL:SETTING (fail2ban)"
         ),
     ] = None,
 ) -> None:
@@ -39,7 +39,7 @@ def audit_read(
     try:
         if who and (refusal := refused_for(loaded.policy, who.name)):
             raise AuditReadError(refusal)
-        result = run(loaded.policy, what, argument)
+        result = run(loaded.policy, what, *(arguments or [None]))
     except AuditReadError as error:
         typer.echo(f"audit-read refused: {untrusted.printable_lines(error)}", err=True)
         raise typer.Exit(2) from None
