@@ -130,5 +130,6 @@ def test_sudo_rights_of_the_exchange_accounts(read, policy, control):
     for group, rights in rights_of_group.items():
         for name in read.group_accounts(group):
             expected[name] = sorted({*expected.get(name, []), *rights})
+    read.prefetch("sudo-rights", expected)
     found = {name: sudo_rights(read.privileged("sudo-rights", name)) for name in expected}
     control.verify(expected, found)

@@ -160,7 +160,9 @@ def test_every_partner_ages(read, policy, control):
     aging = policy.passwords.aging
     ages = {"min": aging.min_days, "max": aging.max_days, "warn": aging.warn_days, "inactive": aging.inactive_days}
     deviations = {}
-    for name in read.group_members(policy.accounts.partner_group):
+    partners = read.group_members(policy.accounts.partner_group)
+    read.prefetch("password-status", partners)
+    for name in partners:
         # None handed out yet, or key login only: no aging.
         status, got = password_status(read, name)
         want = ages if status == "P" else NO_AGING
@@ -173,8 +175,12 @@ def test_every_partner_ages(read, policy, control):
 def test_staff_and_auditors_have_no_password(read, policy, control):
     """sshd takes only keys from them; a password would still open su and the console."""
     deviations = {}
-    for group in (policy.accounts.staff_group, policy.accounts.auditor_group):
-        for name in read.group_accounts(group):
+    members = {
+        group: read.group_accounts(group) for group in (policy.accounts.staff_group, policy.accounts.auditor_group)
+    }
+    read.prefetch("password-status", [name for names in members.values() for name in names])
+    for names in members.values():
+        for name in names:
             status, got = password_status(read, name)
             if status != "L" or {key: got[key] for key in NO_AGING} != NO_AGING:
                 deviations[name] = {"password": status, **got}

@@ -43,7 +43,9 @@ def test_no_link_account_past_validity(read, policy, control):
     # The account expiry day is the first day refused: the day after the validity ends.
     latest = today + datetime.timedelta(days=policy.links.validity_days + 1)
     wrong = {}
-    for name in read.group_members(policy.accounts.link_group):
+    links = read.group_members(policy.accounts.link_group)
+    read.prefetch("chage", links)
+    for name in links:
         expires = chage(read, name)["Account expires"]
         if expires == "never":
             wrong[name] = "never expires"

@@ -125,6 +125,7 @@ def test_sftp_accounts_get_the_match_block(read, policy, control):
         "permittunnel": "no",
     }
     deviations = {}
+    read.prefetch("sshd", accounts)
     for account in accounts:
         got = read.sshd(account)
         wrong = {key: got.get(key) for key, value in want.items() if got.get(key) != value}

@@ -145,3 +145,9 @@ def test_stat_takes_several_paths_and_refuses_all_for_one_bad():
         command(POLICY, "stat", "/srv/exchange", "/etc/shadow")
     with pytest.raises(AuditReadError, match="sshd takes one argument at most"):
         command(POLICY, "sshd", "root", "bob")
+
+
+def test_several_accounts_are_all_checked_before_any_read_runs():
+    with pytest.raises(AuditReadError, match="'root' is not an exchange account"):
+        auditread.run(POLICY, "sshd", "root", "nobody-here")
+    assert "sshd" in auditread.EACH_ACCOUNT and "stat" not in auditread.EACH_ACCOUNT
