@@ -8,37 +8,14 @@ import shlex
 import subprocess
 
 import pytest
-from pyinfra.context import ctx_host
 
 from exchange.accounts import authorized_keys
 from roles.key_login import GroupAccounts, KeyLoginAccount, key_login_account, remove_unlisted_members
+from tests.unit.fakehost import run
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKoy anna@ws"
 KEYS_SHA256 = hashlib.sha256(authorized_keys((KEY,)).encode()).hexdigest()
 POLICY_AGING = {"min_days": 1, "max_days": 90, "warn_days": 14, "inactive_days": 30}  # what login.defs gives
-
-
-class FakeHost:
-    """What an operation asks of pyinfra's host: one fact, given, and noop."""
-
-    name = "web1"
-
-    def __init__(self, fact_class, fact):
-        self.fact_class, self.fact, self.noops = fact_class, fact, []
-
-    def get_fact(self, fact_class, **_arguments):
-        assert fact_class is self.fact_class
-        return self.fact
-
-    def noop(self, text: str) -> None:
-        self.noops.append(text)
-
-
-def run(operation, fact_class, fact, **arguments) -> tuple[list[str], list[str]]:
-    """The commands `operation` yields on a host with `fact`, and what it said when it had none."""
-    host = FakeHost(fact_class, fact)
-    with ctx_host.use(host):
-        return [str(command) for command in operation._inner(**arguments)], host.noops
 
 
 def account(**changes) -> dict:
