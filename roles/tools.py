@@ -8,6 +8,7 @@ source and the server's architecture) and installs from it with `pip --no-index`
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shlex
 import shutil
@@ -33,13 +34,17 @@ from roles.templating import render
 MANIFEST = f"{paths.TOOLS_VENV}/.wheelhouse"
 # The servers run Debian 12's CPython 3.11 (glibc 2.36).
 TARGET = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+# What a build or an import leaves beside the sources, never part of the package.
+NOT_SOURCES = ("*.egg-info", "__pycache__")
 
 
 def package_files() -> list[Path]:
     """The on-host package's files: its code and the texts it ships (messages, pages)."""
-    skip = ("__pycache__", ".egg-info")
     return [
-        p for p in (REPO / "scripts").rglob("*") if p.is_file() and not any(s in part for part in p.parts for s in skip)
+        p
+        for p in (REPO / "scripts").rglob("*")
+        if p.is_file() and not any(fnmatch.fnmatch(part, pattern) for part in p.parts for pattern in NOT_SOURCES)
     ]
 
 
@@ -65,9 +70,8 @@ def build_own_wheel(out: Path, env: dict[str, str]) -> Path:
         copy = Path(folder)
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(REPO / name, copy / name)
-        shutil.copytree(REPO / "scripts", copy / "scripts", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-        subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(out), str(copy)], check=True, env=env)
+        shutil.copytree(REPO / "scripts", copy / "scripts", ignore=shutil.ignore_patterns(*NOT_SOURCES))
+        subprocess.run([*PIP, "wheel", "--no-deps", "--wheel-dir", str(out), str(copy)], check=True, env=env)
     (own,) = out.glob("imaging_exchange-*.whl")
     return own
 
@@ -87,9 +91,8 @@ def wheelhouse(arch: str) -> tuple[Path, str]:
     platforms = [f"--platform=manylinux_2_{minor}_{arch}" for minor in (17, 28, 34)] + [
         f"--platform=manylinux2014_{arch}"
     ]
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     subprocess.run(
-        [*pip, "download", "--only-binary=:all:", *TARGET, *platforms, "--dest", str(building), str(own)],
+        [*PIP, "download", "--only-binary=:all:", *TARGET, *platforms, "--dest", str(building), str(own)],
         check=True,
         env=env,
     )
@@ -111,8 +114,9 @@ def wheelhouse_archive(source: Path) -> Path:
     some forty wheels, each checked and sent on its own."""
     archive = source.with_name(f"{source.name}.tar")
     if not archive.exists():
-        making = Path(tempfile.mkstemp(prefix=f".{source.name}-", suffix=".tar", dir=source.parent)[1])
-        with tarfile.open(making, "w") as tar:
+        handle, name = tempfile.mkstemp(prefix=f".{source.name}-", suffix=".tar", dir=source.parent)
+        making = Path(name)
+        with os.fdopen(handle, "wb") as file, tarfile.open(fileobj=file, mode="w") as tar:
             for wheel in sorted(source.glob("*.whl")):
                 tar.add(wheel, arcname=wheel.name)
         making.rename(archive)  # whole or not at all, for deploys side by side

@@ -89,4 +89,10 @@ ShowPassword = Annotated[
     typer.Option("--show-password", help="Also print the password, once, to read it out on the phone. Never stored."),
 ]
 
+
+def show_password(password: str) -> None:
+    """What --show-password prints, once."""
+    typer.echo(f"  password {password}   (read it out once; it is not stored anywhere)")
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", help="Print nothing but errors (for cron).")]

@@ -42,7 +42,7 @@ def link_issue(
     typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
     typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
     if show_password:
-        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+        base.show_password(issued.password)
 
 
 @link_app.command("list")
@@ -99,7 +99,7 @@ def link_resend(
         raise base.fail(f"{error}\nthe previous password still works") from None
     typer.echo(f"new password for {account} sent to {mask_phone(issued.record.phone)}")
     if show_password:
-        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+        base.show_password(issued.password)
 
 
 @link_app.command("revoke")

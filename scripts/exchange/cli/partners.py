@@ -37,6 +37,6 @@ def partner_credentials(
     )
     typer.echo("  the partner must choose a new password at the first login")
     if show_password:
-        typer.echo(f"  password {issued.password}   (read it out once; it is not stored anywhere)")
+        base.show_password(issued.password)
     if not_cleared:
         raise base.fail(not_cleared)
