@@ -1,6 +1,6 @@
 """Synthetic DICOM studies for tests and benchmarks, made offline.
 
-`ct_study` writes uncompressed CT instances (512x512, 12 bits, a body-shaped disc in air,
+`ct_study` writes uncompressed CT instances (512x512, 12 bits, a body-shaped disc of soft tissue in air,
 so deflate sees about what it sees in a real CT); `clone` copies an existing instance
 (e.g. one of pydicom's JPEG 2000 test files) under new UIDs and a patient of our choosing,
 pixel data untouched.
@@ -79,6 +79,10 @@ def ct_study(
                 "PixelRepresentation": 1,
                 "SamplesPerPixel": 1,
                 "PhotometricInterpretation": "MONOCHROME2",
+                "RescaleIntercept": "-1024",  # the disc is soft tissue, about -24 to 240 HU
+                "RescaleSlope": "1",
+                "WindowCenter": "40",
+                "WindowWidth": "400",
             }
             for keyword, value in values.items():
                 if keyword not in omit:

@@ -594,7 +594,7 @@ def test_without_a_viewer_the_package_says_so_and_whom_to_contact(study, tmp_pat
     assert "Windows: in deze map zit geen viewer." in readme and "Windows: this folder holds no viewer." in readme
     assert "Neem dan contact op met de afdeling Radiologie." in readme
     assert "please contact the Department of Radiology." in readme
-    assert "in de map zit geen viewer" in index and "the folder holds no viewer" in index
+    assert "in dit pakket zit geen DICOM-viewer" in index and "this package holds no DICOM viewer" in index
     assert "start" not in readme.split("Windows:")[1].split("\n")[0]
 
 

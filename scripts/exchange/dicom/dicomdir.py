@@ -140,6 +140,7 @@ def summary(tree: Tree) -> list[dict]:
             modalities = sorted({_value(series.header, "Modality") or "OT" for series in study.series.values()})
             studies.append(
                 {
+                    "uid": study.uid,
                     "date": _value(study.header, "StudyDate") or "",
                     "modalities": "/".join(modalities),
                     "description": _value(study.header, "StudyDescription") or "",

@@ -26,7 +26,7 @@ from pydicom.uid import UID
 
 from exchange import handed_in, untrusted
 
-# What the directory records and the package index need; nothing else is parsed.
+# What the directory records, the package index and the previews' stacks need; nothing else is parsed.
 HEADER_TAGS = [
     "SpecificCharacterSet",
     "SOPClassUID",
@@ -52,6 +52,7 @@ HEADER_TAGS = [
     "SeriesNumber",
     "InstanceNumber",
     "RTPlanLabel",  # for the record type, as pydicom decides it
+    "NumberOfFrames",  # a preview stack pages through frames too
 ]
 Header = dict[str, object]  # keyword -> value (str; SpecificCharacterSet as read): a few hundred bytes
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from exchange import auditlog, handed_in, observe, safefs, untrusted
 from exchange.auditlog import actor
+from exchange.dicom import previews, webcontent
 from exchange.dicom.dicomdir import DicomDirError, Tree, build_tree, dicomdir_bytes, summary
 from exchange.dicom.dicomfiles import Scan, Source, scan
 from exchange.dicom.zipstream import Entry, SourceError, write_entries
@@ -52,6 +53,7 @@ class Package:
     bytes: int
     tree: Tree
     scan: Scan
+    views: list[webcontent.SeriesView]
 
 
 class _HashingWriter:
@@ -244,7 +246,8 @@ def _viewer_sources(
     found = []
     for file in handed.files:
         relative = file.relative
-        if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith("DICOM/"):
+        own = ("DICOM/", f"{webcontent.FOLDER}/")
+        if relative.upper() in ("DICOMDIR", "README.TXT", "INDEX.HTM") or relative.upper().startswith(own):
             raise PackageError(
                 f"viewer folder {viewer}: {untrusted.printable(relative)} would collide with the package's own files"
             )
@@ -300,23 +303,37 @@ def _write(
     link_ends: datetime.datetime | None,
 ) -> Package:
     now = datetime.datetime.now(messages.site.zone)  # the name, the zip's times and README: the site's clock
-    context = {
-        "patients": summary(tree),
-        "label": label,
-        "now": now,
-        "viewer": bool(viewer_files),
-        "policy": policy,
-        "ends": link_ends,
-    }
+    context = {"patients": summary(tree), "label": label, "now": now, "policy": policy, "ends": link_ends}
     try:
         directory = dicomdir_bytes(tree)
     except DicomDirError as error:
         raise PackageError(f"refused, nothing was written: {untrusted.printable(error)}") from None
-    documents = {
-        "DICOMDIR": directory,
-        "README.TXT": messages.document("package-readme.txt.j2", **context).replace("\n", "\r\n").encode("utf-8"),
-        "INDEX.HTM": messages.document("package-index.htm.j2", **context).encode("utf-8"),
-    }
+    readme = messages.document("package-readme.txt.j2", viewer=bool(viewer_files), **context)
+    documents = {"DICOMDIR": directory, "README.TXT": readme.replace("\n", "\r\n").encode("utf-8")}
+    views = webcontent.plan(tree)
+    # Forked before any thread of ours starts; renders while the DICOM files are packed.
+    with previews.RenderPool(webcontent.jobs(views)) as renderer:
+        return _write_zip(
+            messages, account, folder, label, found, tree, viewer_files, progress, now, documents, views, renderer,
+            context,
+        )  # fmt: skip
+
+
+def _write_zip(
+    messages: Messages,
+    account: str,
+    folder: Path,
+    label: str,
+    found: Scan,
+    tree: Tree,
+    viewer_files: list[tuple[str, Source]],
+    progress: Callable[[str, int, int], None],
+    now: datetime.datetime,
+    documents: dict[str, bytes],
+    views: list[webcontent.SeriesView],
+    renderer: previews.RenderPool,
+    context: dict,
+) -> Package:
     images = list(tree.images())
     total = sum(image.instance.source.size for image in images)
     visible_name = package_name(label or _patient_label(tree), now)
@@ -341,6 +358,13 @@ def _write(
                 write_entries(
                     archive, entries, level=DEFLATE_LEVEL, progress=lambda done: progress("packing", done, total)
                 )
+                count = len(renderer.pictures)
+                rendered = renderer.results(lambda done: progress("previews", done, count))
+                for name, jpeg in webcontent.pictures(views, rendered):
+                    archive.writestr(_entry(name, stored=True, when=now), jpeg)  # JPEG: stored, read in place
+                shipped = messages.site.windows_viewer if viewer_files else None
+                for name, data in webcontent.documents(messages, views, shipped, **context).items():
+                    archive.writestr(_entry(name, stored=False, when=now), data)
             handle.flush()
             os.fsync(handle.fileno())
         # Staff (the group) and the account (other) read it; nobody but root changes it.
@@ -383,7 +407,7 @@ def _write(
         files=len(images),
         bytes=size,
     )
-    return Package(final, digest, len(images), size, tree, found)
+    return Package(final, digest, len(images), size, tree, found, views)
 
 
 def _publish(package: safefs.NewFile, download: int, name: str) -> str:

@@ -1,8 +1,10 @@
 """The texts the server renders itself, shipped with the tools (one installed thing, one
 version): e-mail, SMS and the package README (`messages/`, `<message>.<lang>.j2`), and the web
-page (`portal/`: its pages, their texts in text.yaml, and static files)."""
+page (`portal/`: its pages, their texts in text.yaml, and static files), and the stack viewer
+both show (`viewer/`: the package's IHE_PDI/VIEWER.JS and the portal's view page)."""
 
 from pathlib import Path
 
 MESSAGES = Path(__file__).parent / "messages"
 PORTAL = Path(__file__).parent / "portal"
+VIEWER = Path(__file__).parent / "viewer"

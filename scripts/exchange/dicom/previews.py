@@ -1,0 +1,353 @@
+"""Preview images of a study: JPEG pictures rendered from the DICOM pixel data, for the package's
+own web pages (IHE PDI web content), the portal's view page and staff's contact sheets.
+
+A preview is for looking, never for diagnosis: the pixel data is decoded by pydicom (its
+pylibjpeg plugins for JPEG, JPEG-LS and RLE) or, for JPEG 2000, by OpenJPEG through Pillow at
+a reduced resolution level (the codec skips the finest wavelet levels, so a 2,000 px radiograph
+costs a quarter of its full decode); the grey values go through the modality rescale and the
+first window the image carries (PS3.3 C.11.2.1.2), else the modality's usual window, else the
+image's own range; MONOCHROME1 is inverted, palette and YBR colour become RGB. Each picture is
+downscaled to at most PREVIEW_SIZE on its longest side.
+
+What a sender's file may ask for is bounded before anything is decoded: a frame of more than
+MAX_FRAME_PIXELS is not previewed, and a series' stack holds at most MAX_PER_SERIES pictures,
+spread evenly over its images and frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import multiprocessing
+import os
+import signal
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image as PILImage
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.uid import UID
+
+from exchange import untrusted
+from exchange.dicom.dicomdir import Image, Series
+from exchange.dicom.dicomfiles import READ_ERRORS, Source
+
+PREVIEW_SIZE = 512  # px, the longest side: sharp on a phone, small in the zip (about 30 KB)
+MAX_PER_SERIES = 200  # pictures in a series' stack: enough to page through, fast to render
+MAX_FRAME_PIXELS = 40_000_000  # above (a 6,000 x 6,000 frame): not previewed
+JPEG_QUALITY = 85
+# The window a grey image gets when it carries none (centre, width), in the modality's units.
+USUAL_WINDOWS = {"CT": (40.0, 400.0)}  # soft tissue in Hounsfield units
+JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+             "1.2.840.10008.1.2.4.203"}  # fmt: skip
+_PIXEL_HEADER = [
+    "Modality", "PhotometricInterpretation", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+    "PixelRepresentation", "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
+    "VOILUTFunction", "ModalityLUTSequence", "VOILUTSequence",
+]  # fmt: skip
+
+
+class PreviewError(Exception):
+    """This picture cannot be previewed; the message says why, in a few words for the page."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture of a series' stack: a frame of one of its images."""
+
+    image: Image
+    frame: int  # 0 for a single-frame image
+
+
+def frames(image: Image) -> int:
+    try:
+        return max(1, int(str(image.instance.header.get("NumberOfFrames") or 1)))
+    except ValueError:
+        return 1
+
+
+def stack(series: Series, cap: int = MAX_PER_SERIES) -> list[Picture]:
+    """The series' pictures in order (every frame of every image), or `cap` of them spread
+    evenly from the first to the last; never more than `cap` are picked."""
+    counts = [frames(image) for image in series.images]
+    total = sum(counts)
+    wanted = range(total) if total <= cap else sorted({round(i * (total - 1) / (cap - 1)) for i in range(cap)})
+    pictures, image_index, before = [], 0, 0
+    for number in wanted:
+        while number >= before + counts[image_index]:
+            before += counts[image_index]
+            image_index += 1
+        pictures.append(Picture(series.images[image_index], number - before))
+    return pictures
+
+
+def render(handle: BinaryIO, transfer_syntax: str, frame: int = 0, size: int = PREVIEW_SIZE) -> bytes:
+    """The JPEG preview of one frame of the DICOM file open in `handle`."""
+    try:
+        header = dcmread(handle, stop_before_pixels=True, specific_tags=_PIXEL_HEADER)
+        _check_bounds(header, frame)
+        handle.seek(0)
+        if transfer_syntax in JPEG_2000:
+            picture = _jpeg_2000(handle, header, frame, size)
+        else:
+            pixel_module = Dataset()  # what decoding needs; the rescale and window are the header's
+            pixels = pixel_array(handle, index=frame, ds_out=pixel_module)
+            header.update(pixel_module)
+            picture = _display(pixels, header)
+    except PreviewError:
+        raise
+    except MemoryError:
+        raise PreviewError("too large to preview") from None
+    except Exception as exc:  # noqa: BLE001 - a sender's pixel data may make a decoder raise anything
+        raise PreviewError(_reason(exc, transfer_syntax)) from None
+    picture.thumbnail((size, size), PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    picture.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def _reason(exc: Exception, transfer_syntax: str) -> str:
+    syntax = UID(transfer_syntax)
+    try:
+        available = not syntax.is_compressed or get_decoder(syntax).is_available
+    except NotImplementedError:  # pydicom knows no decoder for it at all
+        available = False
+    if not available:
+        return f"no decoder for its transfer syntax ({syntax.name})"
+    return "its pixel data cannot be decoded"
+
+
+def _check_bounds(header: Dataset, frame: int) -> None:
+    if "Rows" not in header or "Columns" not in header:
+        raise PreviewError("not an image")
+    pixels = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel") or 1)
+    if pixels == 0:
+        raise PreviewError("not an image")
+    if pixels > MAX_FRAME_PIXELS:
+        raise PreviewError(f"too large to preview ({header.Columns} x {header.Rows})")
+    if frame >= int(str(header.get("NumberOfFrames") or 1)):
+        raise PreviewError(f"no frame {frame + 1}")
+
+
+def _jpeg_2000(handle: BinaryIO, header: Dataset, frame: int, size: int) -> PILImage.Image:
+    dataset = dcmread(handle)
+    codestream = get_frame(dataset.PixelData, frame, number_of_frames=int(str(dataset.get("NumberOfFrames") or 1)))
+    start = codestream.find(b"\xff\x4f\xff\x51")  # some writers wrap it in a JP2 file, which DICOM does not allow
+    if start < 0:
+        raise PreviewError("its JPEG 2000 data has no codestream")
+    codestream = codestream[start:]
+    levels, precision, signed = _codestream_levels(codestream)
+    longest = max(int(header.Rows), int(header.Columns))
+    reduce = 0
+    while reduce < levels and longest >> (reduce + 1) >= size:  # the codec halves each level
+        reduce += 1
+    picture = PILImage.open(io.BytesIO(codestream))
+    picture.reduce = reduce
+    picture.load()
+    if picture.mode in ("RGB", "L"):  # colour (inverse MCT done by OpenJPEG), or 8-bit grey
+        array = np.asarray(picture)
+        if picture.mode == "L" and signed:
+            array = array.astype(np.int16) - 128
+    else:  # I;16: Pillow scales the values to 16 bits, then moves signed ones up by 2^15: undone
+        array = np.asarray(picture).astype(np.int32)
+        array = ((array - 32768) if signed else array) >> (16 - precision)
+    if array.ndim == 3:
+        return PILImage.fromarray(array.astype(np.uint8), "RGB")
+    return _display(array, dataset)
+
+
+def _codestream_levels(codestream: bytes) -> tuple[int, int, bool]:
+    """(decomposition levels, precision, signed) from the main header of a JPEG 2000 codestream
+    (SIZ and COD marker segments, ISO 15444-1 A.5.1 and A.6.1)."""
+    if codestream[:2] != b"\xff\x4f":
+        raise PreviewError("its JPEG 2000 data has no codestream")
+    at, levels, precision, signed = 2, 0, 16, False
+    while at + 4 <= len(codestream):
+        marker, length = struct.unpack(">HH", codestream[at : at + 4])
+        if marker == 0xFF51 and at + 41 <= len(codestream):  # SIZ: the first component's Ssiz
+            ssiz = codestream[at + 40]
+            precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
+        elif marker == 0xFF52 and at + 10 <= len(codestream):  # COD: SPcod's first byte
+            levels = codestream[at + 9]
+        elif marker == 0xFF90:  # the first tile: the main header has ended
+            break
+        at += 2 + length
+    return levels, precision, signed
+
+
+def _display(pixels: np.ndarray, dataset: Dataset) -> PILImage.Image:
+    """Stored values to what a screen shows, as an 8-bit picture."""
+    photometric = str(dataset.get("PhotometricInterpretation") or "MONOCHROME2").upper()
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, dataset)
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        if pixels.dtype != np.uint8:
+            top = float(pixels.max()) or 1.0
+            pixels = (pixels.astype(np.float32) * (255.0 / top)).astype(np.uint8)
+        return PILImage.fromarray(np.ascontiguousarray(pixels[..., :3]), "RGB")
+    if pixels.ndim != 2:
+        raise PreviewError("an image layout previews cannot show")
+    inverted = photometric == "MONOCHROME1"
+    if "ModalityLUTSequence" in dataset or ("VOILUTSequence" in dataset and "WindowCenter" not in dataset):
+        return _through_luts(pixels, dataset, inverted)
+    slope = float(dataset.get("RescaleSlope") or 1.0)
+    intercept = float(dataset.get("RescaleIntercept") or 0.0)
+    window = _window(dataset)
+    if window is None:
+        window = _own_range(pixels, slope, intercept)
+    center, width = window
+    function = str(dataset.get("VOILUTFunction") or "LINEAR").upper()
+    if pixels.dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        table = _table(pixels.dtype.str, slope, intercept, center, width, function, inverted)
+        offset = 0 if pixels.dtype.kind == "u" else 1 << (pixels.dtype.itemsize * 8 - 1)
+        indexes = pixels.astype(np.int32) + offset if offset else pixels
+        return PILImage.fromarray(table[indexes], "L")
+    values = pixels.astype(np.float64) * slope + intercept
+    return PILImage.fromarray(_voi(values, center, width, function, inverted), "L")
+
+
+def _window(dataset: Dataset) -> tuple[float, float] | None:
+    """The first window the image carries, else its modality's usual one."""
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is not None and width is not None:
+        try:
+            center = float(center[0] if isinstance(center, Sequence) and not isinstance(center, str) else center)
+            width = float(width[0] if isinstance(width, Sequence) and not isinstance(width, str) else width)
+        except (TypeError, ValueError, IndexError):
+            center = width = None
+        if center is not None and width is not None and width >= 1:
+            return center, width
+    return USUAL_WINDOWS.get(str(dataset.get("Modality") or ""))
+
+
+def _own_range(pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    """A window over the image's own values, its darkest and brightest half percent left out."""
+    sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+    low, high = np.percentile(sample, (0.5, 99.5)) * slope + intercept
+    return (low + high) / 2, max(float(high - low), 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _table(dtype: str, slope: float, intercept: float, center: float, width: float, function: str, inverted: bool):
+    """Display byte for every stored value of the type (one indexing pass a frame, not float
+    arithmetic on every pixel); signed values are looked up from their value + 2^(bits-1)."""
+    kind = np.dtype(dtype)
+    low = int(np.iinfo(kind).min)
+    stored = np.arange(low, int(np.iinfo(kind).max) + 1, dtype=np.float64)
+    return _voi(stored * slope + intercept, center, width, function, inverted)
+
+
+def _voi(values: np.ndarray, center: float, width: float, function: str, inverted: bool) -> np.ndarray:
+    if function == "SIGMOID":  # PS3.3 C.11.2.1.3.1
+        shown = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    elif function == "LINEAR_EXACT":  # C.11.2.1.3.2
+        shown = (values - center) / width + 0.5
+    else:  # LINEAR, C.11.2.1.2.1
+        shown = (values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
+    shown = np.clip(shown, 0.0, 1.0)
+    if inverted:
+        shown = 1.0 - shown
+    return np.round(shown * 255.0).astype(np.uint8)
+
+
+def _through_luts(pixels: np.ndarray, dataset: Dataset, inverted: bool) -> PILImage.Image:
+    """The rare images that carry lookup tables instead of a rescale and a window: pydicom applies them."""
+    values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset, index=0).astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    shown = (values - low) / ((high - low) or 1.0)
+    if inverted:
+        shown = 1.0 - shown
+    return PILImage.fromarray(np.round(shown * 255.0).astype(np.uint8), "L")
+
+
+# The pictures a pool renders, set before its workers are forked: they inherit the open sources
+# (descriptors opened with the rights of whoever named the files) instead of reopening any path.
+_PICTURES: list[tuple[Source, str, int]] = []
+
+
+def _render_job(index: int) -> bytes | str:
+    """In a worker: the JPEG, or why the picture cannot be previewed."""
+    source, transfer_syntax, frame = _PICTURES[index]
+    try:
+        with source.open() as handle:
+            return render(handle, transfer_syntax, frame)
+    except PreviewError as error:
+        return str(error)
+    except READ_ERRORS as error:
+        return f"not readable ({untrusted.printable(error)})"
+
+
+def _worker_start() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the packager's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.nice(5)  # behind the zip's writing, which the recipient waits for
+
+
+class RenderPool:
+    """Renders pictures on every core (pydicom's parsing and Pillow's JPEG 2000 decoder hold the
+    GIL, so threads would share one) while the caller goes on; finished JPEGs wait in a
+    nameless root-only file, not in memory. Start it before any thread: its workers are forked."""
+
+    def __init__(self, pictures: list[tuple[Source, str, int]], workers: int | None = None) -> None:
+        self.pictures = pictures
+        self.workers = max(1, min(workers or os.cpu_count() or 1, len(pictures)))
+        self._spill = tempfile.TemporaryFile()
+        self._done: dict[int, tuple[int, int] | str] = {}
+        self._finished = threading.Condition()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> RenderPool:
+        if not self.pictures:
+            return self
+        global _PICTURES
+        _PICTURES = self.pictures
+        context = multiprocessing.get_context("fork")
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_start)
+        for index in range(len(self.pictures)):
+            # Not kept: a finished future would hold its JPEG in memory; _keep moves it to the file.
+            self._pool.submit(_render_job, index).add_done_callback(functools.partial(self._keep, index))
+        return self
+
+    def _keep(self, index: int, future: Future) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            result: bytes | str = "the renderer failed" + (f" ({type(error).__name__})" if error else "")
+        else:
+            result = future.result()
+        with self._finished:
+            if isinstance(result, str):
+                self._done[index] = result
+            else:
+                offset = self._spill.seek(0, os.SEEK_END)
+                self._spill.write(result)
+                self._done[index] = (offset, len(result))
+            self._finished.notify_all()
+
+    def results(self, progress: Callable[[int], None] = lambda done: None) -> Iterator[tuple[int, bytes | str]]:
+        """Every picture's JPEG or reason, in order, waiting for those not yet done."""
+        for index in range(len(self.pictures)):
+            with self._finished:
+                self._finished.wait_for(lambda index=index: index in self._done)
+                found = self._done.pop(index)
+                if isinstance(found, tuple):
+                    offset, length = found
+                    self._spill.seek(offset)
+                    found = self._spill.read(length)
+            progress(index + 1)
+            yield index, found
+
+    def __exit__(self, *exc) -> None:
+        global _PICTURES
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        _PICTURES = []
+        self._spill.close()
