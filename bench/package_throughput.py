@@ -9,7 +9,8 @@ two checksums a package needs (each entry's CRC-32, the whole file's SHA-256), a
 else. Also: the DICOMDIR (header reads, tree, encoding) for 2,000 instances, and the peak RSS
 of packaging a ~5 GB study in a child process.
 
-Targets: uncompressed at least 1.5x the throughput of `zip -1`; JPEG 2000 at least 0.9x of
+Targets: uncompressed at least 1.2x the throughput of `zip -1` with the previews rendered (issue 16;
+1.5x before packages carried them); JPEG 2000 at least 0.9x of
 `cp`; DICOMDIR for 2,000 instances under 5 s; peak RSS for 5 GB under 200 MB.
 
     .venv/bin/python -m bench.package_throughput [--gb 1] [--rss-gb 5] [--workdir /var/tmp]
@@ -31,7 +32,7 @@ from pydicom.data import get_testdata_file
 
 from tests.dicom_synth import clone, ct_study
 
-TARGETS = {"uncompressed_vs_zip": 1.5, "j2k_vs_cp": 0.9, "dicomdir_2000_s": 5.0, "rss_mb": 200}
+TARGETS = {"uncompressed_vs_zip": 1.2, "j2k_vs_cp": 0.9, "dicomdir_2000_s": 5.0, "rss_mb": 200}
 CT_BYTES = 512 * 512 * 2
 
 # Packages in a child process, so its peak RSS is its own.
