@@ -313,101 +313,80 @@ def _write(
     views = webcontent.plan(tree)
     # Forked before any thread of ours starts; renders while the DICOM files are packed.
     with previews.RenderPool(webcontent.jobs(views)) as renderer:
-        return _write_zip(
-            messages, account, folder, label, found, tree, viewer_files, progress, now, documents, views, renderer,
-            context,
-        )  # fmt: skip
-
-
-def _write_zip(
-    messages: Messages,
-    account: str,
-    folder: Path,
-    label: str,
-    found: Scan,
-    tree: Tree,
-    viewer_files: list[tuple[str, Source]],
-    progress: Callable[[str, int, int], None],
-    now: datetime.datetime,
-    documents: dict[str, bytes],
-    views: list[webcontent.SeriesView],
-    renderer: previews.RenderPool,
-    context: dict,
-) -> Package:
-    images = list(tree.images())
-    total = sum(image.instance.source.size for image in images)
-    visible_name = package_name(label or _patient_label(tree), now)
-    try:
-        download = safefs.open_dir(str(folder))  # staff may change the folder: everything goes through this
-    except OSError as error:
-        raise PackageError(f"packing failed, nothing was left: {untrusted.printable(error)}") from None
-    package = checksum = None
-    published = None
-    try:
-        # Nameless while written (0600 where it cannot be): nobody reaches half a package.
-        package = safefs.NewFile.create(download, 0o600)
-        with os.fdopen(os.dup(package.fd), "wb") as handle:
-            writer = _HashingWriter(handle)
-            with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
-                for name, data in documents.items():
-                    archive.writestr(_entry(name, stored=False, when=now), data)
-                entries = [
-                    Entry(_entry("/".join(image.file_id), image.instance.compressed, now), image.instance.source)
-                    for image in images
-                ] + [Entry(_entry(relative, stored=False, when=now), source) for relative, source in viewer_files]
-                write_entries(
-                    archive, entries, level=DEFLATE_LEVEL, progress=lambda done: progress("packing", done, total)
-                )
-                count = len(renderer.pictures)
-                rendered = renderer.results(lambda done: progress("previews", done, count))
-                for name, jpeg in webcontent.pictures(views, rendered):
-                    archive.writestr(_entry(name, stored=True, when=now), jpeg)  # JPEG: stored, read in place
-                shipped = messages.site.windows_viewer if viewer_files else None
-                for name, data in webcontent.documents(messages, views, shipped, **context).items():
-                    archive.writestr(_entry(name, stored=False, when=now), data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Staff (the group) and the account (other) read it; nobody but root changes it.
-        os.fchmod(package.fd, 0o644)
-        digest = writer.hexdigest()
-        published = _publish(package, download, visible_name)  # complete: the recipient may see it from now on
-        checksum = safefs.NewFile.create(download, 0o644)
-        os.write(checksum.fd, f"{digest}  {published}\n".encode())
-        os.fsync(checksum.fd)
-        checksum.publish(f"{published}.sha256")
-        size = os.fstat(package.fd).st_size
-    except BaseException as error:
-        if checksum is not None:
-            checksum.discard()
-            checksum = None
-        if package is not None:  # named, but its checksum could not follow: not a package to offer
-            package.discard(published)
-            package = None
-        if isinstance(error, SourceError):
-            raise PackageError(f"refused, nothing was left: {error}") from None
-        if isinstance(error, OSError):  # the disk full, a name taken meanwhile: named, not a traceback
+        images = list(tree.images())
+        total = sum(image.instance.source.size for image in images)
+        visible_name = package_name(label or _patient_label(tree), now)
+        try:
+            download = safefs.open_dir(str(folder))  # staff may change the folder: everything goes through this
+        except OSError as error:
             raise PackageError(f"packing failed, nothing was left: {untrusted.printable(error)}") from None
-        raise
-    finally:
-        for new in (package, checksum):
-            if new is not None:
-                new.close()
-        os.close(download)
-    final = folder / published
-    studies = [study for patient in tree.patients.values() for study in patient.studies.values()]
-    auditlog.record(
-        "study-packaged",
-        by=actor(),
-        account=account,
-        package=published,
-        sha256=digest,
-        patient_ids=sorted(tree.patients),
-        study_uids=[study.uid for study in studies],
-        accession_numbers=sorted({str(s.header.get("AccessionNumber") or "") for s in studies} - {""}),
-        files=len(images),
-        bytes=size,
-    )
-    return Package(final, digest, len(images), size, tree, found, views)
+        package = checksum = None
+        published = None
+        try:
+            # Nameless while written (0600 where it cannot be): nobody reaches half a package.
+            package = safefs.NewFile.create(download, 0o600)
+            with os.fdopen(os.dup(package.fd), "wb") as handle:
+                writer = _HashingWriter(handle)
+                with zipfile.ZipFile(writer, "w", allowZip64=True) as archive:
+                    for name, data in documents.items():
+                        archive.writestr(_entry(name, stored=False, when=now), data)
+                    entries = [
+                        Entry(_entry("/".join(image.file_id), image.instance.compressed, now), image.instance.source)
+                        for image in images
+                    ] + [Entry(_entry(relative, stored=False, when=now), source) for relative, source in viewer_files]
+                    write_entries(
+                        archive, entries, level=DEFLATE_LEVEL, progress=lambda done: progress("packing", done, total)
+                    )
+                    count = len(renderer.pictures)
+                    rendered = renderer.results(lambda done: progress("previews", done, count))
+                    for name, jpeg in webcontent.pictures(views, rendered):
+                        archive.writestr(_entry(name, stored=True, when=now), jpeg)  # JPEG: stored, read in place
+                    shipped = messages.site.windows_viewer if viewer_files else None
+                    for name, data in webcontent.documents(messages, views, shipped, **context).items():
+                        archive.writestr(_entry(name, stored=False, when=now), data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Staff (the group) and the account (other) read it; nobody but root changes it.
+            os.fchmod(package.fd, 0o644)
+            digest = writer.hexdigest()
+            published = _publish(package, download, visible_name)  # complete: the recipient may see it from now on
+            checksum = safefs.NewFile.create(download, 0o644)
+            os.write(checksum.fd, f"{digest}  {published}\n".encode())
+            os.fsync(checksum.fd)
+            checksum.publish(f"{published}.sha256")
+            size = os.fstat(package.fd).st_size
+        except BaseException as error:
+            if checksum is not None:
+                checksum.discard()
+                checksum = None
+            if package is not None:  # named, but its checksum could not follow: not a package to offer
+                package.discard(published)
+                package = None
+            if isinstance(error, SourceError):
+                raise PackageError(f"refused, nothing was left: {error}") from None
+            if isinstance(error, OSError):  # the disk full, a name taken meanwhile: named, not a traceback
+                raise PackageError(f"packing failed, nothing was left: {untrusted.printable(error)}") from None
+            raise
+        finally:
+            for new in (package, checksum):
+                if new is not None:
+                    new.close()
+            os.close(download)
+        final = folder / published
+        studies = [study for patient in tree.patients.values() for study in patient.studies.values()]
+        auditlog.record(
+            "study-packaged",
+            by=actor(),
+            account=account,
+            package=published,
+            sha256=digest,
+            patient_ids=sorted(tree.patients),
+            study_uids=[study.uid for study in studies],
+            accession_numbers=sorted({str(s.header.get("AccessionNumber") or "") for s in studies} - {""}),
+            files=len(images),
+            bytes=size,
+        )
+        return Package(final, digest, len(images), size, tree, found, views)
 
 
 def _publish(package: safefs.NewFile, download: int, name: str) -> str:
