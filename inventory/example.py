@@ -60,6 +60,10 @@ exchange_servers = (
             "windows_viewer": "run_cdviewer.exe",
             "viewer_dir": "/srv/imaging-exchange-viewer",
             "timezone": "Europe/Amsterdam",  # the times in messages and on the web page (the default)
+            # The web page's look: the hospital's logo (a PNG or JPEG in this checkout; the deploy copies
+            # it to the server) and its colour, which must read well against white.
+            # "logo": "inventory/logo.png",
+            "accent_colour": "#005a8c",
             # "sftp_port": 22,  # what partners put in their SFTP client; default: sshd_port
             "staff_mailbox": "radiologie-balie@radiology.example.org",
             "staff_language": "nl",

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shlex
 from collections.abc import Iterable
-from io import StringIO
+from io import BytesIO
 from pathlib import Path
 
 from pyinfra import host
@@ -86,7 +86,7 @@ class ExchangeAccounts(FactBase):
 @operation()
 def config_file(
     dest: str,
-    content: str,
+    content: str | bytes,
     mode: str = "644",
     user: str = "root",
     group: str = "root",
@@ -96,13 +96,15 @@ def config_file(
     """Install `content` at `dest` if it differs: upload beside it, check it with `validate`
     (a command with `{path}`), rename it into place, then run `apply` (reload a service).
     A file that fails validation is removed and the live file is never touched. An apply that
-    did not run or failed after the rename is run again by the next deploy (apply_marker)."""
+    did not run or failed after the rename is run again by the next deploy (apply_marker).
+    `content` is text (UTF-8) or, for an image, bytes."""
+    data = content.encode() if isinstance(content, str) else content
     state = host.get_fact(ConfigState, path=dest) or {}
     wanted = {
         "owner": user,
         "group": group,
         "mode": int(mode, 8),
-        "sha256": hashlib.sha256(content.encode()).hexdigest(),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
     marker = shlex.quote(apply_marker(dest))
     if {key: state.get(key) for key in wanted} == wanted:
@@ -114,7 +116,7 @@ def config_file(
     staged = f"{dest}.imaging-exchange-new"
     q = shlex.quote(staged)
     yield f"mkdir -p {shlex.quote(str(Path(dest).parent))}"
-    yield FileUploadCommand(StringIO(content), staged)
+    yield FileUploadCommand(BytesIO(data), staged)
     checks = [f"chown {user}:{group} {q}", f"chmod {mode} {q}"]
     if validate:
         checks.append(validate.format(path=q))

@@ -24,7 +24,7 @@ from exchange.policy import LoadedPolicy
 from exchange.portal.config import PortalConfig, portal_yaml
 from roles.ops import config_file
 from roles.service_user import service_account
-from roles.settings import HostSettings
+from roles.settings import HostSettings, site_logo
 from roles.templating import render
 from roles.tools import source_digest
 
@@ -109,8 +109,17 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
 
     # The pages ship with the tools now; an earlier version installed them here.
     files.directory(name="No page templates of an earlier version", path=f"{paths.CONFIG_DIR}/portal", present=False)
+    # The site's logo, served by the portal itself: root's file, anyone may read it (every page shows it).
+    logo = site_logo(settings.site)
+    if logo is not None:
+        config_file(name="The site's logo for the web page", dest=paths.PORTAL_LOGO, content=logo.content)
+    else:
+        files.file(name="No logo on the web page", path=paths.PORTAL_LOGO, present=False)
     config = PortalConfig(
-        site=settings.site.public(), sshd_host=settings.sshd_loopback_address, sshd_port=settings.sshd_port
+        site=settings.site.public(),
+        sshd_host=settings.sshd_loopback_address,
+        sshd_port=settings.sshd_port,
+        logo=paths.PORTAL_LOGO if logo is not None else None,
     )
     content = portal_yaml(config)
     config_file(
@@ -148,9 +157,10 @@ def portal(loaded_policy: LoadedPolicy, settings: HostSettings) -> None:
     systemd.service(name="nginx serves the newly enabled site", service="nginx", restarted=True, _if=enabled.did_change)
     systemd.service(name="nginx running", service="nginx", running=True, enabled=True)
 
-    # The unit names what the portal runs (the tools with their pages, the policy, its file): any change restarts it.
+    # The unit names what the portal runs (the tools with their pages, the policy, its file, the logo):
+    # any change restarts it.
     revision = hashlib.sha256(
-        (source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content).encode()
+        (source_digest(host.get_fact(Arch)) + loaded_policy.sha256 + content + (logo.version if logo else "")).encode()
     ).hexdigest()[:16]
     config_file(
         name="Portal service",

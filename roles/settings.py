@@ -13,8 +13,10 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exchange import paths
+from exchange.branding import Logo, LogoError, read_logo
 from exchange.site import Site
 from exchange.validation import describe
+from roles import REPO
 
 PASS_THROUGH_PREFIXES = ("ssh_", "_")
 
@@ -172,6 +174,18 @@ class HostSettings(BaseModel):
 def host_settings(name: str, data: dict) -> HostSettings:
     ours = {k: v for k, v in data.items() if not k.startswith(PASS_THROUGH_PREFIXES)}
     try:
-        return HostSettings.model_validate(ours)
+        settings = HostSettings.model_validate(ours)
     except ValidationError as exc:
         raise HostSettingsError(describe(f"inventory host {name}", exc, unknown="unknown host data key")) from None
+    try:
+        site_logo(settings.site)  # the file itself, before anything is deployed
+    except LogoError as exc:
+        raise HostSettingsError(f"inventory host {name}: site.logo: {exc}") from None
+    return settings
+
+
+def site_logo(site: Site | None) -> Logo | None:
+    """The site's logo from the admin's machine (`site.logo`, relative to the repository), checked."""
+    if site is None or site.logo is None:
+        return None
+    return read_logo(REPO / site.logo)

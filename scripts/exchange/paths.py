@@ -17,6 +17,7 @@ POLICY = f"{CONFIG_DIR}/policies.yaml"  # what the tools, the purge and the web 
 SITE = f"{CONFIG_DIR}/site.yaml"  # names, contacts, transports and their credentials: root only
 PARTNERS = f"{CONFIG_DIR}/partners.yaml"  # partner contacts: root only
 PORTAL_CONFIG = f"{CONFIG_DIR}/portal.yaml"
+PORTAL_LOGO = f"{CONFIG_DIR}/portal-logo"  # the site's logo (PNG or JPEG), which the web page serves
 LOG_SOCKETS_DIR = f"{CONFIG_DIR}/log-sockets"  # one rsyslog input per chroot (its /dev/log)
 SOURCE_BANS_OFF = f"{CONFIG_DIR}/source-bans-off"  # root's marker: bans are off by host data
 TLS_DIR = "/etc/ssl/imaging-exchange"

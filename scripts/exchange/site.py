@@ -27,7 +27,7 @@ from pydantic import (
     field_validator,
 )
 
-from exchange import paths
+from exchange import branding, paths
 from exchange.errors import REFUSED, ExchangeError
 from exchange.invoker import Invoker
 from exchange.validation import describe, read_yaml_file
@@ -153,8 +153,15 @@ class PublicSite(Part):
     # The times in e-mails, SMS, packages and on the web page are shown in this zone (IANA name),
     # whatever the server's own clock zone is.
     timezone: Text = "Europe/Amsterdam"
+    # The web page's links, buttons and header rule, so recipients recognise their hospital.
+    accent_colour: Text = "#1a5fb4"
 
     _languages = field_validator("institution", "department")(_both_languages)
+
+    @field_validator("accent_colour")
+    @classmethod
+    def _readable_colour(cls, value: str) -> str:
+        return branding.accent_colour(value)
 
     @field_validator("windows_viewer")
     @classmethod
@@ -205,6 +212,9 @@ class Site(PublicSite):
     email: EmailTransport
     sms: SmsTransport
     outbox_dir: str = paths.OUTBOX_DIR
+    # The web page's logo: a PNG or JPEG on the admin's machine (relative to the repository, or
+    # absolute), checked by roles/settings.py and installed by roles/portal.py for the portal.
+    logo: Text | None = None
 
     @field_validator("viewer_dir")
     @classmethod
@@ -247,8 +257,9 @@ def parse_site(data: object, where: str, prefix: str = "", show_values: bool = T
 
 
 def site_yaml(site: Site) -> str:
+    # Not the logo: a path on the admin's machine; the portal's file names the installed copy.
     return "# Managed by imaging-exchange (roles/site.py) from the inventory's `site` data.\n" + yaml.safe_dump(
-        site.model_dump(mode="json", exclude_none=True), sort_keys=True, allow_unicode=True
+        site.model_dump(mode="json", exclude_none=True, exclude={"logo"}), sort_keys=True, allow_unicode=True
     )
 
 

@@ -29,7 +29,7 @@ from tests import testhost
 from tests.e2e.clients import issued_account, paramiko_sftp, portal_form
 from tests.e2e.conftest import make_exchange
 from tests.pyinfra_run import REPO
-from tests.sites import outbox_site
+from tests.sites import ACCENT, branded_site, logo_png
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +41,14 @@ NEUTRAL = "did not succeed"
 
 @pytest.fixture(scope="module")
 def web(shared_hosts, tmp_path_factory):
-    """A deployed host with the web page; messages go to its outbox."""
+    """A deployed host with the web page and the hospital's logo and colour; messages go to its outbox."""
     host = testhost.boot("portal", log=lambda message: print(message, flush=True), directory=shared_hosts)
+    directory = tmp_path_factory.mktemp("portal")
+    logo = directory / "logo.png"  # on the admin's machine: the deploy copies it to the server
+    logo.write_bytes(logo_png())
     try:
         yield make_exchange(
-            host,
-            tmp_path_factory.mktemp("portal"),
-            site=outbox_site() | {"portal_url": host.portal_url},
-            portal=host.portal_data(),
+            host, directory, site=branded_site(str(logo)) | {"portal_url": host.portal_url}, portal=host.portal_data()
         )
     finally:
         testhost.shutdown(host)
@@ -386,11 +386,197 @@ def test_help_page_and_languages(web, page):
     # The site's data and the policy, as this host has them: the SFTP port is the host's sshd port.
     assert f"port {web.host.port}." in text
     assert "through the hospital switchboard: 012-345 0000" in text and "padlock" not in text
-    assert "to view the images you need a Windows computer or a Mac" in text
+    assert "Everything works on a computer, tablet or phone alike" in text and "you need a Windows" not in text
     page.click("a[hreflang=nl]")
     shot(page, "11-help-nl")
     assert "Veelgestelde vragen" in page.inner_text("main") or "veelgestelde vragen" in page.inner_text("main")
     assert page.locator("html").get_attribute("lang") == "nl"
+
+
+# -- on a phone --------------------------------------------------------------------------------
+
+# Names long enough to wrap on a phone, with no hyphen (where a browser breaks by itself): a study
+# as staff label it and a file a recipient uploads. They may wrap only after - _ / or a space, or
+# before . or @. And the longest dates there are, in Dutch and in English (a Thursday and a
+# Wednesday in September, two-digit day, summer time), as the study's time.
+LONG_NAME = "CT_thorax_met_contrast_vervolgonderzoek_20261128_142300.zip"
+LONG_UPLOAD = "MRI.knie.links.vervolgonderzoek.na.operatie.20261128.zip"
+WRAPS_AFTER, WRAPS_BEFORE = set("-_/ "), set(".@")
+LONGEST_DATE = {"nl": 1822294380, "en": 1822207980}  # donderdag 30 september 2027, Wednesday 29 September 2027
+
+# What a page shows of itself, measured in the browser: the logo, the colour, its width, and per
+# file block where its parts are and where each line of the name begins.
+MEASURE = """() => {
+  const box = (el) => el.getBoundingClientRect();
+  // The text a reader sees (not what is there for screen readers only), and where each of its lines
+  // after the first begins: the character before it, and the first of the line.
+  const shown = (el) => {
+    const breaks = [], range = document.createRange();
+    let text = "", top = null, before = "";
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT, {acceptNode: (node) =>
+      node.parentElement.closest(".visually-hidden") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (let i = 0; i < node.data.length; i++) {
+        range.setStart(node, i);
+        range.setEnd(node, i + 1);
+        const rect = range.getClientRects()[0];
+        if (rect && rect.width > 0) {
+          if (top !== null && rect.top > top + 1) breaks.push(before + node.data[i]);
+          top = rect.top;
+        }
+        before = node.data[i];
+        text += node.data[i];
+      }
+    }
+    return {text: text.trim(), breaks};
+  };
+  const logo = document.querySelector("img.logo");
+  const blocks = [...document.querySelectorAll("ul.files > li")].map((li) => {
+    const part = (selector) => li.querySelector(selector);
+    const name = part(".file-name"), size = part(".file-size"), date = part(".file-date"), action = part("ul.actions a");
+    const lineHeight = (el) => parseFloat(getComputedStyle(el).lineHeight);
+    return {
+      text: shown(name).text, date: date.textContent, box: box(li).toJSON(), lineStarts: shown(name).breaks,
+      nameInside: box(name).right <= box(li).right && box(name).left >= box(li).left,
+      facts: [size, date].map((el) => ({
+        lines: el.getClientRects().length, tall: box(el).height / lineHeight(el), inside: box(el).right <= box(li).right,
+      })),
+      action: action && {text: shown(action).text, below: box(action).top >= box(date).bottom - 1,
+                         inside: box(action).right <= box(li).right},
+    };
+  });
+  return {
+    scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
+    logo: logo && {loaded: logo.complete && logo.naturalWidth > 0, alt: logo.alt, height: box(logo).height},
+    accent: getComputedStyle(document.querySelector("header")).borderBottomColor,
+    button: [...document.querySelectorAll("main button, main a.button")].map((el) => getComputedStyle(el).backgroundColor),
+    blocks,
+  };
+}"""
+
+
+def folder(web, path: str) -> list[str]:
+    """The names the page lists of a folder: its visible regular files."""
+    return web.host.ssh(f"find {path} -maxdepth 1 -type f ! -name '.*' -printf '%f\\n'").stdout.splitlines()
+
+
+def rgb(colour: str) -> str:
+    return "rgb({}, {}, {})".format(*bytes.fromhex(colour[1:]))
+
+
+@pytest.fixture
+def phone(browser):
+    """A 390 px wide phone (an iPhone 12 to 15: 390 x 844, three device pixels per CSS pixel, touch)."""
+    contexts = []
+
+    def open_phone(locale: str):
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844}, device_scale_factor=3, is_mobile=True, has_touch=True,
+            ignore_https_errors=True, locale=locale,
+        )  # fmt: skip
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_phone
+    for context in contexts:
+        context.close()
+
+
+def fits_the_phone_and_shows_the_hospital(page: Page, institution: str, buttons: bool = True) -> dict:
+    """The page as measured, after checking what every page must do on a phone: no sideways
+    scrolling, the logo loaded and named for the institution, the site's colour on the header
+    rule and behind every button (log out: white, with the colour as its text and rim)."""
+    seen = page.evaluate(MEASURE)
+    assert seen["innerWidth"] == 390 and seen["scrollWidth"] <= seen["innerWidth"], (page.url, seen["scrollWidth"])
+    assert seen["logo"] == {"loaded": True, "alt": institution, "height": 56}, seen["logo"]  # 3.5 rem
+    assert seen["accent"] == rgb(ACCENT)
+    assert set(seen["button"]) <= {rgb(ACCENT), "rgb(255, 255, 255)"}, seen["button"]
+    assert (rgb(ACCENT) in seen["button"]) == buttons, seen["button"]
+    return seen
+
+
+def files_fit_the_phone(seen: dict, names: list[str], downloads: int) -> None:
+    """One block per file, stacked, each with its name, size and date and, for a download, its action
+    below them; sizes and dates on one line; a name wraps only after - _ . / @ or a space."""
+    assert sorted(block["text"] for block in seen["blocks"]) == sorted(names)
+    boxes = [block["box"] for block in seen["blocks"]]
+    assert all(b["left"] >= 0 and b["right"] <= 390 for b in boxes)
+    assert all(later["top"] >= earlier["bottom"] for earlier, later in zip(boxes, boxes[1:], strict=False))
+    for block in seen["blocks"]:
+        assert block["nameInside"], block
+        for fact in block["facts"]:
+            assert fact["lines"] == 1 and fact["tall"] < 1.5 and fact["inside"], block
+        for start in block["lineStarts"]:
+            assert start[0] in WRAPS_AFTER or start[1] in WRAPS_BEFORE, (block["text"], start)
+    actions = [block["action"] for block in seen["blocks"]]
+    assert all(a and a["below"] and a["inside"] for a in actions[:downloads]) and not any(actions[downloads:])
+    for block in seen["blocks"]:
+        if block["text"] in (LONG_NAME, LONG_UPLOAD):
+            assert block["lineStarts"], f"{block['text']} fits one line: it tests no wrapping"
+    long = next(block for block in seen["blocks"] if block["text"] == LONG_NAME)
+    assert long["date"].startswith(("donderdag 30 september 2027", "Wednesday 29 September 2027")), long["date"]
+
+
+def test_the_pages_fit_a_phone_and_show_the_hospital(web, phone):
+    """A patient's link (Dutch) and a partner (English) on a 390 px phone: every page fits its width,
+    carries the logo and the colour, and lists each file as one block that breaks no word."""
+    link = issue_link(web, lang="nl")
+    package, _ = put_study(web, link.account)
+    downloads, uploads = (f"/srv/exchange/links/{link.account}/{which}" for which in ("download", "upload"))
+    web.host.ssh(
+        f"echo 'a study' > {downloads}/{LONG_NAME} && touch -d @{LONGEST_DATE['nl']} {downloads}/{LONG_NAME}"
+        f" && echo 'a scan' > {uploads}/{LONG_UPLOAD}"
+    )
+    page = phone("nl-NL")
+    page.goto(link.url)
+    fits_the_phone_and_shows_the_hospital(page, "het Testziekenhuis")
+    shot(page, "mobile-01-link-password")
+    page.fill("#password", link.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    seen = fits_the_phone_and_shows_the_hospital(page, "het Testziekenhuis")
+    listed = folder(web, downloads)
+    assert set(listed) == {LONG_NAME, package, f"{package}.sha256"}
+    files_fit_the_phone(seen, [*listed, LONG_UPLOAD], downloads=3)
+    assert {block["action"]["text"] for block in seen["blocks"][:3]} == {"Downloaden"}
+    shot(page, "mobile-02-link-files")
+    page.goto(web.host.portal_url + "/help")
+    fits_the_phone_and_shows_the_hospital(page, "het Testziekenhuis", buttons=False)
+    shot(page, "mobile-03-help-nl")
+
+    alice = web.logins["alice-clinic"]
+    long = f"/srv/exchange/partners/alice-clinic/download/{LONG_NAME}"
+    web.host.ssh(f"echo 'for alice' > {long} && touch -d @{LONGEST_DATE['en']} {long}")
+    page = phone("en-GB")
+    page.goto(web.host.portal_url + "/login")
+    fits_the_phone_and_shows_the_hospital(page, "Test Hospital")
+    shot(page, "mobile-04-partner-login")
+    # The password page as a partner sees it when the two new passwords differ (no login is tried).
+    page.evaluate("""() => {
+      const form = document.createElement("form");
+      form.method = "post"; form.action = "/password";
+      const fields = {csrf: document.querySelector("input[name=csrf]").value, username: "alice-clinic",
+                      password: "x", new_password: "a", new_password_again: "b"};
+      for (const [name, value] of Object.entries(fields)) {
+        const input = document.createElement("input");
+        input.type = "hidden"; input.name = name; input.value = value; form.append(input);
+      }
+      document.body.append(form); form.submit();
+    }""")
+    page.wait_for_url("**/password")
+    assert page.locator("h1").inner_text() == "Choose a new password"
+    fits_the_phone_and_shows_the_hospital(page, "Test Hospital")
+    shot(page, "mobile-05-partner-password")
+    page.goto(web.host.portal_url + "/login")
+    page.fill("#username", alice.name)
+    page.fill("#password", alice.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    seen = fits_the_phone_and_shows_the_hospital(page, "Test Hospital")
+    listed = folder(web, "/srv/exchange/partners/alice-clinic/download")
+    uploaded = folder(web, "/srv/exchange/partners/alice-clinic/upload")
+    files_fit_the_phone(seen, [*listed, *uploaded], downloads=len(listed))
+    shot(page, "mobile-06-partner-files")
 
 
 def test_download_and_upload_work_without_javascript(web, browser, tmp_path):
@@ -430,6 +616,11 @@ def test_headers_cookies_and_tls(web):
         assert "nginx/" not in headers.get("server", "")
         cookie = response.headers["set-cookie"]
         assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=strict"))
+        # The logo the deploy installed, through nginx: the admin's file, byte for byte, nothing in it to run.
+        logo = http.get(re.search(r'<img class="logo" src="([^"]+)"', response.text)[1])
+        assert logo.content == logo_png() and logo.headers["content-type"] == "image/png"
+        assert logo.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert logo.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'; sandbox"
     for version, accepted in [(ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True)]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE

@@ -168,9 +168,14 @@ def test_mail_lines_are_wrapped_but_links_stay_whole(messages):
 @pytest.mark.parametrize("lang", ["nl", "en"])
 def test_without_a_viewer_the_link_mail_says_so_and_names_the_department(no_viewer, lang):
     body = link_mail(no_viewer, lang)
-    windows = body.split("2. Windows:")[1].split("3. Mac:")[0]
-    assert "run_cdviewer" not in body and "start" not in windows
-    assert {"nl": "Daarin zit geen viewer", "en": "It holds no viewer"}[lang] in body
+    dicom = body.split("4. ")[1].split("5. ")[0]
+    assert "run_cdviewer" not in body and "start" not in dicom
+    assert {
+        "nl": "De DICOM-bestanden zelf openen: in de map zit geen DICOM-viewerprogramma, gebruik daarvoor een "
+        "DICOM-viewer op uw computer; op een Mac bijvoorbeeld met OsiriX Lite of Horos.",
+        "en": "To open the DICOM files themselves: the folder holds no DICOM viewer program, so use a DICOM viewer "
+        "on your computer; on a Mac, for example OsiriX Lite or Horos.",
+    }[lang] in dicom
     department = {"nl": "contact op met de afdeling Radiologie", "en": "contact the Department of Radiology"}[lang]
     assert department in body
 
@@ -192,14 +197,37 @@ def test_the_urgent_number_is_shown_only_when_the_site_has_one(messages, lang):
 
 
 @pytest.mark.parametrize("lang", ["nl", "en"])
-def test_link_mail_viewing_needs_a_computer_help_is_on_the_site_and_no_padlock(lang):
+def test_link_mail_views_on_any_device_help_is_on_the_site_and_no_padlock(lang):
     site = viewer_site() | {"portal_url": "https://exchange.test.example:8443"}
     body = link_mail(Messages(parse_site(site, "test"), MESSAGES), lang)
-    first_step = body.split("1. ")[1].split("2. ")[0]
+    steps = [body.split(f"{n}. ", 1)[1].split(f"{n + 1}. ", 1)[0].strip() for n in (1, 2, 3, 4)]
+    # Nobody is sent away for their phone: any device downloads, unpacks and shows the images.
+    any_device = {
+        "nl": [
+            "Open de link op een computer, tablet of telefoon. Vul het wachtwoord uit de sms in en download het "
+            "zip-bestand.",
+            'Pak het zip-bestand uit. Windows: klik met de rechtermuisknop op het bestand en kies "Alles uitpakken". '
+            "Mac: dubbelklik op het bestand. Tablet of telefoon: open het bestand in de app Bestanden (op Android "
+            'kiest u "Uitpakken").',
+            "Open het bestand INDEX.HTM in de uitgepakte map: dan ziet u de beelden in uw browser, zonder iets te "
+            "installeren.",
+        ],
+        "en": [
+            "Open the link on any computer, tablet or phone. Enter the password from the text message and download "
+            "the zip file.",
+            'Unpack the zip file. Windows: right-click the file and choose "Extract All". Mac: double-click the file. '
+            'Tablet or phone: open the file in the Files app (on Android, choose "Extract").',
+            "Open the file INDEX.HTM in the unpacked folder: it shows the images in your browser, with nothing to "
+            "install.",
+        ],
+    }
+    assert steps[:3] == any_device[lang]
     assert {
-        "nl": "Open de link op een Windows-computer of een Mac",
-        "en": "Open the link on a Windows computer or a Mac",
-    }[lang] in first_step
+        "nl": "start op Windows run_cdviewer.exe in de uitgepakte map",
+        "en": "on Windows, start run_cdviewer.exe in the unpacked folder",
+    }[lang] in steps[3]
+    for gone in ("niet bekijken", "cannot be viewed", "Windows-computer of een Mac", "Windows computer or a Mac"):
+        assert gone not in body
     assert "https://exchange.test.example:8443/help" in body
     assert "https://exchange.test.example:8443/ " in body  # the real site's address, port and all
     assert {"nl": 'geen waarschuwing zoals "Niet beveiligd"', "en": 'no warning such as "Not secure"'}[lang] in body

@@ -23,12 +23,13 @@ from exchange.policy import Policy, PolicyError, load_policy, parse_policy
 from exchange.portal import files, multipart, sessions
 from exchange.portal.app import create_app
 from exchange.portal.config import PortalConfig, load_portal_config, portal_yaml
+from exchange.portal.headers import BRAND_CACHE, BRAND_CSP, PAGE_CSP
 from exchange.portal.login import FAILURE_FLOOR
 from exchange.portal.pages import load_text
 from exchange.site import parse_site
 from roles import REPO
 from roles.settings import HostSettingsError, host_settings
-from tests.sites import outbox_site, viewer_site
+from tests.sites import ACCENT, logo_png, outbox_site, viewer_site
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -43,7 +44,7 @@ def _messages(monkeypatch):
     monkeypatch.setenv("EXCHANGE_MESSAGES", str(templates.MESSAGES))
 
 
-def make_config(tmp_path, port: int = 9, site: dict | None = None) -> PortalConfig:
+def make_config(tmp_path, port: int = 9, site: dict | None = None, logo: str | None = None) -> PortalConfig:
     key = tmp_path / "host_ed25519.pub"
     key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQHE7N7uyXYc+m8Nn7U8LKl2r4Cwf9DfnUgHkeyBpJu test\n")
     (tmp_path / "state" / "link-tokens").mkdir(parents=True, exist_ok=True)
@@ -53,11 +54,12 @@ def make_config(tmp_path, port: int = 9, site: dict | None = None) -> PortalConf
         host_key_files=[str(key)],
         templates_dir=str(TEMPLATES),
         state_dir=str(tmp_path / "state"),
+        logo=logo,
     )
 
 
-def client_for(tmp_path, policy: Policy = POLICY, site: dict | None = None) -> TestClient:
-    return TestClient(create_app(make_config(tmp_path, site=site), policy), base_url="https://portal.test")
+def client_for(tmp_path, policy: Policy = POLICY, site: dict | None = None, logo: str | None = None) -> TestClient:
+    return TestClient(create_app(make_config(tmp_path, site=site, logo=logo), policy), base_url="https://portal.test")
 
 
 @pytest.fixture
@@ -569,7 +571,7 @@ def page_text(html: str) -> str:
     """The page's <main> as a reader sees it: no tags, entities resolved, one space between words."""
     import html as markup
 
-    main = re.search(r"<main>(.*)</main>", html, re.S)[1]
+    main = re.search(r"<main>(.*)</main>", html, re.S)[1].replace("<wbr>", "")  # a place to wrap, no text
     return " ".join(markup.unescape(re.sub(r"<[^>]+>", " ", main)).split())
 
 
@@ -592,6 +594,8 @@ HEADINGS = {
         "time": "Moet ik de bestanden binnen een bepaalde tijd downloaden?",
         "real": "Hoe weet ik zeker dat ik op de echte, beveiligde website ben?",
         "mac": "Kan ik de beelden op een Mac bekijken?",
+        "phone": "Kan ik de beelden op een tablet of telefoon bekijken?",
+        "upload": "Hoe groot mag een upload zijn en wat gebeurt ermee?",
         "contact": "Contact",
     },
     "en": {
@@ -603,6 +607,8 @@ HEADINGS = {
         "time": "Do I have to download the files within a certain time?",
         "real": "How do I know for sure that I am on the real, secure website?",
         "mac": "Can I view the images on a Mac?",
+        "phone": "Can I view the images on a tablet or phone?",
+        "upload": "How large can an upload be, and what happens to it?",
         "contact": "Contact",
     },
 }
@@ -654,10 +660,10 @@ def test_help_without_a_viewer_names_none_and_whom_to_contact(tmp_path, lang):
     opening = section(text, h["open"], h["unzip"])
     assert "run_cdviewer" not in text and "start" not in opening
     assert {
-        "nl": "in de uitgepakte map zit geen viewer. Open de beelden met een DICOM-viewer op uw computer. Lukt het "
-        "niet om de beelden te bekijken? Neem dan contact op met de afdeling Radiologie.",
-        "en": "the unpacked folder holds no viewer. Open the images with a DICOM viewer on your computer. Cannot view "
-        "the images? Then please contact the Department of Radiology.",
+        "nl": "in de uitgepakte map zit geen DICOM-viewerprogramma. Open de DICOM-bestanden met een DICOM-viewer op "
+        "uw computer. Lukt het niet om de beelden te bekijken? Neem dan contact op met de afdeling Radiologie.",
+        "en": "the unpacked folder holds no DICOM viewer program. Open the DICOM files with a DICOM viewer on your "
+        "computer. Cannot view the images? Then please contact the Department of Radiology.",
     }[lang] in opening
     with_viewer = help_page(tmp_path, lang, site=viewer_site())
     assert {"nl": "start run_cdviewer.exe in de uitgepakte map", "en": "start run_cdviewer.exe in the unpacked folder"}[
@@ -666,18 +672,33 @@ def test_help_without_a_viewer_names_none_and_whom_to_contact(tmp_path, lang):
 
 
 @pytest.mark.parametrize("lang", ["nl", "en"])
-def test_help_viewing_needs_a_computer_the_checksum_is_optional_and_the_real_site(tmp_path, lang):
+def test_help_views_on_any_device_the_checksum_is_optional_and_the_real_site(tmp_path, lang):
     site = outbox_site() | {"portal_url": "https://exchange.test.example:8443", "sftp_port": 2222}
     text, h = help_page(tmp_path, lang, site=site), HEADINGS[lang]
     browsers = section(text, h["browsers"], h["time"])
     assert {
-        "nl": "Inloggen en downloaden lukt ook op een tablet of telefoon. Maar om de beelden te bekijken heeft u een "
-        "Windows-computer of een Mac nodig. Download het zip-bestand daarom op die computer.",
-        "en": "Logging in and downloading also work on a tablet or phone. But to view the images you need a Windows "
-        "computer or a Mac. So download the zip file on that computer.",
+        "nl": "Alles werkt net zo goed op een computer, tablet of telefoon: inloggen, downloaden en de beelden bekijken "
+        "(INDEX.HTM in de uitgepakte map opent in elk van deze browsers).",
+        "en": "Everything works on a computer, tablet or phone alike: logging in, downloading and viewing the images "
+        "(INDEX.HTM in the unpacked folder opens in any of these browsers).",
     }[lang] in browsers
-    assert "tablet en telefoon" not in text and "computer, tablet and phone" not in text
+    # Nobody is sent to another device to see the images.
+    for gone in ("lukt dat niet", "not possible on a tablet", "heeft u een Windows-computer", "you need a Windows"):
+        assert gone not in text
     opening = section(text, h["open"], h["unzip"])
+    assert {
+        "nl": "Open het bestand INDEX.HTM in de uitgepakte map. Dan ziet u de beelden in uw browser, op elke computer, "
+        "tablet of telefoon, zonder iets te installeren.",
+        "en": "Open the file INDEX.HTM in the unpacked folder. It shows the images in your browser, on any computer, "
+        "tablet or phone, with nothing to install.",
+    }[lang] in opening
+    unzip = section(text, h["unzip"], h["browsers"])
+    assert {"nl": "iPhone of iPad", "en": "iPhone or iPad"}[lang] in unzip and "Android" in unzip
+    phone = section(text, h["phone"], h["upload"])
+    assert {
+        "nl": "Ja. Download het zip-bestand, pak het uit in de app Bestanden",
+        "en": "Yes. Download the zip file, unpack it in the Files app",
+    }[lang] in phone
     assert {
         "nl": "Naast het zip-bestand staat een bestand dat eindigt op .sha256. Dat hoeft u niet te downloaden.",
         "en": "Next to the zip file there is a file ending in .sha256. You need not download it.",
@@ -717,22 +738,30 @@ def test_dutch_pages_read_as_a_dutch_hospital_writes(tmp_path):
     assert dutch["error_bad_name"]["nl"].startswith("Deze bestandsnaam is niet toegestaan")
 
 
-def files_page(tmp_path, lang: str, session, policy: Policy = POLICY, site: dict | None = None) -> str:
+def rendered_files_page(
+    tmp_path, lang: str = "en", session=None, downloads: list | None = None, uploads: list | None = None,
+    uploaded: list[str] | None = None, policy: Policy = POLICY, site: dict | None = None,
+) -> str:  # fmt: skip
+    """The files page as the folders route renders it (its listing comes through SSH in the app)."""
     from starlette.requests import Request
 
     from exchange.portal.app import Portal
+    from exchange.portal.sessions import WebSession
 
     portal = Portal(make_config(tmp_path, site=site), policy)
     request = Request(
         {"type": "http", "method": "GET", "path": "/files", "headers": [], "query_string": f"lang={lang}".encode()}
     )
     listed = [files.Listed("CT.zip", 123_456_789, 1_764_936_000)]  # 2025-12-05 12:00 UTC
-    return page_text(
-        portal.page(
-            request, "files.htm.j2", session=session, downloads=listed, uploads=[], uploaded=[], error=None,
-            quote=__import__("urllib.parse").parse.quote,
-        ).body.decode()
-    )  # fmt: skip
+    return portal.page(
+        request, "files.htm.j2", session=session or WebSession("id", "cardiology", "partner", "192.0.2.1", _Sftp()),
+        downloads=listed if downloads is None else downloads, uploads=uploads or [], uploaded=uploaded or [],
+        error=None, quote=__import__("urllib.parse").parse.quote,
+    ).body.decode()  # fmt: skip
+
+
+def files_page(tmp_path, lang: str, session, policy: Policy = POLICY, site: dict | None = None) -> str:
+    return page_text(rendered_files_page(tmp_path, lang, session, policy=policy, site=site))
 
 
 @pytest.mark.parametrize("lang", ["nl", "en"])
@@ -847,3 +876,117 @@ def test_a_big_refused_body_is_read_only_so_far():
 
     asyncio.run(drain(Request({"type": "http", "method": "POST", "headers": []}, receive), most=2500))
     assert len(list(left)) == 3  # then cut off: the connection closes instead
+
+
+# -- a phone's width, and the hospital's look ------------------------------------------------
+
+
+def test_each_file_is_one_block_with_its_facts_and_actions_and_names_wrap_only_at_separators(tmp_path):
+    listed = [
+        files.Listed("CT-thorax_2025-12-05.zip", 123_456_789, 1_764_936_000),
+        files.Listed("CT-thorax_2025-12-05.zip.sha256", 99, 1_764_936_000),
+    ]
+    html = rendered_files_page(
+        tmp_path, downloads=listed, uploads=[files.Listed("letter <b>&</b>.pdf", 5, 1_764_936_000)]
+    )
+    downloads = re.search(r'<h2 id="downloads">.*?</section>', html, re.S)[0]
+    blocks = re.findall(r'<li>\s*<p class="file-name">.*?</ul>\s*</li>', downloads, re.S)
+    assert len(blocks) == 2 and "<table" not in html
+    first = blocks[0]
+    assert (
+        '<p class="file-name"><span class="visually-hidden">Name: </span>CT-<wbr>thorax_<wbr>2025-<wbr>12-<wbr>05<wbr>.zip</p>'
+        in first
+    )
+    assert '<span class="file-size">123.5 MB</span>' in first
+    # The date wraps, if a phone is too narrow for it, between the day and the time only.
+    assert (
+        '<span class="file-date"><span class="nowrap">Friday 5 December 2025</span> '
+        '<span class="nowrap">at 13:00 (CET)</span></span>'
+    ) in first
+    actions = re.search(r'<ul class="actions">(.*?)</ul>', first, re.S)[1]
+    assert re.findall(r"<li>(.*?)</li>", actions, re.S) == [
+        '<a class="button" href="/files/download/CT-thorax_2025-12-05.zip" download>Download'
+        '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>'
+    ]
+    # Escaped where it lands, <wbr> or not: an uploaded name is shown, never markup.
+    uploads = re.search(r'<h2 id="uploads">.*?</section>', html, re.S)[0]
+    assert "letter &lt;b&gt;&amp;&lt;/<wbr>b&gt;<wbr>.pdf" in uploads and "<b>" not in uploads
+    assert 'class="actions"' not in uploads  # nothing to do with an upload on the web
+    # The notice after an upload wraps the same way, escaped the same way.
+    notice = rendered_files_page(tmp_path, downloads=[], uploaded=["scan_<1>.zip", "b.pdf"])
+    assert "Received: scan_<wbr>&lt;1&gt;<wbr>.zip, b<wbr>.pdf</p>" in notice
+
+
+def test_a_breakable_name_is_made_printable_before_it_is_escaped():
+    from exchange.portal.pages import breakable
+
+    assert str(breakable("report\u202efdp.exe")) == "report\\u202efdp<wbr>.exe"
+    assert str(breakable("a&b-c")) == "a&amp;b-<wbr>c"
+    assert str(breakable("https://x.example/login")) == "https:/<wbr>/<wbr>x<wbr>.example/<wbr>login"
+
+
+def test_the_css_keeps_sizes_and_dates_whole_and_breaks_no_word():
+    css = (TEMPLATES / "static" / "portal.css").read_text()
+    assert ".file-size, .nowrap { white-space: nowrap; }" in css
+    assert "break-all" not in css and "anywhere" not in css
+    assert "var(--accent)" in css and not re.search(r"--accent\s*:", css)  # the colour is the site's, from /brand/
+
+
+def test_every_page_shows_the_logo_named_for_the_institution_and_links_the_sites_colour(tmp_path):
+    logo = tmp_path / "portal-logo"
+    logo.write_bytes(logo_png(120))
+    site = outbox_site() | {"accent_colour": ACCENT}
+    with client_for(tmp_path, site=site, logo=str(logo)) as web:
+        css = web.get("/brand/accent.css")
+        version = __import__("hashlib").sha256(logo.read_bytes()).hexdigest()[:16]
+        for path, lang, alt in [("/login", "nl", "het Testziekenhuis"), ("/help", "en", "Test Hospital"),
+                                ("/l/" + "A" * 43, "en", "Test Hospital"), ("/files", "nl", "het Testziekenhuis")]:  # fmt: skip
+            html = web.get(f"{path}?lang={lang}").text
+            assert f'<img class="logo" src="/brand/logo?v={version}" alt="{alt}" width="120" height="120">' in html
+            css_link = re.search(r'<link rel="stylesheet" href="(/brand/accent\.css\?v=[0-9a-f]{16})">', html)[1]
+            assert web.get(css_link).text == css.text
+            # No request leaves the page: every address it names is this site's own.
+            for address in re.findall(r'(?:src|href|action)="([^"]*)"', html):
+                assert address.startswith(("/", "?")), (path, address)
+    assert css.text == ":root { --accent: #0b5394; }\n"
+    assert css.headers["content-type"] == "text/css; charset=utf-8"
+    assert css.headers["cache-control"] == BRAND_CACHE and css.headers["content-security-policy"] == BRAND_CSP
+
+
+def test_the_logo_is_served_with_its_type_a_long_cache_and_headers_that_let_nothing_run(tmp_path):
+    logo = tmp_path / "portal-logo"
+    logo.write_bytes(logo_png(120))
+    with client_for(tmp_path, logo=str(logo)) as web:
+        response = web.get("/brand/logo?v=anything")
+        page = web.get("/login")
+    assert response.status_code == 200 and response.content == logo.read_bytes()
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert response.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'; sandbox"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cross-origin-resource-policy"] == "same-origin"
+    assert len(response.headers.get_list("content-security-policy")) == 1
+    # The pages keep their own policy, unchanged: no inline style, no other origin.
+    assert page.headers["content-security-policy"] == PAGE_CSP and "unsafe-inline" not in PAGE_CSP
+    assert page.headers["cache-control"] == "no-store"
+
+
+def test_without_a_logo_the_pages_show_none_and_the_colour_is_the_default(tmp_path):
+    with client_for(tmp_path) as web:
+        missing = web.get("/brand/logo")
+        assert missing.status_code == 404 and missing.headers["cache-control"] == "no-store"
+        assert "<img" not in web.get("/login").text
+        assert web.get("/brand/accent.css").text == ":root { --accent: #1a5fb4; }\n"
+
+
+def test_portal_check_refuses_a_logo_that_is_not_an_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXCHANGE_POLICY", str(REPO / "policies.yaml"))
+    logo = tmp_path / "portal-logo"
+    logo.write_text("<svg onload='alert(1)'/>")
+    config = tmp_path / "portal.yaml"
+    config.write_text(portal_yaml(make_config(tmp_path, logo=str(logo))))
+    result = CliRunner().invoke(cli, ["portal", "check", str(config)])
+    assert result.exit_code == 1
+    assert f"{logo}: an SVG image; a logo must be PNG or JPEG (an SVG can carry script)" in result.output
+    logo.write_bytes(logo_png(32))
+    assert CliRunner().invoke(cli, ["portal", "check", str(config)]).exit_code == 0

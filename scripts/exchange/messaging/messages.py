@@ -49,6 +49,12 @@ def when(moment: datetime.datetime | float, lang: str, zone: datetime.tzinfo | s
     """A date and time as recipients read it, in the site's time zone (site.timezone) and named,
     e.g. "zaterdag 5 december 2026 om 14:00 (CET)", whatever zone the server's clock is set to.
     The one wording of e-mails, SMS, packages and the web page; `moment` may be a Unix time."""
+    return " ".join(day_and_time(moment, lang, zone))
+
+
+def day_and_time(moment: datetime.datetime | float, lang: str, zone: datetime.tzinfo | str) -> tuple[str, str]:
+    """`when` in its two halves, ("zaterdag 5 december 2026", "om 14:00 (CET)"): where a narrow
+    page may wrap it."""
     if isinstance(zone, str):
         zone = zoneinfo.ZoneInfo(zone)
     if isinstance(moment, int | float):
@@ -57,9 +63,7 @@ def when(moment: datetime.datetime | float, lang: str, zone: datetime.tzinfo | s
     weekday, month = _WEEKDAYS[lang][local.weekday()], _MONTHS[lang][local.month - 1]
     clock = local.strftime("%H:%M")
     zone = local.tzname() or ""
-    if lang == "nl":
-        return f"{weekday} {local.day} {month} {local.year} om {clock} ({zone})"
-    return f"{weekday} {local.day} {month} {local.year} at {clock} ({zone})"
+    return f"{weekday} {local.day} {month} {local.year}", f"{'om' if lang == 'nl' else 'at'} {clock} ({zone})"
 
 
 def wrap(text: str, width: int = 76) -> str:

@@ -1,4 +1,5 @@
-"""The web page: link login, partner login and password change, the two folders, help.
+"""The web page: link login, partner login and password change, the two folders, help, and the
+site's logo and colour.
 
     uvicorn --factory exchange.portal.app:from_host   (roles/portal.py runs it under systemd)
 
@@ -84,6 +85,8 @@ class Portal:
             Route("/files/download/{name:path}", transfers.download, methods=["GET"]),
             Route("/files/upload", transfers.upload, methods=["POST"]),
             Route("/help", self.pages.help, methods=["GET"]),
+            Route("/brand/logo", self.pages.brand.logo_file, methods=["GET"]),
+            Route("/brand/accent.css", self.pages.brand.accent_css, methods=["GET"]),
             Mount("/static", StaticFiles(directory=self.pages.static), name="static"),
         ]
 

@@ -35,6 +35,7 @@ class PortalConfig(Part):
         default_factory=lambda: [f"{key}.pub" for key in paths.SSH_HOST_KEYS.values()], min_length=1
     )
     templates_dir: str | None = None  # another folder of page templates (tests); default: the tools' own
+    logo: str | None = None  # the site's logo on this host (roles/portal.py installs it at paths.PORTAL_LOGO)
     state_dir: str = paths.STATE_DIR
 
 

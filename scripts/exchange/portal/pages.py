@@ -1,18 +1,22 @@
 """The pages: the templates rendered in the visitor's language (nl or en) with the texts of
-text.yaml, the message page that says what went wrong or what happened, and help."""
+text.yaml and the site's logo and colour, the message page that says what went wrong or what
+happened, and help."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import jinja2
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from exchange import templates as package_templates
 from exchange import untrusted
-from exchange.messaging.messages import messages_dir, when
+from exchange.messaging.messages import day_and_time, messages_dir, when
 from exchange.policy import Policy
+from exchange.portal.brand import Brand
 from exchange.portal.browser import CSRF_COOKIE, LANG_COOKIE, new_csrf_token, set_cookie
 from exchange.portal.config import PortalConfig
 from exchange.site import LANGUAGES
@@ -31,9 +35,12 @@ class Pages:
             finalize=untrusted.shown_in_template,  # file names are others': shown escaped, never as controls
         )
         self.env.filters["size"] = human_size
+        self.env.filters["breakable"] = breakable
         # The messages' own wording, in the site's time zone (not the server's clock zone).
         self.env.filters["when"] = lambda value, lang: when(value, lang, config.site.zone)
+        self.env.filters["when_in_two"] = lambda value, lang: in_two(day_and_time(value, lang, config.site.zone))
         self.static = templates / "static"
+        self.brand = Brand(config.site, config.logo)
 
     def check_templates(self) -> None:
         own = jinja2.FileSystemLoader(self.templates).list_templates()
@@ -59,6 +66,7 @@ class Pages:
         csrf = request.cookies.get(CSRF_COOKIE) or new_csrf_token()
         html = self.env.get_template(template).render(
             site=self.config.site,
+            brand=self.brand,
             policy=self.policy,
             portal_host=self.config.site.portal_host,
             lang=lang,
@@ -89,6 +97,24 @@ def load_text(path: Path) -> dict[str, dict[str, str]]:
     if incomplete:
         raise ValueError(f"{path}: keys without every language ({', '.join(LANGUAGES)}): {', '.join(incomplete)}")
     return text
+
+
+# A file name or an address may wrap after - _ / and before . @ (so an extension or a domain
+# stays whole: "142300" / ".zip"), and nowhere inside a word.
+_WRAPS = re.compile(r"(?<=[-_/])|(?=[.@])")
+
+
+def breakable(text: object) -> markupsafe.Markup:
+    """A file name or address shown as every other value (made printable, escaped), with a
+    <wbr> where a line may break."""
+    escaped = str(markupsafe.escape(untrusted.printable(text)))  # entities hold none of - _ / . @
+    return markupsafe.Markup(_WRAPS.sub("<wbr>", escaped))
+
+
+def in_two(halves: tuple[str, str]) -> markupsafe.Markup:
+    """Two texts that each stay on one line; a line may break between them only (a date on a
+    phone narrower than its whole width: the day, then the time)."""
+    return markupsafe.Markup('<span class="nowrap">{}</span> <span class="nowrap">{}</span>').format(*halves)
 
 
 def human_size(size: int, lang: str = "en") -> str:
