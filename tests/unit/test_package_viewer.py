@@ -132,3 +132,21 @@ def test_the_script_pages_through_the_stack_by_keys_and_slider(unpacked):
     finally:
         browser.close()
         manager.stop()
+
+
+def test_the_senders_dicom_text_is_escaped_on_the_pages(tmp_path):
+    # A sender's series description, patient name and study description land in HTML and JSON.
+    from pydicom import dcmread
+
+    hostile = "<script>alert(1)</script>&<img src=x onerror=alert(2)>"
+    path = clone(Path(get_testdata_file("MR_small.dcm", download=False)), tmp_path / "in", 1)[0]
+    ds = dcmread(path)
+    ds.SeriesDescription, ds.StudyDescription, ds.PatientName = hostile[:64], hostile[:64], "<b>X</b>^Y"
+    ds.save_as(path)
+    made = package(tmp_path, tmp_path / "in")
+    with zipfile.ZipFile(made.path) as archive:
+        for name in ("INDEX.HTM", "IHE_PDI/SE0001.HTM"):
+            page = archive.read(name).decode()
+            assert "<script>alert" not in page and "<img src=x" not in page and "<b>X" not in page
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert json.loads(archive.read(webcontent.STACKS))["series"][0]["series_description"] == hostile[:64]
