@@ -8,13 +8,16 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import hashlib
+import io
 import json
 import os
 import re
 import shlex
 import socket
 import ssl
+import subprocess
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from pydicom.data import get_testdata_file
 from exchange import paths
 from exchange.policy import load_policy
 from tests import testhost
+from tests.dicom_synth import ct_study
 from tests.e2e.clients import issued_account, paramiko_sftp, portal_form
 from tests.e2e.conftest import make_exchange
 from tests.pyinfra_run import REPO
@@ -160,7 +164,7 @@ def test_link_flow_download_and_upload_in_the_browser(web, page, tmp_path):
     assert re.search(download_before, page.inner_text("main"))
 
     with page.expect_download() as download:
-        page.click(f"a:has-text('{package}')")
+        page.click(f"a[download]:has-text('{package}')")
     saved = tmp_path / "got.zip"
     download.value.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha256
@@ -538,7 +542,9 @@ def test_the_pages_fit_a_phone_and_show_the_hospital(web, phone):
     listed = folder(web, downloads)
     assert set(listed) == {LONG_NAME, package, f"{package}.sha256"}
     files_fit_the_phone(seen, [*listed, LONG_UPLOAD], downloads=3)
-    assert {block["action"]["text"] for block in seen["blocks"][:3]} == {"Downloaden"}
+    # A zip's first action is to view it (exchange.portal.viewing), every other file's to download it.
+    firsts = {block["text"]: block["action"]["text"] for block in seen["blocks"][:3]}
+    assert firsts == {name: "Bekijken" if name.endswith(".zip") else "Downloaden" for name in firsts}
     shot(page, "mobile-02-link-files")
     page.goto(web.host.portal_url + "/help")
     fits_the_phone_and_shows_the_hospital(page, "het Testziekenhuis", buttons=False)
@@ -589,7 +595,7 @@ def test_download_and_upload_work_without_javascript(web, browser, tmp_path):
     page.click("button[type=submit]")
     page.wait_for_url("**/files")
     with page.expect_download() as download:
-        page.click(f"a:has-text('{package}')")
+        page.click(f"a[download]:has-text('{package}')")
     download.value.save_as(tmp_path / "p.zip")
     assert hashlib.sha256((tmp_path / "p.zip").read_bytes()).hexdigest() == sha256
     # Without the page's script (no progress bar) the form posts by itself; the same file arrives.
@@ -732,3 +738,136 @@ def test_the_audit_suite_sees_the_token_index_and_the_running_nginx(web, policy,
 @pytest.fixture(scope="module")
 def policy():
     return load_policy(REPO / "policies.yaml").policy
+
+
+# -- the view page: a study before download --------------------------------------------------
+
+
+def put_ct(web, account: str, tmp_path: Path, count: int, patient_id: str) -> str:
+    """Staff pack a synthetic CT series of `count` slices into the account; returns the package's name."""
+    ct_study(tmp_path / "ct", count, patient_id=patient_id)
+    tar = subprocess.run(["tar", "-C", str(tmp_path / "ct"), "-c", "."], check=True, capture_output=True).stdout
+    subprocess.run(
+        [*web.host.ssh_args(), "rm -rf /tmp/ct && mkdir /tmp/ct && tar -C /tmp/ct -x"], input=tar, check=True
+    )
+    out = web.host.ssh(f"exchange package --to {account} /tmp/ct --label 'CT view'").stdout
+    return re.search(r"/download/(\S+\.zip)", out)[1]
+
+
+def view_events(web, account: str) -> list[dict]:
+    return [e for e in audit_events(web, "portal-view") if e["account"] == account]
+
+
+def stack_seen(page: Page) -> dict:
+    return page.evaluate("""() => {
+      const stack = document.querySelector("div.stack");
+      const image = document.querySelector(".stack-image");
+      return {on: stack.classList.contains("stack-on"), current: stack.dataset.current,
+              figures: stack.querySelectorAll("figure").length, src: image.getAttribute("src"),
+              loaded: image.complete && image.naturalWidth > 0, width: image.naturalWidth,
+              scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth};
+    }""")
+
+
+def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone, tmp_path):
+    link = issue_link(web)
+    package = put_ct(web, link.account, tmp_path, 24, "VIEW0001")
+    page = phone("en-GB")
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(link.url)
+    page.fill("#password", link.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    page.click(f"a[href^='/files/view/']:has-text('{package}')")
+    page.wait_for_url("**/files/view/**")
+    assert "Not for diagnosis" in page.inner_text("main")
+    thumbs = page.evaluate("() => [...document.querySelectorAll('ul.series img')].map(i => i.naturalWidth)")
+    assert len(thumbs) == 1 and thumbs[0] > 0, thumbs
+    assert "VIEW0001" in page.inner_text("main")
+    shot(page, "view-01-link-overview")
+    page.click("ul.series a")
+    page.wait_for_url("**?series=1")
+    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    seen = stack_seen(page)
+    assert seen["on"] and seen["figures"] == 24 and seen["current"] == "1" and seen["loaded"], seen
+    assert seen["scrollWidth"] <= seen["innerWidth"] == 390, seen
+    page.focus(".stack-view")
+    for _ in range(3):
+        page.keyboard.press("ArrowDown")
+    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    seen = stack_seen(page)
+    assert seen["current"] == "4" and "/files/picture/1/4/" in seen["src"] and seen["loaded"], seen
+    shot(page, "view-02-link-stack")
+    assert not errors, errors
+    # Every picture is the one stored in the zip, as the recipient downloads it.
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with client(web) as http:
+        http.cookies.update(cookies)
+        zipped = http.get(f"/files/download/{package}").content
+        picture = http.get(f"/files/picture/1/4/{package}")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        stacks = json.loads(archive.read("IHE_PDI/STACKS.JSON"))
+        assert picture.content == archive.read(stacks["series"][0]["pictures"][3]["name"])
+    # Each page is on the record like a download: the package, the series, how many pictures.
+    pages = [e for e in view_events(web, link.account) if e["by"] == "page"]
+    assert [(e["file"], e["series"], e["pictures"]) for e in pages] == [(package, None, 1), (package, 1, 24)]
+    assert all(e["ip"] == "127.0.0.1" for e in pages)
+
+
+def test_a_partner_views_its_own_packages_only_and_crafted_urls_open_nothing(web, page, tmp_path):
+    alice, bob = web.logins["alice-clinic"], web.logins["bob-hospital"]
+    own = put_ct(web, "alice-clinic", tmp_path / "a", 3, "ALICE001")
+    bobs = put_ct(web, "bob-hospital", tmp_path / "b", 3, "BOBONLY1")
+    web.host.ssh(
+        "cd /srv/exchange/partners/alice-clinic/download && echo 'no zip' > notes.zip && "
+        f"cp /srv/exchange/partners/bob-hospital/download/{bobs} /srv/exchange/partners/bob-hospital/upload/b.zip"
+    )
+    page.goto(web.host.portal_url + "/login")
+    page.fill("#username", alice.name)
+    page.fill("#password", alice.password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/files")
+    page.goto(web.host.portal_url + f"/files/view/{own}?series=1")
+    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    assert stack_seen(page)["figures"] == 3 and "ALICE001" in page.inner_text("main")
+    shot(page, "view-03-partner-stack")
+    page.goto(web.host.portal_url + "/files/view/notes.zip")
+    assert "This file cannot be shown here: it is not a zip file" in page.inner_text("main")
+    assert page.locator("a[download]").count() == 1  # it can still be downloaded
+
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    with client(web) as http:
+        http.cookies.update(cookies)
+        before = len(view_events(web, "alice-clinic"))
+        for crafted in [
+            f"/files/view/{bobs}",
+            f"/files/view/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
+            f"/files/view/../../bob-hospital/download/{bobs}",
+            "/files/view/..%2Fupload%2Fb.zip",
+            f"/files/view/%2Fsrv%2Fexchange%2Fpartners%2Fbob-hospital%2Fdownload%2F{bobs}",
+            f"/files/picture/1/1/{bobs}",
+            f"/files/picture/1/1/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
+            "/files/picture/1/1/..%2Fupload%2Fb.zip",
+            f"/files/picture/1/4/{own}",  # beyond the series' three pictures
+            f"/files/picture/2/1/{own}",  # a series the package does not have
+            f"/files/picture/0/1/{own}",
+            f"/files/view/{own}?series=7",
+            f"/files/view/{own}?series=-1",
+        ]:
+            response = http.get(crafted)
+            assert response.status_code == 404, (crafted, response.status_code)
+            assert "BOBONLY1" not in response.text and not response.content.startswith(b"\xff\xd8"), crafted
+        assert len(view_events(web, "alice-clinic")) == before  # nothing was viewed
+        refused = [e for e in audit_events(web, "portal-view-refused") if e["account"] == "alice-clinic"]
+        assert len(refused) >= 8
+    # Bob's own session does see his: the refusals above were about Alice.
+    with client(web) as http:
+        assert portal_form(http, "/login", username=bob.name, password=bob.password).status_code == 200
+        assert "BOBONLY1" in http.get(f"/files/view/{bobs}").text
+        assert http.get(f"/files/picture/1/1/{bobs}").content.startswith(b"\xff\xd8\xff")
+    # Without a session nothing opens.
+    with client(web) as http:
+        assert http.get(f"/files/picture/1/1/{own}").status_code == 401
+        assert http.get(f"/files/view/{own}").status_code == 401

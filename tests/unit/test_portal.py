@@ -522,6 +522,19 @@ def test_a_portal_needs_site_data():
         host_settings("web", {"portal": {"server_name": "exchange.hospital.example"}})
 
 
+def view_context(why: str | None = None, series: bool = False) -> dict:
+    """What exchange.portal.viewing passes the view page: a package's view, one of its series, or why not."""
+    from urllib.parse import quote
+
+    from exchange.portal.package_view import TEXTS, PackageView, Picture, SeriesStack
+
+    texts = dict.fromkeys(TEXTS, "") | {"modality": "CT", "patient_name": "DOE^JANE"}
+    stack = SeriesStack(1, texts, 2, 2, (Picture("IHE_PDI/SE0001/IM0001.JPG", 512, 512),), {"x": 1})
+    view = None if why else PackageView("a.zip", 1, 1, [stack], {})
+    chosen = stack if series and not why else None
+    return {"session": None, "name": "a.zip", "quote": quote, "view": view, "series": chosen, "why": why}
+
+
 @pytest.mark.parametrize(
     "template, context",
     [
@@ -530,9 +543,13 @@ def test_a_portal_needs_site_data():
         ("link.htm.j2", {"expires": None, "error": "login_failed"}),
         ("login.htm.j2", {"error": "too_many"}),
         ("message.htm.j2", {"notice": "logged_out"}),
+        ("view.htm.j2", lambda: view_context(why="it is not a zip file")),
+        ("view.htm.j2", lambda: view_context(series=False)),
+        ("view.htm.j2", lambda: view_context(series=True)),
     ],
 )
 def test_every_page_renders_with_what_its_callers_pass(tmp_path, template, context):
+    context = context() if callable(context) else context
     """The pages behind an SSH login are rendered here with exactly the context the routes (login.py, transfer.py) give them."""
     from starlette.requests import Request
 
@@ -905,9 +922,14 @@ def test_each_file_is_one_block_with_its_facts_and_actions_and_names_wrap_only_a
     ) in first
     actions = re.search(r'<ul class="actions">(.*?)</ul>', first, re.S)[1]
     assert re.findall(r"<li>(.*?)</li>", actions, re.S) == [
+        '<a class="button secondary" href="/files/view/CT-thorax_2025-12-05.zip">View'
+        '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>',
         '<a class="button" href="/files/download/CT-thorax_2025-12-05.zip" download>Download'
-        '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>'
+        '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>',
     ]
+    # A zip may be a study package, to view before download; a checksum is none.
+    checksum_actions = re.search(r'<ul class="actions">(.*?)</ul>', blocks[1], re.S)[1]
+    assert "/files/view/" not in checksum_actions and "/files/download/" in checksum_actions
     # Escaped where it lands, <wbr> or not: an uploaded name is shown, never markup.
     uploads = re.search(r'<h2 id="uploads">.*?</section>', html, re.S)[0]
     assert "letter &lt;b&gt;&amp;&lt;/<wbr>b&gt;<wbr>.pdf" in uploads and "<b>" not in uploads

@@ -23,11 +23,9 @@ from exchange import templates
 from exchange.dicom import previews
 from exchange.dicom.dicomdir import Patient, Series, Study, Tree
 from exchange.dicom.dicomfiles import Source
+from exchange.dicom.pdi import FOLDER, SCRIPT, STACKS, STYLE
 from exchange.messaging.messages import Messages
 
-FOLDER = "IHE_PDI"
-STACKS = f"{FOLDER}/STACKS.JSON"
-SCRIPT, STYLE = f"{FOLDER}/VIEWER.JS", f"{FOLDER}/VIEWER.CSS"
 MAX_PER_PACKAGE = 4000  # pictures in all: a study of many series gets shorter stacks
 MIN_PER_SERIES = 20
 
@@ -110,7 +108,7 @@ def documents(messages: Messages, views: list[SeriesView], viewer: str | None, *
         page = messages.document("package-series.htm.j2", view=view, **neighbours, **site)
         found[f"{FOLDER}/{view.page}"] = page.encode("utf-8")
     found[SCRIPT] = (templates.VIEWER / "stack.js").read_bytes()
-    found[STYLE] = (templates.VIEWER / "stack.css").read_bytes()
+    found[STYLE] = b"".join((templates.VIEWER / name).read_bytes() for name in ("package.css", "stack.css"))
     found[STACKS] = json.dumps(stacks(views), ensure_ascii=True, indent=1).encode("ascii")
     return found
 

@@ -1,10 +1,10 @@
-"""The web page: link login, partner login and password change, the two folders, help, and the
-site's logo and colour.
+"""The web page: link login, partner login and password change, the two folders, the view page
+of a study package, help, and the site's logo and colour.
 
     uvicorn --factory exchange.portal.app:from_host   (roles/portal.py runs it under systemd)
 
 Here the parts are made once and handed to the routes that use them: the pages
-(exchange.portal.pages), the logins (login), the folders (transfer), and the security
+(exchange.portal.pages), the logins (login), the folders (transfer), the view page (viewing), and the security
 headers around it all (headers).
 """
 
@@ -21,6 +21,7 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from exchange import templates as package_templates
 from exchange.layout import Layout
 from exchange.links import LinkStore
 from exchange.policy import Policy, load_policy
@@ -31,6 +32,7 @@ from exchange.portal.pages import Pages
 from exchange.portal.sessions import LoginLimit, SessionStore
 from exchange.portal.sftp import SshTarget
 from exchange.portal.transfer import Transfers
+from exchange.portal.viewing import Viewing
 
 
 class Portal:
@@ -60,6 +62,7 @@ class Portal:
             Layout(policy),
         )
         self.transfers = Transfers(self.pages, self.sessions, policy)
+        self.viewing = Viewing(self.pages, self.sessions, self.transfers.folder("download"))
 
     def check(self) -> None:
         """Every page template compiles and every host key is there (`exchange portal check`)."""
@@ -84,9 +87,12 @@ class Portal:
             Route("/files", transfers.folders, methods=["GET"]),
             Route("/files/download/{name:path}", transfers.download, methods=["GET"]),
             Route("/files/upload", transfers.upload, methods=["POST"]),
+            Route("/files/view/{name:path}", self.viewing.view, methods=["GET"]),
+            Route("/files/picture/{series:int}/{index:int}/{name:path}", self.viewing.picture, methods=["GET"]),
             Route("/help", self.pages.help, methods=["GET"]),
             Route("/brand/logo", self.pages.brand.logo_file, methods=["GET"]),
             Route("/brand/accent.css", self.pages.brand.accent_css, methods=["GET"]),
+            Mount("/static/viewer", StaticFiles(directory=package_templates.VIEWER), name="viewer"),
             Mount("/static", StaticFiles(directory=self.pages.static), name="static"),
         ]
 

@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, Response
 
 from exchange import templates as package_templates
 from exchange import untrusted
-from exchange.messaging.messages import day_and_time, messages_dir, when
+from exchange.messaging.messages import day_and_time, dicom_date, messages_dir, person, when
 from exchange.policy import Policy
 from exchange.portal.brand import Brand
 from exchange.portal.browser import CSRF_COOKIE, LANG_COOKIE, new_csrf_token, set_cookie
@@ -36,6 +36,7 @@ class Pages:
         )
         self.env.filters["size"] = human_size
         self.env.filters["breakable"] = breakable
+        self.env.filters["person"], self.env.filters["dicom_date"] = person, dicom_date  # as the package's pages
         # The messages' own wording, in the site's time zone (not the server's clock zone).
         self.env.filters["when"] = lambda value, lang: when(value, lang, config.site.zone)
         self.env.filters["when_in_two"] = lambda value, lang: in_two(day_and_time(value, lang, config.site.zone))

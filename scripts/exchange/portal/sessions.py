@@ -6,6 +6,7 @@ the safe direction. The cookie carries a random session id; nothing else is in i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import secrets
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from exchange.portal.package_view import PackageView
 from exchange.portal.sftp import SshLogin
 
 
@@ -28,6 +30,8 @@ class WebSession:
     expires: datetime.datetime | None = None  # a link account's end
     last_seen: float = field(default_factory=lambda: time.monotonic())  # looked up at each call: a test's clock
     transfers: int = 0  # downloads and uploads in progress
+    views: dict[str, PackageView] = field(default_factory=dict)  # packages' directories the view page read
+    picture_reads: asyncio.Semaphore | None = None  # made on the event loop (exchange.portal.viewing)
 
     @contextlib.contextmanager
     def transfer(self) -> Iterator[None]:
