@@ -779,8 +779,8 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
     page.fill("#password", link.password)
     page.click("button[type=submit]")
     page.wait_for_url("**/files")
-    page.click(f"a[href^='/files/view/']:has-text('{package}')")
-    page.wait_for_url("**/files/view/**")
+    page.click(f"a[href^='/files/view/download/']:has-text('{package}')")
+    page.wait_for_url("**/files/view/download/**")
     assert "Not for diagnosis" in page.inner_text("main")
     thumbs = page.evaluate("() => [...document.querySelectorAll('ul.series img')].map(i => i.naturalWidth)")
     assert len(thumbs) == 1 and thumbs[0] > 0, thumbs
@@ -788,16 +788,16 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
     shot(page, "view-01-link-overview")
     page.click("ul.series a")
     page.wait_for_url("**?series=1")
-    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('.stack-image')?.naturalWidth > 0")
     seen = stack_seen(page)
     assert seen["on"] and seen["figures"] == 24 and seen["current"] == "1" and seen["loaded"], seen
     assert seen["scrollWidth"] <= seen["innerWidth"] == 390, seen
     page.focus(".stack-view")
     for _ in range(3):
         page.keyboard.press("ArrowDown")
-    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('.stack-image')?.naturalWidth > 0")
     seen = stack_seen(page)
-    assert seen["current"] == "4" and "/files/picture/1/4/" in seen["src"] and seen["loaded"], seen
+    assert seen["current"] == "4" and "/files/picture/download/1/4/" in seen["src"] and seen["loaded"], seen
     shot(page, "view-02-link-stack")
     assert not errors, errors
     # Every picture is the one stored in the zip, as the recipient downloads it.
@@ -805,7 +805,7 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
     with client(web) as http:
         http.cookies.update(cookies)
         zipped = http.get(f"/files/download/{package}").content
-        picture = http.get(f"/files/picture/1/4/{package}")
+        picture = http.get(f"/files/picture/download/1/4/{package}")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
     with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
         stacks = json.loads(archive.read("IHE_PDI/STACKS.JSON"))
@@ -829,11 +829,11 @@ def test_a_partner_views_its_own_packages_only_and_crafted_urls_open_nothing(web
     page.fill("#password", alice.password)
     page.click("button[type=submit]")
     page.wait_for_url("**/files")
-    page.goto(web.host.portal_url + f"/files/view/{own}?series=1")
-    page.wait_for_function("() => document.querySelector('.stack-image').naturalWidth > 0")
+    page.goto(web.host.portal_url + f"/files/view/download/{own}?series=1")
+    page.wait_for_function("() => document.querySelector('.stack-image')?.naturalWidth > 0")
     assert stack_seen(page)["figures"] == 3 and "ALICE001" in page.inner_text("main")
     shot(page, "view-03-partner-stack")
-    page.goto(web.host.portal_url + "/files/view/notes.zip")
+    page.goto(web.host.portal_url + "/files/view/download/notes.zip")
     assert "This file cannot be shown here: it is not a zip file" in page.inner_text("main")
     assert page.locator("a[download]").count() == 1  # it can still be downloaded
 
@@ -842,19 +842,22 @@ def test_a_partner_views_its_own_packages_only_and_crafted_urls_open_nothing(web
         http.cookies.update(cookies)
         before = len(view_events(web, "alice-clinic"))
         for crafted in [
-            f"/files/view/{bobs}",
-            f"/files/view/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
-            f"/files/view/../../bob-hospital/download/{bobs}",
-            "/files/view/..%2Fupload%2Fb.zip",
-            f"/files/view/%2Fsrv%2Fexchange%2Fpartners%2Fbob-hospital%2Fdownload%2F{bobs}",
-            f"/files/picture/1/1/{bobs}",
-            f"/files/picture/1/1/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
-            "/files/picture/1/1/..%2Fupload%2Fb.zip",
-            f"/files/picture/1/4/{own}",  # beyond the series' three pictures
-            f"/files/picture/2/1/{own}",  # a series the package does not have
-            f"/files/picture/0/1/{own}",
-            f"/files/view/{own}?series=7",
-            f"/files/view/{own}?series=-1",
+            f"/files/view/download/{bobs}",
+            f"/files/view/download/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
+            f"/files/view/download/../../bob-hospital/download/{bobs}",
+            "/files/view/download/..%2Fupload%2Fb.zip",
+            "/files/view/home/b.zip",  # no folder of the account
+            f"/files/view/upload/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
+            "/files/view/upload/..%2F..%2Fbob-hospital%2Fupload%2Fb.zip",
+            f"/files/view/download/%2Fsrv%2Fexchange%2Fpartners%2Fbob-hospital%2Fdownload%2F{bobs}",
+            f"/files/picture/download/1/1/{bobs}",
+            f"/files/picture/download/1/1/..%2F..%2Fbob-hospital%2Fdownload%2F{bobs}",
+            "/files/picture/download/1/1/..%2Fupload%2Fb.zip",
+            f"/files/picture/download/1/4/{own}",  # beyond the series' three pictures
+            f"/files/picture/download/2/1/{own}",  # a series the package does not have
+            f"/files/picture/download/0/1/{own}",
+            f"/files/view/download/{own}?series=7",
+            f"/files/view/download/{own}?series=-1",
         ]:
             response = http.get(crafted)
             assert response.status_code == 404, (crafted, response.status_code)
@@ -865,9 +868,66 @@ def test_a_partner_views_its_own_packages_only_and_crafted_urls_open_nothing(web
     # Bob's own session does see his: the refusals above were about Alice.
     with client(web) as http:
         assert portal_form(http, "/login", username=bob.name, password=bob.password).status_code == 200
-        assert "BOBONLY1" in http.get(f"/files/view/{bobs}").text
-        assert http.get(f"/files/picture/1/1/{bobs}").content.startswith(b"\xff\xd8\xff")
+        assert "BOBONLY1" in http.get(f"/files/view/download/{bobs}").text
+        assert http.get(f"/files/picture/download/1/1/{bobs}").content.startswith(b"\xff\xd8\xff")
     # Without a session nothing opens.
     with client(web) as http:
-        assert http.get(f"/files/picture/1/1/{own}").status_code == 401
-        assert http.get(f"/files/view/{own}").status_code == 401
+        assert http.get(f"/files/picture/download/1/1/{own}").status_code == 401
+        assert http.get(f"/files/view/download/{own}").status_code == 401
+
+
+def test_a_partner_views_a_folder_of_dicom_files_it_uploaded_over_sftp(web, browser, tmp_path):
+    """A folder uploaded with an SFTP client shows on the web page with "View": its series, each
+    picture rendered from its file on the server; a file whose pixel data is damaged fails its
+    own picture only."""
+    alice = web.logins["alice-clinic"]
+    local = tmp_path / "CT from abroad"
+    ct_study(local, 6, patient_id="FOLDER01")
+    (damaged,) = ct_study(tmp_path / "broken", 1, patient_id="FOLDER01", series=1)
+    data = damaged.read_bytes()
+    (local / "sub").mkdir()
+    (local / "sub" / "BROKEN").write_bytes(data[: len(data) - 1000])  # the pixel data cut short
+    (local / "letter.pdf").write_bytes(b"%PDF-1.4 not an image")
+    session = paramiko_sftp(web.host, alice.name, password=alice.password)
+    try:
+        session.mkdir("/upload/CT from abroad")
+        session.mkdir("/upload/CT from abroad/sub")
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            session.put(str(file), f"/upload/CT from abroad/{file.relative_to(local).as_posix()}")
+    finally:
+        session.close()
+    context = browser.new_context(ignore_https_errors=True, locale="en-GB")
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        page.goto(web.host.portal_url + "/login")
+        page.fill("#username", alice.name)
+        page.fill("#password", alice.password)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/files")
+        uploads = page.locator("section[aria-labelledby=uploads]")
+        assert "CT from abroad" in uploads.inner_text() and "folder" in uploads.inner_text()
+        uploads.locator("a:has-text('View')").click()
+        page.wait_for_url("**/files/view/upload/**")
+        page.wait_for_function("() => [...document.querySelectorAll('ul.series img')].every(i => i.complete)")
+        thumbs = page.evaluate("() => [...document.querySelectorAll('ul.series img')].map(i => i.naturalWidth)")
+        assert len(thumbs) == 2 and thumbs[0] > 0, thumbs  # the study, and the damaged file's own series
+        assert "Not for diagnosis" in page.inner_text("main") and page.locator("a[download]").count() == 0
+        shot(page, "view-04-partner-folder")
+        page.click("ul.series a >> nth=0")
+        page.wait_for_url("**?series=1")
+        page.wait_for_function("() => document.querySelector('.stack-image')?.naturalWidth > 0")
+        assert stack_seen(page)["figures"] == 6
+        assert not errors, errors
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    finally:
+        context.close()
+    with client(web) as http:
+        http.cookies.update(cookies)
+        broken = http.get("/files/picture/upload/2/1/CT%20from%20abroad")
+        assert broken.status_code == 422 and "cannot be decoded" in broken.text
+        assert http.get("/files/picture/upload/1/6/CT%20from%20abroad").content.startswith(b"\xff\xd8\xff")
+        assert http.get("/files/files").status_code == 404  # the portal still answers: no worker took it down
+    events = [e for e in view_events(web, "alice-clinic") if e.get("folder") == "upload"]
+    assert {(e["file"], e["series"]) for e in events} >= {("CT from abroad", None), ("CT from abroad", 1)}

@@ -1,5 +1,5 @@
-"""The view page's reading of a package in place (exchange.portal.package_view), through a real
-SFTP session: asyncssh's client against asyncssh's own SFTP server on loopback, chrooted to a
+"""The view page's reading of a study, a package in place (exchange.portal.package_view) or a
+folder of DICOM files (exchange.portal.folder_view), through a real SFTP session: asyncssh's client against asyncssh's own SFTP server on loopback, chrooted to a
 test folder (the e2e tests do the same through the test host's sshd and its chroots)."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import asyncssh
 import pytest
 
 from exchange.dicom import pdi
-from exchange.portal import package_view
-from exchange.portal.package_view import NotViewable, open_package, read_picture
+from exchange.portal import folder_view, package_view
+from exchange.portal.package_view import open_package, read_picture
+from exchange.portal.study_view import NotViewable
 from tests.dicom_synth import ct_study
 from tests.unit.test_package import package
 
@@ -41,6 +42,7 @@ def over_sftp(root: Path, work):
                 "127.0.0.1", port, username="u", known_hosts=None, client_keys=None, agent_path=None, config=None
             ) as connection:
                 async with connection.start_sftp_client() as sftp:
+                    sftp.connection_for_tests = connection  # a web session holds both
                     return await work(sftp)
         finally:
             server.close()
@@ -228,3 +230,160 @@ def test_an_entry_whose_local_header_disagrees_with_the_directory_is_refused(tmp
     path.write_bytes(content[:name_at] + b"X" + content[name_at + 1 :])
     with pytest.raises(NotViewable, match="disagree"):
         _read_first(tmp_path)
+
+
+# -- a folder of DICOM files ---------------------------------------------------------------
+
+
+def _folder(tmp_path: Path) -> Path:
+    """What a partner uploads: a study in a folder, with a second series one level down, a
+    letter, a hidden upload in progress and a link to files outside."""
+    root = tmp_path / "share" / "CT from abroad"
+    ct_study(root, 5, patient_id="FOLDER01")
+    ct_study(root / "more" / "deeper", 3, patient_id="FOLDER01")
+    (root / "letter.pdf").write_bytes(b"%PDF-1.4 letter")
+    (root / ".upload-1234.partial").write_bytes(b"half")
+    ct_study(tmp_path / "outside", 2, patient_id="OUTSIDE1")
+    (root / "elsewhere").symlink_to(tmp_path / "outside")
+    return root
+
+
+def test_a_folder_shows_its_series_read_through_sftp_and_renders_each_picture(tmp_path):
+    _folder(tmp_path)
+
+    async def work(sftp):
+        view = await folder_view.open_folder(sftp, "/CT from abroad", "CT from abroad", max_depth=2)
+        renderer = folder_view.Renderer(workers=1)
+        try:
+            file, frame = view.picture(1, 3)
+            data = await folder_view.read_file(sftp, f"/CT from abroad/{file.path}", file)
+            return view, await renderer.render(data, file.transfer_syntax, frame)
+        finally:
+            renderer.close()
+
+    view, jpeg = over_sftp(tmp_path / "share", work)
+    assert [(s.frames, len(s.pictures)) for s in view.series] == [(5, 5), (3, 3)]
+    assert {s.texts["patient_id"] for s in view.series} == {"FOLDER01"}  # the link's OUTSIDE1 is not followed
+    assert all(p.name.startswith("more/deeper/") for p in view.series[1].pictures)
+    assert isinstance(jpeg, bytes) and jpeg.startswith(b"\xff\xd8\xff")
+
+
+def test_a_folder_is_walked_no_deeper_than_the_policy_allows(tmp_path):
+    _folder(tmp_path)
+    view = over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/CT from abroad", "x", 1))
+    assert [s.frames for s in view.series] == [5]  # more/deeper/ is two levels down
+
+
+def test_a_folder_of_too_many_files_or_without_dicom_is_said_so(tmp_path, monkeypatch):
+    _folder(tmp_path)
+    (tmp_path / "share" / "letters").mkdir()
+    (tmp_path / "share" / "letters" / "a.pdf").write_bytes(b"%PDF")
+    with pytest.raises(NotViewable, match="holds no DICOM files"):
+        over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/letters", "letters", 2))
+    monkeypatch.setattr(folder_view, "MAX_FILES", 4)
+    with pytest.raises(NotViewable, match="more than 4 files"):
+        over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/CT from abroad", "x", 2))
+
+
+def test_a_render_worker_that_dies_fails_its_picture_only_and_the_next_renders(tmp_path):
+    (path,) = ct_study(tmp_path / "one", 1)
+    data = path.read_bytes()
+
+    async def work():
+        renderer = folder_view.Renderer(workers=1)
+        try:
+            first = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
+            for process in list(renderer._pool._processes.values()):
+                os.kill(process.pid, 9)  # as a decoder's crash on a sender's file would
+                process.join()
+            failed = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
+            again = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
+            return first, failed, again
+        finally:
+            renderer.close()
+
+    first, failed, again = asyncio.run(work())
+    assert first.startswith(b"\xff\xd8") and failed == "its pixel data cannot be decoded" and again == first
+
+
+# -- the routes (exchange.portal.viewing), with a session on that SFTP server -------------------
+
+
+def _routes(tmp_path: Path, made, asks: list[str]) -> list:
+    """Each path asked of the view routes in one web session whose SFTP session is chrooted to
+    an account's two folders: a package and a folder of DICOM files in download, a letter.zip."""
+    from starlette.requests import Request
+
+    from exchange.portal.pages import Pages
+    from exchange.portal.sessions import SessionStore
+    from exchange.portal.sftp import SshLogin
+    from exchange.portal.viewing import Viewing
+    from tests.unit.test_portal import POLICY, make_config
+
+    account = tmp_path / "account"
+    (account / "upload").mkdir(parents=True)
+    (account / "download").mkdir()
+    (account / "download" / "study.zip").write_bytes(made.path.read_bytes())
+    (account / "download" / "letter.zip").write_bytes(b"not a zip")
+    ct_study(account / "upload" / "scans", 2)
+
+    async def work(sftp):
+        sessions = SessionStore(600, 10)
+        login = SshLogin(sftp.connection_for_tests, sftp)
+        session = sessions.open("alice", "partner", "192.0.2.1", login)
+        viewing = Viewing(
+            Pages(make_config(tmp_path), POLICY), sessions, {"download": "/download", "upload": "/upload"}, 2
+        )
+        answers = []
+        try:
+            for ask in asks:
+                path, _, query = ask.partition("?")
+                route, rest = ("picture", path.removeprefix("/files/picture/")) if "/picture/" in path else (
+                    "view", path.removeprefix("/files/view/"))  # fmt: skip
+                folder, _, rest = rest.partition("/")
+                params = {"folder": folder}
+                if route == "picture":
+                    series, index, rest = rest.split("/", 2)
+                    params |= {"series": int(series), "index": int(index)}
+                params["name"] = __import__("urllib.parse").parse.unquote(rest)
+                scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+                         "headers": [(b"cookie", f"exchange_session={session.id}".encode()), (b"accept-language", b"en")], "path_params": params,
+                         "client": ("192.0.2.1", 1)}  # fmt: skip
+                answers.append(await getattr(viewing, route)(Request(scope)))
+        finally:
+            viewing.close()
+        return answers
+
+    return over_sftp(account, work)
+
+
+def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(made, tmp_path, audit_socket):
+    answers = _routes(tmp_path, made, [
+        "/files/view/download/study.zip",
+        "/files/view/download/study.zip?series=1",
+        "/files/picture/download/1/2/study.zip",
+        "/files/view/download/letter.zip",
+        "/files/view/upload/scans",
+        "/files/picture/upload/1/1/scans",
+        "/files/view/download/..%2Fupload%2Fscans",
+        "/files/view/home/study.zip",
+        "/files/view/download/study.zip?series=9",
+        "/files/picture/download/1/31/study.zip",
+    ])  # fmt: skip
+    codes = [answer.status_code for answer in answers]
+    assert codes == [200, 200, 200, 200, 200, 200, 404, 404, 404, 404]
+    overview, stack, picture, letter, folder, rendered = (answer.body for answer in answers[:6])
+    assert b"/files/picture/download/1/15/study.zip" in overview and b'class="stack"' not in overview
+    assert stack.count(b"<figure>") == 30 and b"/static/viewer/stack.js" in stack
+    assert picture.startswith(b"\xff\xd8\xff") and answers[2].media_type == "image/jpeg"
+    assert b"This file cannot be shown here: it is not a zip file" in letter and b"/files/download/letter.zip" in letter
+    assert b"/files/picture/upload/1/1/scans" in folder and b"/files/download/" not in folder
+    assert rendered.startswith(b"\xff\xd8\xff")
+    records = audit_socket.records()
+    views = [(r["folder"], r["file"], r["series"], r["by"]) for r in records if r["event"] == "portal-view"]
+    assert views == [
+        ("download", "study.zip", None, "page"), ("download", "study.zip", 1, "page"),
+        ("upload", "scans", None, "page"),
+    ]  # fmt: skip
+    refused = [r["reason"] for r in records if r["event"] == "portal-view-refused"]
+    assert refused[0] == "it is not a zip file, or a damaged one" and refused.count("no such file") == 2

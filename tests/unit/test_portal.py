@@ -526,13 +526,15 @@ def view_context(why: str | None = None, series: bool = False) -> dict:
     """What exchange.portal.viewing passes the view page: a package's view, one of its series, or why not."""
     from urllib.parse import quote
 
-    from exchange.portal.package_view import TEXTS, PackageView, Picture, SeriesStack
+    from exchange.portal.package_view import PackageView
+    from exchange.portal.study_view import TEXTS, Picture, SeriesStack
 
     texts = dict.fromkeys(TEXTS, "") | {"modality": "CT", "patient_name": "DOE^JANE"}
     stack = SeriesStack(1, texts, 2, 2, (Picture("IHE_PDI/SE0001/IM0001.JPG", 512, 512),), {"x": 1})
     view = None if why else PackageView("a.zip", 1, 1, [stack], {})
     chosen = stack if series and not why else None
-    return {"session": None, "name": "a.zip", "quote": quote, "view": view, "series": chosen, "why": why}
+    return {"session": None, "name": "a.zip", "quote": quote, "folder": "download", "view": view, "series": chosen,
+            "why": why, "package": view is not None}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -922,7 +924,7 @@ def test_each_file_is_one_block_with_its_facts_and_actions_and_names_wrap_only_a
     ) in first
     actions = re.search(r'<ul class="actions">(.*?)</ul>', first, re.S)[1]
     assert re.findall(r"<li>(.*?)</li>", actions, re.S) == [
-        '<a class="button secondary" href="/files/view/CT-thorax_2025-12-05.zip">View'
+        '<a class="button secondary" href="/files/view/download/CT-thorax_2025-12-05.zip">View'
         '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>',
         '<a class="button" href="/files/download/CT-thorax_2025-12-05.zip" download>Download'
         '<span class="visually-hidden"> CT-thorax_2025-12-05.zip</span></a>',

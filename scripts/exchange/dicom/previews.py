@@ -78,16 +78,21 @@ def frames(image: Image) -> int:
 def stack(series: Series, cap: int = MAX_PER_SERIES) -> list[Picture]:
     """The series' pictures in order (every frame of every image), or `cap` of them spread
     evenly from the first to the last; never more than `cap` are picked."""
-    counts = [frames(image) for image in series.images]
+    return [Picture(series.images[i], frame) for i, frame in spread([frames(image) for image in series.images], cap)]
+
+
+def spread(counts: Sequence[int], cap: int = MAX_PER_SERIES) -> list[tuple[int, int]]:
+    """(image, frame) of every frame of images with these frame counts, in order, or of `cap`
+    of them spread evenly from the first to the last."""
     total = sum(counts)
     wanted = range(total) if total <= cap else sorted({round(i * (total - 1) / (cap - 1)) for i in range(cap)})
-    pictures, image_index, before = [], 0, 0
+    picked, image_index, before = [], 0, 0
     for number in wanted:
         while number >= before + counts[image_index]:
             before += counts[image_index]
             image_index += 1
-        pictures.append(Picture(series.images[image_index], number - before))
-    return pictures
+        picked.append((image_index, number - before))
+    return picked
 
 
 def render(handle: BinaryIO, transfer_syntax: str, frame: int = 0, size: int = PREVIEW_SIZE) -> bytes:

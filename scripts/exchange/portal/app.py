@@ -62,7 +62,8 @@ class Portal:
             Layout(policy),
         )
         self.transfers = Transfers(self.pages, self.sessions, policy)
-        self.viewing = Viewing(self.pages, self.sessions, self.transfers.folder("download"))
+        folders = {which: self.transfers.folder(which) for which in ("download", "upload")}
+        self.viewing = Viewing(self.pages, self.sessions, folders, policy.accounts.max_folder_depth)
 
     def check(self) -> None:
         """Every page template compiles and every host key is there (`exchange portal check`)."""
@@ -87,8 +88,10 @@ class Portal:
             Route("/files", transfers.folders, methods=["GET"]),
             Route("/files/download/{name:path}", transfers.download, methods=["GET"]),
             Route("/files/upload", transfers.upload, methods=["POST"]),
-            Route("/files/view/{name:path}", self.viewing.view, methods=["GET"]),
-            Route("/files/picture/{series:int}/{index:int}/{name:path}", self.viewing.picture, methods=["GET"]),
+            Route("/files/view/{folder}/{name:path}", self.viewing.view, methods=["GET"]),
+            Route(
+                "/files/picture/{folder}/{series:int}/{index:int}/{name:path}", self.viewing.picture, methods=["GET"]
+            ),
             Route("/help", self.pages.help, methods=["GET"]),
             Route("/brand/logo", self.pages.brand.logo_file, methods=["GET"]),
             Route("/brand/accent.css", self.pages.brand.accent_css, methods=["GET"]),
@@ -106,6 +109,7 @@ def create_app(config: PortalConfig, policy: Policy) -> SecurityHeaders:
         yield
         reaper.cancel()
         portal.sessions.close_all()
+        portal.viewing.close()
 
     app = Starlette(routes=portal.routes(), lifespan=lifespan)
     app.state.portal = portal

@@ -39,6 +39,7 @@ class Listed:
     name: str
     size: int
     mtime: int
+    folder: bool = False  # a folder (of DICOM files, say): viewed, not downloaded, on the web
 
 
 def check_name(name: str) -> str:
@@ -56,13 +57,14 @@ def upload_name(filename: str) -> str:
 
 
 async def listing(sftp: asyncssh.SFTPClient, folder: str) -> list[Listed]:
-    """Regular, visible files, newest first (a package being written is hidden: `.name.partial`)."""
+    """Visible regular files and folders, newest first (a package being written is hidden:
+    `.name.partial`); links are not listed."""
     entries = []
     for entry in await sftp.readdir(folder):
-        attrs = entry.attrs
-        if entry.filename.startswith(".") or attrs.permissions is None or not stat.S_ISREG(attrs.permissions):
+        attrs, mode = entry.attrs, entry.attrs.permissions or 0
+        if entry.filename.startswith(".") or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             continue
-        entries.append(Listed(entry.filename, attrs.size or 0, attrs.mtime or 0))
+        entries.append(Listed(entry.filename, attrs.size or 0, attrs.mtime or 0, folder=stat.S_ISDIR(mode)))
     return sorted(entries, key=lambda e: (-e.mtime, e.name))
 
 

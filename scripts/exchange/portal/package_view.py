@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from exchange.dicom import pdi
+from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack
 
 MAX_DIRECTORY_BYTES = 32 << 20  # the central directory: about 300,000 entries; a package has a few thousand
 MAX_STACKS_BYTES = 8 << 20  # STACKS.JSON: 4,000 pictures take about 1 MB
@@ -29,30 +30,6 @@ MAX_SERIES = 10_000
 READ_TIMEOUT = 60  # seconds for one read of the zip's directory
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # PKZIP's local file header, 30 bytes
 _LOCAL_EXTRA_GUESS = 64  # read with the header: Python's zipfile writes at most a zip64 field there
-# The sender's DICOM text a series carries in STACKS.JSON (exchange.dicom.webcontent.stacks).
-TEXTS = ("patient_id", "patient_name", "study_date", "study_description", "modality", "series_number",
-          "series_description")  # fmt: skip
-
-
-class NotViewable(Exception):
-    """This file cannot be shown (no zip, no preview pictures in it, or damaged); the message says why."""
-
-
-@dataclass(frozen=True)
-class Picture:
-    name: str  # its name in the zip
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class SeriesStack:
-    number: int  # 1, 2, ... in the package's order
-    texts: dict[str, str]  # the sender's DICOM text: shown escaped, as every other value
-    images: int
-    frames: int
-    pictures: tuple[Picture, ...]
-    problems: dict[str, int]
 
 
 @dataclass

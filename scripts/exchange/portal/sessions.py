@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from exchange.portal.folder_view import FolderView
 from exchange.portal.package_view import PackageView
 from exchange.portal.sftp import SshLogin
 
@@ -30,7 +31,8 @@ class WebSession:
     expires: datetime.datetime | None = None  # a link account's end
     last_seen: float = field(default_factory=lambda: time.monotonic())  # looked up at each call: a test's clock
     transfers: int = 0  # downloads and uploads in progress
-    views: dict[str, PackageView] = field(default_factory=dict)  # packages' directories the view page read
+    # What the view page read of studies, by (folder, name): exchange.portal.viewing.
+    views: dict[tuple[str, str], PackageView | FolderView] = field(default_factory=dict)
     picture_reads: asyncio.Semaphore | None = None  # made on the event loop (exchange.portal.viewing)
 
     @contextlib.contextmanager

@@ -1,14 +1,16 @@
-"""The view page: a study package in the download folder shown before it is downloaded, with
-the package's own stack viewer (templates/viewer), its pictures read out of the zip through the
-session's SFTP (exchange.portal.package_view).
+"""The view page: a study shown before it is downloaded, with the package's own stack viewer
+(templates/viewer). A study package (a zip in either folder) shows the preview pictures it
+carries, read out of the zip through the session's SFTP (exchange.portal.package_view); a
+folder of DICOM files shows pictures rendered from its files when asked for
+(exchange.portal.folder_view).
 
-    /files/view/NAME             the package's series, a preview each
-    /files/view/NAME?series=N    one series as a stack to page through
-    /files/picture/N/M/NAME      the M-th picture of series N (a JPEG)
+    /files/view/FOLDER/NAME             the study's series, a preview each (FOLDER: download or upload)
+    /files/view/FOLDER/NAME?series=N    one series as a stack to page through
+    /files/picture/FOLDER/N/M/NAME      the M-th picture of series N (a JPEG)
 
-Every reading of a package is an audit record, as a download is: a page's record (portal-view)
-names the package and the series shown, and covers the pictures on it, which the session then
-reads from the package's directory it keeps (at most VIEWS_PER_SESSION); a picture asked for
+Every reading of a study is an audit record, as a download is: a page's record (portal-view)
+names the file or folder and the series shown, and covers the pictures on it, which the session
+then reads with the study's directory it keeps (at most VIEWS_PER_SESSION); a picture asked for
 when that directory is not kept reads it again, and that reading is a record too.
 """
 
@@ -22,36 +24,41 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from exchange import auditlog
-from exchange.portal import files
+from exchange.portal import files, folder_view, package_view
 from exchange.portal.browser import client_ip, session_of
-from exchange.portal.package_view import NotViewable, PackageView, open_package, read_picture
+from exchange.portal.folder_view import FolderView, Renderer
+from exchange.portal.package_view import PackageView
 from exchange.portal.pages import Pages
 from exchange.portal.sessions import SessionStore, WebSession
+from exchange.portal.study_view import NotViewable
 
-VIEWS_PER_SESSION = 2  # package directories kept per session: the one open, and the one before
+VIEWS_PER_SESSION = 2  # studies' directories kept per session: the one open, and the one before
 PICTURE_READS_PER_SESSION = 4  # a page asks for its pictures all at once: they wait their turn, not the others
+
+View = PackageView | FolderView
 
 
 class Viewing:
-    def __init__(self, pages: Pages, sessions: SessionStore, download_folder: str) -> None:
-        self.pages, self.sessions, self.folder = pages, sessions, download_folder
+    def __init__(self, pages: Pages, sessions: SessionStore, folders: dict[str, str], max_depth: int) -> None:
+        self.pages, self.sessions, self.folders, self.max_depth = pages, sessions, folders, max_depth
+        self.renderer = Renderer()
 
     async def view(self, request: Request) -> Response:
         session = session_of(request, self.sessions)
         if session is None:
             return self.pages.message(request, status=401, error="session_ended")
-        ip, asked = client_ip(request), request.path_params["name"]
+        ip, which, asked = client_ip(request), request.path_params["folder"], request.path_params["name"]
+        page = {"session": session, "quote": quote, "folder": which, "view": None, "series": None, "why": None,
+                "package": False}  # fmt: skip
         try:
             name = files.check_name(asked)
-            view = await self._package(session, name, fresh=True)
-        except (files.BadName, asyncssh.SFTPError):
+            view = await self._study(session, which, name, fresh=True)
+        except (files.BadName, KeyError, asyncssh.SFTPError):
             auditlog.record("portal-view-refused", account=session.account, ip=ip, file=asked, reason="no such file")
             return self.pages.message(request, status=404, error="no_such_file")
         except NotViewable as why:
             auditlog.record("portal-view-refused", account=session.account, ip=ip, file=name, reason=str(why))
-            return self.pages.page(
-                request, "view.htm.j2", session=session, name=name, quote=quote, view=None, series=None, why=str(why)
-            )
+            return self.pages.page(request, "view.htm.j2", **{**page, "why": str(why)}, name=name)
         except (OSError, asyncssh.Error):  # the SSH session broke
             self.sessions.close(session.id)
             return self.pages.message(request, status=401, error="session_ended")
@@ -61,66 +68,94 @@ class Viewing:
             return self.pages.message(request, status=404, error="no_such_series")
         shown = len(series.pictures) if series else len(view.series)
         auditlog.record(
-            "portal-view", account=session.account, ip=ip, file=name, series=number, pictures=shown, by="page"
-        )
-        return self.pages.page(
-            request, "view.htm.j2", session=session, name=name, quote=quote, view=view, series=series, why=None
-        )
+            "portal-view", account=session.account, ip=ip, folder=which, file=name, series=number, pictures=shown,
+            by="page",
+        )  # fmt: skip
+        shown_page = {**page, "view": view, "series": series, "package": isinstance(view, PackageView)}
+        return self.pages.page(request, "view.htm.j2", **shown_page, name=name)
 
     async def picture(self, request: Request) -> Response:
         session = session_of(request, self.sessions)
         if session is None:
             return Response(status_code=401)
-        ip, asked = client_ip(request), request.path_params["name"]
+        ip, which, asked = client_ip(request), request.path_params["folder"], request.path_params["name"]
         number, index = request.path_params["series"], request.path_params["index"]
         try:
             name = files.check_name(asked)
             async with _reads(session):
-                for fresh in (False, True):  # once more if the package under this name was replaced
-                    view = await self._package(session, name, fresh, ip=ip, series=number)
-                    entry = view.picture(number, index)
-                    if entry is None:
-                        return Response(status_code=404)
-                    data = await read_picture(session.ssh.sftp, self._path(name), view, entry)
-                    if data is not None:
-                        return Response(data, media_type="image/jpeg")
-                    session.views.pop(name, None)
-        except (files.BadName, asyncssh.SFTPError, NotViewable) as why:
-            auditlog.record(
-                "portal-view-refused", account=session.account, ip=ip, file=asked, reason=str(why) or "bad name"
-            )
+                for fresh in (False, True):  # once more if what is under this name was replaced
+                    view = await self._study(session, which, name, fresh, record={"ip": ip, "series": number})
+                    found = await self._picture(session, which, name, view, number, index)
+                    if isinstance(found, Response):
+                        return found
+                    session.views.pop((which, name), None)
+        except (files.BadName, KeyError, asyncssh.SFTPError, NotViewable) as why:
+            reason = str(why) if isinstance(why, NotViewable) else "no such file"
+            auditlog.record("portal-view-refused", account=session.account, ip=ip, file=asked, reason=reason)
             return Response(status_code=404)
         except (OSError, asyncssh.Error):
             self.sessions.close(session.id)
             return Response(status_code=401)
         return Response(status_code=404)  # replaced twice while asked for: no answer to give
 
-    def _path(self, name: str) -> str:
-        return f"{self.folder}/{name}"
+    async def _picture(
+        self, session: WebSession, which: str, name: str, view: View, number: int, index: int
+    ) -> Response | None:
+        """The picture's answer, or None when the file under `name` is no longer the one `view` was made of."""
+        sftp, path = session.ssh.sftp, self._path(which, name)
+        if isinstance(view, PackageView):
+            entry = view.picture(number, index)
+            if entry is None:
+                return Response(status_code=404)
+            data = await package_view.read_picture(sftp, path, view, entry)
+            return None if data is None else Response(data, media_type="image/jpeg")
+        found = view.picture(number, index)
+        if found is None:
+            return Response(status_code=404)
+        file, frame = found
+        data = await folder_view.read_file(sftp, f"{path}/{file.path}", file)
+        if data is None:
+            return None
+        rendered = await self.renderer.render(data, file.transfer_syntax, frame)
+        if isinstance(rendered, str):  # it cannot be shown: the image's place says so by its alt text
+            return Response(rendered, status_code=422, media_type="text/plain")
+        return Response(rendered, media_type="image/jpeg")
 
-    async def _package(self, session: WebSession, name: str, fresh: bool, **record) -> PackageView:
-        """The session's kept view of the package, if it is still the same file (fresh: checked
-        by a stat), else read anew (and, when `record` says for whom, recorded)."""
-        kept, attrs = session.views.get(name), None
-        if kept is not None and fresh:
-            attrs = await session.ssh.sftp.stat(self._path(name))
+    def _path(self, which: str, name: str) -> str:
+        return f"{self.folders[which]}/{name}"  # KeyError: no such folder
+
+    async def _study(self, session: WebSession, which: str, name: str, fresh: bool, record: dict | None = None) -> View:
+        """The session's kept view of the study, if it is still the same (fresh: checked by a
+        stat; a folder's if read in the last folder_view.KEPT_SECONDS), else read anew (and, when `record` says for whom, recorded)."""
+        key, path = (which, name), self._path(which, name)
+        kept, attrs = session.views.get(key), None
+        if isinstance(kept, FolderView) and fresh:
+            kept = kept if kept.recent() else None  # a folder's files change without its own time changing
+        elif kept is not None and fresh:
+            attrs = await session.ssh.sftp.stat(path)
             kept = kept if kept.same_file(attrs) else None
         if kept is not None:
-            session.views[name] = session.views.pop(name)  # the most recently used last
+            session.views[key] = session.views.pop(key)  # the most recently used last
             return kept
-        attrs = attrs or await session.ssh.sftp.stat(self._path(name))
-        if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-            raise NotViewable("it is no file")
-        view = await open_package(session.ssh.sftp, self._path(name), name)
+        attrs = attrs or await session.ssh.sftp.stat(path)
+        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+            view = await folder_view.open_folder(session.ssh.sftp, path, name, self.max_depth)
+        elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
+            view = await package_view.open_package(session.ssh.sftp, path, name)
+        else:
+            raise NotViewable("it is neither a file nor a folder")
         if record:
             auditlog.record(
-                "portal-view", account=session.account, ip=record["ip"], file=name, series=record["series"],
-                pictures=None, by="picture",
+                "portal-view", account=session.account, ip=record["ip"], folder=which, file=name,
+                series=record["series"], pictures=None, by="picture",
             )  # fmt: skip
-        session.views[name] = view
+        session.views[key] = view
         while len(session.views) > VIEWS_PER_SESSION:
             session.views.pop(next(iter(session.views)))
         return view
+
+    def close(self) -> None:
+        self.renderer.close()
 
 
 def _reads(session: WebSession) -> asyncio.Semaphore:
