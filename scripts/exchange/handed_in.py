@@ -85,6 +85,11 @@ class HandedIn:
     def problems(self) -> list[Unusable]:
         return [item for item in self.found if isinstance(item, Unusable)]
 
+    @property
+    def descriptors(self) -> tuple[int, ...]:
+        """Every descriptor it holds open (what a confined reader of its files must keep)."""
+        return tuple(self._descriptors)
+
     def close(self) -> None:
         for descriptor in self._descriptors:
             os.close(descriptor)

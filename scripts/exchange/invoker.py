@@ -69,3 +69,73 @@ def read_named(path: Path | str, who: Invoker | None = None) -> bytes:
         raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL, "not a regular file", str(path))
     with os.fdopen(descriptor, "rb") as handle:
         return handle.read()
+
+
+class NewNamedFile:
+    """A new file at a path the invoker names (an output such as a contact sheet), made with
+    their rights, never root's: it belongs to them, lands only where they may write, and never
+    replaces anything, a symlink included (the name must not exist, checked at the start and
+    again when it is linked in). Nameless while written (exchange.safefs.NewFile): a failure or
+    a stop leaves nothing behind. Use as a context manager: `write(data)` inside, or it is
+    discarded."""
+
+    def __init__(self, path: Path | str, who: Invoker | None, mode: int = 0o600) -> None:
+        from exchange import safefs
+
+        self.path, self.who = Path(path), who
+        self.name = self.path.name
+        if self.name in ("", ".", ".."):
+            raise IsADirectoryError(errno.EISDIR, "names a folder, not a new file", str(self.path))
+        with rights(who):
+            try:  # O_PATH: search rights suffice to reach the folder, as for any file in it
+                self.dir_fd = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as error:
+                why = "no such folder" if error.errno == errno.ENOENT else error.strerror
+                raise type(error)(error.errno, why, str(self.path.parent)) from None
+            try:
+                if _exists(self.dir_fd, self.name):
+                    raise FileExistsError(errno.EEXIST, "exists; never replaced (name a new file)", str(self.path))
+                self.file: safefs.NewFile | None = safefs.NewFile.create(self.dir_fd, mode)
+            except FileExistsError:
+                os.close(self.dir_fd)
+                raise
+            except OSError as error:
+                os.close(self.dir_fd)
+                raise type(error)(error.errno, error.strerror, str(self.path)) from None
+
+    def write(self, data: bytes) -> None:
+        """Write it whole, then give it its name (FileExistsError if the name was taken meanwhile)."""
+        assert self.file is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.file.fd, view) :]
+        os.fsync(self.file.fd)
+        with rights(self.who):
+            try:
+                self.file.publish(self.name)
+            except FileExistsError:
+                raise FileExistsError(
+                    errno.EEXIST, "exists; never replaced (name a new file)", str(self.path)
+                ) from None
+        self.file.close()
+        self.file = None
+
+    def __enter__(self) -> NewNamedFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.file is not None:
+                with rights(self.who):
+                    self.file.discard()
+                self.file = None
+        finally:
+            os.close(self.dir_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True

@@ -63,6 +63,11 @@ class Layout:
         account), under the same retention as everything else."""
         return f"{self.root}/{paths.ENDED_LINKS}"
 
+    def contact_sheets_dir(self) -> str:
+        """Where the upload notices keep their contact sheets (policy notices.upload_contact_sheets),
+        one folder per account, for staff, under the same retention as everything else."""
+        return f"{self.root}/{paths.CONTACT_SHEETS}"
+
     def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
         staff = self.policy.accounts.staff_group
         return {

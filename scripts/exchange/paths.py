@@ -10,6 +10,7 @@ is `exchange.layout.Layout`.
 # -- the exchange tree ------------------------------------------------------------------------
 DEFAULT_EXCHANGE_ROOT = "/srv/exchange"  # the policy's accounts.root unless it names another
 ENDED_LINKS = "ended-links"  # in the tree: uploads of ended link accounts, held for staff
+CONTACT_SHEETS = "contact-sheets"  # in the tree: the upload notices' contact sheets, for staff
 
 # -- configuration the deploy installs (root's, read by the tools) ---------------------------
 CONFIG_DIR = "/etc/imaging-exchange"

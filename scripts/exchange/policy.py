@@ -257,6 +257,17 @@ class SourceBansPolicy(Section):
     ban_seconds: int = Field(1200, ge=60, le=604_800)  # for this long
 
 
+class NoticesPolicy(Section):
+    """The upload notices staff get (`exchange notify-uploads`, after every purge)."""
+
+    # A contact sheet (one picture per series, exchange.dicom.contactsheet) of every DICOM zip or
+    # folder an upload brings, kept for staff in {accounts.root}/contact-sheets/<account>/ under the
+    # retention; the notice names where it is and carries no image. Off unless asked for: the job
+    # then decodes what partners and link recipients upload, unasked (within the caps of `exchange
+    # inspect`, in a confined renderer; docs/staff.md).
+    upload_contact_sheets: bool = False
+
+
 class Policy(Section):
     sshd: SshdPolicy
     accounts: AccountsPolicy = AccountsPolicy()
@@ -265,6 +276,7 @@ class Policy(Section):
     links: LinkPolicy = LinkPolicy()
     portal: PortalPolicy = PortalPolicy()
     source_bans: SourceBansPolicy = SourceBansPolicy()
+    notices: NoticesPolicy = NoticesPolicy()
 
     @model_validator(mode="after")
     def _portal_user_apart(self) -> Policy:

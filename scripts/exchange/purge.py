@@ -3,11 +3,12 @@
 Age is the file's mtime, which exchange accounts cannot set (sshd denies them setstat).
 
 A purge plans first, then carries the plan out, both under the purge lock. `plan()` changes
-nothing: it walks each account's download and upload folders and the held uploads of ended links
-through directory file descriptors (symlinks never followed, other filesystems never entered,
-nothing outside the exchange root reached, the chroot skeleton never removed), reads the accounts,
-and returns the steps in the order they are taken. `carry_out()` takes them; a dry run shows them
-(`show()`) instead, each as the line the real run writes once it has taken it.
+nothing: it walks each account's download and upload folders, the held uploads of ended links and
+the upload notices' contact sheets through directory file descriptors (symlinks never followed,
+other filesystems never entered, nothing outside the exchange root reached, the chroot skeleton
+never removed), reads the accounts, and returns the steps in the order they are taken.
+`carry_out()` takes them; a dry run shows them (`show()`) instead, each as the line the real run
+writes once it has taken it.
 
 Those folders are their accounts' and staff's to change while the purge runs, so no step is taken
 by path alone: its folders are opened again one by one from a root-only folder, without following
@@ -73,6 +74,7 @@ def purge_lock(folder: str = paths.TOOL_RUN_DIR) -> Iterator[None]:
 
 FUTURE_SLACK = 300  # seconds a file's time may be ahead of the server's clock before it is reset
 ENDED = "ended link"  # the kind events give the held uploads of an ended link
+SHEETS = "contact sheet"  # ... and the upload notices' contact sheets (exchange.messaging.upload_sheets)
 
 
 # What the plan saw, to find it again.
@@ -100,8 +102,8 @@ class Tree:
     """A folder the purge walks, and how its events name what is below it."""
 
     where: str  # its path
-    kind: str  # "partner", "link", or ENDED
-    account: str | None  # None: ended-links, one folder per account
+    kind: str  # "partner", "link", ENDED or SHEETS
+    account: str | None  # None: ended-links or contact-sheets, one folder per account
     prefix: str = ""  # the chroot folder ("/upload") events name paths from
 
 
@@ -321,7 +323,8 @@ def plan(layout: Layout, now: float, store: links.LinkStore) -> PurgePlan:
 
 def plan_files(layout: Layout, now: float) -> PurgePlan:
     """The steps in every account's download and upload folders, then in the held uploads of
-    ended links (which age out like any file; then their folder goes)."""
+    ended links and in the upload notices' contact sheets (which age out like any file; then
+    their folder goes)."""
     policy = layout.policy
     result = PurgePlan(now, cutoff=now - policy.retention.days * 86400)
     root = layout.root
@@ -351,11 +354,11 @@ def plan_files(layout: Layout, now: float) -> PurgePlan:
                             result.holding.add(account)
                 finally:
                     os.close(chroot_fd)
-    ended = layout.ended_links_dir()
-    if os.path.isdir(ended) and not os.path.islink(ended):
-        with _opened(ended) as ended_fd:
-            # One level more: each account's own folder.
-            _plan_tree(ended_fd, (Folder.of(ended, ended_fd),), Tree(ended, ENDED, None), max_depth + 1, result)
+    for kind, kept in ((ENDED, layout.ended_links_dir()), (SHEETS, layout.contact_sheets_dir())):
+        if os.path.isdir(kept) and not os.path.islink(kept):
+            with _opened(kept) as kept_fd:
+                # One level more: each account's own folder.
+                _plan_tree(kept_fd, (Folder.of(kept, kept_fd),), Tree(kept, kind, None), max_depth + 1, result)
     return result
 
 
@@ -537,7 +540,7 @@ def carry_out(
     def skip(step: PurgeStep, fields: dict, shown: str, reason: str) -> None:
         emit("purge-step-skipped", **fields, step=step.record()[0], reason=reason)
         report.changed.append(f"{shown}: {reason}")
-        if fields["kind"] != ENDED:
+        if fields["kind"] not in (ENDED, SHEETS):
             report.holding.add(fields["account"])  # something of it may be left
 
     def removal_failed(name: str, kind: str, failure: Exception) -> None:

@@ -65,36 +65,91 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="Received media: a zip file or a folder.")],
     max_gb: Annotated[float, typer.Option("--max-gb", help="Refuse media that unpack to more than this.")] = 50,
     max_ratio: Annotated[int, typer.Option("--max-ratio", help="Refuse an entry that expands more than this.")] = 200,
+    contact_sheet: Annotated[
+        Path | None,
+        typer.Option(
+            "--contact-sheet",
+            help="Also write a JPEG (a new .jpg file, made with your rights) with one picture per series.",
+        ),
+    ] = None,
 ) -> None:
-    """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems."""
+    """Check received media before import: unsafe paths, zip bombs, DICOMDIR consistency. Exit 1 on problems.
+
+    With --contact-sheet, also draw one picture of every series into a new JPEG file: also when
+    the check finds problems (the sheet then says "do not import"), but never for media refused
+    as a zip bomb, which are not read any further.
+    """
     from exchange.dicom.dicomdir import DicomDirError, build_tree, summary
     from exchange.dicom.media import inspect_media
-    from exchange.invoker import invoker
+    from exchange.invoker import NewNamedFile, invoker
 
     depth = base.policy_or_exit().policy.accounts.max_folder_depth
-    report = inspect_media(path, depth, invoker(), max_total=int(max_gb * 1024**3), max_ratio=max_ratio)
+    who = invoker()
     shown = untrusted.printable
-    typer.echo(f"{shown(path)}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
-    try:
-        patients = summary(build_tree(report.instances)) if report.instances else []
-    except DicomDirError as error:
-        report.problems.append(shown(error))
-        patients = []
-    for patient in patients:  # DICOM text is the sender's: shown escaped like the names
-        typer.echo(f"  patient {shown(patient['id'])} {shown(patient['name'])}")
-        for study in patient["studies"]:
-            typer.echo(
-                f"    {shown(study['date'])} {shown(study['modalities'])} {shown(study['description'])} "
-                f"({study['series']} series, {study['images']} images)"
-            )
-    typer.echo(f"  DICOMDIR: {report.dicomdir or 'none'}")
-    for name in report.not_dicom:
-        typer.echo(f"  not DICOM: {name}")
-    for problem in report.problems:
-        typer.echo(f"  PROBLEM: {problem}", err=True)
-    typer.echo("refused: do not import" if report.problems else "ok", err=bool(report.problems))
-    if report.problems:
+    made = False
+    with contextlib.ExitStack() as keep:
+        sheet_file = None
+        if contact_sheet is not None:
+            if contact_sheet.suffix.lower() not in (".jpg", ".jpeg"):
+                raise base.fail(f"--contact-sheet {shown(contact_sheet)}: the sheet is a JPEG: name a .jpg file", 2)
+            try:  # before anything is read: a name that cannot be written is said at once
+                sheet_file = keep.enter_context(NewNamedFile(contact_sheet, who))
+            except OSError as error:
+                raise base.fail(
+                    f"--contact-sheet {shown(error.filename)}: {error.strerror}; nothing was read", 2
+                ) from None
+        report = inspect_media(
+            path, depth, who, max_total=int(max_gb * 1024**3), max_ratio=max_ratio, keep=keep if sheet_file else None
+        )
+        typer.echo(f"{shown(path)}: {len(report.instances)} DICOM files, {report.total_bytes} bytes unpacked")
+        tree = None
+        try:
+            tree = build_tree(report.instances) if report.instances else None
+        except DicomDirError as error:
+            report.problems.append(shown(error))
+        for patient in summary(tree) if tree else []:  # DICOM text is the sender's: shown escaped like the names
+            typer.echo(f"  patient {shown(patient['id'])} {shown(patient['name'])}")
+            for study in patient["studies"]:
+                typer.echo(
+                    f"    {shown(study['date'])} {shown(study['modalities'])} {shown(study['description'])} "
+                    f"({study['series']} series, {study['images']} images)"
+                )
+        typer.echo(f"  DICOMDIR: {report.dicomdir or 'none'}")
+        for name in report.not_dicom:
+            typer.echo(f"  not DICOM: {name}")
+        for problem in report.problems:
+            typer.echo(f"  PROBLEM: {problem}", err=True)
+        if sheet_file is not None:
+            made = _contact_sheet(sheet_file, report, tree, path, who)
+        typer.echo("refused: do not import" if report.problems else "ok", err=bool(report.problems))
+    if report.problems or (sheet_file is not None and not made):
         raise typer.Exit(1)
+
+
+def _contact_sheet(sheet_file, report, tree, path: Path, who) -> bool:
+    """Draw and write the contact sheet, or say why not; True if it was written."""
+    from exchange.dicom import contactsheet
+
+    shown = untrusted.printable
+    if report.bomb:
+        why = "the media were refused by the caps (a zip bomb?) and are not read any further"
+    elif tree is None:
+        why = "no DICOM images to show" if not report.problems else "no DICOM images could be read"
+    else:
+        try:
+            sheet = contactsheet.make(tree, str(path), report.descriptors, who, problems=len(report.problems))
+            sheet_file.write(sheet.jpeg)
+        except contactsheet.SheetError as error:
+            why = str(error)
+        except OSError as error:
+            why = f"not written: {shown(error.strerror)}"
+        else:
+            detail = f"{len(sheet.tiles)} of {sheet.series} series" if sheet.more else f"{sheet.series} series"
+            failed = f", {sheet.unrendered} without a picture" if sheet.unrendered else ""
+            typer.echo(f"  contact sheet: {shown(sheet_file.path)} ({detail}{failed})")
+            return True
+    typer.echo(f"  contact sheet not made ({shown(sheet_file.path)}): {why}; nothing was left", err=True)
+    return False
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ reads past an entry's declared size (a lie there fails its CRC check).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import stat
 import struct
@@ -48,6 +49,7 @@ class Report:
     dicomdir: str | None = None
     total_bytes: int = 0
     bomb: bool = False  # beyond the caps: not read any further
+    descriptors: tuple[int, ...] = ()  # the files read (open while the caller's `keep` holds them)
 
     @property
     def ok(self) -> bool:
@@ -205,15 +207,20 @@ def inspect_media(
     who: Invoker | None = None,
     max_total: int = MAX_TOTAL_BYTES,
     max_ratio: int = MAX_RATIO,
+    keep: contextlib.ExitStack | None = None,
 ) -> Report:
-    """Check received media, opened with `who`'s rights (None: the tool's own)."""
+    """Check received media, opened with `who`'s rights (None: the tool's own). With `keep`,
+    the files stay open until that stack closes (the report's instances can then be read on,
+    e.g. for a contact sheet; `report.descriptors` are theirs); else they close on return."""
     report = Report()
     try:
         handed = handed_in.open_named([path], who, max_depth)
     except handed_in.MissingPaths:
         report.problems.append(f"{printable(path)}: no such file or folder")
         return report
-    with handed:
+    with contextlib.ExitStack() as here:
+        (keep if keep is not None else here).enter_context(handed)
+        report.descriptors = handed.descriptors
         named = next((f for f in handed.files if f.relative == ""), None)  # the zip itself, not a folder
         if named is None and any(u.label == printable(path) for u in handed.problems):
             report.problems += [f"{u.label}: {u.problem}" for u in handed.problems]  # the path itself

@@ -10,6 +10,9 @@ Before it looks, it makes each upload folder's contents readable for the staff g
 (open_to_staff): internal-sftp's umask only removes bits, so a client that asks for a
 private mode (OpenSSH `put` of a 0600 file, `mkdir` with mode 0) would otherwise hide its
 upload from staff, and Debian 12's OpenSSH (9.2) has no `-m` to force a file mode.
+
+With the policy's notices.upload_contact_sheets, a notice also names a contact sheet of each
+DICOM zip or folder it announces, kept on the server for staff (exchange.messaging.upload_sheets).
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ class Upload:
     mtime_ns: int
 
 
-def settled_uploads(folder: Path, now: float, max_depth: int) -> tuple[list[Upload], list[str]]:
+def settled_uploads(
+    folder: Path, now: float, max_depth: int, pending: set[str] | None = None
+) -> tuple[list[Upload], list[str]]:
     """The regular files below `folder` that have settled (hidden ones too: nothing uploaded
-    goes unannounced), and the folders the walk could not look into, named."""
+    goes unannounced), and the folders the walk could not look into, named. `pending` gets the
+    top-level name of every file still changing (an upload in progress)."""
     found, problems = [], []
     try:
         top = safefs.open_dir(str(folder))
@@ -63,6 +69,8 @@ def settled_uploads(folder: Path, now: float, max_depth: int) -> tuple[list[Uplo
                         mtime_ns=st.st_mtime_ns,
                     )
                 )
+            elif step.kind == "file" and stat.S_ISREG(st.st_mode) and pending is not None:
+                pending.add(step.entry.path.partition("/")[0])
             elif step.kind in ("too-deep", "unreadable"):
                 reason = f"more than {max_depth} folders deep" if step.kind == "too-deep" else "not readable"
                 problems.append(f"{folder}/{untrusted.printable(step.entry.path)}: {reason}, not looked into")
@@ -150,8 +158,9 @@ def notify_uploads(
                 failures.append(f"{account}: uploads not made readable for staff: {untrusted.printable(error)}")
         seen_file = seen_dir / f"{key}.json"
         seen = json.loads(seen_file.read_text()) if seen_file.exists() else {}
+        pending: set[str] = set()
         try:
-            uploads, problems = settled_uploads(folder, now, depth)
+            uploads, problems = settled_uploads(folder, now, depth, pending)
         except OSError as error:
             failures.append(f"{account}: uploads not read: {untrusted.printable(error)}")
             continue
@@ -159,6 +168,11 @@ def notify_uploads(
         new = [u for u in uploads if seen.get(u.path) != [u.size, u.mtime_ns]]
         current = {u.path: [u.size, u.mtime_ns] for u in uploads}
         if new:
+            sheets = []
+            if policy.notices.upload_contact_sheets:
+                from exchange.messaging.upload_sheets import contact_sheets  # numpy, Pillow, pydicom: only then
+
+                sheets = contact_sheets(layout, account, folder, uploads, new, pending, out, failures)
             mail = messages.email(
                 "upload-notice-email",
                 site.staff_language,
@@ -168,6 +182,7 @@ def notify_uploads(
                 folder=str(folder),
                 files=new,
                 retention_days=policy.retention.days,
+                sheets=sheets,
             )
             try:
                 send_email(site, mail)
