@@ -75,6 +75,7 @@ class Layout:
             self.kind_dir("partner"): ("root", staff, "0750"),
             self.kind_dir("link"): ("root", staff, "0750"),
             self.ended_links_dir(): ("root", staff, "2750"),
+            self.contact_sheets_dir(): ("root", staff, "2750"),
         }
 
     def observe_params(self, names: list[str]) -> dict:

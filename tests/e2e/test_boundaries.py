@@ -284,6 +284,21 @@ def test_a_link_token_never_lands_in_a_log(fort):
     assert found == ["0"], f"{account}'s token in: {found}"
 
 
+def test_a_contact_sheet_is_written_with_the_staff_members_rights(fort):
+    """`inspect --contact-sheet OUT` (run as root by sudo) creates OUT as the staff member, where
+    the staff member may write, and never over a file that is there."""
+    ct_study(fort.work / "sheet-study", 3, patient_id="SHEET001")
+    fort.put_study(fort.work / "sheet-study", f"/home/{STAFF}/received", STAFF)
+    made = fort.staff(f"sudo -n exchange inspect /home/{STAFF}/received --contact-sheet /home/{STAFF}/sheet.jpg")
+    assert made.returncode == 0, made.stdout + made.stderr
+    owner = fort.root(f"stat -c %U /home/{STAFF}/sheet.jpg && head -c 3 /home/{STAFF}/sheet.jpg | od -An -tx1").stdout
+    assert owner.split() == [STAFF, "ff", "d8", "ff"], owner
+    for out in ("/root/sheet.jpg", "/etc/sheet.jpg", f"/home/{STAFF}/sheet.jpg"):
+        refused = fort.staff(f"sudo -n exchange inspect /home/{STAFF}/received --contact-sheet {out}")
+        assert refused.returncode != 0, (out, refused.stdout)
+    assert fort.root("ls /root/sheet.jpg /etc/sheet.jpg 2>&1 || true").stdout.count("No such file") == 2
+
+
 # Rule 7: untrusted text is neutralised where it lands.
 
 
