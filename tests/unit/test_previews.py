@@ -143,3 +143,51 @@ def test_a_stack_is_capped_evenly_from_first_to_last():
 def test_a_stack_pages_through_frames_of_multiframe_images():
     picked = previews.stack(_series([3, 1, 2]), cap=200)
     assert [(p.image.number, p.frame) for p in picked] == [(1, 0), (1, 1), (1, 2), (2, 0), (3, 0), (3, 1)]
+
+
+def _through_pydicom(path: Path, frame: int = 0) -> np.ndarray:
+    """The display picture as pydicom's full decode makes it (the path every other transfer syntax takes)."""
+    header = dcmread(path, stop_before_pixels=True)
+    ds = dcmread(path)
+    return np.asarray(previews._display(ds.pixel_array[frame] if "NumberOfFrames" in ds else ds.pixel_array, header))
+
+
+def _in_place(path: Path, frame: int = 0) -> np.ndarray:
+    syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    with path.open("rb") as handle:
+        header = dcmread(handle, stop_before_pixels=True, specific_tags=previews._PIXEL_HEADER)
+        words = previews._native_words(handle, header, syntax, frame)
+    assert words is not None, "the in-place path was not taken"
+    return np.asarray(previews._display(words, header, stored_bits=int(header.BitsStored)))
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"), [("CT_small.dcm", 0), ("MR_small_implicit.dcm", 0), ("emri_small.dcm", 6), ("RG1_UNCI.dcm", 0)]
+)
+def test_uncompressed_frames_read_in_place_look_exactly_as_pydicom_decodes_them(name, frame):
+    assert np.array_equal(_in_place(file(name), frame), _through_pydicom(file(name), frame))
+
+
+def test_unused_high_bits_and_the_sign_of_12_bit_words(tmp_path):
+    # 12 bits stored in 16, signed: what the high four bits hold (an old overlay, junk) is not the value.
+    ds = dcmread(file("CT_small.dcm"))
+    values = np.linspace(-2048, 2047, 128 * 128).astype(np.int16).reshape(128, 128)
+    junk = np.where(np.arange(128 * 128).reshape(128, 128) % 3 == 0, 0xA000, 0).astype(np.uint16)
+    ds.PixelData = ((values.view(np.uint16) & 0x0FFF) | junk).tobytes()
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 1
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, 0, 0, 4096
+    path = tmp_path / "junk.dcm"
+    ds.save_as(path)
+    ours = _in_place(path)
+    expected = np.round(np.clip((values.astype(float) + 0.5) / 4095 + 0.5, 0, 1) * 255)
+    assert np.abs(ours - expected).max() <= 1
+    assert np.array_equal(ours, _through_pydicom(path))
+
+
+def test_big_endian_and_colour_are_left_to_pydicom():
+    for name in ("MR_small_bigendian.dcm", "SC_rgb.dcm", "OBXXXX1A.dcm"):
+        path = file(name)
+        syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        with path.open("rb") as handle:
+            header = dcmread(handle, stop_before_pixels=True, specific_tags=previews._PIXEL_HEADER)
+            assert previews._native_words(handle, header, syntax, 0) is None, name

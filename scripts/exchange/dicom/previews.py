@@ -1,13 +1,14 @@
 """Preview images of a study: JPEG pictures rendered from the DICOM pixel data, for the package's
 own web pages (IHE PDI web content), the portal's view page and staff's contact sheets.
 
-A preview is for looking, never for diagnosis: the pixel data is decoded by pydicom (its
-pylibjpeg plugins for JPEG, JPEG-LS and RLE) or, for JPEG 2000, by OpenJPEG through Pillow at
-a reduced resolution level (the codec skips the finest wavelet levels, so a 2,000 px radiograph
-costs a quarter of its full decode); the grey values go through the modality rescale and the
-first window the image carries (PS3.3 C.11.2.1.2), else the modality's usual window, else the
-image's own range; MONOCHROME1 is inverted, palette and YBR colour become RGB. Each picture is
-downscaled to at most PREVIEW_SIZE on its longest side.
+A preview is for looking, never for diagnosis: uncompressed little-endian grey pixel data is
+read straight from the file, the rest is decoded by pydicom (its pylibjpeg plugins for JPEG,
+JPEG-LS and RLE) or, for JPEG 2000, by OpenJPEG through Pillow at a reduced resolution level
+(the codec skips the finest wavelet levels, so a 2,000 px radiograph costs a quarter of its full
+decode); the grey values go through the modality rescale and the first window the image carries
+(PS3.3 C.11.2.1.2), else the modality's usual window, else the image's own range; MONOCHROME1 is
+inverted, palette and YBR colour become RGB. Each picture is downscaled to at most PREVIEW_SIZE
+on its longest side.
 
 What a sender's file may ask for is bounded before anything is decoded: a frame of more than
 MAX_FRAME_PIXELS is not previewed, and a series' stack holds at most MAX_PER_SERIES pictures,
@@ -47,6 +48,8 @@ MAX_FRAME_PIXELS = 40_000_000  # above (a 6,000 x 6,000 frame): not previewed
 JPEG_QUALITY = 85
 # The window a grey image gets when it carries none (centre, width), in the modality's units.
 USUAL_WINDOWS = {"CT": (40.0, 400.0)}  # soft tissue in Hounsfield units
+IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+NATIVE_LITTLE_ENDIAN = {IMPLICIT_LITTLE_ENDIAN, "1.2.840.10008.1.2.1"}
 JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
              "1.2.840.10008.1.2.4.203"}  # fmt: skip
 _PIXEL_HEADER = [
@@ -100,10 +103,14 @@ def render(handle: BinaryIO, transfer_syntax: str, frame: int = 0, size: int = P
     try:
         header = dcmread(handle, stop_before_pixels=True, specific_tags=_PIXEL_HEADER)
         _check_bounds(header, frame)
-        handle.seek(0)
-        if transfer_syntax in JPEG_2000:
+        words = _native_words(handle, header, transfer_syntax, frame)
+        if words is not None:
+            picture = _display(words, header, stored_bits=int(header.get("BitsStored") or words.dtype.itemsize * 8))
+        elif transfer_syntax in JPEG_2000:
+            handle.seek(0)
             picture = _jpeg_2000(handle, header, frame, size)
         else:
+            handle.seek(0)
             pixel_module = Dataset()  # what decoding needs; the rescale and window are the header's
             pixels = pixel_array(handle, index=frame, ds_out=pixel_module)
             header.update(pixel_module)
@@ -143,6 +150,41 @@ def _check_bounds(header: Dataset, frame: int) -> None:
         raise PreviewError(f"no frame {frame + 1}")
 
 
+def _native_words(handle: BinaryIO, header: Dataset, transfer_syntax: str, frame: int) -> np.ndarray | None:
+    """One grey frame of uncompressed little-endian data as the file's own words, read in place
+    (most of a CT's preview time was pydicom's decoding machinery); None when pydicom decodes.
+    The display table masks the unused high bits and extends the sign, as pydicom would."""
+    if transfer_syntax not in NATIVE_LITTLE_ENDIAN or int(header.get("SamplesPerPixel") or 1) != 1:
+        return None
+    if str(header.get("PhotometricInterpretation") or "").upper() not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    if "ModalityLUTSequence" in header or "VOILUTSequence" in header:
+        return None
+    allocated = int(header.get("BitsAllocated") or 0)
+    stored = int(header.get("BitsStored") or allocated)
+    if allocated not in (8, 16) or not 1 <= stored <= allocated:
+        return None
+    # dcmread stopped before the pixel data: its element header is next (PS3.5 7.1)
+    element = handle.read(12)
+    if element[:4] != b"\xe0\x7f\x10\x00":
+        return None
+    if transfer_syntax == IMPLICIT_LITTLE_ENDIAN:
+        (length,), start = struct.unpack("<I", element[4:8]), 8
+    elif element[4:6] in (b"OW", b"OB"):
+        (length,), start = struct.unpack("<I", element[8:12]), 12
+    else:
+        return None
+    rows, columns = int(header.Rows), int(header.Columns)
+    frame_bytes = rows * columns * allocated // 8
+    if length == 0xFFFFFFFF or length < (frame + 1) * frame_bytes:
+        return None  # encapsulated or short: pydicom says what is wrong
+    handle.seek(start - len(element) + frame * frame_bytes, io.SEEK_CUR)
+    data = handle.read(frame_bytes)
+    if len(data) != frame_bytes:
+        return None
+    return np.frombuffer(data, dtype="<u2" if allocated == 16 else np.uint8).reshape(rows, columns)
+
+
 def _jpeg_2000(handle: BinaryIO, header: Dataset, frame: int, size: int) -> PILImage.Image:
     dataset = dcmread(handle)
     codestream = get_frame(dataset.PixelData, frame, number_of_frames=int(str(dataset.get("NumberOfFrames") or 1)))
@@ -151,12 +193,8 @@ def _jpeg_2000(handle: BinaryIO, header: Dataset, frame: int, size: int) -> PILI
         raise PreviewError("its JPEG 2000 data has no codestream")
     codestream = codestream[start:]
     levels, precision, signed = _codestream_levels(codestream)
-    longest = max(int(header.Rows), int(header.Columns))
-    reduce = 0
-    while reduce < levels and longest >> (reduce + 1) >= size:  # the codec halves each level
-        reduce += 1
     picture = PILImage.open(io.BytesIO(codestream))
-    picture.reduce = reduce
+    picture.reduce = reduction(levels, max(int(header.Rows), int(header.Columns)), size)
     picture.load()
     if picture.mode in ("RGB", "L"):  # colour (inverse MCT done by OpenJPEG), or 8-bit grey
         array = np.asarray(picture)
@@ -165,9 +203,20 @@ def _jpeg_2000(handle: BinaryIO, header: Dataset, frame: int, size: int) -> PILI
     else:  # I;16: Pillow scales the values to 16 bits, then moves signed ones up by 2^15: undone
         array = np.asarray(picture).astype(np.int32)
         array = ((array - 32768) if signed else array) >> (16 - precision)
+        if precision <= 16:  # back to a word type, so the display table applies
+            array = array.astype(np.int16 if signed else np.uint16)
     if array.ndim == 3:
         return PILImage.fromarray(array.astype(np.uint8), "RGB")
     return _display(array, dataset)
+
+
+def reduction(levels: int, longest: int, size: int = PREVIEW_SIZE) -> int:
+    """How many of a codestream's `levels` the decoder may skip and still give `size` px or more
+    on the longest side: each level skipped halves the picture."""
+    reduce = 0
+    while reduce < levels and longest >> (reduce + 1) >= size:
+        reduce += 1
+    return reduce
 
 
 def _codestream_levels(codestream: bytes) -> tuple[int, int, bool]:
@@ -189,8 +238,9 @@ def _codestream_levels(codestream: bytes) -> tuple[int, int, bool]:
     return levels, precision, signed
 
 
-def _display(pixels: np.ndarray, dataset: Dataset) -> PILImage.Image:
-    """Stored values to what a screen shows, as an 8-bit picture."""
+def _display(pixels: np.ndarray, dataset: Dataset, stored_bits: int | None = None) -> PILImage.Image:
+    """Stored values to what a screen shows, as an 8-bit picture; `stored_bits`: `pixels` are the
+    file's unsigned words, of which that many low bits hold the value (signed by PixelRepresentation)."""
     photometric = str(dataset.get("PhotometricInterpretation") or "MONOCHROME2").upper()
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, dataset)
@@ -206,18 +256,24 @@ def _display(pixels: np.ndarray, dataset: Dataset) -> PILImage.Image:
         return _through_luts(pixels, dataset, inverted)
     slope = float(dataset.get("RescaleSlope") or 1.0)
     intercept = float(dataset.get("RescaleIntercept") or 0.0)
-    window = _window(dataset)
-    if window is None:
-        window = _own_range(pixels, slope, intercept)
-    center, width = window
     function = str(dataset.get("VOILUTFunction") or "LINEAR").upper()
     if pixels.dtype in (np.uint8, np.int8, np.uint16, np.int16):
-        table = _table(pixels.dtype.str, slope, intercept, center, width, function, inverted)
-        offset = 0 if pixels.dtype.kind == "u" else 1 << (pixels.dtype.itemsize * 8 - 1)
-        indexes = pixels.astype(np.int32) + offset if offset else pixels
-        return PILImage.fromarray(table[indexes], "L")
+        bits = pixels.dtype.itemsize * 8
+        if stored_bits is None:  # decoded by pydicom: the values are whole words of their type
+            stored_bits, signed = bits, pixels.dtype.kind == "i"
+        else:
+            signed = int(dataset.get("PixelRepresentation") or 0) == 1
+        words = pixels.view(np.uint16 if bits == 16 else np.uint8)
+        window = _window(dataset)
+        if window is None:
+            window = _own_range(_stored_values(bits, stored_bits, signed), words, slope, intercept)
+        table = _table(bits, stored_bits, signed, slope, intercept, *window, function, inverted)
+        return PILImage.fromarray(np.take(table, words), "L")  # take: about twice as fast as table[words]
+    window = _window(dataset)
+    if window is None:
+        window = _own_range(None, pixels, slope, intercept)
     values = pixels.astype(np.float64) * slope + intercept
-    return PILImage.fromarray(_voi(values, center, width, function, inverted), "L")
+    return PILImage.fromarray(_voi(values, *window, function, inverted), "L")
 
 
 def _window(dataset: Dataset) -> tuple[float, float] | None:
@@ -234,21 +290,39 @@ def _window(dataset: Dataset) -> tuple[float, float] | None:
     return USUAL_WINDOWS.get(str(dataset.get("Modality") or ""))
 
 
-def _own_range(pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
-    """A window over the image's own values, its darkest and brightest half percent left out."""
+def _own_range(values: np.ndarray | None, pixels: np.ndarray, slope: float, intercept: float) -> tuple[float, float]:
+    """A window over the image's own values, its darkest and brightest half percent left out;
+    `values`: the stored value of each word, when `pixels` are words."""
     sample = pixels[:: max(1, pixels.shape[0] // 256), :: max(1, pixels.shape[1] // 256)]
+    if values is not None:
+        sample = np.take(values, sample)
     low, high = np.percentile(sample, (0.5, 99.5)) * slope + intercept
     return (low + high) / 2, max(float(high - low), 1.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _stored_values(bits: int, stored: int, signed: bool) -> np.ndarray:
+    """The value every word of `bits` holds: its low `stored` bits, two's complement if signed."""
+    values = np.arange(1 << bits, dtype=np.int64) & ((1 << stored) - 1)
+    if signed:
+        values = np.where(values >= 1 << (stored - 1), values - (1 << stored), values)
+    return values.astype(np.float64)
+
+
 @functools.lru_cache(maxsize=64)
-def _table(dtype: str, slope: float, intercept: float, center: float, width: float, function: str, inverted: bool):
-    """Display byte for every stored value of the type (one indexing pass a frame, not float
-    arithmetic on every pixel); signed values are looked up from their value + 2^(bits-1)."""
-    kind = np.dtype(dtype)
-    low = int(np.iinfo(kind).min)
-    stored = np.arange(low, int(np.iinfo(kind).max) + 1, dtype=np.float64)
-    return _voi(stored * slope + intercept, center, width, function, inverted)
+def _table(
+    bits: int,
+    stored: int,
+    signed: bool,
+    slope: float,
+    intercept: float,
+    center: float,
+    width: float,
+    function: str,
+    inverted: bool,
+) -> np.ndarray:
+    """Display byte for every word of `bits` (one lookup a pixel, not float arithmetic on each)."""
+    return _voi(_stored_values(bits, stored, signed) * slope + intercept, center, width, function, inverted)
 
 
 def _voi(values: np.ndarray, center: float, width: float, function: str, inverted: bool) -> np.ndarray:
