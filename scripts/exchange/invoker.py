@@ -93,7 +93,7 @@ class NewNamedFile:
                 why = "no such folder" if error.errno == errno.ENOENT else error.strerror
                 raise type(error)(error.errno, why, str(self.path.parent)) from None
             try:
-                if _exists(self.dir_fd, self.name):
+                if safefs.exists(self.dir_fd, self.name):
                     raise FileExistsError(errno.EEXIST, "exists; never replaced (name a new file)", str(self.path))
                 self.file: safefs.NewFile | None = safefs.NewFile.create(self.dir_fd, mode)
             except FileExistsError:
@@ -131,11 +131,3 @@ class NewNamedFile:
                 self.file = None
         finally:
             os.close(self.dir_fd)
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True

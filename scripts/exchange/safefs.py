@@ -115,6 +115,15 @@ class NewFile:
         os.close(self.fd)
 
 
+def exists(dir_fd: int, name: str) -> bool:
+    """Whether anything, a link included (never followed), has this name in the folder."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def remove_if_same(dir_fd: int, name: str, fd: int) -> bool:
     """Unlink `name` only if it is still the open file `fd` (someone may have put another there)."""
     try:

@@ -124,7 +124,7 @@ def _sheet(layout: Layout, account: str, folder: Path, medium: str, files: list,
     where = f"{layout.contact_sheets_dir()}/{account}/{name}"
     target = _account_folder(layout, account, staff)
     try:
-        if _exists(target, name):
+        if safefs.exists(target, name):
             return SheetNote(medium, "made", where)
         with contextlib.ExitStack() as keep:
             report = inspect_media(folder / medium, layout.policy.accounts.max_folder_depth, None, keep=keep)
@@ -162,14 +162,6 @@ def _account_folder(layout: Layout, account: str, staff: int) -> int:
         return safefs.make_dir(top, account, 0, staff, 0o750)
     finally:
         os.close(top)
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _write(dir_fd: int, name: str, data: bytes, staff: int, mtime_ns: int) -> None:
