@@ -516,6 +516,8 @@ def _teardown_directory(directory: Path) -> None:
         for _attempt in range(20):
             if subprocess.run(["umount", str(merged)], capture_output=True).returncode == 0:
                 break
+            if not os.path.ismount(merged):  # unmounted meanwhile by whoever else tore it down
+                break
             time.sleep(0.25)
         else:
             _run("umount", "--lazy", merged)
@@ -553,12 +555,15 @@ def down(name: str | None = None) -> list[str]:
 def reap_stale_sessions() -> list[str]:
     """Remove the hosts of test sessions whose process is gone (killed, or the machine lost power)."""
     reaped = []
-    for session in sorted(STATE_ROOT.glob(SESSION_PREFIX + "*")):
-        owner = session.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
-        if owner.isdigit() and Path(f"/proc/{owner}").exists():
-            continue
-        reaped += [f"{session.name}/{name}" for name in clear(session)]
-        shutil.rmtree(session, ignore_errors=True)
+    # Sessions start together (one per xdist worker): one reaper at a time, or two tear down
+    # the same stale host and the second trips over the first's unmount.
+    with _locked(STATE_ROOT / "reap.lock"):
+        for session in sorted(STATE_ROOT.glob(SESSION_PREFIX + "*")):
+            owner = session.name.removeprefix(SESSION_PREFIX).split("-", 1)[0]
+            if owner.isdigit() and Path(f"/proc/{owner}").exists():
+                continue
+            reaped += [f"{session.name}/{name}" for name in clear(session)]
+            shutil.rmtree(session, ignore_errors=True)
     return reaped
 
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,31 @@ def test_a_host_of_its_own_network(boot_host):
     host.ssh("apt-get -q update")
     testhost.shutdown(host)
     assert network_left(network) == []
+
+
+def _reap_after(barrier: threading.Barrier, errors: list) -> None:
+    barrier.wait()
+    try:
+        testhost.reap_stale_sessions()
+    except Exception as exc:  # noqa: BLE001 (reported by the test, with its message)
+        errors.append(exc)
+
+
+def test_two_sessions_starting_together_reap_a_stale_one_once():
+    """Two xdist workers start at once and both find the same stale session: its mounted root
+    is unmounted by one of them, and neither fails on the other's work (CI once did)."""
+    barrier = threading.Barrier(2)
+    for _round in range(5):
+        stale = testhost.STATE_ROOT / f"{testhost.SESSION_PREFIX}999999999-stale"
+        merged = stale / "host" / "root"
+        merged.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "stale", str(merged)], check=True)
+        errors = []
+        reapers = [threading.Thread(target=_reap_after, args=(barrier, errors)) for _ in range(2)]
+        for reaper in reapers:
+            reaper.start()
+        for reaper in reapers:
+            reaper.join()
+        assert not errors, errors
+        assert not stale.exists()
+        assert str(merged) not in Path("/proc/mounts").read_text()
