@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # What this machine needs to boot test hosts and talk to them.
 APT_PACKAGES := debootstrap systemd-container python3-venv openssh-client dcmtk dicom3tools zip unzip chromium \
-    libopenjp2-tools
+    libopenjp2-tools orthanc
 
 LINTED := scripts roles tests bench inventory deploy.py config.py fabfile.py
 
