@@ -68,6 +68,11 @@ class Layout:
         one folder per account, for staff, under the same retention as everything else."""
         return f"{self.root}/{paths.CONTACT_SHEETS}"
 
+    def pacs_retrieve_dir(self) -> str:
+        """Root's own (0700): a study retrieved from PACS waits here until it is packaged, on the
+        tree's disk (a study may be gigabytes), out of every account's and staff's reach."""
+        return f"{self.root}/{paths.PACS_RETRIEVE}"
+
     def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
         staff = self.policy.accounts.staff_group
         return {
@@ -76,6 +81,7 @@ class Layout:
             self.kind_dir("link"): ("root", staff, "0750"),
             self.ended_links_dir(): ("root", staff, "2750"),
             self.contact_sheets_dir(): ("root", staff, "2750"),
+            self.pacs_retrieve_dir(): ("root", "root", "0700"),
         }
 
     def observe_params(self, names: list[str]) -> dict:

@@ -11,6 +11,7 @@ is `exchange.layout.Layout`.
 DEFAULT_EXCHANGE_ROOT = "/srv/exchange"  # the policy's accounts.root unless it names another
 ENDED_LINKS = "ended-links"  # in the tree: uploads of ended link accounts, held for staff
 CONTACT_SHEETS = "contact-sheets"  # in the tree: the upload notices' contact sheets, for staff
+PACS_RETRIEVE = "pacs-retrieve"  # in the tree, root's: a study from PACS waits here until packaged
 
 # -- configuration the deploy installs (root's, read by the tools) ---------------------------
 CONFIG_DIR = "/etc/imaging-exchange"
@@ -51,6 +52,7 @@ OUTBOX_DIR = "/var/spool/imaging-exchange/outbox"  # the outbox transport's defa
 TOOL_RUN_DIR = "/run/imaging-exchange"
 PURGE_LOCK = "purge.lock"  # in TOOL_RUN_DIR
 ACCOUNT_LOCK = "accounts.lock"  # in TOOL_RUN_DIR
+PACS_RETRIEVE_LOCK = "pacs-retrieve.lock"  # in TOOL_RUN_DIR: one retrieve at a time (one retrieve port)
 
 # -- logs -------------------------------------------------------------------------------------
 # The one way into the audit log: rsyslog's socket here stamps every record with the sender's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import zoneinfo
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -136,6 +138,86 @@ EmailTransport = Annotated[SmtpTransport | OutboxTransport, Field(discriminator=
 SmsTransport = Annotated[HttpSmsTransport | OutboxTransport, Field(discriminator="transport")]
 
 
+_AE_TITLE = re.compile(r"^[!-\[\]-~](?:[ -\[\]-~]{0,14}[!-\[\]-~])?$")
+_NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
+
+
+def _ae_title(value: str) -> str:
+    # DICOM PS3.5: 1-16 characters of the default repertoire, no backslash or control
+    # characters; leading and trailing spaces do not count, so none are allowed here.
+    if not _AE_TITLE.match(value):
+        raise ValueError("must be a DICOM AE title: 1-16 letters, digits or signs, no backslash, no outer spaces")
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.match(value):
+        raise ValueError("must be a short name for the command line: a-z, 0-9 and -, 2-32 characters, e.g. main-pacs")
+    return value
+
+
+AeTitle = Annotated[str, AfterValidator(_ae_title)]
+NodeName = Annotated[str, AfterValidator(_node_name)]
+
+
+class PacsNode(Part):
+    """One PACS the exchange talks DICOM to: it queries it (C-FIND), has studies sent to it
+    (C-MOVE to the exchange's own AE, or C-GET on the same association) and stores received
+    studies into it (C-STORE). The PACS must know the exchange's AE title (`Dicom.ae_title`),
+    and for C-MOVE its host and `Dicom.retrieve_port`, as a modality."""
+
+    ae_title: AeTitle
+    host: Text
+    port: int = Field(104, ge=1, le=65535)
+    # DICOM over TLS (PS3.15 Annex B): the PACS's certificate is verified against the system's
+    # CAs or `ca_file`, and its host name checked, as the e-mail transport does.
+    tls: bool = False
+    ca_file: str | None = None
+    # C-MOVE (the PACS connects back to the exchange's retrieve port) or C-GET (the images
+    # come back on the exchange's own association: no inbound connection at all).
+    retrieve: Literal["move", "get"] = "move"
+    timeout: float = Field(30, gt=0, le=600)  # per network step: connect, each response
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_needs_tls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not info.data.get("tls"):
+            raise ValueError("is only used with tls: true (the PACS's certificate is verified against it)")
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise ValueError("must be an absolute path on the server")
+        return value
+
+
+class Dicom(Part):
+    """The exchange's own side of the DICOM network, and the PACS nodes it knows by name."""
+
+    ae_title: AeTitle = "IMAGINGEXCHANGE"
+    # Where a PACS delivers a C-MOVE: the exchange listens here only while it retrieves, and
+    # accepts only the PACS it asked and the study it asked for.
+    retrieve_port: int = Field(11112, ge=1, le=65535)
+    pacs: dict[NodeName, PacsNode] = Field(default_factory=dict)
+    default_pacs: NodeName | None = None  # for --pacs left out; a single node is the default anyway
+
+    @field_validator("default_pacs")
+    @classmethod
+    def _known_default(cls, value: str | None, info: ValidationInfo) -> str | None:
+        nodes = info.data.get("pacs") or {}
+        if value is not None and value not in nodes:
+            raise ValueError(f"names no PACS node; known: {', '.join(sorted(nodes)) or 'none'}")
+        return value
+
+    def node(self, name: str | None) -> tuple[str, PacsNode]:
+        """The node named (or the default one) with its name; SiteError says which exist."""
+        known = ", ".join(sorted(self.pacs)) or "none (set site.dicom.pacs in the inventory and deploy)"
+        if name is None:
+            name = self.default_pacs or (next(iter(self.pacs)) if len(self.pacs) == 1 else None)
+            if name is None:
+                raise SiteError(f"which PACS? name one with --pacs; known: {known}")
+        if name not in self.pacs:
+            raise SiteError(f"--pacs {name}: no PACS node of that name in the site data; known: {known}")
+        return name, self.pacs[name]
+
+
 class PublicSite(Part):
     """What recipients see of the site: the web page shows it too (scripts/exchange/portal)."""
 
@@ -215,6 +297,7 @@ class Site(PublicSite):
     # The web page's logo: a PNG or JPEG on the admin's machine (relative to the repository, or
     # absolute), checked by roles/settings.py and installed by roles/portal.py for the portal.
     logo: Text | None = None
+    dicom: Dicom = Field(default_factory=Dicom)  # the PACS nodes; none: `exchange pacs` says so
 
     @field_validator("viewer_dir")
     @classmethod

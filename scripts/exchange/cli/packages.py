@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 from pathlib import Path
@@ -19,7 +20,12 @@ app = base.ExchangeApp()  # its commands join the top level
 @app.command("package")
 def package(
     to: Annotated[str, typer.Option("--to", help="The partner or link account whose download folder gets the zip.")],
-    paths: Annotated[list[Path], typer.Argument(help="DICOM files, folders, or received media (a folder or zip).")],
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="DICOM files, folders, or received media (a folder or zip); or a study in PACS: --accession."
+        ),
+    ] = None,
     label: Annotated[str, typer.Option("--label", help="A title for the package and its file name.")] = "",
     viewer: Annotated[
         Path | None, typer.Option("--viewer", help="Viewer folder to include (default: the site's viewer_dir).")
@@ -30,25 +36,60 @@ def package(
     allow_multiple_patients: Annotated[
         bool, typer.Option("--allow-multiple-patients", help="Allow images of more than one patient in one package.")
     ] = False,
+    accession: Annotated[
+        str | None, typer.Option("--accession", help="Retrieve the study of this accession number from PACS.")
+    ] = None,
+    study_uid: Annotated[
+        str | None, typer.Option("--study-uid", help="Retrieve the study of this Study Instance UID from PACS.")
+    ] = None,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="Retrieve this patient's studies from PACS (with --date).")
+    ] = None,
+    date: Annotated[
+        str | None, typer.Option("--date", help="With --patient-id: YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD.")
+    ] = None,
+    pacs: Annotated[
+        str | None, typer.Option("--pacs", help="The PACS node of the site data (default: the only or default one).")
+    ] = None,
+    take_all: Annotated[
+        bool, typer.Option("--all", help="Retrieve every study that matches, into one package.")
+    ] = False,
 ) -> None:
-    """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder."""
+    """Pack DICOM studies into one zip (DICOMDIR, viewer, README) in an account's download folder:
+    files and folders named here, or a study retrieved from PACS (--accession, --study-uid, or
+    --patient-id with --date; several matches are listed and refused unless --study-uid or --all)."""
     from exchange.dicom.package import download_folder, link_end, make_package
     from exchange.invoker import invoker
 
+    from_pacs = any(option is not None for option in (accession, study_uid, patient_id, date, pacs)) or take_all
+    if from_pacs and paths:
+        raise base.fail("name DICOM files or a study in PACS (--accession ...), not both; nothing was packaged", 2)
+    if not from_pacs and not paths:
+        raise base.fail("name the DICOM files or folders to pack, or a study in PACS (--accession A123, ...)", 2)
     tools = base.tools("package")
     who = invoker()  # what staff name is read with their rights, the site's viewer folder with root's
-    # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package is removed.
+    # A stop by SIGTERM unwinds like Ctrl-C, so the half-written package (and a retrieve) is removed.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     folder = download_folder(tools.policy, to)
     viewer_who = who if viewer is not None else None
     viewer = viewer or (Path(tools.site.viewer_dir) if tools.site.viewer_dir else None)
     link_ends = link_end(to)
     with _progress() as progress:
-        made = make_package(
-            tools.policy, tools.messages, to, folder, paths, label=label, viewer=viewer, strict=strict,
-            allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
-            who=who, viewer_who=viewer_who,
-        )  # fmt: skip
+
+        def pack(sources: list[Path], sources_who):
+            return make_package(
+                tools.policy, tools.messages, to, folder, sources, label=label, viewer=viewer, strict=strict,
+                allow_multiple_patients=allow_multiple_patients, progress=progress, link_ends=link_ends,
+                who=sources_who, viewer_who=viewer_who,
+            )  # fmt: skip
+
+        if from_pacs:
+            from exchange.pacs.query import StudyQuery
+
+            query = StudyQuery(accession=accession, study_uid=study_uid, patient_id=patient_id, date=date)
+            made = _from_pacs(tools, to, query, pacs, take_all, progress, pack)
+        else:
+            made = pack(paths, who)
     for label_ in made.scan.not_dicom:
         typer.echo(f"skipped (not DICOM): {label_}", err=True)
     for line in made.scan.duplicates:
@@ -58,6 +99,26 @@ def package(
     studies = sum(len(p.studies) for p in made.tree.patients.values())
     typer.echo(f"packed {made.files} files of {studies} studies into {made.path} ({made.bytes} bytes)")
     typer.echo(f"  sha256 {made.sha256}")
+
+
+def _from_pacs(tools: base.Tools, to: str, query, pacs: str | None, take_all: bool, progress, pack):
+    """Find, list, retrieve into root's workspace and pack; the one audit line says how it ended."""
+    from exchange.layout import Layout
+    from exchange.pacs import fetch
+
+    dicom = tools.site.dicom
+    say = functools.partial(typer.echo, err=True)
+    name, matches = fetch.studies_to_retrieve(dicom, pacs, query, take_all, say)
+    got = []
+    try:
+        with fetch.retrieved(Layout(tools.policy), dicom, name, matches, progress, say) as (path, got):
+            made = pack([path], None)  # root's own folder: read with root's rights
+    except BaseException as error:  # refused, failed, Ctrl-C or SIGTERM: the trail says so too
+        outcome = "interrupted" if isinstance(error, KeyboardInterrupt | SystemExit) else "failed"
+        fetch.audit_retrieve(dicom, name, query, to, matches, got, outcome, untrusted.printable(error))
+        raise
+    fetch.audit_retrieve(dicom, name, query, to, matches, got, "packaged", str(made.path))
+    return made
 
 
 @app.command("inspect")
@@ -156,13 +217,16 @@ def _contact_sheet(sheet_file, report, tree, path: Path, who) -> bool:
 def _progress():
     """A progress bar on a terminal, plain lines otherwise; yields progress(stage, done, total)."""
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+        from rich.filesize import decimal
+        from rich.progress import BarColumn, Progress, TextColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
-            task = bar.add_task("reading headers", total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}")) as bar:
+            task = bar.add_task("reading headers", total=None, amount="")
 
             def update(stage: str, done: int, total: int) -> None:
-                bar.update(task, description=stage, completed=done, total=total or None)
+                # Packing counts bytes; previews and a retrieve from PACS count images.
+                amount = f"{decimal(done)} of {decimal(total)}" if stage == "packing" else f"{done} of {total}"
+                bar.update(task, description=stage, completed=done, total=total or None, amount=amount if total else "")
 
             yield update
         return

@@ -14,11 +14,11 @@ import json
 import os
 import secrets
 import smtplib
-import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from exchange import tls
 from exchange.errors import ExchangeError
 from exchange.messaging.messages import Email
 from exchange.site import HttpSmsTransport, OutboxTransport, Site, SmtpTransport
@@ -41,16 +41,10 @@ def _mime(site: Site, message: Email) -> email.message.EmailMessage:
     return mime
 
 
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 def _smtp(transport: SmtpTransport, mime: email.message.EmailMessage) -> None:
     where = f"smtp {transport.host}:{transport.port}"
     try:
-        context = _tls_context(transport.ca_file)
+        context = tls.client_context(transport.ca_file)
         if transport.security == "tls":
             client = smtplib.SMTP_SSL(transport.host, transport.port, timeout=transport.timeout, context=context)
         else:
@@ -101,7 +95,7 @@ def _http_sms(transport: HttpSmsTransport, phone: str, text: str) -> None:
     )
     where = f"SMS gateway {transport.url}"
     try:
-        context = _tls_context(transport.ca_file) if transport.url.startswith("https:") else None
+        context = tls.client_context(transport.ca_file) if transport.url.startswith("https:") else None
         with urllib.request.urlopen(request, timeout=transport.timeout, context=context) as response:
             response.read(65536)
     except urllib.error.HTTPError as exc:

@@ -1,0 +1,1 @@
+"""DICOM networking with the hospital's PACS (pynetdicom): query, retrieve, store."""
