@@ -6,6 +6,9 @@
     fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
     fab -H staff-jdoe@exchange01 partner-credentials cardiology
     fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa --paths /data/export/ct-thorax [--paths ...] [--label "CT thorax"]
+    fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa --accession A123 [--pacs main] [--study-uid ...] [--all]
+    fab -H staff-jdoe@exchange01 pacs-echo main
+    fab -H staff-jdoe@exchange01 pacs-find --accession A123 [--pacs main]
 
 Each task runs the same `exchange` command on the server that staff may run there by hand
 (members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
@@ -78,6 +81,20 @@ def partner_credentials(c, name):
     _exchange(c, "partner", "credentials", name)
 
 
+_STUDY_IN_PACS = {
+    "accession": "retrieve the study of this accession number from PACS (instead of --paths)",
+    "study-uid": "retrieve the study of this Study Instance UID from PACS",
+    "patient-id": "retrieve this patient's studies from PACS (with --date)",
+    "date": "with --patient-id: YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD",
+    "pacs": "the PACS node of the site data (default: the only or default one)",
+}
+
+
+def _study_in_pacs(accession: str, study_uid: str, patient_id: str, date: str, pacs: str) -> list[str]:
+    named = {"--accession": accession, "--study-uid": study_uid, "--patient-id": patient_id, "--date": date}
+    return [part for option, value in {**named, "--pacs": pacs}.items() if value for part in (option, value)]
+
+
 @task(
     iterable=["paths"],
     help={
@@ -88,12 +105,20 @@ def partner_credentials(c, name):
         "viewer": "a viewer folder on the server (default: the site's)",
         "strict": "refuse non-DICOM files and duplicates instead of skipping them",
         "allow-multiple-patients": "allow images of more than one patient",
+        **_STUDY_IN_PACS,
+        "all": "retrieve every study that matches, into one package",
     },
 )
-def package(c, to, paths=None, label="", viewer="", strict=False, allow_multiple_patients=False):
-    """Pack DICOM studies on the server into one zip in an account's download folder."""
-    if not paths:
-        raise Exit("package: name what to pack with --paths (once per file or folder)", code=2)
+def package(
+    c, to, paths=None, label="", viewer="", strict=False, allow_multiple_patients=False,
+    accession="", study_uid="", patient_id="", date="", pacs="", all=False,  # noqa: A002 (the CLI's --all)
+):  # fmt: skip
+    """Pack DICOM studies on the server, or a study retrieved from PACS, into one zip in an account's download folder."""
+    from_pacs = _study_in_pacs(accession, study_uid, patient_id, date, pacs)
+    if not paths and not from_pacs:
+        raise Exit("package: name what to pack with --paths (once per file or folder), or --accession ...", code=2)
+    if paths and from_pacs:
+        raise Exit("package: --paths or a study in PACS (--accession ...), not both", code=2)
     args = ["package", "--to", to]
     if label:
         args += ["--label", label]
@@ -103,4 +128,19 @@ def package(c, to, paths=None, label="", viewer="", strict=False, allow_multiple
         args.append("--strict")
     if allow_multiple_patients:
         args.append("--allow-multiple-patients")
+    if from_pacs:
+        _exchange(c, *args, *from_pacs, *(["--all"] if all else []))
+        return
     _exchange(c, *args, "--", *paths)  # after "--": a path is never read as an option
+
+
+@task
+def pacs_echo(c, name):
+    """C-ECHO to a PACS node of the site data: does it answer, and does it know this exchange?"""
+    _exchange(c, "pacs", "echo", name)
+
+
+@task(help=_STUDY_IN_PACS)
+def pacs_find(c, accession="", study_uid="", patient_id="", date="", pacs=""):
+    """List the studies PACS has for an accession number, a study UID, or a patient."""
+    _exchange(c, "pacs", "find", *_study_in_pacs(accession, study_uid, patient_id, date, pacs))

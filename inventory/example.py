@@ -65,6 +65,12 @@ exchange_servers = (
             # "logo": "inventory/logo.png",
             "accent_colour": "#005a8c",
             # "sftp_port": 22,  # what partners put in their SFTP client; default: sshd_port
+            # The hospital's PACS (docs/admins.md#pacs-nodes): staff package studies straight from it.
+            "dicom": {
+                "ae_title": "IMAGINGEXCH",  # the PACS knows this AE, the server and retrieve_port
+                "retrieve_port": 11112,
+                "pacs": {"main": {"ae_title": "PACS01", "host": "pacs01.radiology.example.org", "port": 104}},
+            },
             "staff_mailbox": "radiologie-balie@radiology.example.org",
             "staff_language": "nl",
             "email": {

@@ -32,3 +32,20 @@ def test_package_without_paths_stops_before_the_server(monkeypatch):
     with pytest.raises(Exit) as stopped:
         server_command(monkeypatch, "package", "--to", "link-k7m2p9qa")
     assert stopped.value.code == 2 and "--paths" in str(stopped.value.message)
+
+
+def test_package_from_pacs_passes_the_study_named(monkeypatch):
+    args = server_command(
+        monkeypatch, "package", "--to", "link-k7m2p9qa", "--accession", "A 123", "--pacs", "main", "--all"
+    )
+    assert args == ["package", "--to", "link-k7m2p9qa", "--accession", "A 123", "--pacs", "main", "--all"]
+    with pytest.raises(Exit) as stopped:
+        server_command(monkeypatch, "package", "--to", "link-k7m2p9qa", "--accession", "A1", "--paths", "/data/ct")
+    assert stopped.value.code == 2 and "not both" in str(stopped.value.message)
+
+
+def test_pacs_tasks_run_the_pacs_commands(monkeypatch):
+    assert server_command(monkeypatch, "pacs-echo", "main") == ["pacs", "echo", "main"]
+    assert server_command(monkeypatch, "pacs-find", "--patient-id", "P1", "--date", "2026-01-01") == [
+        "pacs", "find", "--patient-id", "P1", "--date", "2026-01-01",
+    ]  # fmt: skip

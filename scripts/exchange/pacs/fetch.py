@@ -4,7 +4,6 @@ choice among several, the retrieve into root's workspace, and the one audit line
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from exchange.layout import Layout
 from exchange.pacs import workspace
 from exchange.pacs.network import PacsError, describe
 from exchange.pacs.query import StudyMatch, StudyQuery, find_studies
-from exchange.pacs.retrieve import Retrieved, retrieve_study
+from exchange.pacs.retrieve import Retrieved, retrieve_studies
 from exchange.site import Dicom
 
 
@@ -65,13 +64,12 @@ def retrieved(
     say: Callable[[str], None],
 ) -> Iterator[tuple[Path, list[Retrieved]]]:
     """The studies retrieved into root's workspace, which is gone again when this ends."""
-    node = dicom.pacs[name]
+
+    def study_progress(number: int, done: int, total: int) -> None:
+        progress("retrieving from PACS" + (f" ({number} of {len(matches)})" if len(matches) > 1 else ""), done, total)
+
     with workspace.retrieve_folder(layout, say) as (path, folder):
-        got = []
-        for number, match in enumerate(matches, start=1):
-            stage = "retrieving from PACS" + (f" ({number} of {len(matches)})" if len(matches) > 1 else "")
-            got.append(retrieve_study(name, node, dicom, match, folder, functools.partial(progress, stage)))
-        yield path, got
+        yield path, retrieve_studies(name, dicom.pacs[name], dicom, matches, folder, study_progress)
 
 
 def audit_retrieve(

@@ -84,9 +84,12 @@ class StudyQuery:
         keys.StudyInstanceUID = self.study_uid or ""
         keys.PatientID = self.patient_id or ""
         keys.StudyDate = self.dicom_date() if self.date else ""
+        # Only what a PACS keeps in its study index: asking for more makes some (Orthanc) read an
+        # image file for every match, slow, and a failed C-FIND if one file is unreadable.
         for returned in (
-            "PatientName", "PatientBirthDate", "IssuerOfPatientID", "StudyTime", "StudyDescription",
+            "PatientName", "PatientBirthDate", "StudyTime", "StudyDescription",
             "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+            "SOPClassesInStudy",
         ):  # fmt: skip
             setattr(keys, returned, "")
         return keys
@@ -106,6 +109,7 @@ class StudyMatch:
     description: str
     series: int | None
     instances: int | None  # NumberOfStudyRelatedInstances: what a complete retrieve brings
+    sop_classes: tuple[str, ...] = ()  # SOPClassesInStudy, where the PACS answers it: what C-GET must take
 
     @classmethod
     def from_answer(cls, answer: Dataset) -> StudyMatch:
@@ -132,6 +136,7 @@ class StudyMatch:
             description=text("StudyDescription"),
             series=count("NumberOfStudyRelatedSeries"),
             instances=count("NumberOfStudyRelatedInstances"),
+            sop_classes=tuple(uid for uid in text("SOPClassesInStudy").split("\\") if STUDY_UID.match(uid)),
         )
 
 
