@@ -197,6 +197,11 @@ class Dicom(Part):
     retrieve_port: int = Field(11112, ge=1, le=65535)
     pacs: dict[NodeName, PacsNode] = Field(default_factory=dict)
     default_pacs: NodeName | None = None  # for --pacs left out; a single node is the default anyway
+    # DICOM over TLS: the exchange shows this certificate to a PACS with `tls: true` (as its
+    # client, and as the C-MOVE destination the PACS connects to); default: the server's own,
+    # which the web page uses too (roles/portal.py).
+    certificate: str = paths.TLS_CERTIFICATE
+    certificate_key: str = paths.TLS_CERTIFICATE_KEY
 
     @field_validator("default_pacs")
     @classmethod

@@ -4,6 +4,7 @@ study-level find, retrieve by C-MOVE and C-GET into a folder, and every refusal 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from exchange.policy import load_policy
 from exchange.site import Dicom, PacsNode
 from roles import REPO
 from tests.dicom_synth import clone
+from tests.messaging import make_ca
 from tests.pacs import OrthancPacs, PortReservation, no_listener
 
 OWN_AE = "EXCHANGE-UNIT"
@@ -65,7 +67,10 @@ def test_echo_answers_and_a_stranger_or_a_dead_port_is_named(pacs):
     stranger = Dicom(ae_title="NOBODY", pacs=dicom.pacs)
     with pytest.raises(network.PacsError, match="refused the association: Calling AE title not recognised"):
         network.echo("main", dicom.pacs["main"], stranger)
-    with pytest.raises(network.PacsError, match="Called AE title not recognised .Rejected Permanent.; is WRONGCALLED the PACS's AE title"):
+    with pytest.raises(
+        network.PacsError,
+        match="Called AE title not recognised .Rejected Permanent.; is WRONGCALLED the PACS's AE title",
+    ):
         network.echo("main", dicom.pacs["main"].model_copy(update={"ae_title": "WRONGCALLED"}), dicom)
     with no_listener() as port, pytest.raises(network.PacsError, match="no DICOM association: .*Connection refused"):
         network.echo("main", dicom.pacs["main"].model_copy(update={"port": port}), dicom)
@@ -189,3 +194,43 @@ def test_a_workspace_others_could_reach_is_refused(tmp_path):
     with pytest.raises(workspace.WorkspaceError, match="must be root's own .root, 0700., is uid 0 mode 0755"):
         with workspace.retrieve_folder(layout, say=lambda line: None):
             pass
+
+
+def test_dicom_over_tls_both_ways_with_certificates_verified(tmp_path):
+    """With `tls: true` the exchange verifies the PACS's certificate (and name), shows its own,
+    and its C-MOVE destination takes only a PACS whose certificate its CA signed."""
+    ca, cert, key = make_ca(tmp_path)
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = make_ca(tmp_path / "other")
+    port = PortReservation()
+    tls = {
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(cert), "DicomTlsPrivateKey": str(key),
+        "DicomTlsTrustedCertificates": str(ca), "DicomTlsRemoteCertificateRequired": True,
+    }  # fmt: skip
+    modality = {"AET": OWN_AE, "Host": "127.0.0.1", "Port": port.port, "UseDicomTls": True}
+    try:
+        with OrthancPacs(modalities={"exchange": modality}, config=tls) as pacs:
+            pacs.add_study(tmp_path / "s", 2, accession="UNIT-TLS")
+            node = PacsNode(ae_title=pacs.aet, host="127.0.0.1", port=pacs.dicom_port, tls=True, ca_file=str(ca))
+            dicom = Dicom(
+                ae_title=OWN_AE, retrieve_port=port.port, pacs={"main": node}, certificate=str(cert),
+                certificate_key=str(key),
+            )  # fmt: skip
+            network.echo("main", node, dicom)
+            for method in ("move", "get"):
+                by = dicom.model_copy(update={"pacs": {"main": node.model_copy(update={"retrieve": method})}})
+                with tempfile.TemporaryDirectory() as into:
+                    descriptor = os.open(into, os.O_RDONLY | os.O_DIRECTORY)
+                    try:
+                        (got,) = retrieve_all(by, find(by, accession="UNIT-TLS"), descriptor)
+                    finally:
+                        os.close(descriptor)
+                assert got.instances == 2
+            with pytest.raises(network.PacsError, match="no DICOM association"):
+                network.echo("main", node.model_copy(update={"tls": False, "ca_file": None}), dicom)
+            with pytest.raises(network.PacsError, match="certificate verify failed"):
+                network.echo("main", node.model_copy(update={"ca_file": str(other_ca)}), dicom)
+            with pytest.raises(network.PacsError, match="cannot use the exchange's certificate /nonexistent"):
+                network.echo("main", node, dicom.model_copy(update={"certificate": "/nonexistent"}))
+    finally:
+        port.release()

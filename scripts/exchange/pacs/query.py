@@ -145,7 +145,7 @@ def find_studies(name: str, node: PacsNode, dicom: Dicom, query: StudyQuery) -> 
     ae = own_ae(dicom, node)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     matches: list[StudyMatch] = []
-    with association(name, node, ae) as assoc:
+    with association(name, node, dicom, ae) as assoc:
         for reply, answer in assoc.send_c_find(query.identifier(), StudyRootQueryRetrieveInformationModelFind):
             code = status_of(reply)
             if code in PENDING and answer is not None:

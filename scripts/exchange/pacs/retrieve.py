@@ -38,7 +38,17 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, St
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelMove
 
-from exchange.pacs.network import PENDING, SUCCESS, PacsError, association, describe, own_ae, status_of, status_text
+from exchange.pacs.network import (
+    PENDING,
+    SUCCESS,
+    PacsError,
+    association,
+    describe,
+    own_ae,
+    server_tls,
+    status_of,
+    status_text,
+)
 from exchange.pacs.query import StudyMatch
 from exchange.site import Dicom, PacsNode
 
@@ -199,8 +209,9 @@ class _Destination:
             scp.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         try:
             self.server = scp.start_server(
-                ("", dicom.retrieve_port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
-            )
+                ("", dicom.retrieve_port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+                ssl_context=server_tls(node, dicom) if node.tls else None,
+            )  # fmt: skip
         except OSError as error:
             raise PacsError(
                 f"cannot listen on the retrieve port {dicom.retrieve_port} for {describe(name, node)}: {error.strerror}"
@@ -226,7 +237,7 @@ def _destination(name: str, node: PacsNode, dicom: Dicom) -> Iterator[_Destinati
 def _move(name: str, node: PacsNode, dicom: Dicom, match: StudyMatch) -> Dataset | None:
     scu = own_ae(dicom, node)
     scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    with association(name, node, scu) as assoc:
+    with association(name, node, dicom, scu) as assoc:
         return _final(assoc.send_c_move(_identifier(match), dicom.ae_title, StudyRootQueryRetrieveInformationModelMove))
 
 
@@ -248,7 +259,7 @@ def _get(name: str, node: PacsNode, dicom: Dicom, match: StudyMatch, receiver: _
         role.sop_class_uid, role.scp_role = sop_class, True
         roles.append(role)
     handlers = [(evt.EVT_C_STORE, receiver.on_store)]
-    with association(name, node, scu, ext_neg=roles, evt_handlers=handlers) as assoc:
+    with association(name, node, dicom, scu, ext_neg=roles, evt_handlers=handlers) as assoc:
         return _final(assoc.send_c_get(_identifier(match), StudyRootQueryRetrieveInformationModelGet))
 
 
