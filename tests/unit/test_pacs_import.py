@@ -1,0 +1,364 @@
+"""`exchange import PATH --to-pacs NAME`: a received upload into a real PACS (Debian's Orthanc on
+loopback), inspected first, reconciled on request, duplicates skipped, every status kept, and the
+upload moved to imported/ only when all of it is in the PACS."""
+
+from __future__ import annotations
+
+import grp
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+
+from exchange.layout import Layout
+from exchange.pacs import importing
+from exchange.pacs.importing import ImportFailed, import_upload
+from exchange.pacs.reconcile import ReconcileError
+from exchange.policy import load_policy
+from exchange.site import parse_site
+from roles import REPO
+from tests.dicom_synth import ct_study
+from tests.sites import outbox_site
+
+EXCHANGE_AE = "EXCHANGE"
+
+
+# -- a PACS of our own until tests/pacs.py lands ----------------------------------------------
+
+# Orthanc 1.10.1 (Debian 12): a number returned stores the instance, a boolean refuses it with 0xA700.
+LUA = """
+function ReceivedCStoreInstanceFilter(dicom, origin, info)
+  local file = io.open(RULES, "r")
+  if file == nil then return 1 end
+  local rules = ParseJson(file:read("*a"))
+  file:close()
+  for _, uid in ipairs(rules["refuse"] or {}) do
+    if dicom["SOPInstanceUID"] == uid then return true end
+  end
+  return 1
+end
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Orthanc:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.dicom_port, self.http_port = _free_port(), _free_port()
+        self.rules = folder / "rules.json"
+        (folder / "filter.lua").write_text(f"RULES = {json.dumps(str(self.rules))}\n{LUA}")
+        config = {
+            "Name": "test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomAet": "TESTPACS", "DicomPort": self.dicom_port, "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False, "DicomCheckModalityHost": True,
+            "DicomModalities": {"exchange": [EXCHANGE_AE, "127.0.0.1", 11112]}, "LuaScripts": [str(folder / "filter.lua")],
+            "Plugins": [], "OrthancExplorerEnabled": False,
+        }  # fmt: skip
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.process = subprocess.Popen(
+            ["/usr/sbin/Orthanc", f"--logfile={folder / 'log'}", str(folder / "orthanc.json")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
+        for _ in range(500):
+            try:
+                self.http.get("/system").raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.02)
+        raise RuntimeError((folder / "log").read_text())
+
+    def count(self) -> int:
+        return self.http.get("/statistics").json()["CountInstances"]
+
+    def upload(self, paths) -> None:
+        for path in paths:
+            self.http.post("/instances", content=Path(path).read_bytes()).raise_for_status()
+
+    def instance_tags(self, sop_uid: str) -> dict:
+        (found,) = self.http.post("/tools/lookup", content=sop_uid).json()
+        return self.http.get(f"/instances/{found['ID']}/tags", params={"simplify": ""}).json()
+
+    def refuse_store(self, uids: list[str] = ()) -> None:
+        self.rules.write_text(json.dumps({"refuse": list(uids)}))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self.http.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc():
+    folder = Path(tempfile.mkdtemp(prefix="test-pacs-"))
+    pacs = Orthanc(folder)
+    yield pacs
+    pacs.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- the exchange side ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exchange(tmp_path, orthanc, monkeypatch):
+    """(layout, site's dicom) with partner alice's upload folder, the PACS as node "main"."""
+    monkeypatch.setattr(importing.paths, "TOOL_RUN_DIR", str(tmp_path / "run"))
+    policy = load_policy(REPO / "policies.yaml").policy
+    accounts = policy.accounts.model_copy(
+        update={"root": str(tmp_path / "srv"), "staff_group": grp.getgrgid(0).gr_name}
+    )
+    layout = Layout(policy.model_copy(update={"accounts": accounts}))
+    (Path(layout.chroot("partner", "alice")) / "upload").mkdir(parents=True)
+    node = {"ae_title": "TESTPACS", "host": "127.0.0.1", "port": orthanc.dicom_port, "timeout": 10}
+    dicom = {"ae_title": EXCHANGE_AE, "pacs": {"main": node}, "issuer_of_patient_id": "HOSPITAL"}
+    return layout, parse_site(outbox_site() | {"dicom": dicom}, "test").dicom
+
+
+def upload_of(layout: Layout, name: str) -> Path:
+    return Path(layout.chroot("partner", "alice")) / "upload" / name
+
+
+def zipped(folder: Path, zip_path: Path, extra: dict[str, bytes] | None = None) -> Path:
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(folder.rglob("*.dcm")):
+            archive.write(file, f"DICOM/{file.name}")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    shutil.rmtree(folder)
+    return zip_path
+
+
+def run(layout, dicom, path, **options):
+    said: list[str] = []
+    try:
+        return import_upload(layout, dicom, path, "main", None, say=said.append, **options), said
+    except BaseException as error:
+        error.said = said
+        raise
+
+
+def last_import(audit_socket) -> dict:
+    return [r for r in audit_socket.records() if r["event"] == "pacs-import"][-1]
+
+
+def test_a_folder_is_stored_every_instance_then_moved_to_imported(exchange, orthanc, audit_socket):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "ct-thorax"), 3, patient_id="SENDER-1")
+    uid, mtime = str(dcmread(files[0]).SOPInstanceUID), files[0].stat().st_mtime
+    before = orthanc.count()
+    done, said = run(layout, dicom, upload_of(layout, "ct-thorax"))
+    assert orthanc.count() == before + 3 and (done.stored, done.duplicates, done.failed) == (3, 0, [])
+    moved = Path(layout.imported_dir()) / "alice" / "ct-thorax"
+    assert done.moved_to == str(moved) and sorted(p.name for p in moved.iterdir()) == sorted(f.name for f in files)
+    assert not upload_of(layout, "ct-thorax").exists()
+    assert (moved.stat().st_mode & 0o777, (moved / files[0].name).stat().st_mode & 0o777) == (0o750, 0o640)
+    assert (moved / files[0].name).stat().st_mtime == mtime  # retention counts from the upload, as for ended links
+    record = last_import(audit_socket)
+    assert {k: record[k] for k in ("pacs", "account", "stored", "duplicates", "failed", "outcome", "reconciled")} == {
+        "pacs": "main", "account": "alice", "stored": 3, "duplicates": 0, "failed": 0, "outcome": "imported",
+        "reconciled": False,
+    }  # fmt: skip
+    assert record["patients"] == {"received": ["SENDER-1"], "local": None} and record["moved_to"] == str(moved)
+    assert orthanc.instance_tags(uid)["PatientID"] == "SENDER-1"
+
+
+def known_patient(orthanc: Orthanc, tmp_path: Path, local_id: str, name: str, birth_date: str) -> None:
+    """A study of the local patient already in the PACS (as the hospital's own images would be)."""
+    (path,) = ct_study(tmp_path / f"pacs-{local_id}", 1, patient_id=local_id)
+    dataset = dcmread(path)
+    dataset.PatientName, dataset.PatientBirthDate = name, birth_date
+    dataset.save_as(path)
+    orthanc.upload([path])
+
+
+def test_a_zip_reconciled_to_the_local_patient_keeps_the_received_id(exchange, orthanc, tmp_path, audit_socket):
+    layout, dicom = exchange
+    known_patient(orthanc, tmp_path, "LOCAL-1", "Synthetic^Patient", "19700101")
+    folder = tmp_path / "sent"
+    files = ct_study(folder, 2, patient_id="SENDER-2")
+    uids = sorted(str(dcmread(f).SOPInstanceUID) for f in files)
+    medium = zipped(folder, upload_of(layout, "disc.zip"))
+    before = orthanc.count()
+    done, said = run(layout, dicom, medium, patient_id="LOCAL-1")
+    assert orthanc.count() == before + 2 and done.stored == 2
+    tags = orthanc.instance_tags(uids[0])
+    assert (tags["PatientID"], tags["IssuerOfPatientID"]) == ("LOCAL-1", "HOSPITAL")
+    assert tags["OtherPatientIDsSequence"] == [{"PatientID": "SENDER-2", "TypeOfPatientID": "TEXT"}]
+    (original,) = tags["OriginalAttributesSequence"]
+    assert original["ReasonForTheAttributeModification"] == "COERCE" and original["ModifyingSystem"] == EXCHANGE_AE
+    assert original["ModifiedAttributesSequence"][0]["PatientID"] == "SENDER-2"
+    assert tags["PatientName"] == "Synthetic^Patient"  # the PACS's spelling: one patient record
+    assert Path(done.moved_to) == Path(layout.imported_dir()) / "alice" / "disc.zip" and not medium.exists()
+    assert any("filed as local patient LOCAL-1 (issuer HOSPITAL)" in line for line in said)
+    record = last_import(audit_socket)
+    assert record["patients"] == {"received": ["SENDER-2"], "local": "LOCAL-1"}
+    assert record["reconciled"] == {
+        "local_id": "LOCAL-1",
+        "received_id": "SENDER-2",
+        "known_to_pacs": True,
+        "forced": False,
+    }
+
+
+def test_a_name_or_birth_date_mismatch_is_refused_unless_forced(exchange, orthanc, tmp_path, audit_socket):
+    layout, dicom = exchange
+    known_patient(orthanc, tmp_path, "LOCAL-2", "OTHER^PERSON", "19800202")
+    files = ct_study(upload_of(layout, "mismatch"), 2, patient_id="SENDER-3")
+    before = orthanc.count()
+    with pytest.raises(ReconcileError) as refused:
+        run(layout, dicom, upload_of(layout, "mismatch"), patient_id="LOCAL-2")
+    assert refused.value.status == 2 and orthanc.count() == before  # nothing sent
+    message = str(refused.value)
+    assert "name: received SYNTHETIC^PATIENT, the PACS has OTHER^PERSON" in message
+    assert "birth date: received 19700101, the PACS has 19800202" in message and "--force-reconcile" in message
+    assert upload_of(layout, "mismatch").is_dir() and last_import(audit_socket)["outcome"] == "refused"
+    done, said = run(layout, dicom, upload_of(layout, "mismatch"), patient_id="LOCAL-2", force_reconcile=True)
+    assert orthanc.count() == before + 2 and done.reconciliation.forced
+    assert any(line.startswith("  FORCED (--force-reconcile) despite: name: received") for line in said)
+    tags = orthanc.instance_tags(str(dcmread(Path(done.moved_to) / files[0].name).SOPInstanceUID))
+    assert (tags["PatientID"], tags["PatientName"], tags["PatientBirthDate"]) == ("LOCAL-2", "OTHER^PERSON", "19800202")
+    assert last_import(audit_socket)["reconciled"]["forced"] is True
+
+
+def test_a_local_id_the_pacs_does_not_know_is_refused_unless_forced(exchange, orthanc):
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "unknown"), 1, patient_id="SENDER-4")
+    before = orthanc.count()
+    with pytest.raises(ReconcileError, match="the PACS knows no patient with ID NOBODY-9; nothing was sent"):
+        run(layout, dicom, upload_of(layout, "unknown"), patient_id="NOBODY-9")
+    assert orthanc.count() == before
+    done, _ = run(layout, dicom, upload_of(layout, "unknown"), patient_id="NOBODY-9", force_reconcile=True)
+    assert done.stored == 1 and not done.reconciliation.known
+
+
+def test_one_patient_only_with_a_patient_id(exchange, orthanc, tmp_path):
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "two") / "a", 1, patient_id="SENDER-5")
+    ct_study(upload_of(layout, "two") / "b", 1, patient_id="SENDER-6")
+    known_patient(orthanc, tmp_path, "LOCAL-5", "SYNTHETIC^PATIENT", "19700101")
+    with pytest.raises(ReconcileError, match="reconciles one patient.*patient IDs SENDER-5, SENDER-6"):
+        run(layout, dicom, upload_of(layout, "two"), patient_id="LOCAL-5")
+
+
+def test_what_the_pacs_holds_is_not_sent_twice(exchange, orthanc, tmp_path, audit_socket):
+    layout, dicom = exchange
+    files = ct_study(tmp_path / "elsewhere", 3, patient_id="SENDER-7")
+    orthanc.upload(files[:1])  # one of them came in by another way
+    before = orthanc.count()
+    done, said = run(layout, dicom, tmp_path / "elsewhere")
+    assert (done.stored, done.duplicates, orthanc.count()) == (2, 1, before + 2)
+    assert "  1 instances already in PACS main (TESTPACS at 127.0.0.1:" in said[1]
+    assert done.moved_to is None and (tmp_path / "elsewhere").is_dir()  # not an upload: imported, not moved
+    assert any("is not in an account's upload folder; it stays where it is" in line for line in said)
+    again, _ = run(layout, dicom, tmp_path / "elsewhere")
+    assert (again.stored, again.duplicates, orthanc.count()) == (0, 3, before + 2)
+    assert last_import(audit_socket)["outcome"] == "imported" and last_import(audit_socket)["account"] is None
+
+
+def test_a_zip_that_fails_inspection_is_never_sent(exchange, orthanc, tmp_path, audit_socket):
+    layout, dicom = exchange
+    folder = tmp_path / "bad"
+    ct_study(folder, 2, patient_id="SENDER-8")
+    medium = zipped(folder, upload_of(layout, "bad.zip"), extra={"../escape.txt": b"x"})
+    before = orthanc.count()
+    with pytest.raises(ImportFailed) as refused:
+        run(layout, dicom, medium)
+    assert refused.value.status == 1 and orthanc.count() == before and medium.exists()
+    assert "refused by inspection, nothing was sent" in str(refused.value) and "'..' in the path" in str(refused.value)
+    assert last_import(audit_socket)["outcome"] == "refused"
+
+
+def test_instances_the_pacs_rejects_leave_the_upload_and_say_how_to_finish(exchange, orthanc, audit_socket):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "rejected"), 3, patient_id="SENDER-9")
+    rejected = str(dcmread(files[1]).SOPInstanceUID)
+    orthanc.refuse_store([rejected])
+    before = orthanc.count()
+    try:
+        with pytest.raises(ImportFailed) as failed:
+            run(layout, dicom, upload_of(layout, "rejected"))
+    finally:
+        orthanc.refuse_store([])
+    message = str(failed.value)
+    assert failed.value.status == 1 and orthanc.count() == before + 2
+    assert "1 of 3 instances are not in the PACS (2 stored now, 0 there before)" in message
+    assert f"{files[1].name}: 0xA700 (Failure: Refused: Out of Resources)" in message
+    assert "The upload stays where it is" in message and "run the same command again" in message
+    assert any(line.startswith("  NOT STORED: ") and "0xA700" in line for line in failed.value.said)
+    assert upload_of(layout, "rejected").is_dir() and not Path(layout.imported_dir()).exists()
+    record = last_import(audit_socket)
+    assert (record["outcome"], record["stored"], record["failed"]) == ("incomplete", 2, 1)
+    done, _ = run(layout, dicom, upload_of(layout, "rejected"))  # the cause fixed: the rest goes, then it moves
+    assert (done.stored, done.duplicates, orthanc.count()) == (1, 2, before + 3) and done.moved_to
+
+
+def rewritten_after_inspection(monkeypatch, change) -> None:
+    """Inspection as usual, then the partner changes a file before it is sent."""
+    inspect = importing.inspect_media
+
+    def then_changed(*args, **kwargs):
+        report = inspect(*args, **kwargs)
+        change()
+        return report
+
+    monkeypatch.setattr(importing, "inspect_media", then_changed)
+
+
+@pytest.mark.parametrize("how", ["appended", "same size, another patient"])
+def test_a_file_changed_after_inspection_is_refused(exchange, orthanc, monkeypatch, how):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "changing"), 2, patient_id="SENDER-10")
+
+    def change():
+        if how == "appended":
+            with open(files[1], "ab") as file:
+                file.write(b"\0" * 16)
+        else:
+            data = files[1].read_bytes()
+            with open(files[1], "r+b") as file:  # rewritten in place: the inspected descriptor sees it
+                file.write(data.replace(b"SENDER-10", b"INTRUDER1"))
+
+    rewritten_after_inspection(monkeypatch, change)
+    before = orthanc.count()
+    with pytest.raises(ImportFailed) as failed:
+        run(layout, dicom, upload_of(layout, "changing"))
+    assert orthanc.count() == before + 1  # the first, as inspected; never the changed one
+    expected = (
+        "its size is now" if how == "appended" else "its PatientID is now 'INTRUDER1', 'SENDER-10' when inspected"
+    )
+    assert f"{files[1].name}: changed since it was inspected: " in str(failed.value) and expected in str(failed.value)
+    assert upload_of(layout, "changing").is_dir()
+
+
+def test_a_changed_zip_member_is_refused(exchange, orthanc, tmp_path, monkeypatch):
+    layout, dicom = exchange
+    folder = tmp_path / "z"
+    ct_study(folder, 1, patient_id="SENDER-11")
+    medium = zipped(folder, upload_of(layout, "changing.zip"))
+
+    def change():  # a byte of the deflated member's data: it fails its CRC when read again
+        data = bytearray(medium.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        with open(medium, "r+b") as file:
+            file.write(data)
+
+    rewritten_after_inspection(monkeypatch, change)
+    before = orthanc.count()
+    with pytest.raises(ImportFailed, match="changed since it was inspected: cannot be read as inspected"):
+        run(layout, dicom, medium)
+    assert orthanc.count() == before and medium.exists()
