@@ -6,6 +6,7 @@
     fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
     fab -H staff-jdoe@exchange01 partner-credentials cardiology
     fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa --paths /data/export/ct-thorax [--paths ...] [--label "CT thorax"]
+    fab -H staff-jdoe@exchange01 import /srv/exchange/partners/cardiology/upload/disc.zip --to-pacs main [--patient-id 1234567]
 
 Each task runs the same `exchange` command on the server that staff may run there by hand
 (members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
@@ -104,3 +105,22 @@ def package(c, to, paths=None, label="", viewer="", strict=False, allow_multiple
     if allow_multiple_patients:
         args.append("--allow-multiple-patients")
     _exchange(c, *args, "--", *paths)  # after "--": a path is never read as an option
+
+
+@task(
+    name="import",
+    help={
+        "path": "the received upload on the server (a zip or a folder), taken as given",
+        "to-pacs": "the PACS node of the site data to store it into",
+        "patient-id": "file it under this local patient ID (name and birth date checked against the PACS)",
+        "force-reconcile": "with --patient-id: file it even if name or birth date differ",
+    },
+)
+def import_upload(c, path, to_pacs, patient_id="", force_reconcile=False):
+    """Store a received upload into PACS (inspected first); moved to imported/ once all of it is there."""
+    args = ["import", "--to-pacs", to_pacs]
+    if patient_id:
+        args += ["--patient-id", patient_id]
+    if force_reconcile:
+        args.append("--force-reconcile")
+    _exchange(c, *args, "--", path)  # after "--": the path is never read as an option

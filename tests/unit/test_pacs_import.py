@@ -17,9 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from typer.testing import CliRunner
 
+from exchange import auditlog, imported
 from exchange.layout import Layout
-from exchange.pacs import importing
+from exchange.pacs import importing, reconcile
 from exchange.pacs.importing import ImportFailed, import_upload
 from exchange.pacs.reconcile import ReconcileError
 from exchange.policy import load_policy
@@ -153,6 +156,13 @@ def run(layout, dicom, path, **options):
 
 
 def last_import(audit_socket) -> dict:
+    """The last pacs-import record, once the receiver has read all that was sent before (a marker
+    of our own sent after them arrives after them)."""
+    marker = auditlog.audit_line("test-marker", n=len(audit_socket.messages))
+    auditlog.send(marker)
+    deadline = time.monotonic() + 5
+    while not any(marker in message for message in audit_socket.messages) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return [r for r in audit_socket.records() if r["event"] == "pacs-import"][-1]
 
 
@@ -362,3 +372,133 @@ def test_a_changed_zip_member_is_refused(exchange, orthanc, tmp_path, monkeypatc
     with pytest.raises(ImportFailed, match="changed since it was inspected: cannot be read as inspected"):
         run(layout, dicom, medium)
     assert orthanc.count() == before and medium.exists()
+
+
+@pytest.mark.parametrize(
+    ("received", "in_pacs", "same"),
+    [
+        ("DOE^JANE", "Doe^Jane", True),
+        ("Doe^ Jane ", "DOE^JANE^^^", True),
+        ("van  der Berg^Anna", "Van der Berg^Anna", True),
+        ("Doe^Jane^Marie", "Doe^Jane", True),  # a middle name counts where both have one
+        ("Doe^Jane^Marie", "Doe^Jane^Anne", False),
+        ("Doe^Jane^^Dr", "Doe^Jane^^^PhD", True),  # prefix and suffix are no part of who it is
+        ("Doe^Jane=ドウ^ジェーン", "Doe^Jane", True),  # the alphabetic group is compared
+        ("Doe^John", "Doe^Jane", False),
+        ("Jane^Doe", "Doe^Jane", False),
+        ("Ｄｏｅ^Jane", "Doe^Jane", True),  # compatibility forms (full-width) fold
+    ],
+)
+def test_names_compare_by_dicom_components_without_case_or_spacing(received, in_pacs, same):
+    assert reconcile.same_name(received, in_pacs) is same
+
+
+def test_coercion_keeps_what_it_replaces_and_the_ids_received_before():
+    dataset = Dataset()
+    dataset.PatientID, dataset.IssuerOfPatientID, dataset.PatientName = "S-1", "SENDER-HOSP", "Doe^Jane"
+    qualifiers = Dataset()
+    qualifiers.UniversalEntityID = "1.2.3"
+    dataset.IssuerOfPatientIDQualifiersSequence = [qualifiers]
+    earlier = Dataset()
+    earlier.PatientID, earlier.TypeOfPatientID = "OLD-7", "TEXT"
+    dataset.OtherPatientIDsSequence = [earlier]
+    plan = reconcile.Reconciliation("L-1", "S-1", None, "DOE^JANE", "19700101", True, modifying_system="EXCHANGE")
+    assert reconcile.coerce(dataset, plan) == []
+    assert (dataset.PatientID, dataset.PatientName, dataset.PatientBirthDate) == ("L-1", "DOE^JANE", "19700101")
+    assert "IssuerOfPatientID" not in dataset and "IssuerOfPatientIDQualifiersSequence" not in dataset
+    first, received = dataset.OtherPatientIDsSequence
+    assert first.PatientID == "OLD-7" and (received.PatientID, received.IssuerOfPatientID) == ("S-1", "SENDER-HOSP")
+    assert received.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "1.2.3"
+    (modified,) = dataset.OriginalAttributesSequence[0].ModifiedAttributesSequence
+    assert (modified.PatientID, modified.IssuerOfPatientID, modified.PatientName) == ("S-1", "SENDER-HOSP", "Doe^Jane")
+    assert dataset.OriginalAttributesSequence[0].SourceOfPreviousValues == "SENDER-HOSP"
+    # A name the instance's character set cannot hold is not written with "?": the received one stays.
+    plan = reconcile.Reconciliation("L-1", "S-1", "HOSP", "山田^太郎", None, True)
+    assert reconcile.coerce(dataset, plan) == [
+        "the PACS's patient name cannot be written in the instance's character set; the received one kept"
+    ]
+    assert dataset.PatientName == "DOE^JANE" and dataset.IssuerOfPatientID == "HOSP"
+
+
+def test_the_command_says_what_went_in_and_exits_1_on_a_rejection(exchange, orthanc, monkeypatch):
+    from exchange import cli
+    from exchange.cli import base
+
+    layout, dicom = exchange
+    site = parse_site(outbox_site() | {"dicom": dicom.model_dump()}, "test")
+    monkeypatch.setattr(base, "tools", lambda command: base.Tools(layout.policy, site, None))
+    files = ct_study(upload_of(layout, "by-hand"), 2, patient_id="SENDER-12")
+    orthanc.refuse_store([str(dcmread(files[0]).SOPInstanceUID)])
+    try:
+        failed = CliRunner().invoke(cli.app, ["import", "--to-pacs", "main", str(upload_of(layout, "by-hand"))])
+    finally:
+        orthanc.refuse_store([])
+    assert failed.exit_code == 1 and "0xA700 (Failure: Refused: Out of Resources)" in failed.stderr
+    assert "1 of 2 instances are not in the PACS" in failed.stderr and failed.stdout == ""
+    done = CliRunner().invoke(cli.app, ["import", "--to-pacs", "main", "--", str(upload_of(layout, "by-hand"))])
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith(f"imported {upload_of(layout, 'by-hand')} into PACS main (TESTPACS at 127.0.0.1:")
+    assert done.stdout.rstrip().endswith("2 instances of 1 studies, 1 stored now, 1 there before")
+    assert "  moved to " in done.stderr
+    alone = CliRunner().invoke(cli.app, ["import", "--to-pacs", "main", "--force-reconcile", "/nowhere"])
+    assert alone.exit_code == 2 and "--force-reconcile goes with --patient-id" in alone.stderr
+    unknown = CliRunner().invoke(cli.app, ["import", "--to-pacs", "other", "/nowhere"])
+    assert unknown.exit_code == 2 and "--to-pacs other: no PACS node of that name" in unknown.stderr
+
+
+def test_an_upload_replaced_meanwhile_is_not_moved(exchange, orthanc, monkeypatch):
+    """The partner renames the imported folder away and puts another of that name in its place
+    before the move: the other one is not moved (nor anything else), and staff are told."""
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "swapped") / "a", 1, patient_id="SENDER-13")
+    move = importing.move_imported
+
+    def swap_then_move(layout_, place, inspected):
+        upload_of(layout, "swapped").rename(upload_of(layout, "kept"))
+        (upload_of(layout, "swapped") / "other").mkdir(parents=True)
+        return move(layout_, place, inspected)
+
+    monkeypatch.setattr(importing, "move_imported", swap_then_move)
+    done, said = run(layout, dicom, upload_of(layout, "swapped"))
+    assert done.stored == 1 and done.moved_to is None
+    assert said[-1].startswith("  not moved: ") and said[-1].endswith(
+        "/upload/swapped is no longer what was inspected and imported (replaced or removed meanwhile)"
+    )
+    assert (upload_of(layout, "swapped") / "other").is_dir() and (upload_of(layout, "kept") / "a").is_dir()
+    assert not (Path(layout.imported_dir()) / "alice").exists()
+
+
+def test_a_symlink_on_the_way_to_the_upload_is_never_followed(exchange, tmp_path):
+    layout, _ = exchange
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "study").mkdir(parents=True)
+    (Path(layout.chroot("partner", "alice")) / "upload" / "dir").symlink_to(elsewhere)
+    place = imported.upload_place(layout, str(upload_of(layout, "dir") / "study"))
+    assert place == imported.UploadPlace("alice", "partner", Path("dir/study"))
+    with pytest.raises(imported.NotMoved, match="a symlink, not followed"):
+        imported.move_imported(layout, place, (elsewhere / "study").stat())
+    assert (elsewhere / "study").is_dir()
+    assert imported.upload_place(layout, str(upload_of(layout, ""))) is None  # the upload folder itself: never
+    assert imported.upload_place(layout, str(tmp_path / "srv" / "ended-links" / "link-x" / "a")) is None
+
+
+def test_an_instance_a_pacs_cannot_file_refuses_the_import(exchange, orthanc):
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "no-series"), 1, patient_id="SENDER-14", omit=("SeriesInstanceUID",))
+    before = orthanc.count()
+    with pytest.raises(ImportFailed, match="without a valid Study and Series Instance UID: .*/s00-00000.dcm"):
+        run(layout, dicom, upload_of(layout, "no-series"))
+    assert orthanc.count() == before
+
+
+def test_a_pacs_that_does_not_answer_gets_nothing_and_the_trail_says_so(exchange, audit_socket):
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "nowhere"), 1, patient_id="SENDER-15")
+    with socket.socket() as held:  # a port where nothing listens
+        held.bind(("127.0.0.1", 0))
+        node = dicom.pacs["main"].model_copy(update={"port": held.getsockname()[1], "timeout": 2})
+        with pytest.raises(importing.PacsError, match="no DICOM association"):
+            run(layout, dicom.model_copy(update={"pacs": {"main": node}}), upload_of(layout, "nowhere"))
+    record = last_import(audit_socket)
+    assert (record["outcome"], record["stored"]) == ("failed", 0) and "no DICOM association" in record["detail"]
+    assert upload_of(layout, "nowhere").is_dir()

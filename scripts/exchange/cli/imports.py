@@ -40,12 +40,16 @@ def import_upload(
     from exchange.layout import Layout
     from exchange.pacs.importing import import_upload as run_import
     from exchange.pacs.network import describe
+    from exchange.site import SiteError
 
     if force_reconcile and patient_id is None:
         raise base.fail("--force-reconcile goes with --patient-id; nothing was sent", 2)
     tools = base.tools("import")
     dicom = tools.site.dicom
-    name, node = dicom.node(to_pacs)  # an unknown node is said before anything is read
+    try:  # an unknown node is said before anything is read
+        name, node = dicom.node(to_pacs)
+    except SiteError as error:
+        raise base.fail(str(error).replace("--pacs", "--to-pacs", 1), error.status) from None
     # A stop by SIGTERM unwinds like Ctrl-C: the audit line says so, nothing is moved.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     say = functools.partial(typer.echo, err=True)

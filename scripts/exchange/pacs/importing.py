@@ -39,6 +39,7 @@ from exchange.invoker import Invoker
 from exchange.layout import Layout
 from exchange.pacs import reconcile, store
 from exchange.pacs.network import PacsError, describe
+from exchange.pacs.query import STUDY_UID, StudyQuery
 from exchange.site import Dicom
 
 CHECKED = ("SOPInstanceUID", "StudyInstanceUID", "PatientID")  # must be as inspected
@@ -70,6 +71,7 @@ class Imported:
     failed: list[str] = field(default_factory=list)  # "file: why"
     not_sent: int = 0  # after a stop: neither sent nor already there
     notes: list[str] = field(default_factory=list)  # what the reconciliation could not write (once each)
+    unreached: list[str] = field(default_factory=list)  # why an association to send on failed
     sending: bool = False  # past the checks: instances may be in the PACS now
     moved_to: str | None = None
 
@@ -92,6 +94,8 @@ def import_upload(
     """Import the upload at `path` (see the module's text); ImportFailed (or PacsError) unless every
     instance is in the PACS afterwards. The audit record is written whatever happens."""
     name, node = dicom.node(pacs)
+    if patient_id is not None:
+        StudyQuery(patient_id=patient_id)  # a local ID that cannot be asked for exactly: said before anything is read
     result = Imported(name, untrusted.printable(path), place=upload_place(layout, str(path)))
     try:
         with _one_at_a_time(say), contextlib.ExitStack() as keep:
@@ -100,6 +104,11 @@ def import_upload(
                 raise ImportFailed(
                     f"{result.path}: refused by inspection, nothing was sent:\n"
                     + "\n".join(f"  PROBLEM: {problem}" for problem in report.problems)
+                )
+            if unfiled := [i.source.label for i in report.instances if not _fileable(i.header)]:
+                raise ImportFailed(
+                    f"{result.path}: refused, nothing was sent: a PACS cannot file an instance without a valid "
+                    f"Study and Series Instance UID: {', '.join(unfiled[:10])}{' ...' if len(unfiled) > 10 else ''}"
                 )
             instances = _unique(report.instances, result)
             if not instances:
@@ -111,11 +120,11 @@ def import_upload(
             for line in result.repeated:
                 say(f"  left out (a second file of one instance): {line}")
             if patient_id is not None:
+                received = reconcile.received_patient([i.header for i in instances])
                 known = store.patient_in_pacs(name, node, dicom, patient_id)
                 result.reconciliation = reconcile.decide(
-                    patient_id, [i.header for i in instances], known, dicom.issuer_of_patient_id,
-                    force_reconcile, dicom.ae_title,
-                )  # fmt: skip
+                    patient_id, received, known, dicom.issuer_of_patient_id, force_reconcile, dicom.ae_title
+                )
                 _say_reconciliation(result.reconciliation, say)
             progress("asking the PACS what it holds", 0, 0)
             held = store.instances_in_pacs(
@@ -151,6 +160,10 @@ def _one_at_a_time(say: Callable[[str], None]):
     say("another import into PACS is running; waiting for it to end ...")
     with locks.held(paths.PACS_IMPORT_LOCK, wait=True, folder=paths.TOOL_RUN_DIR):
         yield
+
+
+def _fileable(header: dict) -> bool:
+    return all(STUDY_UID.match(str(header.get(key, ""))) for key in ("StudyInstanceUID", "SeriesInstanceUID"))
 
 
 def _unique(instances: list[Instance], result: Imported) -> list[Instance]:
@@ -208,13 +221,19 @@ def read_inspected(instance: Instance) -> Dataset:
 
 
 def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported, say, progress) -> None:
-    """C-STORE of every instance, grouped by presentation context; stops at the first changed file."""
+    """C-STORE of every instance, grouped by presentation context; stops at the first changed file.
+    A group whose association fails is named and left; the other groups still go."""
     keys = {id(i): (i.header["SOPClassUID"], i.transfer_syntax) for i in instances}
-    sent = [0]
-    stopped: list[Changed] = []
+    answered: set[int] = set()
 
     def dataset_of(instance: Instance) -> Dataset:
-        dataset = read_inspected(instance)
+        try:
+            dataset = read_inspected(instance)
+        except Changed as change:
+            answered.add(id(instance))
+            result.failed.append(f"{instance.source.label}: changed since it was inspected: {change}")
+            say(f"  REFUSED: {result.failed[-1]}; nothing more is sent")
+            raise
         if result.reconciliation is not None:
             for line in reconcile.coerce(dataset, result.reconciliation):
                 if line not in result.notes:
@@ -222,9 +241,9 @@ def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported,
                     say(f"  note: {line}")
         return dataset
 
-    def done(instance: Instance, stored: store.Stored) -> bool:
-        sent[0] += 1
-        progress("storing into PACS", sent[0], len(instances))
+    def done(instance: Instance, stored: store.Stored) -> None:
+        answered.add(id(instance))
+        progress("storing into PACS", len(answered), len(instances))
         label = instance.source.label
         if stored.outcome == "stored":
             result.stored += 1
@@ -235,26 +254,21 @@ def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported,
         else:
             result.failed.append(f"{label}: {stored.detail}")
             say(f"  NOT STORED: {label}: {stored.detail}")
-        return True
-
-    def checked(instance: Instance) -> Dataset:
-        try:
-            return dataset_of(instance)
-        except Changed as change:
-            stopped.append(change)
-            result.failed.append(f"{instance.source.label}: changed since it was inspected: {change}")
-            raise
 
     for group in store.context_groups(keys.values()):
         members = set(group)
         items = [(i, keys[id(i)]) for i in instances if keys[id(i)] in members]
         try:
-            store.store_group(name, node, dicom, group, items, checked, done)
+            store.store_group(name, node, dicom, group, items, dataset_of, done)
         except Changed:
             break
-    result.not_sent = len(instances) - sent[0] - len(stopped)
-    if stopped:
-        say(f"  REFUSED: {result.failed[-1]}; nothing more was sent")
+        except PacsError as error:  # no association for this group: its instances were not sent
+            result.unreached.append(untrusted.printable(error))
+            left = [i for i, _key in items if id(i) not in answered]
+            answered.update(id(i) for i in left)
+            result.failed += [f"{i.source.label}: not sent (no association, below)" for i in left]
+            say(f"  NOT SENT: {len(left)} instances: {result.unreached[-1]}")
+    result.not_sent = len(instances) - len(answered)
 
 
 def _move(layout: Layout, top_fd: int | None, result: Imported, say) -> None:
@@ -273,9 +287,12 @@ def _incomplete(result: Imported, name, node) -> str:
     missing = len(result.failed) + result.not_sent
     shown = "\n".join(f"  {line}" for line in result.failed[:20])
     more = f"\n  ... and {len(result.failed) - 20} more" if len(result.failed) > 20 else ""
+    unreached = "".join(f"\n  no association: {why}" for why in dict.fromkeys(result.unreached))
+    if result.not_sent:
+        unreached += f"\n  {result.not_sent} more not sent: the import stopped there"
     return (
         f"{describe(name, node)}: the import of {result.path} is incomplete: {missing} of {result.instances} instances "
-        f"are not in the PACS ({result.stored} stored now, {result.duplicates} there before):\n{shown}{more}\n"
+        f"are not in the PACS ({result.stored} stored now, {result.duplicates} there before):\n{shown}{more}{unreached}\n"
         f"The upload stays where it is. Once the cause is fixed, run the same command again: what the PACS "
         "holds now is not sent twice."
     )

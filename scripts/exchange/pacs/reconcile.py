@@ -81,16 +81,18 @@ class Reconciliation:
         }
 
 
-def decide(
-    local_id: str,
-    headers: list[dict],
-    known: KnownPatient,
-    issuer: str | None,
-    force: bool,
-    modifying_system: str,
-) -> Reconciliation:
-    """Check the received patient (one, in `headers`) against what the PACS knows of `local_id`;
-    ReconcileError for more than one received patient, or a mismatch without `force`."""
+@dataclass(frozen=True)
+class Received:
+    """The one patient of an upload, as the sender named them."""
+
+    patient_id: str
+    name: str
+    birth_date: str
+
+
+def received_patient(headers: list[dict]) -> Received:
+    """The upload's one patient; ReconcileError if it holds more than one (another PatientID,
+    name or birth date: two sources, maybe two people)."""
     ids = sorted({str(h.get("PatientID", "")) for h in headers})
     names = list(dict.fromkeys(str(h.get("PatientName", "")) for h in headers))
     dates = sorted({str(h.get("PatientBirthDate", "")) for h in headers} - {""})
@@ -105,8 +107,20 @@ def decide(
             f"--patient-id reconciles one patient, and the upload holds more than one ({shown}); "
             "nothing was sent: import each patient's studies on their own"
         )
-    received_name = next((n for n in names if name_key(n)), "")
-    received_date = dates[0] if dates else ""
+    return Received(ids[0], next((n for n in names if name_key(n)), ""), dates[0] if dates else "")
+
+
+def decide(
+    local_id: str,
+    received: Received,
+    known: KnownPatient,
+    issuer: str | None,
+    force: bool,
+    modifying_system: str,
+) -> Reconciliation:
+    """Check the received patient against what the PACS knows of `local_id`; ReconcileError on
+    a mismatch (or an ID the PACS does not know, or nothing to compare) without `force`."""
+    received_name, received_date = received.name, received.birth_date
     differences, notes = [], []
     if not known.studies:
         differences.append(f"the PACS knows no patient with ID {untrusted.printable(local_id)}")
@@ -126,7 +140,7 @@ def decide(
             differences.append("neither name nor birth date could be compared")
     if differences and not force:
         raise ReconcileError(
-            f"the upload's patient {untrusted.printable(ids[0])} does not match local patient "
+            f"the upload's patient {untrusted.printable(received.patient_id)} does not match local patient "
             f"{untrusted.printable(local_id)} in the PACS: {'; '.join(differences)}; nothing was sent. "
             "If it is the same patient all the same, run again with --force-reconcile"
         )
@@ -134,7 +148,16 @@ def decide(
     one_name = known.names[0] if len({name_key(n) for n in known.names}) == 1 else None
     one_date = known.birth_dates[0] if len(known.birth_dates) == 1 else None
     return Reconciliation(
-        local_id, ids[0], issuer, one_name, one_date, bool(known.studies), differences, notes, force, modifying_system
+        local_id,
+        received.patient_id,
+        issuer,
+        one_name,
+        one_date,
+        bool(known.studies),
+        differences,
+        notes,
+        force,
+        modifying_system,
     )
 
 

@@ -128,11 +128,11 @@ def store_group(
     group: list[tuple[str, str]],
     items: list[tuple[T, tuple[str, str]]],
     dataset_of: Callable[[T], Dataset],
-    done: Callable[[T, Stored], bool],
+    done: Callable[[T, Stored], None],
 ) -> None:
-    """C-STORE of each item, with its (SOP class, transfer syntax) in `group`, on one association.
-    `dataset_of(item)` reads it (raising to stop the import: the association is released, the
-    error goes on); `done(item, stored)` is told each outcome and returns False to stop."""
+    """C-STORE of each item, with its (SOP class, transfer syntax) in `group`, on one association
+    (PacsError if there is none). `dataset_of(item)` reads it (an error it raises ends the
+    association and goes on); `done(item, stored)` is told each outcome."""
     ae = own_ae(dicom, node)
     for sop_class, syntax in group:
         ae.add_requested_context(sop_class, _offered(syntax))
@@ -149,8 +149,7 @@ def store_group(
                 stored = Stored("failed", "not sent: the association ended (aborted or timed out)")
             else:
                 stored = _store_one(assoc, dataset_of(item))
-            if not done(item, stored):
-                return
+            done(item, stored)
 
 
 def _sendable(accepted: set[tuple[str, str]], sop_class: str, syntax: str) -> bool:
