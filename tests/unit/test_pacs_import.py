@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import json
+import pwd
 import shutil
 import socket
 import subprocess
@@ -17,18 +18,21 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from typer.testing import CliRunner
 
 from exchange import auditlog, imported
+from exchange.invoker import Invoker
 from exchange.layout import Layout
-from exchange.pacs import importing, reconcile
+from exchange.pacs import importing, reconcile, store
 from exchange.pacs.importing import ImportFailed, import_upload
 from exchange.pacs.reconcile import ReconcileError
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
-from tests.dicom_synth import ct_study
+from tests.dicom_synth import clone, ct_study
 from tests.sites import outbox_site
 
 EXCHANGE_AE = "EXCHANGE"
@@ -92,9 +96,12 @@ class Orthanc:
         for path in paths:
             self.http.post("/instances", content=Path(path).read_bytes()).raise_for_status()
 
-    def instance_tags(self, sop_uid: str) -> dict:
+    def lookup(self, sop_uid: str) -> str:
         (found,) = self.http.post("/tools/lookup", content=sop_uid).json()
-        return self.http.get(f"/instances/{found['ID']}/tags", params={"simplify": ""}).json()
+        return found["ID"]
+
+    def instance_tags(self, sop_uid: str) -> dict:
+        return self.http.get(f"/instances/{self.lookup(sop_uid)}/tags", params={"simplify": ""}).json()
 
     def refuse_store(self, uids: list[str] = ()) -> None:
         self.rules.write_text(json.dumps({"refuse": list(uids)}))
@@ -502,3 +509,44 @@ def test_a_pacs_that_does_not_answer_gets_nothing_and_the_trail_says_so(exchange
     record = last_import(audit_socket)
     assert (record["outcome"], record["stored"]) == ("failed", 0) and "no DICOM association" in record["detail"]
     assert upload_of(layout, "nowhere").is_dir()
+
+
+def test_contexts_go_in_groups_of_128_one_association_each(exchange, orthanc, monkeypatch):
+    """Each (SOP class, transfer syntax) present gets its context; a compressed one is sent as it
+    came. With one context an association (instead of pynetdicom's 128), three associations."""
+    assert [len(group) for group in store.context_groups((f"1.2.{n}", "1.2.840.10008.1.2.1") for n in range(300))] == [
+        128, 128, 44,
+    ]  # fmt: skip
+    layout, dicom = exchange
+    upload = upload_of(layout, "mixed")
+    ct = ct_study(upload / "ct", 2, patient_id="SENDER-16")
+    implicit = dcmread(ct[1])
+    implicit.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    implicit.save_as(ct[1], implicit_vr=True, little_endian=True)
+    (mr,) = clone(Path(get_testdata_file("MR_small_jp2klossless.dcm")), upload / "mr", 1, patient_id="SENDER-16")
+    monkeypatch.setattr(store, "MAX_CONTEXTS", 1)
+    associations = []
+    group = store.store_group
+    monkeypatch.setattr(store, "store_group", lambda *args: associations.append(args[3]) or group(*args))
+    before = orthanc.count()
+    done, _ = run(layout, dicom, upload)
+    assert done.stored == 3 and orthanc.count() == before + 3 and len(associations) == 3
+    assert sorted(syntax for ((_sop, syntax),) in associations) == [
+        ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
+    ]  # fmt: skip
+    uid = str(dcmread(Path(done.moved_to) / "mr" / mr.name).SOPInstanceUID)
+    stored = orthanc.http.get(f"/instances/{orthanc.lookup(uid)}/metadata/TransferSyntax")
+    assert stored.text == JPEG2000Lossless  # as received, never transcoded
+
+
+def test_a_staff_member_cannot_import_what_they_could_not_read(exchange, orthanc, tmp_path):
+    layout, dicom = exchange
+    secret = tmp_path / "root-only"
+    ct_study(secret / "study", 1, patient_id="SENDER-17")
+    secret.chmod(0o700)
+    nobody = pwd.getpwnam("nobody")
+    who = Invoker("nobody", nobody.pw_uid, nobody.pw_gid, (nobody.pw_gid,))
+    before = orthanc.count()
+    with pytest.raises(ImportFailed, match=r"refused by inspection, nothing was sent:\n  PROBLEM: .*Permission denied"):
+        import_upload(layout, dicom, secret / "study", "main", who, say=lambda line: None)
+    assert orthanc.count() == before
