@@ -140,8 +140,8 @@ def decide(
             differences.append("neither name nor birth date could be compared")
     if differences and not force:
         raise ReconcileError(
-            f"the upload's patient {untrusted.printable(received.patient_id)} does not match local patient "
-            f"{untrusted.printable(local_id)} in the PACS: {'; '.join(differences)}; nothing was sent. "
+            f"the upload's patient {untrusted.printable(received.patient_id)} cannot be filed as local patient "
+            f"{untrusted.printable(local_id)}: {'; '.join(differences)}; nothing was sent. "
             "If it is the same patient all the same, run again with --force-reconcile"
         )
     # The PACS's own values, where it has one of each: one patient record, not two spellings.
