@@ -40,7 +40,8 @@ EXCHANGE_AE = "EXCHANGE"
 
 # -- a PACS of our own until tests/pacs.py lands ----------------------------------------------
 
-# Orthanc 1.10.1 (Debian 12): a number returned stores the instance, a boolean refuses it with 0xA700.
+# Orthanc 1.10.1 (Debian 12): a number returned stores the instance, but 0 drops it (answered
+# 0x0000, not kept); a boolean refuses it with 0xA700.
 LUA = """
 function ReceivedCStoreInstanceFilter(dicom, origin, info)
   local file = io.open(RULES, "r")
@@ -49,6 +50,9 @@ function ReceivedCStoreInstanceFilter(dicom, origin, info)
   file:close()
   for _, uid in ipairs(rules["refuse"] or {}) do
     if dicom["SOPInstanceUID"] == uid then return true end
+  end
+  for _, uid in ipairs(rules["drop"] or {}) do
+    if dicom["SOPInstanceUID"] == uid then return 0 end
   end
   return 1
 end
@@ -105,6 +109,9 @@ class Orthanc:
 
     def refuse_store(self, uids: list[str] = ()) -> None:
         self.rules.write_text(json.dumps({"refuse": list(uids)}))
+
+    def drop_store(self, uids: list[str] = ()) -> None:
+        self.rules.write_text(json.dumps({"drop": list(uids)}))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -550,3 +557,18 @@ def test_a_staff_member_cannot_import_what_they_could_not_read(exchange, orthanc
     with pytest.raises(ImportFailed, match=r"refused by inspection, nothing was sent:\n  PROBLEM: .*Permission denied"):
         import_upload(layout, dicom, secret / "study", "main", who, say=lambda line: None)
     assert orthanc.count() == before
+
+
+def test_an_instance_answered_success_but_not_kept_is_not_counted_as_stored(exchange, orthanc, audit_socket):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "dropped"), 2, patient_id="SENDER-18")
+    orthanc.drop_store([str(dcmread(files[0]).SOPInstanceUID)])
+    before = orthanc.count()
+    try:
+        with pytest.raises(ImportFailed) as failed:
+            run(layout, dicom, upload_of(layout, "dropped"))
+    finally:
+        orthanc.drop_store([])
+    assert orthanc.count() == before + 1 and "1 of 2 instances are not in the PACS (1 stored now" in str(failed.value)
+    assert f"{files[0].name}: the PACS answered success but does not list it (C-FIND) afterwards" in str(failed.value)
+    assert upload_of(layout, "dropped").is_dir() and last_import(audit_socket)["outcome"] == "incomplete"

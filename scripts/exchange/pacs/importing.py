@@ -11,7 +11,8 @@ folder) into a PACS, as staff would do it by hand with a DICOM tool, but only wh
    inspected, and refused if it is no longer what was inspected (the upload folder is the
    partner's, who may rewrite a file meanwhile): another size, or another SOP Instance UID,
    Study Instance UID or PatientID; then sent (C-STORE) and its status kept;
-5. only if every instance is in the PACS afterwards (stored now or before), the upload moves
+5. only if every instance is in the PACS afterwards (there before, or stored now and listed by a
+   C-FIND after the C-STORE: a PACS may answer success and keep nothing), the upload moves
    to imported/<account>/ (exchange.imported); otherwise it stays, and running the same command
    again sends what is missing;
 6. one `pacs-import` audit record, whatever the outcome.
@@ -127,16 +128,14 @@ def import_upload(
                 )
                 _say_reconciliation(result.reconciliation, say)
             progress("asking the PACS what it holds", 0, 0)
-            held = store.instances_in_pacs(
-                name, node, dicom,
-                ((str(i.header.get("StudyInstanceUID", "")), str(i.header.get("SeriesInstanceUID", ""))) for i in instances),
-            )  # fmt: skip
+            held = store.instances_in_pacs(name, node, dicom, {_series(i) for i in instances})
             to_send = [i for i in instances if i.header["SOPInstanceUID"] not in held]
             result.duplicates = len(instances) - len(to_send)
             if result.duplicates:
                 say(f"  {result.duplicates} instances already in {describe(name, node)}: not sent again")
             result.sending = True
-            _send(name, node, dicom, to_send, result, say, progress)
+            stored = _send(name, node, dicom, to_send, result, say, progress)
+            _confirm(name, node, dicom, stored, result, say)
             if result.complete:
                 _move(layout, report.top_fd, result, say)
     except BaseException as error:
@@ -220,11 +219,13 @@ def read_inspected(instance: Instance) -> Dataset:
     return dataset
 
 
-def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported, say, progress) -> None:
+def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported, say, progress) -> list[Instance]:
     """C-STORE of every instance, grouped by presentation context; stops at the first changed file.
-    A group whose association fails is named and left; the other groups still go."""
+    A group whose association fails is named and left; the other groups still go. What the PACS
+    answered success (or a warning) for."""
     keys = {id(i): (i.header["SOPClassUID"], i.transfer_syntax) for i in instances}
     answered: set[int] = set()
+    stored_ones: list[Instance] = []
 
     def dataset_of(instance: Instance) -> Dataset:
         try:
@@ -245,13 +246,13 @@ def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported,
         answered.add(id(instance))
         progress("storing into PACS", len(answered), len(instances))
         label = instance.source.label
-        if stored.outcome == "stored":
+        if stored.ok:
+            stored_ones.append(instance)
             result.stored += 1
-        elif stored.outcome == "warning":
-            result.stored += 1
+        if stored.outcome == "warning":
             result.warnings[stored.detail] += 1
             say(f"  stored with a warning: {label}: {stored.detail}")
-        else:
+        elif not stored.ok:
             result.failed.append(f"{label}: {stored.detail}")
             say(f"  NOT STORED: {label}: {stored.detail}")
 
@@ -269,6 +270,26 @@ def _send(name, node, dicom: Dicom, instances: list[Instance], result: Imported,
             result.failed += [f"{i.source.label}: not sent (no association, below)" for i in left]
             say(f"  NOT SENT: {len(left)} instances: {result.unreached[-1]}")
     result.not_sent = len(instances) - len(answered)
+    return stored_ones
+
+
+def _confirm(name, node, dicom: Dicom, stored: list[Instance], result: Imported, say) -> None:
+    """What the PACS answered success for, asked for again (C-FIND): one it does not list is not
+    counted as in the PACS (a PACS may say success and keep nothing, or not yet)."""
+    if not stored:
+        return
+    listed = store.instances_in_pacs(name, node, dicom, {_series(i) for i in stored})
+    for instance in stored:
+        if instance.header["SOPInstanceUID"] not in listed:
+            result.stored -= 1
+            result.failed.append(
+                f"{instance.source.label}: the PACS answered success but does not list it (C-FIND) afterwards"
+            )
+            say(f"  NOT CONFIRMED: {result.failed[-1]}")
+
+
+def _series(instance: Instance) -> tuple[str, str]:
+    return str(instance.header.get("StudyInstanceUID", "")), str(instance.header.get("SeriesInstanceUID", ""))
 
 
 def _move(layout: Layout, top_fd: int | None, result: Imported, say) -> None:
