@@ -4,6 +4,7 @@ upload moved to imported/ only when all of it is in the PACS."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import pwd
@@ -107,11 +108,11 @@ class Orthanc:
     def instance_tags(self, sop_uid: str) -> dict:
         return self.http.get(f"/instances/{self.lookup(sop_uid)}/tags", params={"simplify": ""}).json()
 
-    def refuse_store(self, uids: list[str] = ()) -> None:
-        self.rules.write_text(json.dumps({"refuse": list(uids)}))
+    def refuse_store(self, SOPInstanceUID: list[str] = ()) -> None:  # noqa: N803 (as tests/pacs.py has it)
+        self.rules.write_text(json.dumps({"refuse": list(SOPInstanceUID)}))
 
-    def drop_store(self, uids: list[str] = ()) -> None:
-        self.rules.write_text(json.dumps({"drop": list(uids)}))
+    def drop_store(self, SOPInstanceUID: list[str] = ()) -> None:  # noqa: N803
+        self.rules.write_text(json.dumps({"drop": list(SOPInstanceUID)}))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -167,6 +168,22 @@ def run(layout, dicom, path, **options):
     except BaseException as error:
         error.said = said
         raise
+
+
+@contextlib.contextmanager
+def faulty(set_rule, path: Path):
+    """The PACS misbehaves (its refuse_store or drop_store) for the instance at `path` in the block."""
+    set_rule(SOPInstanceUID=[str(dcmread(path).SOPInstanceUID)])
+    try:
+        yield
+    finally:
+        set_rule()
+
+
+def failed_import(layout, dicom, path) -> ImportFailed:
+    with pytest.raises(ImportFailed) as failed:
+        run(layout, dicom, path)
+    return failed.value
 
 
 def last_import(audit_socket) -> dict:
@@ -310,20 +327,15 @@ def test_a_zip_that_fails_inspection_is_never_sent(exchange, orthanc, tmp_path, 
 def test_instances_the_pacs_rejects_leave_the_upload_and_say_how_to_finish(exchange, orthanc, audit_socket):
     layout, dicom = exchange
     files = ct_study(upload_of(layout, "rejected"), 3, patient_id="SENDER-9")
-    rejected = str(dcmread(files[1]).SOPInstanceUID)
-    orthanc.refuse_store([rejected])
     before = orthanc.count()
-    try:
-        with pytest.raises(ImportFailed) as failed:
-            run(layout, dicom, upload_of(layout, "rejected"))
-    finally:
-        orthanc.refuse_store([])
-    message = str(failed.value)
-    assert failed.value.status == 1 and orthanc.count() == before + 2
+    with faulty(orthanc.refuse_store, files[1]):
+        failed = failed_import(layout, dicom, upload_of(layout, "rejected"))
+    message = str(failed)
+    assert failed.status == 1 and orthanc.count() == before + 2
     assert "1 of 3 instances are not in the PACS (2 stored now, 0 there before)" in message
     assert f"{files[1].name}: 0xA700 (Failure: Refused: Out of Resources)" in message
     assert "The upload stays where it is" in message and "run the same command again" in message
-    assert any(line.startswith("  NOT STORED: ") and "0xA700" in line for line in failed.value.said)
+    assert any(line.startswith("  NOT STORED: ") and "0xA700" in line for line in failed.said)
     assert upload_of(layout, "rejected").is_dir() and not Path(layout.imported_dir()).exists()
     record = last_import(audit_socket)
     assert (record["outcome"], record["stored"], record["failed"]) == ("incomplete", 2, 1)
@@ -442,11 +454,8 @@ def test_the_command_says_what_went_in_and_exits_1_on_a_rejection(exchange, orth
     site = parse_site(outbox_site() | {"dicom": dicom.model_dump()}, "test")
     monkeypatch.setattr(base, "tools", lambda command: base.Tools(layout.policy, site, None))
     files = ct_study(upload_of(layout, "by-hand"), 2, patient_id="SENDER-12")
-    orthanc.refuse_store([str(dcmread(files[0]).SOPInstanceUID)])
-    try:
+    with faulty(orthanc.refuse_store, files[0]):
         failed = CliRunner().invoke(cli.app, ["import", "--to-pacs", "main", str(upload_of(layout, "by-hand"))])
-    finally:
-        orthanc.refuse_store([])
     assert failed.exit_code == 1 and "0xA700 (Failure: Refused: Out of Resources)" in failed.stderr
     assert "1 of 2 instances are not in the PACS" in failed.stderr and failed.stdout == ""
     done = CliRunner().invoke(cli.app, ["import", "--to-pacs", "main", "--", str(upload_of(layout, "by-hand"))])
@@ -562,13 +571,9 @@ def test_a_staff_member_cannot_import_what_they_could_not_read(exchange, orthanc
 def test_an_instance_answered_success_but_not_kept_is_not_counted_as_stored(exchange, orthanc, audit_socket):
     layout, dicom = exchange
     files = ct_study(upload_of(layout, "dropped"), 2, patient_id="SENDER-18")
-    orthanc.drop_store([str(dcmread(files[0]).SOPInstanceUID)])
     before = orthanc.count()
-    try:
-        with pytest.raises(ImportFailed) as failed:
-            run(layout, dicom, upload_of(layout, "dropped"))
-    finally:
-        orthanc.drop_store([])
-    assert orthanc.count() == before + 1 and "1 of 2 instances are not in the PACS (1 stored now" in str(failed.value)
-    assert f"{files[0].name}: the PACS answered success but does not list it (C-FIND) afterwards" in str(failed.value)
+    with faulty(orthanc.drop_store, files[0]):
+        failed = str(failed_import(layout, dicom, upload_of(layout, "dropped")))
+    assert orthanc.count() == before + 1 and "1 of 2 instances are not in the PACS (1 stored now" in failed
+    assert f"{files[0].name}: the PACS answered success but does not list it (C-FIND) afterwards" in failed
     assert upload_of(layout, "dropped").is_dir() and last_import(audit_socket)["outcome"] == "incomplete"
