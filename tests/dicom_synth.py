@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def ct_study(
     series: int = 1,
     omit: tuple[str, ...] = (),
     study_uid: str | None = None,
+    attributes: Mapping[str, object] | None = None,
 ) -> list[Path]:
-    """`count` instances per series; keywords in `omit` are left out (to test the fill rules)."""
+    """`count` instances per series; keywords in `omit` are left out (to test the fill rules);
+    `attributes` sets or replaces attributes on every instance by keyword (e.g. AccessionNumber,
+    StudyDate, SeriesDescription, as a PACS's C-FIND matches them)."""
     directory.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     paths = []
@@ -83,6 +87,7 @@ def ct_study(
                 "RescaleSlope": "1",
                 "WindowCenter": "40",
                 "WindowWidth": "400",
+                **(attributes or {}),
             }
             for keyword, value in values.items():
                 if keyword not in omit:
