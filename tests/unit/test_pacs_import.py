@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import pwd
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -34,99 +29,28 @@ from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
 from tests.dicom_synth import clone, ct_study
+from tests.pacs import OrthancPacs, no_listener
 from tests.sites import outbox_site
 
 EXCHANGE_AE = "EXCHANGE"
 
 
-# -- a PACS of our own until tests/pacs.py lands ----------------------------------------------
-
-# Orthanc 1.10.1 (Debian 12): a number returned stores the instance, but 0 drops it (answered
-# 0x0000, not kept); a boolean refuses it with 0xA700.
-LUA = """
-function ReceivedCStoreInstanceFilter(dicom, origin, info)
-  local file = io.open(RULES, "r")
-  if file == nil then return 1 end
-  local rules = ParseJson(file:read("*a"))
-  file:close()
-  for _, uid in ipairs(rules["refuse"] or {}) do
-    if dicom["SOPInstanceUID"] == uid then return true end
-  end
-  for _, uid in ipairs(rules["drop"] or {}) do
-    if dicom["SOPInstanceUID"] == uid then return 0 end
-  end
-  return 1
-end
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Orthanc:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.dicom_port, self.http_port = _free_port(), _free_port()
-        self.rules = folder / "rules.json"
-        (folder / "filter.lua").write_text(f"RULES = {json.dumps(str(self.rules))}\n{LUA}")
-        config = {
-            "Name": "test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomAet": "TESTPACS", "DicomPort": self.dicom_port, "DicomCheckCalledAet": True,
-            "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False, "DicomCheckModalityHost": True,
-            "DicomModalities": {"exchange": [EXCHANGE_AE, "127.0.0.1", 11112]}, "LuaScripts": [str(folder / "filter.lua")],
-            "Plugins": [], "OrthancExplorerEnabled": False,
-        }  # fmt: skip
-        (folder / "orthanc.json").write_text(json.dumps(config))
-        self.process = subprocess.Popen(
-            ["/usr/sbin/Orthanc", f"--logfile={folder / 'log'}", str(folder / "orthanc.json")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
-        for _ in range(500):
-            try:
-                self.http.get("/system").raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.02)
-        raise RuntimeError((folder / "log").read_text())
-
-    def count(self) -> int:
-        return self.http.get("/statistics").json()["CountInstances"]
-
-    def upload(self, paths) -> None:
-        for path in paths:
-            self.http.post("/instances", content=Path(path).read_bytes()).raise_for_status()
-
-    def lookup(self, sop_uid: str) -> str:
-        (found,) = self.http.post("/tools/lookup", content=sop_uid).json()
-        return found["ID"]
-
-    def instance_tags(self, sop_uid: str) -> dict:
-        return self.http.get(f"/instances/{self.lookup(sop_uid)}/tags", params={"simplify": ""}).json()
-
-    def refuse_store(self, SOPInstanceUID: list[str] = ()) -> None:  # noqa: N803 (as tests/pacs.py has it)
-        self.rules.write_text(json.dumps({"refuse": list(SOPInstanceUID)}))
-
-    def drop_store(self, SOPInstanceUID: list[str] = ()) -> None:  # noqa: N803
-        self.rules.write_text(json.dumps({"drop": list(SOPInstanceUID)}))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        self.http.close()
-
-
 @pytest.fixture(scope="module")
 def orthanc():
-    folder = Path(tempfile.mkdtemp(prefix="test-pacs-"))
-    pacs = Orthanc(folder)
-    yield pacs
-    pacs.stop()
-    shutil.rmtree(folder, ignore_errors=True)
+    """The test PACS (tests/pacs.py), knowing the exchange's AE title from loopback."""
+    with OrthancPacs(modalities={"exchange": (EXCHANGE_AE, "127.0.0.1", 11112)}) as pacs:
+        yield pacs
+
+
+def lookup(pacs: OrthancPacs, sop_uid: str) -> str:
+    """Orthanc's id of the instance of this SOP Instance UID."""
+    (found,) = pacs.http.post("/tools/lookup", content=sop_uid).json()
+    return found["ID"]
+
+
+def tags_of(pacs: OrthancPacs, sop_uid: str) -> dict:
+    """What the PACS stored for the instance, as keyword -> value."""
+    return pacs.http.get(f"/instances/{lookup(pacs, sop_uid)}/tags", params={"simplify": ""}).json()
 
 
 # -- the exchange side ------------------------------------------------------------------------
@@ -142,7 +66,7 @@ def exchange(tmp_path, orthanc, monkeypatch):
     )
     layout = Layout(policy.model_copy(update={"accounts": accounts}))
     (Path(layout.chroot("partner", "alice")) / "upload").mkdir(parents=True)
-    node = {"ae_title": "TESTPACS", "host": "127.0.0.1", "port": orthanc.dicom_port, "timeout": 10}
+    node = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port, "timeout": 10}
     dicom = {"ae_title": EXCHANGE_AE, "pacs": {"main": node}, "issuer_of_patient_id": "HOSPITAL"}
     return layout, parse_site(outbox_site() | {"dicom": dicom}, "test").dicom
 
@@ -215,16 +139,14 @@ def test_a_folder_is_stored_every_instance_then_moved_to_imported(exchange, orth
         "reconciled": False,
     }  # fmt: skip
     assert record["patients"] == {"received": ["SENDER-1"], "local": None} and record["moved_to"] == str(moved)
-    assert orthanc.instance_tags(uid)["PatientID"] == "SENDER-1"
+    assert tags_of(orthanc, uid)["PatientID"] == "SENDER-1"
 
 
-def known_patient(orthanc: Orthanc, tmp_path: Path, local_id: str, name: str, birth_date: str) -> None:
+def known_patient(orthanc: OrthancPacs, tmp_path: Path, local_id: str, name: str, birth_date: str) -> None:
     """A study of the local patient already in the PACS (as the hospital's own images would be)."""
-    (path,) = ct_study(tmp_path / f"pacs-{local_id}", 1, patient_id=local_id)
-    dataset = dcmread(path)
-    dataset.PatientName, dataset.PatientBirthDate = name, birth_date
-    dataset.save_as(path)
-    orthanc.upload([path])
+    orthanc.add_study(
+        tmp_path / f"pacs-{local_id}", 1, patient_id=local_id, PatientName=name, PatientBirthDate=birth_date
+    )
 
 
 def test_a_zip_reconciled_to_the_local_patient_keeps_the_received_id(exchange, orthanc, tmp_path, audit_socket):
@@ -237,7 +159,7 @@ def test_a_zip_reconciled_to_the_local_patient_keeps_the_received_id(exchange, o
     before = orthanc.count()
     done, said = run(layout, dicom, medium, patient_id="LOCAL-1")
     assert orthanc.count() == before + 2 and done.stored == 2
-    tags = orthanc.instance_tags(uids[0])
+    tags = tags_of(orthanc, uids[0])
     assert (tags["PatientID"], tags["IssuerOfPatientID"]) == ("LOCAL-1", "HOSPITAL")
     assert tags["OtherPatientIDsSequence"] == [{"PatientID": "SENDER-2", "TypeOfPatientID": "TEXT"}]
     (original,) = tags["OriginalAttributesSequence"]
@@ -271,7 +193,7 @@ def test_a_name_or_birth_date_mismatch_is_refused_unless_forced(exchange, orthan
     done, said = run(layout, dicom, upload_of(layout, "mismatch"), patient_id="LOCAL-2", force_reconcile=True)
     assert orthanc.count() == before + 2 and done.reconciliation.forced
     assert any(line.startswith("  FORCED (--force-reconcile) despite: name: received") for line in said)
-    tags = orthanc.instance_tags(str(dcmread(Path(done.moved_to) / files[0].name).SOPInstanceUID))
+    tags = tags_of(orthanc, str(dcmread(Path(done.moved_to) / files[0].name).SOPInstanceUID))
     assert (tags["PatientID"], tags["PatientName"], tags["PatientBirthDate"]) == ("LOCAL-2", "OTHER^PERSON", "19800202")
     assert last_import(audit_socket)["reconciled"]["forced"] is True
 
@@ -517,9 +439,8 @@ def test_an_instance_a_pacs_cannot_file_refuses_the_import(exchange, orthanc):
 def test_a_pacs_that_does_not_answer_gets_nothing_and_the_trail_says_so(exchange, audit_socket):
     layout, dicom = exchange
     ct_study(upload_of(layout, "nowhere"), 1, patient_id="SENDER-15")
-    with socket.socket() as held:  # a port where nothing listens
-        held.bind(("127.0.0.1", 0))
-        node = dicom.pacs["main"].model_copy(update={"port": held.getsockname()[1], "timeout": 2})
+    with no_listener() as port:
+        node = dicom.pacs["main"].model_copy(update={"port": port, "timeout": 2})
         with pytest.raises(importing.PacsError, match="no DICOM association"):
             run(layout, dicom.model_copy(update={"pacs": {"main": node}}), upload_of(layout, "nowhere"))
     record = last_import(audit_socket)
@@ -551,7 +472,7 @@ def test_contexts_go_in_groups_of_128_one_association_each(exchange, orthanc, mo
         ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000Lossless,
     ]  # fmt: skip
     uid = str(dcmread(Path(done.moved_to) / "mr" / mr.name).SOPInstanceUID)
-    stored = orthanc.http.get(f"/instances/{orthanc.lookup(uid)}/metadata/TransferSyntax")
+    stored = orthanc.http.get(f"/instances/{lookup(orthanc, uid)}/metadata/TransferSyntax")
     assert stored.text == JPEG2000Lossless  # as received, never transcoded
 
 
