@@ -9,6 +9,7 @@
     fab -H staff-jdoe@exchange01 package --to link-k7m2p9qa --accession A123 [--pacs main] [--study-uid ...] [--all]
     fab -H staff-jdoe@exchange01 pacs-echo main
     fab -H staff-jdoe@exchange01 pacs-find --accession A123 [--pacs main]
+    fab -H staff-jdoe@exchange01 import /srv/exchange/partners/cardiology/upload/disc.zip --to-pacs main [--patient-id 1234567]
 
 Each task runs the same `exchange` command on the server that staff may run there by hand
 (members of exchange-staff may sudo `exchange` and nothing else). The server's host key must
@@ -144,3 +145,22 @@ def pacs_echo(c, name):
 def pacs_find(c, accession="", study_uid="", patient_id="", date="", pacs=""):
     """List the studies PACS has for an accession number, a study UID, or a patient."""
     _exchange(c, "pacs", "find", *_study_in_pacs(accession, study_uid, patient_id, date, pacs))
+
+
+@task(
+    name="import",
+    help={
+        "path": "the received upload on the server (a zip or a folder), taken as given",
+        "to-pacs": "the PACS node of the site data to store it into",
+        "patient-id": "file it under this local patient ID (name and birth date checked against the PACS)",
+        "force-reconcile": "with --patient-id: file it even if name or birth date differ",
+    },
+)
+def import_upload(c, path, to_pacs, patient_id="", force_reconcile=False):
+    """Store a received upload into PACS (inspected first); moved to imported/ once all of it is there."""
+    args = ["import", "--to-pacs", to_pacs]
+    if patient_id:
+        args += ["--patient-id", patient_id]
+    if force_reconcile:
+        args.append("--force-reconcile")
+    _exchange(c, *args, "--", path)  # after "--": the path is never read as an option

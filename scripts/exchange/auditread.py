@@ -118,14 +118,14 @@ def command(policy: Policy, what: str, argument: str | None, *more: str) -> list
     if what == "deep-folders":
         # Folders deeper than the tools walk (policy accounts.max_folder_depth): what retention and
         # the upload notices name but do not enter. Below each account's folders, and below each
-        # ended link's held uploads; each too deep folder once (-prune).
+        # ended link's held uploads and each account's imported uploads; each too deep folder once (-prune).
         if not (argument or "").isdigit() or not 1 <= int(argument) <= 1000:
             raise AuditReadError(f"{argument!r} is not a number of folder levels (1 to 1000)")
         root, beyond = _ere_literal(policy.accounts.root), f"(/[^/]+){{{int(argument) + 1},}}"
         return [
             "/usr/bin/find", policy.accounts.root, "-xdev", "-regextype", "posix-extended", "-type", "d",
             "(", "-regex", f"{root}/(partners|links)/[^/]+/[^/]+{beyond}", "-o",
-            "-regex", f"{root}/{paths.ENDED_LINKS}/[^/]+{beyond}", ")", "-print", "-prune",
+            "-regex", f"{root}/({paths.ENDED_LINKS}|{paths.IMPORTED})/[^/]+{beyond}", ")", "-print", "-prune",
         ]  # fmt: skip
     if what == "audit-log":
         return ["/usr/bin/lsattr", "-d", paths.AUDIT_LOG]

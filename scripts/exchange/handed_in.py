@@ -75,6 +75,7 @@ class Unusable:
 class HandedIn:
     found: list[File | Unusable] = field(default_factory=list)  # in the order of the walk
     named: list[str] = field(default_factory=list)  # the paths as they were named (printable)
+    tops: list[int] = field(default_factory=list)  # each named path's own descriptor (file or folder) opened
     _descriptors: list[int] = field(default_factory=list)
 
     @property
@@ -154,6 +155,7 @@ def _open_path(path: Path, max_depth: int, found: HandedIn, limit: int) -> None:
             found.found.append(Unusable(_label(path), f"not readable ({error.strerror})"))
         return
     found._descriptors.append(descriptor)
+    found.tops.append(descriptor)
     st = os.fstat(descriptor)
     if stat.S_ISREG(st.st_mode):
         found.found.append(File(_label(path), "", descriptor, st.st_size))

@@ -73,6 +73,11 @@ class Layout:
         tree's disk (a study may be gigabytes), out of every account's and staff's reach."""
         return f"{self.root}/{paths.PACS_RETRIEVE}"
 
+    def imported_dir(self) -> str:
+        """Where an upload imported into PACS (`exchange import`) is moved, one folder per account,
+        for staff to see what went in, under the same retention as everything else."""
+        return f"{self.root}/{paths.IMPORTED}"
+
     def tree_dirs(self) -> dict[str, tuple[str, str, str]]:
         staff = self.policy.accounts.staff_group
         return {
@@ -82,6 +87,7 @@ class Layout:
             self.ended_links_dir(): ("root", staff, "2750"),
             self.contact_sheets_dir(): ("root", staff, "2750"),
             self.pacs_retrieve_dir(): ("root", "root", "0700"),
+            self.imported_dir(): ("root", staff, "2750"),
         }
 
     def observe_params(self, names: list[str]) -> dict:

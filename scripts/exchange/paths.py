@@ -12,6 +12,7 @@ DEFAULT_EXCHANGE_ROOT = "/srv/exchange"  # the policy's accounts.root unless it 
 ENDED_LINKS = "ended-links"  # in the tree: uploads of ended link accounts, held for staff
 CONTACT_SHEETS = "contact-sheets"  # in the tree: the upload notices' contact sheets, for staff
 PACS_RETRIEVE = "pacs-retrieve"  # in the tree, root's: a study from PACS waits here until packaged
+IMPORTED = "imported"  # in the tree: uploads imported into PACS (exchange import), held for staff
 
 # -- configuration the deploy installs (root's, read by the tools) ---------------------------
 CONFIG_DIR = "/etc/imaging-exchange"
@@ -53,6 +54,7 @@ TOOL_RUN_DIR = "/run/imaging-exchange"
 PURGE_LOCK = "purge.lock"  # in TOOL_RUN_DIR
 ACCOUNT_LOCK = "accounts.lock"  # in TOOL_RUN_DIR
 PACS_RETRIEVE_LOCK = "pacs-retrieve.lock"  # in TOOL_RUN_DIR: one retrieve at a time (one retrieve port)
+PACS_IMPORT_LOCK = "pacs-import.lock"  # in TOOL_RUN_DIR: one import into PACS at a time (none sent twice)
 
 # -- logs -------------------------------------------------------------------------------------
 # The one way into the audit log: rsyslog's socket here stamps every record with the sender's

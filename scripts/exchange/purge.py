@@ -3,8 +3,8 @@
 Age is the file's mtime, which exchange accounts cannot set (sshd denies them setstat).
 
 A purge plans first, then carries the plan out, both under the purge lock. `plan()` changes
-nothing: it walks each account's download and upload folders, the held uploads of ended links and
-the upload notices' contact sheets through directory file descriptors (symlinks never followed,
+nothing: it walks each account's download and upload folders, the held uploads of ended links,
+the upload notices' contact sheets and the uploads imported into PACS through directory file descriptors (symlinks never followed,
 other filesystems never entered, nothing outside the exchange root reached, the chroot skeleton
 never removed), reads the accounts, and returns the steps in the order they are taken.
 `carry_out()` takes them; a dry run shows them (`show()`) instead, each as the line the real run
@@ -75,6 +75,8 @@ def purge_lock(folder: str = paths.TOOL_RUN_DIR) -> Iterator[None]:
 FUTURE_SLACK = 300  # seconds a file's time may be ahead of the server's clock before it is reset
 ENDED = "ended link"  # the kind events give the held uploads of an ended link
 SHEETS = "contact sheet"  # ... and the upload notices' contact sheets (exchange.messaging.upload_sheets)
+IMPORTED = "imported"  # ... and the uploads imported into PACS (exchange.imported)
+HELD = (ENDED, SHEETS, IMPORTED)  # the trees of one folder per account, which never hold an account
 
 
 # What the plan saw, to find it again.
@@ -102,8 +104,8 @@ class Tree:
     """A folder the purge walks, and how its events name what is below it."""
 
     where: str  # its path
-    kind: str  # "partner", "link", ENDED or SHEETS
-    account: str | None  # None: ended-links or contact-sheets, one folder per account
+    kind: str  # "partner", "link", ENDED, SHEETS or IMPORTED
+    account: str | None  # None: ended-links, contact-sheets or imported, one folder per account
     prefix: str = ""  # the chroot folder ("/upload") events name paths from
 
 
@@ -323,8 +325,8 @@ def plan(layout: Layout, now: float, store: links.LinkStore) -> PurgePlan:
 
 def plan_files(layout: Layout, now: float) -> PurgePlan:
     """The steps in every account's download and upload folders, then in the held uploads of
-    ended links and in the upload notices' contact sheets (which age out like any file; then
-    their folder goes)."""
+    ended links, in the upload notices' contact sheets and in the uploads imported into PACS
+    (which age out like any file; then their folder goes)."""
     policy = layout.policy
     result = PurgePlan(now, cutoff=now - policy.retention.days * 86400)
     root = layout.root
@@ -354,7 +356,11 @@ def plan_files(layout: Layout, now: float) -> PurgePlan:
                             result.holding.add(account)
                 finally:
                     os.close(chroot_fd)
-    for kind, kept in ((ENDED, layout.ended_links_dir()), (SHEETS, layout.contact_sheets_dir())):
+    for kind, kept in (
+        (ENDED, layout.ended_links_dir()),
+        (SHEETS, layout.contact_sheets_dir()),
+        (IMPORTED, layout.imported_dir()),
+    ):
         if os.path.isdir(kept) and not os.path.islink(kept):
             with _opened(kept) as kept_fd:
                 # One level more: each account's own folder.
@@ -540,7 +546,7 @@ def carry_out(
     def skip(step: PurgeStep, fields: dict, shown: str, reason: str) -> None:
         emit("purge-step-skipped", **fields, step=step.record()[0], reason=reason)
         report.changed.append(f"{shown}: {reason}")
-        if fields["kind"] not in (ENDED, SHEETS):
+        if fields["kind"] not in HELD:
             report.holding.add(fields["account"])  # something of it may be left
 
     def removal_failed(name: str, kind: str, failure: Exception) -> None:

@@ -159,6 +159,19 @@ def _node_name(value: str) -> str:
 AeTitle = Annotated[str, AfterValidator(_ae_title)]
 NodeName = Annotated[str, AfterValidator(_node_name)]
 
+# `exchange import --patient-id` (site.dicom.issuer_of_patient_id)
+_LONG_STRING = re.compile(r"^[^\\\x00-\x1f\x7f]{1,64}$")
+
+
+def _long_string(value: str) -> str:
+    # LO (PS3.5): at most 64 characters, no backslash (a value separator) or control characters.
+    if not _LONG_STRING.match(value) or value != value.strip():
+        raise ValueError("must be a DICOM LO value: 1-64 characters, no backslash, no outer spaces")
+    return value
+
+
+IssuerOfPatientId = Annotated[str, AfterValidator(_long_string)]
+
 
 class PacsNode(Part):
     """One PACS the exchange talks DICOM to: it queries it (C-FIND), has studies sent to it
@@ -202,6 +215,9 @@ class Dicom(Part):
     # which the web page uses too (roles/portal.py).
     certificate: str = paths.TLS_CERTIFICATE
     certificate_key: str = paths.TLS_CERTIFICATE_KEY
+    # `exchange import --patient-id`: the issuer (assigning authority) of the hospital's own patient
+    # IDs, written as IssuerOfPatientID with the local ID; unset: the received issuer is removed.
+    issuer_of_patient_id: IssuerOfPatientId | None = None
 
     @field_validator("default_pacs")
     @classmethod

@@ -10,10 +10,11 @@ import fabfile
 
 def server_command(monkeypatch, *argv: str) -> list[str]:
     """Parse `fab TASK ...` as fab does and return the `exchange` arguments the task would run."""
-    (parsed,) = Parser(contexts=Collection.from_module(fabfile).to_contexts()).parse_argv(list(argv))
+    tasks = Collection.from_module(fabfile)
+    (parsed,) = Parser(contexts=tasks.to_contexts()).parse_argv(list(argv))
     ran = []
     monkeypatch.setattr(fabfile, "_exchange", lambda c, *args: ran.append(list(args)))
-    getattr(fabfile, parsed.name.replace("-", "_")).body(None, **parsed.as_kwargs)
+    tasks[parsed.name].body(None, **parsed.as_kwargs)
     (args,) = ran
     return args
 
@@ -48,4 +49,18 @@ def test_pacs_tasks_run_the_pacs_commands(monkeypatch):
     assert server_command(monkeypatch, "pacs-echo", "main") == ["pacs", "echo", "main"]
     assert server_command(monkeypatch, "pacs-find", "--patient-id", "P1", "--date", "2026-01-01") == [
         "pacs", "find", "--patient-id", "P1", "--date", "2026-01-01",
+    ]  # fmt: skip
+
+
+def test_import_takes_the_path_as_given_after_the_options(monkeypatch):
+    args = server_command(
+        monkeypatch, "import", "--to-pacs", "main", "--patient-id", "1234567", "--force-reconcile",
+        "/srv/exchange/partners/cardiology/upload/--disc 0412.zip",
+    )  # fmt: skip
+    assert args == [
+        "import", "--to-pacs", "main", "--patient-id", "1234567", "--force-reconcile", "--",
+        "/srv/exchange/partners/cardiology/upload/--disc 0412.zip",
+    ]  # fmt: skip
+    assert server_command(monkeypatch, "import", "/data/disc.zip", "--to-pacs", "main") == [
+        "import", "--to-pacs", "main", "--", "/data/disc.zip",
     ]  # fmt: skip

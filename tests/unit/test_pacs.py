@@ -69,7 +69,7 @@ def test_echo_answers_and_a_stranger_or_a_dead_port_is_named(pacs):
         network.echo("main", dicom.pacs["main"], stranger)
     with pytest.raises(
         network.PacsError,
-        match="Called AE title not recognised .Rejected Permanent.; is WRONGCALLED the PACS's AE title",
+        match="refused the association: Called AE title not recognised; is WRONGCALLED the PACS.s AE title",
     ):
         network.echo("main", dicom.pacs["main"].model_copy(update={"ae_title": "WRONGCALLED"}), dicom)
     with no_listener() as port, pytest.raises(network.PacsError, match="no DICOM association: .*Connection refused"):

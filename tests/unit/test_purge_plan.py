@@ -240,3 +240,30 @@ def test_a_partner_whose_files_change_meanwhile_is_not_removed(tree, monkeypatch
     assert report.changed[-1] == (
         "account bob: its folders still hold files (changed since the purge planned it); not removed"
     )
+
+
+def test_imported_uploads_age_out_like_any_file_and_never_hold_an_account(tree):
+    """imported/<account>/ (exchange import): the same retention, from the upload's own times;
+    its folders go once empty and old, the account's own folder with them, never imported/."""
+    layout, chroot = tree
+    study = Path(layout.imported_dir()) / "alice" / "2026-04" / "ct-thorax"
+    study.mkdir(parents=True)
+    aged(study / "old.dcm", 8 * DAY)
+    young = aged(study / "young.dcm", 1 * DAY)
+    events, report = [], PurgeReport()
+    carry_out(plan_files(layout, NOW), layout, collect(events), report)
+    assert [(e, f["kind"], f["account"], f["path"]) for e, f in events] == [
+        ("file-purged", purge_module.IMPORTED, "alice", "/2026-04/ct-thorax/old.dcm")
+    ]
+    assert young.exists() and "alice" not in report.holding
+    for path in (young, study, study.parent, study.parent.parent):
+        dated(path, 8 * DAY)
+    events = []
+    carry_out(plan_files(layout, NOW), layout, collect(events), PurgeReport())
+    assert [(e, f["path"]) for e, f in events] == [
+        ("file-purged", "/2026-04/ct-thorax/young.dcm"),
+        ("directory-purged", "/2026-04/ct-thorax"),
+        ("directory-purged", "/2026-04"),
+        ("directory-purged", "/"),
+    ]
+    assert not study.parent.parent.exists() and Path(layout.imported_dir()).is_dir()

@@ -50,6 +50,7 @@ class Report:
     total_bytes: int = 0
     bomb: bool = False  # beyond the caps: not read any further
     descriptors: tuple[int, ...] = ()  # the files read (open while the caller's `keep` holds them)
+    top_fd: int | None = None  # the named zip's or folder's own descriptor (likewise): what was inspected
 
     @property
     def ok(self) -> bool:
@@ -221,6 +222,7 @@ def inspect_media(
     with contextlib.ExitStack() as here:
         (keep if keep is not None else here).enter_context(handed)
         report.descriptors = handed.descriptors
+        report.top_fd = handed.tops[0] if handed.tops else None
         named = next((f for f in handed.files if f.relative == ""), None)  # the zip itself, not a folder
         if named is None and any(u.label == printable(path) for u in handed.problems):
             report.problems += [f"{u.label}: {u.problem}" for u in handed.problems]  # the path itself

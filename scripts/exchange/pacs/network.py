@@ -147,7 +147,8 @@ def _why_not(name: str, node: PacsNode, ae: AE, rejections: list[A_ASSOCIATE_RJ]
             hint = f"; the PACS must know the exchange's AE title {ae.ae_title} as a modality"
         elif (rejection.source, rejection.reason_diagnostic) == (1, 7):  # service user: called AE title
             hint = f"; is {node.ae_title} the PACS's AE title?"
-        return f"{where} refused the association: {rejection.reason_str} ({rejection.result_str}){hint}"
+        when = " for now (a transient rejection: try again later)" if rejection.result == 2 else ""
+        return f"{where} refused the association{when}: {rejection.reason_str}{hint}"
     detail = next((line for line in reversed(said) if "Error" in line or "error" in line), None)
     detail = detail or (said[-1] if said else "no answer")
     return f"{where}: no DICOM association: {detail}"
