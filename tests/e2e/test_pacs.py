@@ -19,6 +19,7 @@ import pytest
 
 from exchange import paths
 from tests import testhost
+from tests.dicom_synth import ct_study
 from tests.e2e.clients import issued_account, paramiko_sftp
 from tests.e2e.conftest import make_exchange
 from tests.pacs import OrthancPacs, PortReservation, no_listener
@@ -202,3 +203,71 @@ def test_retrieves_right_after_one_another_both_arrive(world):
     result = world.exchange.host.ssh(twice, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("packed 8 files") == 2
+
+
+# -- PACS out: a partner's upload into the PACS ---------------------------------------------
+
+
+def partner_uploads(world: World, tmp_path: Path, name: str, files: list[Path], bad_member: bool = False) -> None:
+    """alice-clinic puts a zip of `files` into its upload folder over SFTP, with its own key."""
+    medium = tmp_path / name
+    with zipfile.ZipFile(medium, "w") as archive:
+        for number, file in enumerate(files):
+            archive.write(file, f"DISC/IM{number:04d}")
+        if bad_member:
+            archive.writestr("../../escape.txt", "an entry that would land outside where it is unpacked")
+    login = world.exchange.logins["alice-clinic"]
+    sftp = paramiko_sftp(world.exchange.host, login.name, key=login.key)
+    try:
+        sftp.put(str(medium), f"/upload/{name}")
+    finally:
+        sftp.close()
+
+
+def test_a_partners_upload_goes_into_pacs_once_and_then_to_imported(world, tmp_path):
+    files = ct_study(tmp_path / "sent", 3, patient_id="SENDER-E2E", attributes={"AccessionNumber": "E2E-IMP"})
+    partner_uploads(world, tmp_path, "disc.zip", files)
+    before = world.pacs.count()
+    upload = "/srv/exchange/partners/alice-clinic/upload/disc.zip"
+    result = run(world, "import", upload, "--to-pacs", "main")
+    assert result.returncode == 0, result.stderr
+    assert "3 instances of 1 studies, 3 stored now" in result.stdout and world.pacs.count() == before + 3
+    host = world.exchange.host
+    assert host.ssh(f"test -e {upload}", check=False).returncode == 1
+    assert host.ssh("ls /srv/exchange/imported/alice-clinic").stdout.split() == ["disc.zip"]
+    (line,) = [e for e in audit_events(world, "pacs-import") if e.get("path") == upload]
+    assert line["outcome"] == "imported" and line["stored"] == 3 and line["patients"]["received"] == ["SENDER-E2E"]
+    # The same images again (a partner sends the disc twice): nothing is sent twice.
+    partner_uploads(world, tmp_path, "again.zip", files)
+    again = run(world, "import", "/srv/exchange/partners/alice-clinic/upload/again.zip", "--to-pacs", "main")
+    assert again.returncode == 0, again.stderr
+    assert "0 stored now, 3 there before" in again.stdout and world.pacs.count() == before + 3
+
+
+def test_reconciliation_refuses_a_mismatch_unless_forced(world, tmp_path):
+    world.pacs.add_study(tmp_path / "local", 1, patient_id="LOCAL-E2E", PatientName="OTHER^PERSON")
+    files = ct_study(tmp_path / "sent", 2, patient_id="SENDER-E2E-2")
+    partner_uploads(world, tmp_path, "other.zip", files)
+    upload = "/srv/exchange/partners/alice-clinic/upload/other.zip"
+    before = world.pacs.count()
+    refused = run(world, "import", upload, "--to-pacs", "main", "--patient-id", "LOCAL-E2E")
+    assert refused.returncode == 2, refused.stderr
+    assert "name: received SYNTHETIC^PATIENT, the PACS has OTHER^PERSON" in refused.stderr
+    assert world.pacs.count() == before
+    forced = run(world, "import", upload, "--to-pacs", "main", "--patient-id", "LOCAL-E2E", "--force-reconcile")
+    assert forced.returncode == 0, forced.stderr
+    assert world.pacs.count() == before + 2
+    studies = [world.pacs.study_instances(study["ID"]) for study in world.pacs.find_studies(PatientID="LOCAL-E2E")]
+    (stored,) = [instances for instances in studies if len(instances) == 2]  # the upload, beside the local study
+    tags = world.pacs.http.get(f"/instances/{stored[0]['ID']}/tags", params={"simplify": ""}).json()
+    assert tags["OtherPatientIDsSequence"][0]["PatientID"] == "SENDER-E2E-2"
+
+
+def test_a_zip_that_fails_inspection_is_never_sent(world, tmp_path):
+    files = ct_study(tmp_path / "sent", 2, patient_id="SENDER-E2E-3")
+    partner_uploads(world, tmp_path, "bad.zip", files, bad_member=True)
+    before = world.pacs.count()
+    result = run(world, "import", "/srv/exchange/partners/alice-clinic/upload/bad.zip", "--to-pacs", "main")
+    assert result.returncode == 1 and "'..' in the path" in result.stderr
+    assert world.pacs.count() == before
+    assert "bad.zip" in world.exchange.host.ssh("ls /srv/exchange/partners/alice-clinic/upload").stdout
