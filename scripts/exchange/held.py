@@ -32,7 +32,7 @@ class Held:
     problems: list[str] = field(default_factory=list)  # what could not be made staff's (named)
 
 
-def _free_name(dir_fd: int, name: str) -> str:
+def free_name(dir_fd: int, name: str) -> str:
     """`name`, or "name (2).ext", ... : a hold run again never replaces what it held before."""
     stem, suffix = os.path.splitext(name)
     candidate, copy = name, 1
@@ -70,8 +70,8 @@ def hold_uploads(layout: Layout, account: str) -> Held:
         try:
             for name in names:
                 # Whole entries: a folder moves with everything in it, however deep.
-                os.rename(name, _free_name(target, name), src_dir_fd=source, dst_dir_fd=target)
-            _close_for_staff(target, staff, policy.accounts.max_folder_depth, held)
+                os.rename(name, free_name(target, name), src_dir_fd=source, dst_dir_fd=target)
+            close_for_staff(target, staff, policy.accounts.max_folder_depth, held)
         finally:
             os.close(target)
     finally:
@@ -80,7 +80,7 @@ def hold_uploads(layout: Layout, account: str) -> Held:
     return held
 
 
-def _close_for_staff(top_fd: int, staff: int, max_depth: int, held: Held) -> None:
+def close_for_staff(top_fd: int, staff: int, max_depth: int, held: Held) -> None:
     """What was moved, made root's: folders 0750, regular files 0640, group staff. A file with
     a second hard link is left as it is (its owner would change elsewhere too); symlinks and
     other special files stay as they are, never followed."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from exchange import safefs, untrusted
-from exchange.held import Held, _close_for_staff, _free_name
+from exchange.held import Held, close_for_staff, free_name
 from exchange.layout import Layout
 
 
@@ -78,7 +78,7 @@ def move_imported(layout: Layout, place: UploadPlace, inspected: os.stat_result)
             raise NotMoved(f"{shown} is no longer what was inspected and imported (replaced or removed meanwhile)")
         target = _imported_folder(layout, place, staff)
         stack.callback(os.close, target)
-        new_name = _free_name(target, name)
+        new_name = free_name(target, name)
         try:
             os.rename(name, new_name, src_dir_fd=source, dst_dir_fd=target)
         except OSError as error:
@@ -123,7 +123,7 @@ def _make_staffs(dir_fd: int, name: str, staff: int, max_depth: int) -> None:
         with safefs.opened_dir(name, dir_fd) as folder:
             os.fchown(folder, 0, staff)
             os.fchmod(folder, 0o750)
-            _close_for_staff(folder, staff, max_depth, Held())
+            close_for_staff(folder, staff, max_depth, Held())
     elif stat.S_ISREG(entry.st_mode):
         descriptor = safefs.open_entry(dir_fd, name, entry)
         if descriptor is not None:
