@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import tempfile
 import time
 import zipfile
@@ -366,3 +367,33 @@ def test_a_sheet_of_thousands_of_open_files_is_still_read_back():
             os.close(descriptor)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert found == {"fine": True}
+
+
+def test_the_renderer_reaches_no_network_and_starts_no_process():
+    """A decoder taken over by a sender's file can neither send what root's memory held (the
+    child is a fork of the tool) nor leave a process behind."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def work() -> tuple[bytes, dict]:
+            found = {}
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                found["connect"] = "done"
+            except OSError as error:
+                found["connect"] = error.strerror or str(error)
+            try:
+                child = os.fork()
+                if child == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                found["fork"] = child
+            except OSError as error:
+                found["fork"] = error.strerror
+            return _ok(found)
+
+        _, found = contactsheet._sandboxed(work, [], (NOBODY.pw_uid, NOBODY.pw_gid), 30)
+    assert found["connect"] == "Network is unreachable"
+    assert found["fork"] == "Resource temporarily unavailable"

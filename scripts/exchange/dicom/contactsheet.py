@@ -75,6 +75,7 @@ WARNING = (255, 140, 90)
 RENDER_SECONDS = 300  # wall clock and CPU for one sheet, then the child is stopped
 EXTRA_MEMORY = 3 << 30  # bytes the child may allocate beyond what it inherits (a 40 MP frame, decoded)
 MAX_OUTPUT = 64 << 20  # bytes read back from the child; a 48-tile sheet is about 1 MB
+CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000  # <linux/sched.h>, for the child's network
 UNPRIVILEGED = "nobody"  # whom the renderer runs as when no staff member is behind sudo (cron)
 
 
@@ -340,6 +341,7 @@ def _sandboxed(
     if pid == 0:  # the child: never returns
         status = 1
         try:
+            os.setpgid(0, 0)  # its own group: whatever it might start is killed with it
             os.close(reader)
             _confine(keep | {writer}, user, timeout)
             jpeg, layout = work()
@@ -359,8 +361,8 @@ def _sandboxed(
         answer = _read(reader, timeout)
     finally:
         os.close(reader)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # done or not: nothing of it stays
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # done or not: nothing of it stays
         _, status = os.waitpid(pid, 0)
     return _answer(answer, status)
 
@@ -424,6 +426,7 @@ def _confine(keep: set[int], user: tuple[int, int] | None, seconds: float) -> No
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     with contextlib.suppress(OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_AS, (_address_space() + EXTRA_MEMORY,) * 2)
+    _no_network()
     if user is not None:
         uid, gid = user
         os.setgroups([])
@@ -431,6 +434,7 @@ def _confine(keep: set[int], user: tuple[int, int] | None, seconds: float) -> No
         os.setresuid(uid, uid, uid)
         if os.geteuid() == 0 or os.getuid() == 0:
             raise SheetError("could not give up root")
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no process of its own: nothing outlives it
     _no_new_privileges()
     os.nice(5)
 
@@ -441,6 +445,17 @@ def _address_space() -> int:
             if line.startswith(b"VmSize:"):
                 return int(line.split()[1]) * 1024
     raise ValueError("no VmSize")
+
+
+def _no_network() -> None:
+    """A network namespace of its own, with no interface but a loopback that is down: the child
+    is a fork of the tool, whose memory holds what it must not send anywhere (the site's
+    transport credentials, recipients). As root a plain unshare; as anyone else through a user
+    namespace, where the kernel allows one (else the rest of the confinement still holds)."""
+    unshare = ctypes.CDLL(None, use_errno=True).unshare
+    for flags in (CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNET):
+        if unshare(flags) == 0:
+            return
 
 
 def _no_new_privileges() -> None:
