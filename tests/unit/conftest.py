@@ -12,6 +12,8 @@ import pytest
 
 from exchange import paths
 
+_MARK = b"\0mark"
+
 
 class AuditSocket:
     """Receives what the tools send to the audit socket, as rsyslog would (without its stamp)."""
@@ -19,6 +21,8 @@ class AuditSocket:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.messages: list[str] = []
+        self._marks = 0
+        self._seen = threading.Condition()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(str(path))
         self._thread = threading.Thread(target=self._receive, daemon=True)
@@ -30,10 +34,27 @@ class AuditSocket:
                 data = self._socket.recv(1 << 20)
             except OSError:
                 return
-            self.messages.append(data.decode())
+            with self._seen:
+                if data == _MARK:
+                    self._marks += 1
+                    self._seen.notify_all()
+                else:
+                    self.messages.append(data.decode())
 
     def records(self) -> list[dict]:
-        return [json.loads(message.split(": ", 1)[1]) for message in list(self.messages)]
+        return [json.loads(message.split(": ", 1)[1]) for message in self.received()]
+
+    def received(self) -> list[str]:
+        # A datagram socket keeps order: once our own mark has come through, so has everything
+        # sent before it (the receiving thread may lag behind a busy machine).
+        with self._seen:
+            wanted = self._marks + 1
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(_MARK, str(self.path))
+        with self._seen:
+            if not self._seen.wait_for(lambda: self._marks >= wanted, timeout=30):
+                raise TimeoutError("the audit socket's receiver stopped")
+            return list(self.messages)
 
     def close(self) -> None:
         self._socket.shutdown(socket.SHUT_RDWR)
