@@ -80,8 +80,9 @@ def make_study(work: Path, copies: int) -> tuple[list[Path], dict[int, Path], li
         template = templates / f"image{number}.dcm"
         ds.save_as(template)
         codestream = get_frame(ds.PixelData, 0, number_of_frames=1)
-        levels, precision, _signed = previews._codestream_levels(codestream)
-        reduce = previews.reduction(levels, max(ds.Rows, ds.Columns))
+        main = previews._codestream_header(codestream)
+        levels, precision = main.levels, main.precision
+        reduce = previews.reduction(levels, max(main.size[:2]))
         described.append(
             f"{name} x{tiles * tiles}: {ds.Columns} x {ds.Rows}, {precision} bits, {levels} levels, "
             f"{len(codestream) / 1e6:.1f} MB, reduction {reduce} ({-(-ds.Columns // 2**reduce)} x "

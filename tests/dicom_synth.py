@@ -3,20 +3,23 @@
 `ct_study` writes uncompressed CT instances (512x512, 12 bits, a body-shaped disc of soft tissue in air,
 so deflate sees about what it sees in a real CT); `clone` copies an existing instance
 (e.g. one of pydicom's JPEG 2000 test files) under new UIDs and a patient of our choosing,
-pixel data untouched.
+pixel data untouched; `deflated` saves one again in Deflated Explicit VR Little Endian, with
+padding (zeros: deflate makes a thousandth of them) where a bomb keeps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
-from collections.abc import Mapping
+import tracemalloc
+from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 
 @cache
@@ -117,3 +120,31 @@ def clone(
         source.save_as(path)
         paths.append(path)
     return paths
+
+
+def deflated(template: Path, path: Path, padding: int = 0, **long_values: int) -> Path:
+    """`template` saved as `path` in Deflated Explicit VR Little Endian, under a new SOP Instance
+    UID; with `padding` zero bytes in a private element before the pixel data, and each of
+    `long_values` (keyword: characters) that long (as UN, which pydicom writes unchecked)."""
+    ds = dcmread(template)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    if padding:
+        ds.private_block(0x0009, "EXCHANGE TESTS", create=True).add_new(0x10, "OB", bytes(padding))
+    for keyword, length in long_values.items():
+        ds.add_new(keyword, "UN", b"A" * length)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[list[int]]:
+    """The most Python held at once inside the block, every thread's (tracemalloc: zlib's
+    output and pydicom's values are there; a C decoder's own buffers are not), as `[bytes]`."""
+    found: list[int] = []
+    tracemalloc.start()
+    try:
+        yield found
+    finally:
+        found.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

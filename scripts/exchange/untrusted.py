@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import unicodedata
 
+# Characters of a sender's DICOM value kept to be shown: more than any valid one holds (a person's
+# name, the longest: 3 x 64 and two "="), a line's worth, and never a megabyte to escape.
+TEXT_LIMIT = 200
 # Bidirectional formatting characters: Unicode's category Cf holds them with others.
 _SHOWN_AS_IS = {"\t"}
 
@@ -42,6 +45,11 @@ def printable(text: object, backslashes: bool = True) -> str:
         "\\\\" if backslashes and character == "\\" else character if _safe(character) else _escaped(character)
         for character in text
     )
+
+
+def cut(value: object) -> str:
+    """A sender's DICOM value as it is kept to be shown: its first TEXT_LIMIT characters."""
+    return str(value)[:TEXT_LIMIT]
 
 
 def printable_lines(text: object) -> str:

@@ -24,8 +24,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from exchange import cli
-from exchange.dicom import contactsheet, media
+from exchange import cli, untrusted
+from exchange.dicom import contactsheet, media, previews
 from exchange.dicom.contactsheet import SheetError
 from exchange.dicom.dicomdir import build_tree
 from exchange.dicom.dicomfiles import Instance, Source
@@ -173,7 +173,7 @@ def test_hostile_dicom_text_is_shown_escaped_and_cut_to_its_tile():
     lines = [line for tile in sheet.tiles for line in tile.lines] + sheet.heading
     for line in lines:
         assert line.isprintable() and all(ord(c) < 0x100 for c in line), repr(line)
-        assert len(line) < 2 * contactsheet.TEXT_LIMIT
+        assert len(line) < 2 * untrusted.TEXT_LIMIT
     first = sheet.tiles[0].lines
     assert first[0].startswith("P  \\x1b[2J\\x1b[1;1Hall clear\\n\\u202eevil\\u200b\\tx\\x00AAA")
     assert sheet.tiles[1].lines[2] == "series 2  Thorax\\u4e2d"  # what the font cannot draw, escaped
@@ -253,7 +253,7 @@ def test_a_renderer_that_crashes_hangs_or_lies_costs_the_sheet_and_nothing_else(
 
 def test_the_renderers_memory_is_bounded():
     def work() -> tuple[bytes, dict]:
-        bytearray(contactsheet.EXTRA_MEMORY + (1 << 30))
+        bytearray(previews.EXTRA_MEMORY + (1 << 30))
         return _ok({})
 
     with pytest.raises(SheetError, match="the renderer failed: MemoryError"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,18 +22,21 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
+from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
 
 import exchange.dicom.package
 import exchange.safefs
 from exchange import templates
 from exchange.dicom import media as media_module
+from exchange.dicom import pdi
 from exchange.dicom.package import PackageError, make_package
 from exchange.messaging.messages import Messages
 from exchange.policy import load_policy
 from exchange.site import parse_site
 from roles import REPO
-from tests.dicom_synth import clone, ct_study
+from tests.dicom_synth import clone, ct_study, deflated, peak_memory
 from tests.sites import outbox_site, viewer_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
@@ -163,6 +167,61 @@ def test_truncated_and_corrupt_files_are_named_with_the_reason(tmp_path):
     assert f"{j2k}: truncated" in message
     assert "garbage.dcm" in message
     assert not any((tmp_path / "download").iterdir())
+
+
+CT_SMALL = Path(get_testdata_file("CT_small.dcm", download=False))
+
+
+def test_a_deflated_file_is_read_to_its_header_and_one_that_expands_beyond_it_is_named_broken(tmp_path):
+    """pydicom inflates a deflated dataset whole: 90 KB that hold 64 MB of zeros, in a folder or as
+    a stored zip member (whose ratio the zip caps see as 1:1), are read as far as a header may go."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "bombs").mkdir()
+    deflated(CT_SMALL, tmp_path / "in" / "good.dcm")
+    bomb = deflated(CT_SMALL, tmp_path / "bombs" / "bomb.dcm", padding=64 << 20)
+    with zipfile.ZipFile(tmp_path / "cd.zip", "w", zipfile.ZIP_STORED) as archive:
+        archive.write(bomb, "DICOM/IM1")
+    with peak_memory() as peak:
+        reports = [inspect_media(tmp_path / "bombs"), inspect_media(tmp_path / "cd.zip")]
+    assert peak[0] < 40 << 20
+    reason = "the deflated dataset expands beyond 8 MB before its pixel data"
+    assert [r.problems for r in reports] == [[f"bomb.dcm: {reason}"], [f"DICOM/IM1: {reason}"]]
+    with pytest.raises(PackageError, match=f"bomb.dcm: {reason}"):
+        package(tmp_path, tmp_path / "bombs")
+    made = package(tmp_path, tmp_path / "in")  # a deflated file within the bounds: packaged, with its previews
+    assert made.files == 1
+    with zipfile.ZipFile(made.path) as archive:
+        (series,) = json.loads(archive.read(pdi.STACKS))["series"]
+    assert len(series["pictures"]) == 1 and series["problems"] == {}
+
+
+def test_a_received_dicomdir_that_expands_beyond_its_bound_is_refused_unread(tmp_path):
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    directory.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.FileSetID = "BOMB"
+    directory.save_as(tmp_path / "plain", enforce_file_format=True)
+    bomb = deflated(tmp_path / "plain", tmp_path / "DICOMDIR", padding=64 << 20)
+    (image,) = ct_study(tmp_path / "ct", 1)
+    with zipfile.ZipFile(tmp_path / "cd.zip", "w", zipfile.ZIP_STORED) as archive:
+        archive.write(bomb, "DICOMDIR")
+        archive.write(image, "DICOM/IM1")
+    with peak_memory() as peak:
+        report = inspect_media(tmp_path / "cd.zip")
+    assert peak[0] < 40 << 20
+    assert any("not a readable DICOMDIR (the deflated dataset expands beyond" in p for p in report.problems)
+
+
+def test_header_values_are_kept_no_longer_than_any_dicom_value_may_be(tmp_path):
+    (path,) = ct_study(tmp_path / "in", 1)
+    ds = dcmread(path)
+    ds.add_new("PatientName", "UN", b"A" * 100_000)  # as UN: pydicom writes it unchecked
+    ds.add_new("StudyDescription", "UN", b"B" * 100_000)
+    ds.save_as(path)
+    (instance,) = inspect_media(tmp_path / "in").instances
+    assert [len(instance.header[k]) for k in ("PatientName", "StudyDescription")] == [200, 200]  # untrusted.TEXT_LIMIT
 
 
 def test_an_image_holding_the_zip_end_signature_is_packaged_as_an_image(tmp_path):

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from exchange.dicom import pdi
 from exchange.portal import folder_view, package_view
 from exchange.portal.package_view import open_package, read_picture
 from exchange.portal.study_view import NotViewable
-from tests.dicom_synth import ct_study
+from tests.dicom_synth import ct_study, deflated, peak_memory
 from tests.unit.test_package import package
 
 
@@ -185,6 +187,12 @@ def test_a_damaged_or_unknown_list_of_pictures_is_said_so(tmp_path, stacks, why)
         _open(tmp_path, _zip(tmp_path, {pdi.STACKS: (stacks, zipfile.ZIP_DEFLATED)}))
 
 
+def test_the_senders_texts_in_a_list_of_pictures_are_cut_for_the_page(tmp_path):
+    stacks = _stacks([], patient_name="A" * 100_000, series_description="B" * 300)
+    (series,) = _open(tmp_path, _zip(tmp_path, {pdi.STACKS: (stacks, zipfile.ZIP_DEFLATED)})).series
+    assert (series.texts["patient_name"], series.texts["series_description"]) == ("A" * 200, "B" * 200)
+
+
 def test_a_list_of_pictures_that_inflates_beyond_its_cap_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(package_view, "MAX_STACKS_BYTES", 1000)
     with pytest.raises(NotViewable, match="larger than expected"):
@@ -266,6 +274,24 @@ def test_a_folder_shows_its_series_read_through_sftp_and_renders_each_picture(tm
     assert {s.texts["patient_id"] for s in view.series} == {"FOLDER01"}  # the link's OUTSIDE1 is not followed
     assert all(p.name.startswith("more/deeper/") for p in view.series[1].pictures)
     assert isinstance(jpeg, bytes) and jpeg.startswith(b"\xff\xd8\xff")
+
+
+def test_a_folders_deflated_headers_inflate_no_further_than_a_plain_head_and_their_texts_are_cut(tmp_path):
+    """In the portal's own process: pydicom would inflate each whole (64 MB from 90 KB), and a
+    100,000-character name would be kept, then escaped character by character on the event loop."""
+    ct = Path(get_testdata_file("CT_small.dcm", download=False))
+    folder = tmp_path / "share" / "scans"
+    folder.mkdir(parents=True)
+    deflated(ct, folder / "long-name.dcm", PatientName=100_000)
+    bomb = dcmread(deflated(ct, folder / "bomb.dcm", padding=64 << 20))
+    bomb.SeriesInstanceUID = "1.2.3.4"  # a series of its own, which must not be shown
+    bomb.save_as(folder / "bomb.dcm")
+    with peak_memory() as peak:
+        view = over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/scans", "scans", 2))
+    assert peak[0] < 32 << 20
+    assert list(view.files) == ["long-name.dcm"] and len(view.series) == 1
+    name = view.series[0].texts["patient_name"]
+    assert len(name) == 200 and "A" * 190 in name  # untrusted.TEXT_LIMIT (an UN value: as pydicom shows it)
 
 
 def test_a_folder_is_walked_no_deeper_than_the_policy_allows(tmp_path):

@@ -17,6 +17,7 @@ from exchange.dicom.dicomdir import Image as TreeImage
 from exchange.dicom.dicomdir import Series
 from exchange.dicom.dicomfiles import Instance, Source
 from exchange.dicom.previews import PreviewError, render
+from tests.dicom_synth import ct_study, deflated, peak_memory
 
 # One file per transfer syntax and photometric interpretation the packager meets.
 DECODED = {
@@ -77,8 +78,8 @@ def test_monochrome1_is_inverted():
 
 
 def test_jpeg_2000_is_decoded_at_a_reduced_resolution():
-    levels, precision, signed = previews._codestream_levels(_codestream("RG3_J2KR.dcm"))
-    assert (precision, signed) == (10, False) and levels >= 2
+    main = previews._codestream_header(_codestream("RG3_J2KR.dcm"))
+    assert (main.precision, main.signed, main.size) == (10, False, (1760, 1760, 1)) and main.levels >= 2
     assert preview("RG3_J2KR.dcm").size == (512, 512)  # 1760 decoded at 440 or 880, scaled to 512
 
 
@@ -104,6 +105,70 @@ def test_a_frame_too_large_is_refused_before_decoding(tmp_path):
     ds.save_as(path)
     with path.open("rb") as handle, pytest.raises(PreviewError, match="too large to preview"):
         render(handle, str(ds.file_meta.TransferSyntaxUID))
+
+
+# A header that lies about its frame: (header columns, rows, samples) against the codestream's own.
+LYING = {
+    "MR2_J2KI.dcm": (512, 512, 1),  # JPEG 2000 of 1024 x 1024 (the lie of a 12,000 px one is the same)
+    "JPEG-LL.dcm": (128, 128, 1),  # JPEG lossless, SOF3 of 256 x 1024
+    "SC_rgb_jpeg_dcmtk.dcm": (100, 100, 1),  # JPEG baseline, SOF0 of 3 components: one sample said
+    "MR_small_jpeg_ls_lossless.dcm": (64, 32, 1),  # JPEG-LS, SOF55 of 64 x 64
+}
+
+
+@pytest.mark.parametrize("name", sorted(LYING))
+def test_a_codestream_of_another_size_than_its_header_says_is_refused_before_decoding(name, tmp_path, monkeypatch):
+    ds = dcmread(file(name))
+    ds.Columns, ds.Rows, ds.SamplesPerPixel = LYING[name]
+    path = tmp_path / name
+    ds.save_as(path)
+    decoded = []
+    monkeypatch.setattr(previews, "pixel_array", lambda *a, **k: decoded.append(a) or np.zeros((8, 8), np.uint8))
+    monkeypatch.setattr(previews.PILImage, "open", lambda *a, **k: decoded.append(a) or Image.new("L", (8, 8)))
+    with path.open("rb") as handle, pytest.raises(PreviewError, match="its header says"):
+        render(handle, str(ds.file_meta.TransferSyntaxUID))
+    assert decoded == []
+
+
+def test_pillow_itself_decodes_no_frame_beyond_the_bound():
+    assert Image.MAX_IMAGE_PIXELS == previews.MAX_FRAME_PIXELS
+
+
+def test_a_deflated_image_is_previewed_from_its_dataset_inflated(tmp_path):
+    for name in ("CT_small.dcm", "SC_rgb.dcm"):  # in place (grey), and by pydicom (colour)
+        path = deflated(file(name), tmp_path / name)
+        with path.open("rb") as handle:
+            ours = np.asarray(Image.open(io.BytesIO(render(handle, "1.2.840.10008.1.2.1.99"))), dtype=np.float64)
+        assert np.abs(ours - np.asarray(preview(name), dtype=np.float64)).mean() < 1, name
+
+
+def test_a_deflated_dataset_that_expands_beyond_its_bound_is_never_inflated_whole(tmp_path):
+    # 90 KB that inflate to 64 MB: more than 200 times the file (a zip entry's bound too) is refused.
+    path = deflated(file("CT_small.dcm"), tmp_path / "bomb.dcm", padding=64 << 20)
+    with peak_memory() as peak, path.open("rb") as handle, pytest.raises(PreviewError) as refused:
+        render(handle, "1.2.840.10008.1.2.1.99")
+    assert str(refused.value).startswith("too large to preview") and "expands beyond" in str(refused.value)
+    assert peak[0] < 40 << 20
+
+
+def test_a_package_render_worker_that_runs_out_of_memory_fails_its_own_picture_only(tmp_path, monkeypatch):
+    files = ct_study(tmp_path / "ct", 3)
+    hungry = dcmread(files[1])
+    hungry.Modality = "MR"
+    hungry.save_as(files[1])
+    real = previews._native_words
+
+    def native_words(handle, header, syntax, frame):  # a decoder a sender's file makes ask for 8 GB
+        if header.Modality == "MR":
+            np.empty(8 << 30, np.uint8)  # beyond what any renderer may hold (previews.EXTRA_MEMORY)
+        return real(handle, header, syntax, frame)
+
+    monkeypatch.setattr(previews, "_native_words", native_words)  # the workers are forked: they have it
+    pictures = [(Source(str(f), f.stat().st_size, lambda f=f: f.open("rb")), "1.2.840.10008.1.2.1", 0) for f in files]
+    with previews.RenderPool(pictures, workers=1) as pool:
+        found = [result for _, result in pool.results()]
+    assert found[1] == "too large to preview"
+    assert found[0][:3] == found[2][:3] == b"\xff\xd8\xff"
 
 
 def test_garbage_pixel_data_is_a_reason_not_a_crash(tmp_path):

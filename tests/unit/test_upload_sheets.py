@@ -29,7 +29,7 @@ from exchange.policy import NoticesPolicy, load_policy
 from exchange.purge import SHEETS, PurgeReport, purge_files
 from exchange.site import parse_site
 from roles import REPO
-from tests.dicom_synth import clone, ct_study
+from tests.dicom_synth import clone, ct_study, deflated, peak_memory
 from tests.sites import outbox_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy
@@ -147,6 +147,25 @@ def test_a_hostile_upload_costs_its_own_sheet_and_every_notice_still_goes(tmp_pa
     assert sheets_of(layout) == []
     (sheet,) = sheets_of(layout, "bob")
     assert f"ct: {sheet}" in bob
+
+
+def test_a_deflated_bomb_in_an_upload_is_named_a_problem_in_bounded_memory_and_every_notice_goes(tmp_path):
+    """The header reads are root's job itself (the sheet's drawing is confined, they are not): a
+    90 KB file that pydicom would inflate to 64 MB is read only as far as a header may go."""
+    layout = layout_for(tmp_path)
+    scans = upload(layout) / "scans"
+    ct_study(scans, 1)
+    deflated(Path(get_testdata_file("CT_small.dcm", download=False)), scans / "IM0001", padding=64 << 20)
+    ct_study(upload(layout, "bob") / "ct", 1)
+    settle(upload(layout), upload(layout, "bob"))
+    with peak_memory() as peak:
+        sent, failures, bodies = notify(layout, tmp_path)
+    assert (sent, failures) == (2, []) and peak[0] < 40 << 20
+    alice, bob = sorted(bodies, key=lambda body: "bob" in body)
+    (sheet,) = sheets_of(layout)
+    assert f"scans: {sheet}; the check found 1 problem: do not import it" in alice
+    (theirs,) = sheets_of(layout, "bob")
+    assert f"ct: {theirs}" in bob and "problem" not in bob
 
 
 def test_a_failure_of_the_server_is_named_to_the_job_and_the_notice_still_goes(tmp_path):

@@ -62,7 +62,6 @@ LINE = 16  # px a line of text takes (the default font at FONT_SIZE)
 FONT_SIZE = 13
 LABEL_LINES = 4
 MIN_WIDTH = 640  # room for the heading however few series there are
-TEXT_LIMIT = 200  # characters of a DICOM value looked at; a tile shows about 40
 JPEG_QUALITY = 90
 ATTEMPTS = 3  # pictures of a series tried (the middle one, then the first and the last)
 
@@ -73,7 +72,6 @@ TEXT = (235, 235, 235)
 WARNING = (255, 140, 90)
 
 RENDER_SECONDS = 300  # wall clock and CPU for one sheet, then the child is stopped
-EXTRA_MEMORY = 3 << 30  # bytes the child may allocate beyond what it inherits (a 40 MP frame, decoded)
 MAX_OUTPUT = 64 << 20  # bytes read back from the child; a 48-tile sheet is about 1 MB
 CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000  # <linux/sched.h>, for the child's network
 UNPRIVILEGED = "nobody"  # whom the renderer runs as when no staff member is behind sudo (cron)
@@ -119,7 +117,7 @@ class Plan:
 def shown(value: object) -> str:
     """A value of the sender's as the sheet shows it: escaped like everywhere (exchange.untrusted),
     and what the default font cannot draw (beyond Latin-1) as \\uXXXX, never dropped."""
-    text = untrusted.printable(str(value)[:TEXT_LIMIT])
+    text = untrusted.printable(untrusted.cut(value))  # a tile shows about 40 characters
     if all(ord(character) < 0x100 for character in text):
         return text
     return "".join(
@@ -424,8 +422,7 @@ def _confine(keep: set[int], user: tuple[int, int] | None, seconds: float) -> No
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     cpu = max(1, int(seconds))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_AS, (_address_space() + EXTRA_MEMORY,) * 2)
+    previews.limit_memory()
     _no_network()
     if user is not None:
         uid, gid = user
@@ -437,14 +434,6 @@ def _confine(keep: set[int], user: tuple[int, int] | None, seconds: float) -> No
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no process of its own: nothing outlives it
     _no_new_privileges()
     os.nice(5)
-
-
-def _address_space() -> int:
-    with open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(b"VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise ValueError("no VmSize")
 
 
 def _no_network() -> None:

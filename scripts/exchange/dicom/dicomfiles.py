@@ -3,9 +3,11 @@
 Input is what staff hand in (exchange.handed_in: files and folders, opened once with the
 rights of whoever named them) and received media among it: a zip file (with or without a
 DICOMDIR), within the caps that keep a zip bomb out. Every candidate is read up to its pixel data
-(`stop_before_pixels`, `specific_tags`), then the pixel data element's own length is
-checked against the file's size, so a truncated file is caught without reading its
-images. What is not DICOM is listed; what is broken is named with the reason.
+(`stop_before_pixels`, `specific_tags`; a deflated dataset no further, exchange.dicom.reading),
+then the pixel data element's own length is checked against the file's size, so a truncated
+file is caught without reading its images (a deflated one's, when the header's bound holds
+all of it). What is not DICOM is listed; what is broken is named with the reason. The values
+kept are cut to what any valid one may hold (untrusted.TEXT_LIMIT): thousands stay small.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from exchange import handed_in, untrusted
+from exchange.dicom import reading
 
 # What the directory records, the package index and the previews' stacks need; nothing else is parsed.
 HEADER_TAGS = [
@@ -54,7 +56,7 @@ HEADER_TAGS = [
     "RTPlanLabel",  # for the record type, as pydicom decides it
     "NumberOfFrames",  # a preview stack pages through frames too
 ]
-Header = dict[str, object]  # keyword -> value (str; SpecificCharacterSet as read): a few hundred bytes
+Header = dict[str, object]  # keyword -> value (str, cut; SpecificCharacterSet as read): a few hundred bytes
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 _ITEM, _SEQUENCE_END = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 
@@ -113,7 +115,7 @@ READ_ERRORS = (OSError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
 # A received zip that unpacks to more than this, or one of whose members expands more than
 # this, is no study but a zip bomb (`exchange inspect` has the same caps as options).
 ZIP_MAX_TOTAL_BYTES = 50 * 1024**3  # a study on a DVD is a few GB; 50 GB is no study
-ZIP_MAX_RATIO = 200  # DICOM deflates 2-5x; a bomb does thousands
+ZIP_MAX_RATIO = reading.MAX_RATIO  # as a deflated dataset's
 
 
 def is_dicomdir(name: str) -> bool:
@@ -202,6 +204,7 @@ def _pixel_data_complete(handle: BinaryIO, size: int, implicit: bool, little_end
 
 
 _INTEGERS = {"SeriesNumber", "InstanceNumber"}  # IS: a value that is no integer counts as missing
+_MOST_CHARACTER_SETS = 8  # PS3.3 C.12.1.1.2 defines a dozen; an image names two or three
 
 
 def _integer(value: object) -> bool:
@@ -218,9 +221,10 @@ def compact(header: Dataset) -> Header:
         value = header.get(keyword)
         if value is None or value == "" or (keyword in _INTEGERS and not _integer(value)):
             continue
-        values[keyword] = value if keyword == "SpecificCharacterSet" and not isinstance(value, str) else str(value)
-    if isinstance(values.get("SpecificCharacterSet"), list | tuple):
-        values["SpecificCharacterSet"] = [str(v) for v in values["SpecificCharacterSet"]]
+        if keyword == "SpecificCharacterSet" and not isinstance(value, str):  # code extensions: a few at most
+            values[keyword] = [untrusted.cut(v) for v in list(value)[:_MOST_CHARACTER_SETS]]
+        else:
+            values[keyword] = untrusted.cut(value)
     return values
 
 
@@ -234,7 +238,7 @@ def as_dataset(header: Header) -> Dataset:
 def full_header(source: Source) -> Dataset:
     """Every element before the pixel data, for the rare record types that need more."""
     with source.open() as handle:
-        return dcmread(handle, stop_before_pixels=True)
+        return reading.header(handle).dataset
 
 
 def read_header(source: Source) -> Instance | str:
@@ -243,15 +247,18 @@ def read_header(source: Source) -> Instance | str:
         return f"broken: {source.problem}"
     try:
         with source.open() as handle:
-            header = dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-            meta = header.file_meta
-            syntax = meta.get("TransferSyntaxUID")
+            read = reading.header(handle, HEADER_TAGS)
+            header = read.dataset
+            syntax = header.file_meta.get("TransferSyntaxUID")
             if syntax is None or "SOPInstanceUID" not in header or "SOPClassUID" not in header:
                 return "broken: no transfer syntax, SOP Class or SOP Instance UID in the header"
             if not isinstance(syntax, UID):  # e.g. two values (a backslash in it)
                 return f"broken: the transfer syntax is no single UID ({syntax!r})"
-            # Zip members seek too (a deflated one by decompressing forward, in bounded memory).
-            problem = _pixel_data_complete(handle, source.size, syntax.is_implicit_VR, syntax.is_little_endian)
+            # Zip members seek too (a deflated one by decompressing forward, in bounded memory). A
+            # deflated dataset inflated only as far as its header's bound: its previews check the rest.
+            size = source.size if read.inflated is None else read.inflated
+            encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
+            problem = None if read.cut else _pixel_data_complete(read.data, size, *encoding)
             if problem:
                 return f"broken: {problem}"
             return Instance(source, compact(header), str(syntax), syntax.is_compressed)

@@ -19,10 +19,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from exchange import handed_in
+from exchange.dicom import reading
 from exchange.dicom.dicomfiles import (
     READ_ERRORS,
     ZIP_MAX_RATIO,
@@ -173,8 +173,8 @@ def _compare_dicomdir(directory: Source, instances: list[Instance], report: Repo
     try:
         with directory.open() as handle:
             data = handle.read()
-        dicomdir = dcmread(io.BytesIO(data))
-    except (*READ_ERRORS, InvalidDicomError, ValueError) as exc:
+        dicomdir = reading.whole(io.BytesIO(data)).dataset
+    except (*READ_ERRORS, InvalidDicomError, ValueError) as exc:  # ValueError: reading.TooLarge too
         report.problems.append(f"{directory.label}: not a readable DICOMDIR ({printable(exc)})")
         return
     by_path = {i.source.member.upper(): i for i in instances}

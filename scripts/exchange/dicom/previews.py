@@ -10,17 +10,24 @@ decode); the grey values go through the modality rescale and the first window th
 inverted, palette and YBR colour become RGB. Each picture is downscaled to at most PREVIEW_SIZE
 on its longest side.
 
-What a sender's file may ask for is bounded before anything is decoded: a frame of more than
-MAX_FRAME_PIXELS is not previewed, and a series' stack holds at most MAX_PER_SERIES pictures,
-spread evenly over its images and frames.
+What a sender's file may ask for is bounded before anything is decoded: its dataset is read
+through exchange.dicom.reading (a deflated one inflated within its bounds); a frame of more than
+MAX_FRAME_PIXELS is not previewed, by its header's size and by its codestream's own (JPEG 2000's
+SIZ, JPEG's and JPEG-LS's frame header), which decoders go by: one that differs from the header
+is refused too; Pillow's own check is set to the same bound. A series' stack holds at most
+MAX_PER_SERIES pictures, spread evenly over its images and frames. A renderer may hold at most
+EXTRA_MEMORY more than it started with (`limit_memory`: the package's workers, the contact
+sheet's child): a file that asks for more fails its own picture, "too large to preview".
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import multiprocessing
 import os
+import resource
 import signal
 import struct
 import tempfile
@@ -28,23 +35,25 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image as PILImage
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
 
 from exchange import untrusted
+from exchange.dicom import reading
 from exchange.dicom.dicomdir import Image, Series
 from exchange.dicom.dicomfiles import READ_ERRORS, Source
 
 PREVIEW_SIZE = 512  # px, the longest side: sharp on a phone, small in the zip (about 30 KB)
 MAX_PER_SERIES = 200  # pictures in a series' stack: enough to page through, fast to render
 MAX_FRAME_PIXELS = 40_000_000  # above (a 6,000 x 6,000 frame): not previewed
+PILImage.MAX_IMAGE_PIXELS = MAX_FRAME_PIXELS  # Pillow's own check, behind ours (it refuses above twice this)
+EXTRA_MEMORY = 3 << 30  # bytes a renderer may allocate beyond what it starts with: a 40 Mpx frame, decoded
 JPEG_QUALITY = 85
 # The window a grey image gets when it carries none (centre, width), in the modality's units.
 USUAL_WINDOWS = {"CT": (40.0, 400.0)}  # soft tissue in Hounsfield units
@@ -52,11 +61,16 @@ IMPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 NATIVE_LITTLE_ENDIAN = {IMPLICIT_LITTLE_ENDIAN, "1.2.840.10008.1.2.1"}
 JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
              "1.2.840.10008.1.2.4.203"}  # fmt: skip
+JPEG = set(JPEGTransferSyntaxes) | set(JPEGLSTransferSyntaxes)  # decoded by pydicom, its frame size checked here
+# Markers of a JPEG frame header: SOF0-3, 5-7, 9-11, 13-15 (ISO 10918-1 B.2.2), the hierarchical
+# DHP (B.3.2, the whole image's size) and JPEG-LS's SOF55 (14495-1 C.2.2).
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDE, 0xF7}
 _PIXEL_HEADER = [
     "Modality", "PhotometricInterpretation", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
     "PixelRepresentation", "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
     "VOILUTFunction", "ModalityLUTSequence", "VOILUTSequence",
 ]  # fmt: skip
+_ENCAPSULATED = b"\xe0\x7f\x10\x00"  # (7FE0,0010), the only pixel data that is encapsulated
 
 
 class PreviewError(Exception):
@@ -99,24 +113,26 @@ def spread(counts: Sequence[int], cap: int = MAX_PER_SERIES) -> list[tuple[int, 
 
 
 def render(handle: BinaryIO, transfer_syntax: str, frame: int = 0, size: int = PREVIEW_SIZE) -> bytes:
-    """The JPEG preview of one frame of the DICOM file open in `handle`."""
+    """The JPEG preview of one frame of the DICOM file open in `handle` (whose transfer syntax
+    was read as `transfer_syntax`)."""
     try:
-        header = dcmread(handle, stop_before_pixels=True, specific_tags=_PIXEL_HEADER)
+        read = reading.whole(handle, _PIXEL_HEADER, stop_before_pixels=True)
+        header = read.dataset
+        if str(header.file_meta.get("TransferSyntaxUID")) != transfer_syntax:
+            raise PreviewError("its file changed since it was read")
         _check_bounds(header, frame)
-        words = _native_words(handle, header, transfer_syntax, frame)
+        words = _native_words(read.data, header, str(read.encoding), frame)
         if words is not None:
             picture = _display(words, header, stored_bits=int(header.get("BitsStored") or words.dtype.itemsize * 8))
         elif transfer_syntax in JPEG_2000:
             handle.seek(0)
             picture = _jpeg_2000(handle, header, frame, size)
         else:
-            handle.seek(0)
-            pixel_module = Dataset()  # what decoding needs; the rescale and window are the header's
-            pixels = pixel_array(handle, index=frame, ds_out=pixel_module)
-            header.update(pixel_module)
-            picture = _display(pixels, header)
+            picture = _decoded(read, header, frame)
     except PreviewError:
         raise
+    except reading.TooLarge as error:
+        raise PreviewError(f"too large to preview ({error})") from None
     except MemoryError:
         raise PreviewError("too large to preview") from None
     except Exception as exc:  # noqa: BLE001 - a sender's pixel data may make a decoder raise anything
@@ -146,8 +162,26 @@ def _check_bounds(header: Dataset, frame: int) -> None:
         raise PreviewError("not an image")
     if pixels > MAX_FRAME_PIXELS:
         raise PreviewError(f"too large to preview ({header.Columns} x {header.Rows})")
-    if frame >= int(str(header.get("NumberOfFrames") or 1)):
+    if frame >= _frame_count(header):
         raise PreviewError(f"no frame {frame + 1}")
+
+
+def _frame_count(header: Dataset) -> int:
+    return int(str(header.get("NumberOfFrames") or 1))
+
+
+def _check_size(header: Dataset, found: tuple[int, int, int] | None, kind: str) -> None:
+    """Decoders make a frame of its codestream's own size (columns, rows, samples), whatever the
+    header says (which _check_bounds held to MAX_FRAME_PIXELS): another size is refused."""
+    said = (int(header.Columns), int(header.Rows), int(header.get("SamplesPerPixel") or 1))
+    if found is None:
+        raise PreviewError(f"its {kind} data gives no frame size")
+    if found != said:
+        raise PreviewError(f"its {kind} frame is {_size(*found)}, its header says {_size(*said)}")
+
+
+def _size(columns: int, rows: int, samples: int) -> str:
+    return f"{columns} x {rows}" + (f" x {samples}" if samples != 1 else "")
 
 
 def _native_words(handle: BinaryIO, header: Dataset, transfer_syntax: str, frame: int) -> np.ndarray | None:
@@ -185,26 +219,78 @@ def _native_words(handle: BinaryIO, header: Dataset, transfer_syntax: str, frame
     return np.frombuffer(data, dtype="<u2" if allocated == 16 else np.uint8).reshape(rows, columns)
 
 
+def _decoded(read: reading.Read, header: Dataset, frame: int) -> PILImage.Image:
+    """One frame decoded by pydicom: a JPEG or JPEG-LS one only if its codestream is the size the
+    header says (RLE is decoded at the header's size; no other codestream is decoded unchecked)."""
+    syntax = UID(str(header.file_meta.TransferSyntaxUID))
+    if syntax in JPEG:
+        _check_size(header, _jpeg_size(_encapsulated(read.data, frame, _frame_count(header))), "JPEG")
+    elif syntax.is_encapsulated and syntax != RLELossless:
+        raise PreviewError(f"no decoder for its transfer syntax ({syntax.name})")
+    read.data.seek(0)
+    pixel_module = Dataset()  # what decoding needs; the rescale and window are the header's
+    # The frame found as _encapsulated found it (the same count, no extended offset table): the one checked.
+    pixels = pixel_array(
+        read.data, index=frame, ds_out=pixel_module, transfer_syntax_uid=read.encoding,
+        number_of_frames=_frame_count(header), extended_offsets=None,
+    )  # fmt: skip
+    header.update(pixel_module)
+    return _display(pixels, header)
+
+
+def _encapsulated(data: BinaryIO, frame: int, count: int) -> bytes:
+    """One frame's codestream, from the encapsulated pixel data element at `data`'s position
+    (PS3.5 A.4), found as pydicom's decoders find it (get_frame)."""
+    element = data.read(12)
+    if element[:4] != _ENCAPSULATED or element[8:] != b"\xff\xff\xff\xff":
+        raise PreviewError("its pixel data cannot be decoded")
+    return get_frame(data, frame, number_of_frames=count)
+
+
+def _jpeg_size(codestream: bytes) -> tuple[int, int, int] | None:
+    """(columns, rows, components) of a JPEG or JPEG-LS codestream: its first frame header, the
+    marker segments read up to its first scan; None without one, or with JPEG-LS's oversize
+    dimensions (an LSE segment of ID 4, 14495-1 C.2.4.1.4), which a decoder would go by."""
+    if codestream[:2] != b"\xff\xd8":
+        return None
+    at, found = 2, None
+    while at + 4 <= len(codestream) and codestream[at] == 0xFF:
+        marker = codestream[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if marker == 0xDA:  # the first scan: the frame header came before it
+            break
+        if marker in _JPEG_FRAME_MARKERS and found is None and at + 10 <= len(codestream):
+            rows, columns = struct.unpack(">HH", codestream[at + 5 : at + 9])
+            found = (columns, rows, codestream[at + 9])
+        elif marker == 0xF8 and at + 4 < len(codestream) and codestream[at + 4] == 4:
+            return None
+        at += 2 + struct.unpack(">H", codestream[at + 2 : at + 4])[0]
+    return found
+
+
 def _jpeg_2000(handle: BinaryIO, header: Dataset, frame: int, size: int) -> PILImage.Image:
-    dataset = dcmread(handle)
-    codestream = get_frame(dataset.PixelData, frame, number_of_frames=int(str(dataset.get("NumberOfFrames") or 1)))
+    dataset = reading.whole(handle).dataset
+    codestream = get_frame(dataset.PixelData, frame, number_of_frames=_frame_count(dataset))
     start = codestream.find(b"\xff\x4f\xff\x51")  # some writers wrap it in a JP2 file, which DICOM does not allow
     if start < 0:
         raise PreviewError("its JPEG 2000 data has no codestream")
     codestream = codestream[start:]
-    levels, precision, signed = _codestream_levels(codestream)
+    main = _codestream_header(codestream)
+    _check_size(header, main.size, "JPEG 2000")
     picture = PILImage.open(io.BytesIO(codestream))
-    picture.reduce = reduction(levels, max(int(header.Rows), int(header.Columns)), size)
+    picture.reduce = reduction(main.levels, max(main.size[:2]), size)
     picture.load()
     if picture.mode in ("RGB", "L"):  # colour (inverse MCT done by OpenJPEG), or 8-bit grey
         array = np.asarray(picture)
-        if picture.mode == "L" and signed:
+        if picture.mode == "L" and main.signed:
             array = array.astype(np.int16) - 128
     else:  # I;16: Pillow scales the values to 16 bits, then moves signed ones up by 2^15: undone
         array = np.asarray(picture).astype(np.int32)
-        array = ((array - 32768) if signed else array) >> (16 - precision)
-        if precision <= 16:  # back to a word type, so the display table applies
-            array = array.astype(np.int16 if signed else np.uint16)
+        array = ((array - 32768) if main.signed else array) >> (16 - main.precision)
+        if main.precision <= 16:  # back to a word type, so the display table applies
+            array = array.astype(np.int16 if main.signed else np.uint16)
     if array.ndim == 3:
         return PILImage.fromarray(array.astype(np.uint8), "RGB")
     return _display(array, dataset)
@@ -219,15 +305,25 @@ def reduction(levels: int, longest: int, size: int = PREVIEW_SIZE) -> int:
     return reduce
 
 
-def _codestream_levels(codestream: bytes) -> tuple[int, int, bool]:
-    """(decomposition levels, precision, signed) from the main header of a JPEG 2000 codestream
-    (SIZ and COD marker segments, ISO 15444-1 A.5.1 and A.6.1)."""
+class CodestreamHeader(NamedTuple):
+    size: tuple[int, int, int] | None  # columns, rows, components (None: no SIZ segment)
+    levels: int  # decomposition levels
+    precision: int  # of the first component
+    signed: bool
+
+
+def _codestream_header(codestream: bytes) -> CodestreamHeader:
+    """What the main header of a JPEG 2000 codestream says (SIZ and COD marker segments, ISO
+    15444-1 A.5.1 and A.6.1): the image area is Xsiz - XOsiz by Ysiz - YOsiz."""
     if codestream[:2] != b"\xff\x4f":
         raise PreviewError("its JPEG 2000 data has no codestream")
-    at, levels, precision, signed = 2, 0, 16, False
+    at, size, levels, precision, signed = 2, None, 0, 16, False
     while at + 4 <= len(codestream):
         marker, length = struct.unpack(">HH", codestream[at : at + 4])
-        if marker == 0xFF51 and at + 41 <= len(codestream):  # SIZ: the first component's Ssiz
+        if marker == 0xFF51 and at + 41 <= len(codestream):  # SIZ, up to the first component's Ssiz
+            xsiz, ysiz, xosiz, yosiz = struct.unpack(">4L", codestream[at + 6 : at + 22])
+            (components,) = struct.unpack(">H", codestream[at + 38 : at + 40])
+            size = (xsiz - xosiz, ysiz - yosiz, components)
             ssiz = codestream[at + 40]
             precision, signed = (ssiz & 0x7F) + 1, bool(ssiz & 0x80)
         elif marker == 0xFF52 and at + 10 <= len(codestream):  # COD: SPcod's first byte
@@ -235,7 +331,7 @@ def _codestream_levels(codestream: bytes) -> tuple[int, int, bool]:
         elif marker == 0xFF90:  # the first tile: the main header has ended
             break
         at += 2 + length
-    return levels, precision, signed
+    return CodestreamHeader(size, levels, precision, signed)
 
 
 def _display(pixels: np.ndarray, dataset: Dataset, stored_bits: int | None = None) -> PILImage.Image:
@@ -365,10 +461,27 @@ def _render_job(index: int) -> bytes | str:
         return f"not readable ({untrusted.printable(error)})"
 
 
+def limit_memory(extra: int = EXTRA_MEMORY) -> None:
+    """This process may allocate at most `extra` bytes more than it holds now (RLIMIT_AS): a
+    sender's file that asks for more fails its own picture, "too large to preview". Where no
+    limit can be set (no /proc), it stays as it was."""
+    with contextlib.suppress(OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_AS, (_address_space() + extra,) * 2)
+
+
+def _address_space() -> int:
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError("no VmSize")
+
+
 def _worker_start() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the packager's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.nice(5)  # behind the zip's writing, which the recipient waits for
+    limit_memory()  # forked as root, from the packager: a hostile picture fails alone, not the package
 
 
 class RenderPool:

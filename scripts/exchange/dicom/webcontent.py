@@ -114,7 +114,8 @@ def documents(messages: Messages, views: list[SeriesView], viewer: str | None, *
 
 
 def stacks(views: list[SeriesView]) -> dict:
-    """The stacks for a program (the portal's view page): plain values; the text is the sender's."""
+    """The stacks for a program (the portal's view page): plain values; the text is the sender's (cut as
+    it was read, dicomfiles.compact)."""
     return {
         "format": 1,
         "series": [

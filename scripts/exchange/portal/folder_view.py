@@ -5,8 +5,9 @@ exchange.dicom.previews (the same pictures a package carries).
 
 The files are the sender's and are read as untrusted: the walk is bounded in depth (the policy's
 max_folder_depth), in entries and in files, never follows a link, and skips hidden names (an
-upload in progress); a header is read from the file's first HEAD_BYTES only; a file above
-MAX_FILE_BYTES is not rendered. Pictures are rendered in separate processes (RENDER_WORKERS, each
+upload in progress); a header is read from the file's first HEAD_BYTES only (and a deflated one
+inflated no further, exchange.dicom.reading); its texts are kept cut (untrusted.TEXT_LIMIT); a
+file above MAX_FILE_BYTES is not rendered. Pictures are rendered in separate processes (RENDER_WORKERS, each
 limited to RENDER_MEMORY), so a file that makes a decoder crash or run out of memory fails its
 own picture only, never the portal and the other accounts' sessions.
 """
@@ -26,11 +27,12 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from exchange import untrusted
 from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack
 
 MAX_ENTRIES = 20_000  # names read in all, folders included
 MAX_FILES = 5_000  # files whose header is read
-HEAD_BYTES = 256 << 10  # a header is rarely more: the pixel data comes last
+HEAD_BYTES = 256 << 10  # a header is rarely more (read, and inflated if deflated): the pixel data comes last
 MAX_FILE_BYTES = 128 << 20  # a 1,000-frame ultrasound clip; a larger file says so instead
 HEADERS_IN_FLIGHT = 8
 KEPT_SECONDS = 60  # a page opened again within this shows the folder as read then (paging its series)
@@ -94,12 +96,12 @@ async def _walk(sftp: asyncssh.SFTPClient, root: str, max_depth: int) -> list[tu
 
 def _header(head: bytes):
     """The file's header if it is DICOM (Part 10: 'DICM' after the preamble), else None."""
-    from pydicom import dcmread  # the portal loads pydicom only when a folder is viewed
+    from exchange.dicom import reading  # the portal loads pydicom only when a folder is viewed
 
     if head[128:132] != b"DICM":
         return None
     try:
-        return dcmread(io.BytesIO(head), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        return reading.header(io.BytesIO(head), _HEADER_TAGS, most=HEAD_BYTES).dataset
     except Exception:  # noqa: BLE001 - a sender's header may make the parser raise anything
         return None
 
@@ -159,7 +161,7 @@ def _series(number: int, members: list) -> SeriesStack:
     pictures = tuple(
         Picture(images[image][1], 0, 0, frame) for image, frame in previews.spread(counts, previews.MAX_PER_SERIES)
     )
-    texts = {key: str(first.get(tag, "") or "") for key, tag in _TEXT_TAGS.items()}
+    texts = {key: untrusted.cut(first.get(tag, "") or "") for key, tag in _TEXT_TAGS.items()}
     return SeriesStack(number, texts, len(members), sum(counts), pictures, problems)
 
 

@@ -5,8 +5,9 @@ right the user lacks (the chroot and the folder modes stay the guard).
 
 The zip is the server's (exchange package made it), but anything in a download folder is read
 as untrusted: every read is bounded before it is made, STACKS.JSON (written by
-exchange.dicom.webcontent) is checked field by field, only stored entries that it lists and
-that start as JPEG are ever served, and each is checked against its CRC.
+exchange.dicom.webcontent) is checked field by field (the sender's texts in it cut as
+untrusted.cut does), only stored entries that it lists and that start as JPEG are ever
+served, and each is checked against its CRC.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from exchange import untrusted
 from exchange.dicom import pdi
 from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack
 
@@ -154,7 +156,7 @@ def parse_stacks(raw: bytes, entries: dict[str, zipfile.ZipInfo]) -> list[Series
             and all(_count(p.get(key)) for key in ("width", "height"))
         )
         problems = {str(k): v for k, v in _dict(series.get("problems")).items() if _count(v)}
-        texts = {key: value if isinstance(value := series.get(key), str) else "" for key in TEXTS}
+        texts = {key: untrusted.cut(value) if isinstance(value := series.get(key), str) else "" for key in TEXTS}
         found.append(
             SeriesStack(number, texts, _count(series.get("images")), _count(series.get("frames")), pictures, problems)
         )
