@@ -5,6 +5,10 @@ Records reach the audit log only through its own socket (exchange.paths.AUDIT_SO
 only root and the web page's service group can reach; rsyslog adds the sender's uid to every
 line as the kernel reports it (`writer_uid`), so no account can write a record in another's
 name. `logger -t imaging-exchange` by any other account reaches the system log only.
+
+A record waits for rsyslog (a restart, a full queue) where it is made, except on an event loop
+(the web page): there a wait would stop every request of every account, so a record rsyslog
+does not take at once waits in a thread of its own, with the records after it, in order.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import shlex
 import socket
 import sys
 import syslog
+import threading
 import time
+from collections import deque
 
 from exchange import paths
 
@@ -65,9 +71,72 @@ def record(event: str, **fields) -> str:
 
 def send(line: str, socket_path: str | None = None, wait: float = WAIT_SECONDS) -> None:
     """One record to the audit socket. If rsyslog does not take it within `wait` seconds, the
-    record goes to the system log instead, marked, and the tool says so: never lost unsaid."""
+    record goes to the system log instead, marked, and the tool says so: never lost unsaid.
+    On an event loop that wait is a thread's (_Waiting)."""
     socket_path = socket_path or paths.AUDIT_SOCKET
     message = f"<{_PRIORITY}>{paths.AUDIT_TAG}[{os.getpid()}]: {line}".encode()
+    if _on_event_loop():
+        _waiting.send(message, line, socket_path, wait)
+    else:
+        _send(message, line, socket_path, wait)
+
+
+def _on_event_loop() -> bool:
+    asyncio = sys.modules.get("asyncio")  # a tool that never imported it runs no loop (and need not load it)
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _Waiting:
+    """Records that rsyslog did not take at once, sent in order by a thread while there are any,
+    each waited for up to its `wait` from when it was made (a long outage does not pile them up).
+    The thread is not a daemon: a process that ends waits for it, so no record is dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[bytes, str, str, float]] = deque()  # message, line, socket, deadline
+        self._thread: threading.Thread | None = None
+
+    def send(self, message: bytes, line: str, socket_path: str, wait: float) -> None:
+        with self._lock:
+            if not self._queue and _send_now(message, socket_path):
+                return
+            self._queue.append((message, line, socket_path, time.monotonic() + wait))  # after those waiting
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-records", daemon=False)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                message, line, socket_path, deadline = self._queue[0]  # left there until sent: a new one goes after it
+            _send(message, line, socket_path, max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                self._queue.popleft()
+
+
+_waiting = _Waiting()
+
+
+def _send_now(message: bytes, socket_path: str) -> bool:
+    """Whether rsyslog took the record without a wait."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sender:
+        try:
+            sender.sendto(message, socket_path)
+        except OSError:  # restarting, its queue full, or worse: _send says which
+            return False
+    return True
+
+
+def _send(message: bytes, line: str, socket_path: str, wait: float) -> None:
     deadline = time.monotonic() + wait
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sender:
         while True:

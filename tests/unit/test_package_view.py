@@ -8,7 +8,10 @@ import asyncio
 import json
 import os
 import struct
+import sys
+import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import asyncssh
@@ -17,7 +20,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from exchange.dicom import pdi
-from exchange.portal import folder_view, package_view
+from exchange.portal import folder_view, package_view, rendering
 from exchange.portal.package_view import open_package, read_picture
 from exchange.portal.study_view import NotViewable
 from tests.dicom_synth import ct_study, deflated, peak_memory
@@ -261,13 +264,14 @@ def test_a_folder_shows_its_series_read_through_sftp_and_renders_each_picture(tm
 
     async def work(sftp):
         view = await folder_view.open_folder(sftp, "/CT from abroad", "CT from abroad", max_depth=2)
-        renderer = folder_view.Renderer(workers=1)
+        renderer = rendering.Renderer(workers=1)
         try:
             file, frame = view.picture(1, 3)
-            data = await folder_view.read_file(sftp, f"/CT from abroad/{file.path}", file)
-            return view, await renderer.render(data, file.transfer_syntax, frame)
+            async with folder_view.opened(sftp, f"/CT from abroad/{file.path}", file) as handle:
+                chunks = folder_view.chunks(handle, file)
+                return view, await renderer.render(chunks, file.size, file.transfer_syntax, frame)
         finally:
-            renderer.close()
+            await renderer.close()
 
     view, jpeg = over_sftp(tmp_path / "share", work)
     assert [(s.frames, len(s.pictures)) for s in view.series] == [(5, 5), (3, 3)]
@@ -311,76 +315,231 @@ def test_a_folder_of_too_many_files_or_without_dicom_is_said_so(tmp_path, monkey
         over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/CT from abroad", "x", 2))
 
 
-def test_a_render_worker_that_dies_fails_its_picture_only_and_the_next_renders(tmp_path):
+def _renderer(**options):
+    """Render workers that run tests.unit.render_stub (hangs, deaths and pids on demand)."""
+    return rendering.Renderer(command=[sys.executable, "-P", "-m", "tests.unit.render_stub"], **options)
+
+
+async def _pieces(data: bytes, size: int = 1 << 16):
+    for at in range(0, len(data), size):
+        await asyncio.sleep(0)
+        yield data[at : at + size]
+
+
+def _job(renderer, what: str, milliseconds: int = 0, data: bytes = b"x" * 100):
+    return renderer.render(_pieces(data), len(data), what, milliseconds)
+
+
+def _pid(answer: bytes) -> int:
+    return int(answer[3:-2].split(b":")[0])
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] in "ZX":
+                return True  # dead, not yet reaped
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_render_over_its_time_is_stopped_and_its_worker_replaced():
+    async def work():
+        renderer = _renderer(workers=1, seconds=1)
+        try:
+            first = await _job(renderer, "ok")
+            started = time.monotonic()
+            late = await _job(renderer, "hang")
+            took = time.monotonic() - started
+            return first, late, took, await _job(renderer, "ok")
+        finally:
+            await renderer.close()
+
+    first, late, took, after = asyncio.run(work())
+    assert late == "rendering it takes longer than 1 s" and 1 <= took < 4
+    assert _gone(_pid(first)) and _pid(after) != _pid(first)
+
+
+def test_a_worker_that_dies_fails_its_own_picture_only():
+    """One worker's death broke the whole pool: every account's picture in flight failed with it
+    (exp15). Each job now has a worker of its own."""
+
+    async def work():
+        renderer = _renderer(workers=2)
+        try:
+            return await asyncio.gather(_job(renderer, "die", 300), *(_job(renderer, "ok", 200) for _ in range(5)))
+        finally:
+            await renderer.close()
+
+    died, *others = asyncio.run(work())
+    assert died == "its pixel data cannot be decoded"
+    assert all(isinstance(answer, bytes) and answer.startswith(b"\xff\xd8\xff") for answer in others)
+
+
+def test_a_worker_found_dead_before_its_job_is_replaced_and_the_job_given_to_another():
+    async def work():
+        renderer = _renderer(workers=1)
+        try:
+            first = await _job(renderer, "ok")
+            os.kill(_pid(first), 9)  # between two jobs: it had not taken the next one
+            return first, await _job(renderer, "ok"), await _job(renderer, "refuse")
+        finally:
+            await renderer.close()
+
+    first, second, refused = asyncio.run(work())
+    assert isinstance(second, bytes) and _pid(second) != _pid(first) and refused == "not an image"
+
+
+def test_a_real_worker_renders_a_file_streamed_to_it_in_pieces_and_survives_a_crash(tmp_path):
     (path,) = ct_study(tmp_path / "one", 1)
     data = path.read_bytes()
 
     async def work():
-        renderer = folder_view.Renderer(workers=1)
+        renderer = rendering.Renderer(workers=1)
         try:
-            first = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
-            for process in list(renderer._pool._processes.values()):
-                os.kill(process.pid, 9)  # as a decoder's crash on a sender's file would
-                process.join()
-            failed = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
-            again = await renderer.render(data, "1.2.840.10008.1.2.1", 0)
-            return first, failed, again
+            first = await renderer.render(_pieces(data), len(data), "1.2.840.10008.1.2.1", 0)
+            (worker,) = renderer._idle
+            os.kill(worker.process.pid, 9)  # as a decoder's crash would
+            again = await renderer.render(_pieces(data), len(data), "1.2.840.10008.1.2.1", 0)
+            missing = await renderer.render(_pieces(data), len(data), "1.2.840.10008.1.2.1", 5)
+            return first, again, missing
         finally:
-            renderer.close()
+            await renderer.close()
 
-    first, failed, again = asyncio.run(work())
-    assert first.startswith(b"\xff\xd8") and failed == "its pixel data cannot be decoded" and again == first
+    first, again, missing = asyncio.run(work())
+    assert first.startswith(b"\xff\xd8\xff") and again == first and missing == "no frame 6"
+
+
+def test_no_account_may_hold_every_parsing_thread_or_render_worker():
+    from exchange.portal import study_view, viewing
+
+    assert viewing.STUDY_READS_PER_ACCOUNT < study_view.PARSING_THREADS
+    assert viewing.RENDERS_PER_ACCOUNT < rendering.RENDER_WORKERS
+
+
+def test_one_account_renders_one_picture_at_a_time_from_pieces_of_its_file(made, tmp_path, monkeypatch):
+    """One link account's 20 picture requests held the shared render workers for minutes and 20
+    whole files in the portal (exp3, exp11): now one render at a time per account, fed a piece
+    of the file at a time, and another account's picture is not held back."""
+    monkeypatch.setattr(folder_view, "CHUNK_BYTES", 64 << 10)
+    account = _account(tmp_path, made)
+    size = (account / "upload" / "scans" / os.listdir(account / "upload" / "scans")[0]).stat().st_size
+    running, most, pieces, took = [0], [0], [], {}
+
+    class Slow:
+        async def render(self, chunks, size, transfer_syntax, frame):
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            try:
+                async for piece in chunks:
+                    pieces.append(len(piece))
+                await asyncio.sleep(0.1)
+                return b"\xff\xd8\xff\xd9"
+            finally:
+                running[0] -= 1
+
+        async def close(self):
+            pass
+
+    async def work(viewing, store, login):
+        viewing.renderer = Slow()
+        alice = [store.open("alice", "link", "192.0.2.1", login) for _ in range(2)]
+        bob = store.open("bob", "partner", "192.0.2.2", login)
+        for session in (*alice, bob):
+            await _ask(viewing, session, "/files/view/upload/scans")
+
+        async def timed(who, session):
+            started = time.monotonic()
+            answer = await _ask(viewing, session, "/files/picture/upload/1/1/scans")
+            took.setdefault(who, []).append(time.monotonic() - started)
+            return answer.status_code
+
+        async def bob_later():
+            await asyncio.sleep(0.05)
+            return await timed("bob", bob)
+
+        flood = [timed("alice", session) for session in alice for _ in range(4)]
+        return await asyncio.gather(*flood, bob_later())
+
+    codes = _portal(tmp_path, account, work)
+    assert set(codes) == {200} and most[0] == 2  # alice's one, and bob's
+    assert max(pieces) <= 64 << 10 and sum(pieces) == size * 9
+    assert max(took["alice"]) >= 0.75 and took["bob"][0] < 0.35
 
 
 # -- the routes (exchange.portal.viewing), with a session on that SFTP server -------------------
 
 
-def _routes(tmp_path: Path, made, asks: list[str]) -> list:
-    """Each path asked of the view routes in one web session whose SFTP session is chrooted to
-    an account's two folders: a package and a folder of DICOM files in download, a letter.zip."""
+def _request(session, ask: str):
+    """The view route and the request for `ask` (a path, with a query) in `session`."""
+    from urllib.parse import unquote
+
     from starlette.requests import Request
 
-    from exchange.portal.pages import Pages
-    from exchange.portal.sessions import SessionStore
-    from exchange.portal.sftp import SshLogin
-    from exchange.portal.viewing import Viewing
-    from tests.unit.test_portal import POLICY, make_config
+    path, _, query = ask.partition("?")
+    route, rest = ("picture", path.removeprefix("/files/picture/")) if "/picture/" in path else (
+        "view", path.removeprefix("/files/view/"))  # fmt: skip
+    folder, _, rest = rest.partition("/")
+    params = {"folder": folder}
+    if route == "picture":
+        series, index, rest = rest.split("/", 2)
+        params |= {"series": int(series), "index": int(index)}
+    params["name"] = unquote(rest)
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
+             "headers": [(b"cookie", f"exchange_session={session.id}".encode()), (b"accept-language", b"en")],
+             "path_params": params, "client": ("192.0.2.1", 1)}  # fmt: skip
+    return route, Request(scope)
 
+
+async def _ask(viewing, session, ask: str):
+    route, request = _request(session, ask)
+    return await getattr(viewing, route)(request)
+
+
+def _account(tmp_path: Path, made) -> Path:
+    """An account's two folders: a package and a letter.zip in download, a folder of DICOM files in upload."""
     account = tmp_path / "account"
     (account / "upload").mkdir(parents=True)
     (account / "download").mkdir()
     (account / "download" / "study.zip").write_bytes(made.path.read_bytes())
     (account / "download" / "letter.zip").write_bytes(b"not a zip")
     ct_study(account / "upload" / "scans", 2)
+    return account
 
-    async def work(sftp):
-        sessions = SessionStore(600, 10)
-        login = SshLogin(sftp.connection_for_tests, sftp)
-        session = sessions.open("alice", "partner", "192.0.2.1", login)
+
+def _portal(tmp_path: Path, account: Path, work):
+    """`await work(viewing, store, login)`: the real view routes and session store, over an SFTP
+    session chrooted to `account` (sessions opened on `login`, of any account name, share it)."""
+    from exchange.portal.pages import Pages
+    from exchange.portal.sessions import SessionStore
+    from exchange.portal.sftp import SshLogin
+    from exchange.portal.viewing import Viewing
+    from tests.unit.test_portal import POLICY, make_config
+
+    async def main(sftp):
+        store = SessionStore(600, 20, per_account=5)
         viewing = Viewing(
-            Pages(make_config(tmp_path), POLICY), sessions, {"download": "/download", "upload": "/upload"}, 2
+            Pages(make_config(tmp_path), POLICY), store, {"download": "/download", "upload": "/upload"}, 2
         )
-        answers = []
         try:
-            for ask in asks:
-                path, _, query = ask.partition("?")
-                route, rest = ("picture", path.removeprefix("/files/picture/")) if "/picture/" in path else (
-                    "view", path.removeprefix("/files/view/"))  # fmt: skip
-                folder, _, rest = rest.partition("/")
-                params = {"folder": folder}
-                if route == "picture":
-                    series, index, rest = rest.split("/", 2)
-                    params |= {"series": int(series), "index": int(index)}
-                params["name"] = __import__("urllib.parse").parse.unquote(rest)
-                scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
-                         "headers": [(b"cookie", f"exchange_session={session.id}".encode()), (b"accept-language", b"en")], "path_params": params,
-                         "client": ("192.0.2.1", 1)}  # fmt: skip
-                answers.append(await getattr(viewing, route)(Request(scope)))
+            return await work(viewing, store, SshLogin(sftp.connection_for_tests, sftp))
         finally:
-            viewing.close()
-        return answers
+            await viewing.close()
 
-    return over_sftp(account, work)
+    return over_sftp(account, main)
+
+
+def _routes(tmp_path: Path, made, asks: list[str]) -> list:
+    """Each path asked of the view routes in one web session (_account's folders)."""
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        return [await _ask(viewing, session, ask) for ask in asks]
+
+    return _portal(tmp_path, _account(tmp_path, made), work)
 
 
 def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(made, tmp_path, audit_socket):
@@ -413,3 +572,251 @@ def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(ma
     ]  # fmt: skip
     refused = [r["reason"] for r in records if r["event"] == "portal-view-refused"]
     assert refused[0] == "it is not a zip file, or a damaged one" and refused.count("no such file") == 2
+
+
+# -- what a crafted package cannot make the portal do ----------------------------------------------
+
+
+def _stored(*names: str) -> dict[str, zipfile.ZipInfo]:
+    """Directory entries of stored JPEGs, as the zip's directory gives them."""
+    entries = {}
+    for name in names:
+        info = zipfile.ZipInfo(name)
+        info.compress_type, info.file_size, info.compress_size = zipfile.ZIP_STORED, 100, 100
+        entries[name] = info
+    return entries
+
+
+def _listing(*series: list[str], **fields) -> bytes:
+    return json.dumps(
+        {
+            "format": 1,
+            "series": [
+                {"pictures": [{"name": n, "width": 8, "height": 8} for n in names], **fields} for names in series
+            ],
+        }  # fmt: skip
+    ).encode()
+
+
+def test_a_series_listing_more_pictures_than_a_package_holds_or_one_twice_is_refused(tmp_path):
+    """STACKS.JSON of 24 KB naming one stored picture 180,000 times made a page of 180,000
+    figures, written on the event loop at every view: exchange package writes at most 200 a
+    series, each once."""
+    names = [f"IHE_PDI/SE0001/IM{i:04d}.JPG" for i in range(1, 202)]
+    assert len(package_view.parse_stacks(_listing(names[:200]), _stored(*names))[0].pictures) == 200
+    with pytest.raises(NotViewable, match="more pictures than a study package holds"):
+        package_view.parse_stacks(_listing(names), _stored(*names))
+    with pytest.raises(NotViewable, match="names a picture twice"):
+        package_view.parse_stacks(_listing(names[:3], names[2:4]), _stored(*names))
+    name = "IHE_PDI/A.JPG"  # exp5: the whole zip, one picture listed 20,000 times
+    stacks = _listing([name] * 20_000)
+    content = _zip(tmp_path, {pdi.STACKS: (stacks, zipfile.ZIP_DEFLATED), name: (JPEG, zipfile.ZIP_STORED)})
+    with pytest.raises(NotViewable, match="more pictures than a study package holds"):
+        _open(tmp_path, content)
+
+
+def test_a_series_may_hold_as_many_pictures_as_the_packager_gives_it_and_no_more():
+    """exchange.dicom.webcontent.plan: 200 a series, fewer when the package would hold more than
+    4,000, never fewer than 20: the page holds a package to the same rule."""
+    from exchange.dicom import previews, webcontent
+
+    assert (package_view.MAX_PER_SERIES, package_view.MAX_PER_PACKAGE, package_view.MIN_PER_SERIES) == (
+        previews.MAX_PER_SERIES, webcontent.MAX_PER_PACKAGE, webcontent.MIN_PER_SERIES)  # fmt: skip
+    many = [[f"IHE_PDI/SE{s:04d}/IM{i:04d}.JPG" for i in range(1, 22)] for s in range(1, 251)]
+    entries = _stored(*(name for names in many for name in names))
+    found = package_view.parse_stacks(_listing(*(names[:20] for names in many)), entries)
+    assert len(found) == 250 and sum(len(s.pictures) for s in found) == 5000  # 20 each beyond 200 series
+    with pytest.raises(NotViewable, match=r"series 250 lists more pictures than a study package holds \(20\)"):
+        package_view.parse_stacks(_listing(*(names[:20] for names in many[:-1]), many[-1]), entries)
+
+
+def test_more_series_than_the_page_shows_are_refused_and_the_senders_texts_are_cut():
+    with pytest.raises(NotViewable, match="more than 1000 series"):
+        package_view.parse_stacks(_listing(*([] for _ in range(1001))), {})
+    long = "x" * 100_000
+    problems = {f"reason {i}": 1 for i in range(100)}
+    (series,) = package_view.parse_stacks(_listing([], series_description=long, problems={long: 2, **problems}), {})
+    assert series.texts["series_description"] == "x" * 200
+    assert len(series.problems) == 20 and series.problems["x" * 200] == 2
+
+
+@pytest.mark.parametrize("name", [["IHE_PDI/A.JPG"], {"a": 1}, 7, None])
+def test_a_picture_named_by_anything_but_a_text_is_left_out(name):
+    raw = json.dumps({"format": 1, "series": [{"pictures": [{"name": name, "width": 1, "height": 1}]}]}).encode()
+    (series,) = package_view.parse_stacks(raw, _stored("IHE_PDI/A.JPG"))
+    assert series.pictures == ()
+
+
+def _forged(cd_offset: int | None = None, zip64_offset: int | None = None, prefix: bytes = b"", version: int = 45):
+    """A zip of STACKS.JSON whose end record or zip64 field lie about where things are (exp7)."""
+    stacks, name = json.dumps({"format": 1, "series": []}).encode(), pdi.STACKS.encode()
+    crc = zlib.crc32(stacks)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, len(stacks), len(stacks), len(name), 0)
+    local += name + stacks
+    extra, offset = (struct.pack("<HHQ", 1, 8, zip64_offset), 0xFFFFFFFF) if zip64_offset is not None else (b"", 0)
+    central = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 45, version, 0, 0, 0, 0, crc, len(stacks), len(stacks),
+                          len(name), len(extra), 0, 0, 0, 0, offset) + name + extra  # fmt: skip
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), cd_offset or len(local), 0)
+    return prefix + local + central + end
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (_forged(cd_offset=4070), "points outside the file"),  # zipfile's header_offset: -3994
+        (_forged(zip64_offset=(1 << 64) - 1, prefix=b"\0" * 100), "points outside the file"),  # 2**64 + 99
+        (_forged(version=200), "not a zip file"),  # zipfile: NotImplementedError("zip file version 20.0")
+    ],
+)
+def test_a_forged_directory_is_not_viewable_rather_than_an_error(tmp_path, content, why):
+    with pytest.raises(NotViewable, match=why):
+        _open(tmp_path, content)
+
+
+def test_a_view_keeps_only_where_its_listed_pictures_are(made):
+    view = over_sftp(made.path.parent, lambda sftp: open_package(sftp, f"/{made.path.name}", made.path.name))
+    listed = {p.name for s in view.series for p in s.pictures}
+    assert set(view.entries) == listed and len(listed) == 30  # not STACKS.JSON, the pages, the script
+    assert not any(isinstance(entry, zipfile.ZipInfo) for entry in view.entries.values())
+
+
+def test_a_zip_with_more_web_content_entries_than_a_package_writes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(package_view, "MAX_WEB_ENTRIES", 10)
+    members = {f"IHE_PDI/X{i}.JPG": (JPEG, zipfile.ZIP_STORED) for i in range(10)}
+    content = _zip(tmp_path, {pdi.STACKS: (_listing([]), zipfile.ZIP_DEFLATED), **members})
+    with pytest.raises(NotViewable, match="more entries under IHE_PDI/ than any study package"):
+        _open(tmp_path, content)
+    del members["IHE_PDI/X9.JPG"]
+    assert _open(tmp_path, _zip(tmp_path, {pdi.STACKS: (_listing([]), zipfile.ZIP_DEFLATED), **members}))
+
+
+def test_a_study_is_read_once_per_session_at_a_time_and_once_per_account(made, tmp_path, monkeypatch):
+    """Twelve page requests of one session read a zip's directory twelve times at once (1.7 GB
+    for a 32 MB directory): now one read per session at a time, the others use what it read, and
+    one per account over its sessions; another account is not held back."""
+    account = _account(tmp_path, made)
+    (account / "download" / "other.zip").write_bytes(made.path.read_bytes())
+    reading, reads, most = [0], [], [0]
+    real = package_view.open_package
+
+    async def watched(sftp, path, name):
+        reads.append(name)
+        reading[0] += 1
+        most[0] = max(most[0], reading[0])
+        try:
+            await asyncio.sleep(0.2)
+            return await real(sftp, path, name)
+        finally:
+            reading[0] -= 1
+
+    monkeypatch.setattr(package_view, "open_package", watched)
+
+    async def work(viewing, store, login):
+        alice = store.open("alice", "partner", "192.0.2.1", login)
+        answers = await asyncio.gather(*(_ask(viewing, alice, "/files/view/download/study.zip") for _ in range(12)))
+        once = (list(reads), most[0], {a.status_code for a in answers})
+        reads.clear(), most.__setitem__(0, 0)
+        second = store.open("alice", "partner", "192.0.2.1", login)
+        alice.views.clear()
+        await asyncio.gather(*(_ask(viewing, s, f"/files/view/download/{n}") for s, n in
+                               [(alice, "study.zip"), (second, "other.zip")]))  # fmt: skip
+        account_most = most[0]
+        most[0] = 0
+        bob = store.open("bob", "partner", "192.0.2.2", login)
+        alice.views.clear()
+        await asyncio.gather(*(_ask(viewing, s, "/files/view/download/other.zip") for s in (alice, bob)))
+        return once, account_most, most[0]
+
+    (once_reads, once_most, codes), account_most, two_accounts = _portal(tmp_path, account, work)
+    assert once_reads == ["study.zip"] and once_most == 1 and codes == {200}
+    assert account_most == 1 and two_accounts == 2
+
+
+def test_studies_are_parsed_in_threads_of_the_view_pages_own(made, tmp_path):
+    """Directories and headers were parsed in the loop's default executor, which logins and
+    everything else share: a package's 32 MB directory held it for seconds."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def work(viewing, store, login):
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(1))
+        release = threading.Event()
+        taken = loop.run_in_executor(None, release.wait, 30)  # the shared executor is busy
+        try:
+            session = store.open("alice", "partner", "192.0.2.1", login)
+            return [(await asyncio.wait_for(_ask(viewing, session, ask), 10)).status_code
+                    for ask in ("/files/view/download/study.zip", "/files/view/upload/scans")]  # fmt: skip
+        finally:
+            release.set()
+            await taken
+
+    assert _portal(tmp_path, _account(tmp_path, made), work) == [200, 200]
+
+
+@pytest.fixture(scope="module")
+def made_two(tmp_path_factory):
+    root = tmp_path_factory.mktemp("view-two")
+    ct_study(root / "ct", 5, series=2)
+    return package(root, root / "ct")
+
+
+def test_pictures_read_with_a_kept_directory_name_their_series_in_the_audit_trail(made_two, tmp_path, audit_socket):
+    """The overview's record covers the picture it shows of each series (the middle one), a series
+    page's its stack; a picture no record covered names its series once (exp18: 60 pictures
+    served after one record)."""
+    answers = _routes(tmp_path, made_two, [
+        "/files/view/download/study.zip",
+        "/files/picture/download/1/3/study.zip",  # on the overview
+        "/files/picture/download/2/3/study.zip",
+        "/files/picture/download/1/1/study.zip",  # not on it: series 1 is named
+        "/files/picture/download/1/2/study.zip",
+        "/files/picture/download/1/5/study.zip",
+        "/files/view/download/study.zip?series=2",
+        "/files/picture/download/2/1/study.zip",  # on that page
+    ])  # fmt: skip
+    assert [a.status_code for a in answers] == [200] * 8
+    views = [(r["series"], r["by"]) for r in audit_socket.records() if r["event"] == "portal-view"]
+    assert views == [(None, "page"), (1, "picture"), (2, "page")]
+
+
+def test_a_picture_asked_for_without_a_page_names_its_series_once(made_two, tmp_path, audit_socket):
+    answers = _routes(tmp_path, made_two, [f"/files/picture/download/2/{i}/study.zip" for i in (1, 2, 3)])
+    assert [a.status_code for a in answers] == [200] * 3
+    views = [(r["series"], r["by"]) for r in audit_socket.records() if r["event"] == "portal-view"]
+    assert views == [(2, "picture")]
+
+
+def test_hidden_names_count_toward_the_folders_cap(tmp_path, monkeypatch):
+    """exp20: 60,000 dot-files were walked, not one of them counted."""
+    ct_study(tmp_path / "share" / "scans", 1)
+    for i in range(6):
+        (tmp_path / "share" / "scans" / f".hidden{i}").touch()
+    monkeypatch.setattr(folder_view, "MAX_ENTRIES", 5)
+    with pytest.raises(NotViewable, match="more than 5 names"):
+        over_sftp(tmp_path / "share", lambda sftp: folder_view.open_folder(sftp, "/scans", "scans", 2))
+
+
+def test_a_folder_refused_midway_has_its_listing_closed_at_once(tmp_path, monkeypatch):
+    """Left to the loop's finalizer, the listing's handle was closed later, if at all (a session
+    closed meanwhile: never, and the portal's shutdown waited for it)."""
+    ct_study(tmp_path / "share" / "scans", 6)
+    monkeypatch.setattr(folder_view, "MAX_ENTRIES", 5)
+    closed = []
+
+    async def work(sftp):
+        listing = sftp.scandir
+
+        async def watched(path):
+            try:
+                async for entry in listing(path):
+                    yield entry
+            finally:
+                closed.append(path)
+
+        sftp.scandir = watched
+        with pytest.raises(NotViewable, match="more than 5 names"):
+            await folder_view.open_folder(sftp, "/scans", "scans", 2)
+        return list(closed)
+
+    assert over_sftp(tmp_path / "share", work) == ["/scans"]

@@ -1014,3 +1014,22 @@ def test_portal_check_refuses_a_logo_that_is_not_an_image(tmp_path, monkeypatch)
     assert f"{logo}: an SVG image; a logo must be PNG or JPEG (an SVG can carry script)" in result.output
     logo.write_bytes(logo_png(32))
     assert CliRunner().invoke(cli, ["portal", "check", str(config)]).exit_code == 0
+
+
+def test_an_account_takes_a_bounded_number_of_turns_at_once_over_its_sessions_and_is_then_forgotten():
+    turns = sessions.AccountTurns(1)
+    order = []
+
+    async def job(account: str, name: str):
+        async with turns.turn(account):
+            order.append(f"{name} starts")
+            await asyncio.sleep(0.05)
+            order.append(f"{name} ends")
+
+    async def main():
+        await asyncio.gather(job("cardiology", "first"), job("cardiology", "second"), job("neurology", "other"))
+        return len(turns)
+
+    assert asyncio.run(main()) == 0  # nothing kept of an account that waits for nothing
+    assert order.index("first ends") < order.index("second starts")
+    assert order.index("other starts") < order.index("first ends")  # another account is not held back

@@ -109,7 +109,7 @@ def create_app(config: PortalConfig, policy: Policy) -> SecurityHeaders:
         yield
         reaper.cancel()
         portal.sessions.close_all()
-        portal.viewing.close()
+        await portal.viewing.close()
 
     app = Starlette(routes=portal.routes(), lifespan=lifespan)
     app.state.portal = portal

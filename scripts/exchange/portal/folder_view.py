@@ -4,40 +4,38 @@ series, each picture rendered when it is asked for, from its file's pixel data, 
 exchange.dicom.previews (the same pictures a package carries).
 
 The files are the sender's and are read as untrusted: the walk is bounded in depth (the policy's
-max_folder_depth), in entries and in files, never follows a link, and skips hidden names (an
-upload in progress); a header is read from the file's first HEAD_BYTES only (and a deflated one
-inflated no further, exchange.dicom.reading); its texts are kept cut (untrusted.TEXT_LIMIT); a
-file above MAX_FILE_BYTES is not rendered. Pictures are rendered in separate processes (RENDER_WORKERS, each
-limited to RENDER_MEMORY), so a file that makes a decoder crash or run out of memory fails its
-own picture only, never the portal and the other accounts' sessions.
+max_folder_depth), in entries (hidden ones counted too) and in files, never follows a link, and
+skips hidden names (an upload in progress); a header is read from the file's first HEAD_BYTES
+only (and a deflated one inflated no further, exchange.dicom.reading), and parsed in
+the view page's own threads; its texts are kept cut (untrusted.TEXT_LIMIT); a file above MAX_FILE_BYTES is not rendered.
+Pictures are rendered in worker processes (exchange.portal.rendering), each file streamed to its
+worker CHUNK_BYTES at a time, so a file that makes a decoder crash, hang or run out of memory
+fails its own picture only, never the portal and the other accounts' sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-import multiprocessing
-import resource
 import stat
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncssh
 
 from exchange import untrusted
-from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack
+from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack, parsed
 
 MAX_ENTRIES = 20_000  # names read in all, folders included
 MAX_FILES = 5_000  # files whose header is read
 HEAD_BYTES = 256 << 10  # a header is rarely more (read, and inflated if deflated): the pixel data comes last
 MAX_FILE_BYTES = 128 << 20  # a 1,000-frame ultrasound clip; a larger file says so instead
+CHUNK_BYTES = 1 << 20  # of a file on its way to its render worker: what the portal holds of it
 HEADERS_IN_FLIGHT = 8
 KEPT_SECONDS = 60  # a page opened again within this shows the folder as read then (paging its series)
-RENDER_WORKERS = 2
-RENDER_MEMORY = 2 << 30  # address space of a render worker
 _HEADER_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber", "NumberOfFrames", "Rows", "PatientID",
                 "PatientName", "StudyDate", "StudyDescription", "Modality", "SeriesNumber", "SeriesDescription"]  # fmt: skip
 _TEXT_TAGS = dict(zip(TEXTS, ["PatientID", "PatientName", "StudyDate", "StudyDescription", "Modality", "SeriesNumber",
@@ -58,6 +56,7 @@ class FolderView:
     series: list[SeriesStack]
     files: dict[str, FolderFile]
     read_at: float = field(default_factory=time.monotonic)
+    recorded: set[int | None] = field(default_factory=set, repr=False)  # exchange.portal.viewing's audit
 
     def recent(self) -> bool:
         return time.monotonic() - self.read_at < KEPT_SECONDS
@@ -77,20 +76,24 @@ async def _walk(sftp: asyncssh.SFTPClient, root: str, max_depth: int) -> list[tu
     found, entries, waiting = [], 0, [("", 0)]
     while waiting:
         relative, depth = waiting.pop(0)
-        async for entry in sftp.scandir(f"{root}/{relative}" if relative else root):
-            name = entry.filename
-            if name in (".", "..") or name.startswith("."):
-                continue
-            entries += 1
-            if entries > MAX_ENTRIES:
-                raise NotViewable(f"it holds more than {MAX_ENTRIES} names")
-            path, mode = f"{relative}/{name}" if relative else name, entry.attrs.permissions or 0
-            if stat.S_ISDIR(mode) and depth < max_depth:
-                waiting.append((path, depth + 1))
-            elif stat.S_ISREG(mode):
-                found.append((path, entry.attrs))
-                if len(found) > MAX_FILES:
-                    raise NotViewable(f"it holds more than {MAX_FILES} files")
+        # Closed as soon as the walk stops, a refusal midway too (not whenever the loop gets to it).
+        async with contextlib.aclosing(sftp.scandir(f"{root}/{relative}" if relative else root)) as listing:
+            async for entry in listing:
+                name = entry.filename
+                if name in (".", ".."):
+                    continue
+                entries += 1  # a hidden name too: each one is read
+                if entries > MAX_ENTRIES:
+                    raise NotViewable(f"it holds more than {MAX_ENTRIES} names")
+                if name.startswith("."):
+                    continue
+                path, mode = f"{relative}/{name}" if relative else name, entry.attrs.permissions or 0
+                if stat.S_ISDIR(mode) and depth < max_depth:
+                    waiting.append((path, depth + 1))
+                elif stat.S_ISREG(mode):
+                    found.append((path, entry.attrs))
+                    if len(found) > MAX_FILES:
+                        raise NotViewable(f"it holds more than {MAX_FILES} files")
     return found
 
 
@@ -122,7 +125,7 @@ async def open_folder(sftp: asyncssh.SFTPClient, root: str, name: str, max_depth
                 head = await _read_head(sftp, f"{root}/{path}", attrs.size or 0)
             except asyncssh.SFTPError:  # not readable (gone meanwhile, or no rights): not shown
                 return None
-        return await asyncio.to_thread(_header, head)
+        return await parsed(_header, head)
 
     headers = await asyncio.gather(*(header(path, attrs) for path, attrs in listed))
     groups: dict[tuple[str, str], list] = defaultdict(list)
@@ -172,57 +175,27 @@ def _frames(header) -> int:
         return 1
 
 
-# -- rendering, in worker processes -----------------------------------------------------------
+# -- a file for its render worker (exchange.portal.rendering) ---------------------------------
 
 
-def _worker_start() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (RENDER_MEMORY, RENDER_MEMORY))
-
-
-def _render(data: bytes, transfer_syntax: str, frame: int) -> bytes | str:
-    from exchange.dicom import previews
-
-    try:
-        return previews.render(io.BytesIO(data), transfer_syntax, frame)
-    except previews.PreviewError as error:
-        return str(error)
-
-
-class Renderer:
-    """The portal's render workers, started when first needed and started anew if one dies."""
-
-    def __init__(self, workers: int = RENDER_WORKERS) -> None:
-        self.workers, self._pool = workers, None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: a fork of the portal would copy its event loop, sessions and threads.
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start,
-                max_tasks_per_child=500,
-            )  # fmt: skip
-        return self._pool
-
-    async def render(self, data: bytes, transfer_syntax: str, frame: int) -> bytes | str:
-        """The JPEG, or why the picture cannot be shown."""
-        try:
-            return await asyncio.wrap_future(self._executor().submit(_render, data, transfer_syntax, frame))
-        except BrokenProcessPool:  # this file killed its worker: the pool is made anew for the next
-            self._pool = None
-            return "its pixel data cannot be decoded"
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-
-async def read_file(sftp: asyncssh.SFTPClient, path: str, file: FolderFile) -> bytes | None:
-    """The whole file, if it is still the one the view was made of (else None: read the folder again)."""
+@contextlib.asynccontextmanager
+async def opened(
+    sftp: asyncssh.SFTPClient, path: str, file: FolderFile
+) -> AsyncIterator[asyncssh.SFTPClientFile | None]:
+    """The file open, if it is still the one the view was made of (else None: read the folder again)."""
     if file.size > MAX_FILE_BYTES:
         raise NotViewable(f"{file.path} is too large to show here")
     async with sftp.open(path, "rb") as handle:
         attrs = await handle.stat()
-        if (attrs.size, attrs.mtime) != (file.size, file.mtime):
-            return None
-        return await handle.read(file.size, 0)
+        yield handle if (attrs.size, attrs.mtime) == (file.size, file.mtime) else None
+
+
+async def chunks(handle: asyncssh.SFTPClientFile, file: FolderFile) -> AsyncIterator[bytes]:
+    """The file's `file.size` bytes, CHUNK_BYTES at a time."""
+    offset = 0
+    while offset < file.size:
+        data = await handle.read(min(CHUNK_BYTES, file.size - offset), offset)
+        if not data:
+            raise NotViewable(f"{file.path} changed while it was read")
+        offset += len(data)
+        yield data

@@ -5,46 +5,73 @@ right the user lacks (the chroot and the folder modes stay the guard).
 
 The zip is the server's (exchange package made it), but anything in a download folder is read
 as untrusted: every read is bounded before it is made, STACKS.JSON (written by
-exchange.dicom.webcontent) is checked field by field (the sender's texts in it cut as
-untrusted.cut does), only stored entries that it lists and that start as JPEG are ever
-served, and each is checked against its CRC.
+exchange.dicom.webcontent) is checked field by field and held to what exchange package writes
+(no more series or pictures, no picture twice; longer texts cut as untrusted.cut does), only stored entries that it lists and
+that start as JPEG are ever served, and each is checked against its CRC. Parsing runs in the view
+page's own threads (exchange.portal.study_view.parsed); a view keeps where its listed pictures
+are, nothing else of the directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import asyncssh
 
 from exchange import untrusted
 from exchange.dicom import pdi
-from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack
+from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack, parsed
 
-MAX_DIRECTORY_BYTES = 32 << 20  # the central directory: about 300,000 entries; a package has a few thousand
+# The central directory: about 300,000 entries of a package's names (550,000 of the shortest); a
+# package's DICOM files are most of them, a few thousand for a study.
+MAX_DIRECTORY_BYTES = 32 << 20
+MAX_WEB_ENTRIES = 20_000  # under IHE_PDI/: a page a series and its pictures (4,000, or 20 a series beyond 200)
 MAX_STACKS_BYTES = 8 << 20  # STACKS.JSON: 4,000 pictures take about 1 MB
 MAX_PICTURE_BYTES = 4 << 20  # a 512 px JPEG is about 30 KB
-MAX_SERIES = 10_000
+# What exchange package writes (exchange.dicom.webcontent.plan; a test holds these to its own): a
+# series' stack of at most MAX_PER_SERIES pictures, fewer when the package would hold more than
+# MAX_PER_PACKAGE in all, never fewer than MIN_PER_SERIES. The page refuses a longer list.
+MAX_PER_SERIES, MAX_PER_PACKAGE, MIN_PER_SERIES = 200, 4000, 20
+MAX_SERIES = 1_000  # on one overview page (written in about 0.2 s); a study package has tens
+MAX_PROBLEMS = 20  # reasons shown of a series' pictures that could not be made
 READ_TIMEOUT = 60  # seconds for one read of the zip's directory
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # PKZIP's local file header, 30 bytes
 _LOCAL_EXTRA_GUESS = 64  # read with the header: Python's zipfile writes at most a zip64 field there
 
 
+class Entry(NamedTuple):
+    """What reading one entry takes of its zipfile.ZipInfo, by the same names: kept instead of it
+    (half its memory), and only for the pictures STACKS.JSON lists."""
+
+    filename: str
+    orig_filename: str
+    header_offset: int
+    compress_size: int
+    file_size: int
+    CRC: int
+    compress_type: int
+    flag_bits: int
+
+
 @dataclass
 class PackageView:
-    """What the view page needs of one package: its series and where each stored picture is."""
+    """What the view page needs of one package: its series and where each listed picture is."""
 
     name: str
     size: int
     mtime: int
     series: list[SeriesStack]
-    entries: dict[str, zipfile.ZipInfo] = field(repr=False)
+    entries: dict[str, Entry] = field(repr=False)
+    recorded: set[int | None] = field(default_factory=set, repr=False)  # exchange.portal.viewing's audit
 
-    def picture(self, series: int, index: int) -> zipfile.ZipInfo | None:
+    def picture(self, series: int, index: int) -> Entry | None:
         if not 1 <= series <= len(self.series):
             return None
         pictures = self.series[series - 1].pictures
@@ -84,16 +111,30 @@ class _RemoteReader:
         return data
 
 
-def _directory(reader: _RemoteReader) -> dict[str, zipfile.ZipInfo]:
-    """The zip's entries of the web content (IHE_PDI/)."""
+def _directory(reader: _RemoteReader) -> dict[str, Entry]:
+    """The zip's entries of the web content (IHE_PDI/), each within the file."""
     try:
         with zipfile.ZipFile(reader) as archive:  # type: ignore[arg-type]  # reads, never writes
-            return {info.filename: info for info in archive.infolist() if info.filename.startswith(f"{pdi.FOLDER}/")}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error, EOFError):
+            infos = [info for info in archive.infolist() if info.filename.startswith(f"{pdi.FOLDER}/")]
+    except (NotViewable, OSError, asyncssh.Error):
+        raise  # refused by the reader, or the session broke
+    except Exception:  # noqa: BLE001 - a forged directory makes zipfile raise anything (NotImplementedError too)
         raise NotViewable("it is not a zip file, or a damaged one") from None
+    if len(infos) > MAX_WEB_ENTRIES:
+        raise NotViewable(f"it holds more entries under {pdi.FOLDER}/ than any study package ({MAX_WEB_ENTRIES})")
+    entries = {}
+    for info in infos:
+        end = info.header_offset + _LOCAL_HEADER.size + len(info.orig_filename) + info.compress_size  # at least
+        if info.header_offset < 0 or end > reader.size:
+            raise NotViewable("its table of contents points outside the file")
+        entries[info.filename] = Entry(
+            info.filename, info.orig_filename, info.header_offset, info.compress_size, info.file_size, info.CRC,
+            info.compress_type, info.flag_bits,
+        )  # fmt: skip
+    return entries
 
 
-async def read_entry(handle: asyncssh.SFTPClientFile, info: zipfile.ZipInfo, most: int) -> bytes:
+async def read_entry(handle: asyncssh.SFTPClientFile, info: Entry, most: int) -> bytes:
     """One entry's content, stored or deflated, by one ranged read (two if its local header
     carries a longer extra field than Python's zipfile writes); checked against its CRC."""
     if info.file_size > most or info.compress_size > most or info.flag_bits & 0x1:
@@ -128,42 +169,70 @@ async def open_package(sftp: asyncssh.SFTPClient, path: str, name: str) -> Packa
     async with sftp.open(path, "rb") as handle:
         attrs = await handle.stat()
         reader = _RemoteReader(handle, attrs.size or 0, asyncio.get_running_loop())
-        entries = await asyncio.to_thread(_directory, reader)
+        entries = await parsed(_directory, reader)
         stacks_entry = entries.get(pdi.STACKS)
         if stacks_entry is None:
             raise NotViewable("it holds no preview pictures (it is no study package, or one made before they were)")
         raw = await read_entry(handle, stacks_entry, MAX_STACKS_BYTES)
-    return PackageView(name, attrs.size or 0, attrs.mtime or 0, parse_stacks(raw, entries), entries)
+    series = await parsed(parse_stacks, raw, entries)
+    kept = {picture.name: entries[picture.name] for stack in series for picture in stack.pictures}
+    return PackageView(name, attrs.size or 0, attrs.mtime or 0, series, kept)
 
 
-def parse_stacks(raw: bytes, entries: dict[str, zipfile.ZipInfo]) -> list[SeriesStack]:
-    """STACKS.JSON's series; a picture the zip does not hold as a stored entry is left out."""
+def per_series(series: int) -> int:
+    """The most pictures exchange package gives a series' stack in a package of `series` series."""
+    return max(MIN_PER_SERIES, min(MAX_PER_SERIES, MAX_PER_PACKAGE // max(1, series)))
+
+
+def parse_stacks(raw: bytes, entries: dict[str, Entry]) -> list[SeriesStack]:
+    """STACKS.JSON's series; a picture the zip does not hold as a stored entry is left out. A list
+    that exchange package would not write (more series or pictures than it makes, a picture
+    twice) is refused: the page would be as long as the list."""
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise NotViewable("its list of pictures is damaged") from None
     if not isinstance(document, dict) or document.get("format") != 1 or not isinstance(document.get("series"), list):
         raise NotViewable("its list of pictures is in a form this page does not know")
-    found = []
-    for number, series in enumerate(document["series"][:MAX_SERIES], start=1):
+    if len(document["series"]) > MAX_SERIES:
+        raise NotViewable(f"it holds more than {MAX_SERIES} series, more than this page shows")
+    most, found, seen = per_series(len(document["series"])), [], set()
+    for number, series in enumerate(document["series"], start=1):
         if not isinstance(series, dict):
             raise NotViewable("its list of pictures is damaged")
-        pictures = tuple(
-            Picture(p["name"], p["width"], p["height"])
-            for p in _list(series.get("pictures"))
-            if isinstance(p, dict)
-            and _storable(entries.get(p.get("name")))
-            and all(_count(p.get(key)) for key in ("width", "height"))
-        )
-        problems = {str(k): v for k, v in _dict(series.get("problems")).items() if _count(v)}
-        texts = {key: untrusted.cut(value) if isinstance(value := series.get(key), str) else "" for key in TEXTS}
+        listed = _list(series.get("pictures"))
+        if len(listed) > most:
+            raise NotViewable(f"series {number} lists more pictures than a study package holds ({most})")
+        pictures = tuple(Picture(p["name"], p["width"], p["height"]) for p in listed if _shown(p, entries))
+        names = {picture.name for picture in pictures}
+        if len(names) < len(pictures) or not seen.isdisjoint(names):
+            raise NotViewable("its list of pictures names a picture twice")
+        seen |= names
+        reasons = ((_text(k), v) for k, v in _dict(series.get("problems")).items() if _count(v))
+        problems = dict(itertools.islice(reasons, MAX_PROBLEMS))
+        texts = {key: _text(series.get(key)) for key in TEXTS}
         found.append(
             SeriesStack(number, texts, _count(series.get("images")), _count(series.get("frames")), pictures, problems)
         )
     return found
 
 
-def _storable(info: zipfile.ZipInfo | None) -> bool:
+def _shown(picture: object, entries: dict[str, Entry]) -> bool:
+    return (
+        isinstance(picture, dict)
+        and isinstance(name := picture.get("name"), str)
+        and _storable(entries.get(name))
+        and all(_count(picture.get(key)) for key in ("width", "height"))
+    )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        return ""
+    return untrusted.cut(value)
+
+
+def _storable(info: Entry | None) -> bool:
     return (
         info is not None
         and info.compress_type == zipfile.ZIP_STORED
@@ -187,7 +256,7 @@ def _dict(value: object) -> dict:
 JPEG_START = b"\xff\xd8\xff"
 
 
-async def read_picture(sftp: asyncssh.SFTPClient, path: str, view: PackageView, info: zipfile.ZipInfo) -> bytes | None:
+async def read_picture(sftp: asyncssh.SFTPClient, path: str, view: PackageView, info: Entry) -> bytes | None:
     """The picture's JPEG; None if the file under this name is no longer the one `view` was made
     of (a new package of the same name: the caller reads its directory again)."""
     async with sftp.open(path, "rb") as handle:

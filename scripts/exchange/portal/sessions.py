@@ -12,7 +12,7 @@ import datetime
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +34,7 @@ class WebSession:
     # What the view page read of studies, by (folder, name): exchange.portal.viewing.
     views: dict[tuple[str, str], PackageView | FolderView] = field(default_factory=dict)
     picture_reads: asyncio.Semaphore | None = None  # made on the event loop (exchange.portal.viewing)
+    study_read: asyncio.Lock = field(default_factory=asyncio.Lock)  # one study's reading at a time
 
     @contextlib.contextmanager
     def transfer(self) -> Iterator[None]:
@@ -75,6 +76,32 @@ class TooManySessions(Exception):
 
 class TooManyTransfers(Exception):
     pass
+
+
+class AccountTurns:
+    """At most `at_once` of one kind of work per account at a time, over all its sessions; a
+    further one waits its turn, in order. For work that holds what every account shares (the
+    view page's render workers, its parsing threads): no account can hold all of it, however
+    many sessions and requests it opens. An account that holds and awaits no turn is forgotten."""
+
+    def __init__(self, at_once: int) -> None:
+        self.at_once = at_once
+        self._accounts: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # its turns, and how many hold or wait
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, account: str) -> AsyncIterator[None]:
+        turns, users = self._accounts.setdefault(account, (asyncio.Semaphore(self.at_once), [0]))
+        users[0] += 1
+        try:
+            async with turns:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._accounts[account]
 
 
 class SessionStore:

@@ -11,7 +11,13 @@ folder of DICOM files shows pictures rendered from its files when asked for
 Every reading of a study is an audit record, as a download is: a page's record (portal-view)
 names the file or folder and the series shown, and covers the pictures on it, which the session
 then reads with the study's directory it keeps (at most VIEWS_PER_SESSION); a picture asked for
-when that directory is not kept reads it again, and that reading is a record too.
+when that directory is not kept reads it again, and that reading is a record too; a picture no
+record covers names its series in one more, once per series.
+
+What every account shares is held to a share per account: a session reads one study at a time
+(its other requests for it wait and use what it read), an account STUDY_READS_PER_ACCOUNT over
+all its sessions (the parsing threads, exchange.portal.study_view), and RENDERS_PER_ACCOUNT
+pictures of a folder at a time (the render workers, exchange.portal.rendering).
 """
 
 from __future__ import annotations
@@ -26,14 +32,19 @@ from starlette.responses import Response
 from exchange import auditlog
 from exchange.portal import files, folder_view, package_view
 from exchange.portal.browser import client_ip, session_of
-from exchange.portal.folder_view import FolderView, Renderer
+from exchange.portal.folder_view import FolderView
 from exchange.portal.package_view import PackageView
 from exchange.portal.pages import Pages
-from exchange.portal.sessions import SessionStore, WebSession
+from exchange.portal.rendering import Renderer
+from exchange.portal.sessions import AccountTurns, SessionStore, WebSession
 from exchange.portal.study_view import NotViewable
 
 VIEWS_PER_SESSION = 2  # studies' directories kept per session: the one open, and the one before
 PICTURE_READS_PER_SESSION = 4  # a page asks for its pictures all at once: they wait their turn, not the others
+# Fewer than there are parsing threads (study_view.PARSING_THREADS) and render workers
+# (rendering.RENDER_WORKERS): one account never holds them all.
+STUDY_READS_PER_ACCOUNT = 1
+RENDERS_PER_ACCOUNT = 1
 
 View = PackageView | FolderView
 
@@ -42,6 +53,7 @@ class Viewing:
     def __init__(self, pages: Pages, sessions: SessionStore, folders: dict[str, str], max_depth: int) -> None:
         self.pages, self.sessions, self.folders, self.max_depth = pages, sessions, folders, max_depth
         self.renderer = Renderer()
+        self.study_reads, self.renders = AccountTurns(STUDY_READS_PER_ACCOUNT), AccountTurns(RENDERS_PER_ACCOUNT)
 
     async def view(self, request: Request) -> Response:
         session = session_of(request, self.sessions)
@@ -71,6 +83,7 @@ class Viewing:
             "portal-view", account=session.account, ip=ip, folder=which, file=name, series=number, pictures=shown,
             by="page",
         )  # fmt: skip
+        view.recorded.add(number if series else None)
         shown_page = {**page, "view": view, "series": series, "package": isinstance(view, PackageView)}
         return self.pages.page(request, "view.htm.j2", **shown_page, name=name)
 
@@ -87,6 +100,8 @@ class Viewing:
                     view = await self._study(session, which, name, fresh, record={"ip": ip, "series": number})
                     found = await self._picture(session, which, name, view, number, index)
                     if isinstance(found, Response):
+                        if found.status_code == 200:
+                            self._covered(session, ip, which, name, view, number, index)
                         return found
                     session.views.pop((which, name), None)
         except (files.BadName, KeyError, asyncssh.SFTPError, NotViewable) as why:
@@ -113,13 +128,28 @@ class Viewing:
         if found is None:
             return Response(status_code=404)
         file, frame = found
-        data = await folder_view.read_file(sftp, f"{path}/{file.path}", file)
-        if data is None:
-            return None
-        rendered = await self.renderer.render(data, file.transfer_syntax, frame)
+        # The account's turn first: only then is the file opened, and read a piece at a time.
+        async with self.renders.turn(session.account), folder_view.opened(sftp, f"{path}/{file.path}", file) as handle:
+            if handle is None:
+                return None
+            chunks = folder_view.chunks(handle, file)
+            rendered = await self.renderer.render(chunks, file.size, file.transfer_syntax, frame)
         if isinstance(rendered, str):  # it cannot be shown: the image's place says so by its alt text
             return Response(rendered, status_code=422, media_type="text/plain")
         return Response(rendered, media_type="image/jpeg")
+
+    def _covered(
+        self, session: WebSession, ip: str, which: str, name: str, view: View, number: int, index: int
+    ) -> None:
+        """A picture served that no record covers (neither its series' page nor the overview's
+        picture of it) names its series in a record: once per series and kept view."""
+        if number in view.recorded or (None in view.recorded and index == view.series[number - 1].middle):
+            return
+        view.recorded.add(number)
+        auditlog.record(
+            "portal-view", account=session.account, ip=ip, folder=which, file=name, series=number, pictures=None,
+            by="picture",
+        )  # fmt: skip
 
     def _path(self, which: str, name: str) -> str:
         return f"{self.folders[which]}/{name}"  # KeyError: no such folder
@@ -137,25 +167,36 @@ class Viewing:
         if kept is not None:
             session.views[key] = session.views.pop(key)  # the most recently used last
             return kept
-        attrs = attrs or await session.ssh.sftp.stat(path)
-        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
-            view = await folder_view.open_folder(session.ssh.sftp, path, name, self.max_depth)
-        elif attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
-            view = await package_view.open_package(session.ssh.sftp, path, name)
-        else:
-            raise NotViewable("it is neither a file nor a folder")
-        if record:
-            auditlog.record(
-                "portal-view", account=session.account, ip=record["ip"], folder=which, file=name,
-                series=record["series"], pictures=None, by="picture",
-            )  # fmt: skip
-        session.views[key] = view
-        while len(session.views) > VIEWS_PER_SESSION:
-            session.views.pop(next(iter(session.views)))
+        stale = session.views.get(key)
+        async with session.study_read:  # one study read per session at a time
+            meanwhile = session.views.get(key)
+            if meanwhile is not None and meanwhile is not stale:  # read by the request this one waited for
+                session.views[key] = session.views.pop(key)
+                return meanwhile
+            async with self.study_reads.turn(session.account):
+                view = await self._read(session, path, name, attrs)
+            if record:
+                auditlog.record(
+                    "portal-view", account=session.account, ip=record["ip"], folder=which, file=name,
+                    series=record["series"], pictures=None, by="picture",
+                )  # fmt: skip
+                view.recorded.add(record["series"])
+            session.views.pop(key, None)
+            session.views[key] = view
+            while len(session.views) > VIEWS_PER_SESSION:
+                session.views.pop(next(iter(session.views)))
         return view
 
-    def close(self) -> None:
-        self.renderer.close()
+    async def _read(self, session: WebSession, path: str, name: str, attrs: asyncssh.SFTPAttrs | None) -> View:
+        attrs = attrs or await session.ssh.sftp.stat(path)
+        if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
+            return await folder_view.open_folder(session.ssh.sftp, path, name, self.max_depth)
+        if attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
+            return await package_view.open_package(session.ssh.sftp, path, name)
+        raise NotViewable("it is neither a file nor a folder")
+
+    async def close(self) -> None:
+        await self.renderer.close()
 
 
 def _reads(session: WebSession) -> asyncio.Semaphore:
