@@ -20,6 +20,9 @@ rounds (which side goes first alternates), medians of the ratios taken round by 
                 first picture, against the plain download of that picture.
   per image     in one session, after the series' page: pictures 1..`--plain` one at a time, in
                 order, and the plain JPEGs of the same pictures one at a time.
+  floor         in the same rounds, as many GETs of /brand/accent.css: what any request through
+                nginx and the portal costs (no session, no SFTP, a line of CSS). Not a target: it
+                tells how much of a two-request view (a page, then its picture) is that cost.
   memory        the portal's RSS (/proc/PID/status, through ssh) before, its peak during (VmHWM,
                 reset by clear_refs) and after each of `--sessions` sessions, each viewing the big
                 package's overview, its series page and every picture of it; the sessions stay
@@ -270,19 +273,25 @@ def first_image(portal: Portal, package: dict, view_first: bool) -> dict[str, fl
     return times
 
 
-def paging(portal: Portal, package: dict, count: int, view_first: bool, cpu: Cpu) -> dict[str, list]:
-    """One round in one session: after the series' page, pictures 1..count one at a time, and
-    the plain JPEGs of the same pictures one at a time; CPU of each block."""
+FLOOR = "/brand/accent.css"  # the portal's cheapest answer: no session, no SFTP, a line of CSS
+BLOCKS = ("picture", "plain", "floor")
+
+
+def paging(portal: Portal, package: dict, count: int, round_number: int, cpu: Cpu) -> dict[str, list]:
+    """One round in one session: after the series' page, pictures 1..count one at a time, the
+    plain JPEGs of the same pictures one at a time, and as many requests of the floor (each
+    round another block first); CPU of each block."""
     name, plain = package["name"], package["plain"]
-    times: dict[str, list] = {"picture": [], "plain": [], "cpu picture": [], "cpu plain": []}
+    times: dict[str, list] = {key: [] for which in BLOCKS for key in (which, f"cpu {which}")}
     web = portal.login()
     try:
         portal.get(web, view_url(name, 1), "text/html")
-        for which in ("picture", "plain") if view_first else ("plain", "picture"):
+        shift = round_number % len(BLOCKS)
+        for which in BLOCKS[shift:] + BLOCKS[:shift]:
             before, start = cpu.now(), time.perf_counter()
             for index in range(1, count + 1):
-                url = picture_url(name, index) if which == "picture" else plain_url(plain[index])
-                times[which].append(portal.get(web, url, "image/jpeg")[0])
+                url = {"picture": picture_url(name, index), "plain": plain_url(plain[index]), "floor": FLOOR}[which]
+                times[which].append(portal.get(web, url, "text/css" if which == "floor" else "image/jpeg")[0])
             times[f"cpu {which}"].append(Cpu.used(before, cpu.now(), time.perf_counter() - start))
     finally:
         portal.logout(web)
@@ -423,10 +432,10 @@ def main() -> int:
                 package["first"] = {key: [r[key] for r in rounds] for key in rounds[0]}
                 phase(f"per image, {slices} slices")
                 before, start = cpu.now(), time.perf_counter()
-                pages = [paging(portal, package, count, n % 2 == 0, cpu) for n in range(args.rounds)]
+                pages = [paging(portal, package, count, n, cpu) for n in range(args.rounds)]
                 results["cpu"][f"paging {slices}"] = Cpu.used(before, cpu.now(), time.perf_counter() - start)
-                package["paging"] = {key: [r[key] for r in pages] for key in ("picture", "plain")}
-                package["paging"] |= {key: [r[key][0] for r in pages] for key in ("cpu picture", "cpu plain")}
+                package["paging"] = {key: [r[key] for r in pages] for key in BLOCKS}
+                package["paging"] |= {f"cpu {key}": [r[f"cpu {key}"][0] for r in pages] for key in BLOCKS}
             phase("memory")
             results["memory"] = memory(portal, packages[args.big_slices], args.sessions)
             results["memory logged out"] = portal_memory(host, reset=False)["VmRSS"]
@@ -475,7 +484,7 @@ def report(results: dict, args: argparse.Namespace) -> int:
             f"{package['directory_bytes'] / 1e3:.0f} kB), {package['pictures']} pictures"
         )
         print(
-            f"    first image   view page {ms(m['view page'])} + its picture {ms(m['view picture'])} = "
+            f"    first image   view page {ms(m['view page'])} + its picture {ms(m['view picture'])}, together "
             f"{ms(median(view))}; plain JPEG {ms(m['plain middle'])}: {verdict(per_round(view, first['plain middle']))}"
         )
         print(
@@ -484,17 +493,19 @@ def report(results: dict, args: argparse.Namespace) -> int:
             f"{per_round(view_pair, plain_pair):.2f}x (not the target)"
         )
         print(
-            f"    series page   page {ms(m['series page'])} + picture 1 {ms(m['series picture 1'])} = "
+            f"    series page   page {ms(m['series page'])} + picture 1 {ms(m['series picture 1'])}, together "
             f"{ms(median(series))}; plain JPEG {ms(m['plain 1'])}: {verdict(per_round(series, first['plain 1']))}"
         )
         pictures = [median(r) for r in paged["picture"]]
         plains = [median(r) for r in paged["plain"]]
+        floors = [median(r) for r in paged.get("floor", [])]
         cpu = {  # CPU seconds of all the rounds' blocks over their GETs
             which: {
                 key: sum(block[key] for block in paged[f"cpu {which}"]) / (results["paged"] * len(paged[which]))
                 for key in ("portal", "host")
             }
-            for which in ("picture", "plain")
+            for which in BLOCKS
+            if paged.get(which)
         }
         print(
             f"    per image     picture {ms(median(pictures))}, plain JPEG {ms(median(plains))} "
@@ -502,6 +513,14 @@ def report(results: dict, args: argparse.Namespace) -> int:
             f"{ms(cpu['picture']['portal'])} / {ms(cpu['plain']['portal'])}, test host "
             f"{ms(cpu['picture']['host'])} / {ms(cpu['plain']['host'])} (picture / plain)"
         )
+        if floors:
+            floor = median(floors)
+            print(
+                f"    floor         {FLOOR} (no session, no SFTP) {ms(floor)} (CPU: portal {ms(cpu['floor']['portal'])}, "
+                f"test host {ms(cpu['floor']['host'])}): the view page and its picture are two requests, "
+                f"{median(view) / floor:.1f} floors, the plain JPEG {m['plain middle'] / floor:.1f}; two floors are "
+                f"{2 * floor / m['plain middle']:.2f}x the plain JPEG"
+            )
     for slices, times in results.get("browser", {}).items():
         m = {key: median(values) for key, values in times.items()}
         for label, what in (("overview", "view page"), ("series", "series page")):
