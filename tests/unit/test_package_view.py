@@ -81,6 +81,37 @@ def test_a_package_is_read_in_place_with_its_series_and_every_picture_as_in_the_
     assert view.picture(1, 0) is None and view.picture(1, 31) is None and view.picture(2, 1) is None
 
 
+@pytest.mark.parametrize("tail", [package_view.TAIL_BYTES, 100, 0])
+def test_the_zips_end_comes_in_one_read_and_a_directory_beyond_it_reads_the_same(made, monkeypatch, tail):
+    """A package's end record, directory and STACKS.JSON come in one SFTP read (each was a read of
+    its own); where the end read holds less (100 bytes, or none), the rest is read through the
+    session and the view is the same."""
+    whole = tail == package_view.TAIL_BYTES
+    monkeypatch.setattr(package_view, "TAIL_BYTES", tail)
+    reads = []
+    real = asyncssh.SFTPClientFile.read
+
+    async def counted(self, size=-1, offset=None):
+        reads.append((size, offset))
+        return await real(self, size, offset)
+
+    monkeypatch.setattr(asyncssh.SFTPClientFile, "read", counted)
+
+    async def work(sftp):
+        view = await open_package(sftp, f"/{made.path.name}", made.path.name)
+        opened = len(reads)
+        return view, opened, await read_picture(sftp, f"/{made.path.name}", view, view.picture(1, 30))
+
+    view, opened, picture = over_sftp(made.path.parent, work)
+    with zipfile.ZipFile(made.path) as archive:
+        stacks = json.loads(archive.read(pdi.STACKS))["series"][0]["pictures"]
+        assert picture == archive.read(stacks[29]["name"])
+    assert [p.name for p in view.series[0].pictures] == [p["name"] for p in stacks]
+    # Without it: the end record, the zip64 locator, the directory and STACKS.JSON, a read each.
+    assert opened == (1 if whole else 3 if tail else 4), reads
+    assert all(size <= package_view.MAX_DIRECTORY_BYTES for size, _ in reads)
+
+
 def test_a_replaced_package_is_noticed_and_not_read_with_the_old_directory(made, tmp_path):
     copy = tmp_path / "study.zip"
     copy.write_bytes(made.path.read_bytes())
