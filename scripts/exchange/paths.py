@@ -45,6 +45,7 @@ LINK_TOKENS_DIR = f"{STATE_DIR}/{LINK_TOKENS}"
 LINK_RECORDS_DIR = f"{STATE_DIR}/{LINK_RECORDS}"
 EXPIRY_NOTICES = "expiry-notices"  # in STATE_DIR: which password-expiry notices went out
 UPLOAD_NOTICES = "upload-notices"  # in STATE_DIR: which uploads staff were told about
+DELIVERY_NOTICES = "delivery-notices"  # in STATE_DIR: which delivery notices and reminders went out
 DEPLOY_STATE_DIR = "/var/lib/imaging-exchange-deploy"
 APPLY_PENDING_DIR = f"{DEPLOY_STATE_DIR}/apply-pending"  # changes written but not yet applied
 OUTBOX_DIR = "/var/spool/imaging-exchange/outbox"  # the outbox transport's default folder
@@ -55,6 +56,11 @@ PURGE_LOCK = "purge.lock"  # in TOOL_RUN_DIR
 ACCOUNT_LOCK = "accounts.lock"  # in TOOL_RUN_DIR
 PACS_RETRIEVE_LOCK = "pacs-retrieve.lock"  # in TOOL_RUN_DIR: one retrieve at a time (one retrieve port)
 PACS_IMPORT_LOCK = "pacs-import.lock"  # in TOOL_RUN_DIR: one import into PACS at a time (none sent twice)
+TRAIL_LOCK = "trail.lock"  # in TOOL_RUN_DIR: one writer of the access trail at a time
+
+# -- the access trail (exchange.trail): root only, kept for years, never under the purge ------
+TRAIL_DIR = "/var/lib/imaging-exchange-trail"  # 0700: YYYY-MM.jsonl (append-only), ended months .jsonl.gz
+TRAIL_INDEX = "index.sqlite"  # in TRAIL_DIR: the index beside the chained files, rebuilt from them if lost
 
 # -- logs -------------------------------------------------------------------------------------
 # The one way into the audit log: rsyslog's socket here stamps every record with the sender's
@@ -64,6 +70,7 @@ AUDIT_SOCKET = f"{AUDIT_SOCKET_DIR}/log"
 LOG_DIR = "/var/log/imaging-exchange"
 AUDIT_LOG = f"{LOG_DIR}/audit.log"
 SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<name>
+LOGINS_LOG = f"{LOG_DIR}/logins.log"  # sshd's accepted logins: account, address, port, key or password
 RSYSLOG_CONF = "/etc/rsyslog.d/30-imaging-exchange.conf"
 LOGROTATE_CONF = "/etc/logrotate.d/imaging-exchange"
 

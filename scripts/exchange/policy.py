@@ -217,6 +217,16 @@ class LinkPolicy(Section):
     """One-time link accounts."""
 
     validity_days: int = Field(7, ge=1)
+    # A link whose packages were not all downloaded gets one reminder to its recipient this many
+    # days before it ends, or half way through a shorter link (0: none).
+    reminder_days_before_end: int = Field(2, ge=0)
+
+
+class AuditPolicy(Section):
+    """The access trail (exchange.trail): who saw which patient's images."""
+
+    # Months of the trail are kept this long (NEN 7513's usual term), then removed by `exchange purge`.
+    retention_years: int = Field(5, ge=1, le=100)
 
 
 class PortalPolicy(Section):
@@ -277,6 +287,7 @@ class Policy(Section):
     portal: PortalPolicy = PortalPolicy()
     source_bans: SourceBansPolicy = SourceBansPolicy()
     notices: NoticesPolicy = NoticesPolicy()
+    audit: AuditPolicy = AuditPolicy()
 
     @model_validator(mode="after")
     def _portal_user_apart(self) -> Policy:
