@@ -4,6 +4,8 @@ the packager stores, decoded by pydicom's pylibjpeg plugins and OpenJPEG (throug
 from __future__ import annotations
 
 import io
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +171,30 @@ def test_a_package_render_worker_that_runs_out_of_memory_fails_its_own_picture_o
         found = [result for _, result in pool.results()]
     assert found[1] == "too large to preview"
     assert found[0][:3] == found[2][:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize(("workers", "crashing"), [(1, {2}), (2, {2}), (2, {0, 5, 6})])
+def test_a_render_worker_that_crashes_costs_its_own_picture_only(tmp_path, monkeypatch, workers, crashing):
+    files = ct_study(tmp_path / "ct", 9)
+    for index in crashing:
+        hostile = dcmread(files[index])
+        hostile.Modality = "MR"
+        hostile.save_as(files[index])
+    real = previews._native_words
+
+    def native_words(handle, header, syntax, frame):  # a codec a sender's file makes crash (a segfault)
+        if header.Modality == "MR":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(handle, header, syntax, frame)
+
+    monkeypatch.setattr(previews, "_native_words", native_words)  # the workers are forked: they have it
+    pictures = [(Source(str(f), f.stat().st_size, lambda f=f: f.open("rb")), "1.2.840.10008.1.2.1", 0) for f in files]
+    with previews.RenderPool(pictures, workers=workers) as pool:
+        found = [result for _, result in pool.results()]
+    assert {
+        index for index, result in enumerate(found) if result == "the renderer failed (it ended on this picture)"
+    } == crashing
+    assert all(jpeg[:3] == b"\xff\xd8\xff" for index, jpeg in enumerate(found) if index not in crashing), found
 
 
 def test_garbage_pixel_data_is_a_reason_not_a_crash(tmp_path):

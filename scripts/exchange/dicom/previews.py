@@ -32,8 +32,9 @@ import signal
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
@@ -447,6 +448,7 @@ def _through_luts(pixels: np.ndarray, dataset: Dataset, inverted: bool) -> PILIm
 # The pictures a pool renders, set before its workers are forked: they inherit the open sources
 # (descriptors opened with the rights of whoever named the files) instead of reopening any path.
 _PICTURES: list[tuple[Source, str, int]] = []
+_AGAIN = object()  # a picture its broken pool did not render: to be rendered again
 
 
 def _render_job(index: int) -> bytes | str:
@@ -487,59 +489,93 @@ def _worker_start() -> None:
 class RenderPool:
     """Renders pictures on every core (pydicom's parsing and Pillow's JPEG 2000 decoder hold the
     GIL, so threads would share one) while the caller goes on; finished JPEGs wait in a
-    nameless root-only file, not in memory. Start it before any thread: its workers are forked."""
+    nameless root-only file, not in memory. Start it before any thread: its workers are forked.
+
+    A worker that dies (a codec's crash on a sender's file) breaks its pool and every picture
+    not yet done with it. Those are rendered again: the ones the pool had handed out (at most
+    workers + 1, in order: the one that crashed is among them) each alone in a pool of its own,
+    the rest in a new pool. So a crash costs its own picture only."""
 
     def __init__(self, pictures: list[tuple[Source, str, int]], workers: int | None = None) -> None:
         self.pictures = pictures
         self.workers = max(1, min(workers or os.cpu_count() or 1, len(pictures)))
         self._spill = tempfile.TemporaryFile()
-        self._done: dict[int, tuple[int, int] | str] = {}
+        self._done: dict[int, tuple[int, int] | str | object] = {}
         self._finished = threading.Condition()
         self._pool: ProcessPoolExecutor | None = None
+        self._alone: list[ProcessPoolExecutor] = []
+        self._unyielded = set(range(len(pictures)))
 
     def __enter__(self) -> RenderPool:
         if not self.pictures:
             return self
         global _PICTURES
         _PICTURES = self.pictures
-        context = multiprocessing.get_context("fork")
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_start)
-        for index in range(len(self.pictures)):
-            # Not kept: a finished future would hold its JPEG in memory; _keep moves it to the file.
-            self._pool.submit(_render_job, index).add_done_callback(functools.partial(self._keep, index))
+        self._pool = self._start(self.workers, range(len(self.pictures)))
         return self
 
-    def _keep(self, index: int, future: Future) -> None:
+    def _start(self, workers: int, indexes: Iterable[int], alone: bool = False) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start)
+        for index in indexes:
+            # Not kept: a finished future would hold its JPEG in memory; _keep moves it to the file.
+            pool.submit(_render_job, index).add_done_callback(functools.partial(self._keep, index, alone))
+        return pool
+
+    def _keep(self, index: int, alone: bool, future: Future) -> None:
         error = None if future.cancelled() else future.exception()
-        if future.cancelled() or error is not None:
-            result: bytes | str = "the renderer failed" + (f" ({type(error).__name__})" if error else "")
+        result: bytes | str | object
+        if isinstance(error, BrokenProcessPool):
+            result = "the renderer failed (it ended on this picture)" if alone else _AGAIN
+        elif future.cancelled() or error is not None:
+            result = "the renderer failed" + (f" ({type(error).__name__})" if error else "")
         else:
             result = future.result()
         with self._finished:
-            if isinstance(result, str):
-                self._done[index] = result
-            else:
+            if isinstance(result, bytes):
                 offset = self._spill.seek(0, os.SEEK_END)
                 self._spill.write(result)
                 self._done[index] = (offset, len(result))
+            else:
+                self._done[index] = result
             self._finished.notify_all()
+
+    def _render_again(self) -> None:
+        """After a crash: the broken pool has failed every picture it had not done."""
+        with self._finished:
+            self._finished.wait_for(lambda: all(i in self._done for i in self._unyielded))
+            again = sorted(i for i in self._unyielded if self._done[i] is _AGAIN)
+            for index in again:
+                del self._done[index]
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        handed_out, rest = again[: self.workers + 1], again[self.workers + 1 :]
+        self._alone += [self._start(1, [index], alone=True) for index in handed_out]
+        self._pool = self._start(self.workers, rest) if rest else None
 
     def results(self, progress: Callable[[int], None] = lambda done: None) -> Iterator[tuple[int, bytes | str]]:
         """Every picture's JPEG or reason, in order, waiting for those not yet done."""
         for index in range(len(self.pictures)):
-            with self._finished:
-                self._finished.wait_for(lambda index=index: index in self._done)
-                found = self._done.pop(index)
-                if isinstance(found, tuple):
-                    offset, length = found
-                    self._spill.seek(offset)
-                    found = self._spill.read(length)
+            while True:
+                with self._finished:
+                    self._finished.wait_for(lambda index=index: index in self._done)
+                    found = self._done[index]
+                    if found is not _AGAIN:
+                        del self._done[index]
+                        self._unyielded.discard(index)
+                        if isinstance(found, tuple):
+                            offset, length = found
+                            self._spill.seek(offset)
+                            found = self._spill.read(length)
+                        break
+                self._render_again()
             progress(index + 1)
             yield index, found
 
     def __exit__(self, *exc) -> None:
         global _PICTURES
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in [self._pool, *self._alone]:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         _PICTURES = []
         self._spill.close()
