@@ -4,6 +4,7 @@ upload moved to imported/ only when all of it is in the PACS."""
 
 from __future__ import annotations
 
+import os
 import contextlib
 import grp
 import pwd
@@ -491,3 +492,17 @@ def test_an_instance_answered_success_but_not_kept_is_not_counted_as_stored(exch
     assert orthanc.count() == before + 1 and "1 of 2 instances are not in the PACS (1 stored now" in failed
     assert f"{files[0].name}: the PACS answered success but does not list it (C-FIND) afterwards" in failed
     assert upload_of(layout, "dropped").is_dir() and last_import(audit_socket)["outcome"] == "incomplete"
+
+
+def test_a_study_of_more_files_than_select_can_watch_is_imported(exchange, orthanc, audit_socket):
+    """Every inspected file stays open until it is sent, so a CT of 2,000 slices holds 2,000
+    descriptors: the association's socket then has a number beyond select()'s 1,024."""
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "ct-long"), 8, patient_id="SENDER-LONG")
+    spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]  # as 1,100 more slices would
+    try:
+        done, _ = run(layout, dicom, upload_of(layout, "ct-long"))
+    finally:
+        for descriptor in spare:
+            os.close(descriptor)
+    assert (done.stored, done.failed) == (8, [])

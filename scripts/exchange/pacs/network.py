@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import ssl
 from collections.abc import Iterator
 
-from pynetdicom import AE, evt, status
+from pynetdicom import AE, evt, status, transport
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 
@@ -27,6 +28,27 @@ STATUS_TABLES = {
 MAX_PDU = 1 << 20
 SUCCESS = 0x0000
 PENDING = (0xFF00, 0xFF01)
+
+
+def _ready(self: transport.AssociationSocket) -> bool:
+    """AssociationSocket.ready by poll(), not select(): select() cannot watch a descriptor
+    beyond 1,023 (pynetdicom 3.0.4 then takes the socket as closed, "Association Aborted"), and
+    an import holds every inspected file open, so a CT of 2,000 slices puts its socket there."""
+    if self.socket is None or self._is_connected is False:
+        return False
+    poller = select.poll()
+    try:
+        poller.register(self.socket, select.POLLIN)
+        ready = bool(poller.poll(0))
+    except (OSError, ValueError):
+        self.event_queue.put("Evt17")  # the transport connection closed, as pynetdicom's own says
+        return False
+    if isinstance(self.socket, ssl.SSLSocket):
+        return ready or bool(self.socket.pending())  # TLS may hold data poll() cannot see
+    return ready
+
+
+transport.AssociationSocket.ready = property(_ready)  # type: ignore[method-assign]
 
 
 class PacsError(ExchangeError):
