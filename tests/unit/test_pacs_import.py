@@ -4,9 +4,9 @@ upload moved to imported/ only when all of it is in the PACS."""
 
 from __future__ import annotations
 
-import os
 import contextlib
 import grp
+import os
 import pwd
 import shutil
 import zipfile
