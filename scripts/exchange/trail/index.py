@@ -6,7 +6,7 @@ record's row keeps its canonical JSON (a query reads no month file), its month a
 verify and recovery look), and its line's hash (so verify also sees the chain's last line edited
 or removed, which no later line would name). Patients are a table of their own, one row per
 (patient, record), so a patient is one index lookup. The JSON is deflated with a dictionary of
-what every record spells alike (its keys, the events): a busy year's index 3.5x smaller.
+what every record spells alike (its keys, the events): 440 bytes become about 125.
 """
 
 from __future__ import annotations
