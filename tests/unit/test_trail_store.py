@@ -14,7 +14,7 @@ import pytest
 
 from exchange.trail import chain, index
 from exchange.trail.record import AccessRecord
-from exchange.trail.store import Break, PackageManifest, Trail
+from exchange.trail.store import Break, PackageManifest, Trail, TrailWriter
 
 UTC = datetime.UTC
 
@@ -381,3 +381,20 @@ def test_an_index_of_another_format_is_rebuilt_from_the_chain(trail, clock):
     with trail.writing():
         pass
     assert [r.patient_ids for r in trail.query(account="partner-a")] == [("P0",), ("P1",), ("P2",)]
+
+
+def test_a_new_month_after_every_month_was_compressed_goes_on_without_reading_the_chain_again(
+    trail, clock, monkeypatch
+):
+    write_months(trail, clock, [(2026, 10), (2026, 11)])
+    clock.moment = datetime.datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    assert trail.compress_ended_months(clock.moment) == ["2026-10", "2026-11"]
+
+    def scan(*arguments):
+        raise AssertionError("the index was up to date: no month needs reading again")
+
+    monkeypatch.setattr(TrailWriter, "_scan", scan)
+    with trail.writing() as writer:
+        writer.append([record("2026-12-01T00:29:00+00:00")])
+    assert json.loads(file_lines(trail, "2026-12.jsonl")[0])["n"] == 7
+    assert trail.verify().intact

@@ -87,6 +87,13 @@ def _source_position(source: str | None) -> tuple[str, str] | None:
     return (parts[0], f"{parts[1]}:{parts[2]}") if len(parts) == 3 else None
 
 
+def _last(lines: Iterator[bytes]) -> bytes | None:
+    last = None
+    for last in lines:  # noqa: B007 (the last one is wanted)
+        pass
+    return last
+
+
 class Trail:
     def __init__(
         self,
@@ -268,8 +275,9 @@ class TrailWriter:
                 self._n = max(self._n, tail.n)
             return
         month, name = files[-1]
-        if tail and tail.month == month and not name.endswith(".gz"):
-            last = chain.last_line(self._fd, name)
+        if tail and tail.month == month:
+            # A compressed last month (a new month with no record yet) is unzipped, not decoded.
+            last = chain.last_line(self._fd, name) if not name.endswith(".gz") else _last(chain.lines(self._fd, name))
             decoded = chain.decode(last) if last is not None else None
             if decoded and decoded[0] == tail.n and chain.digest(last) == tail.digest:  # type: ignore[arg-type]
                 self._n, self._previous, self._month, self._lines = tail.n, tail.digest, month, tail.line
