@@ -72,9 +72,8 @@ def test_sftp_and_web_downloads_name_the_patient_and_the_web_pages_own_session_i
         assert http.get(f"/files/download/{package}", headers={"Range": "bytes=0-999"}).status_code == 206
     assert "Accepted keyboard-interactive/pam for " + link.account in web.host.ssh(f"cat {paths.LOGINS_LOG}").stdout
 
-    ingested = web.host.ssh("exchange trail ingest")
-    assert "SFTP sessions of the web page itself left out" in ingested.stdout, ingested.stdout
-    assert "distrusted" not in ingested.stderr
+    ingested = web.host.ssh("exchange trail ingest")  # (the hourly job may have run it meanwhile)
+    assert ingested.stdout.startswith("trail: ") and "distrusted" not in ingested.stderr, ingested
 
     records = trail_of(web, patient_id=PATIENT_ID)
     mine = [r for r in records if r["account"] == link.account]
