@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exchange import paths
+from exchange.cli import trail_ingest
 from exchange.policy import load_policy
 from exchange.portal import sftp as portal_sftp
 from exchange.trail.ingest import LogPaths, ingest
@@ -302,3 +303,15 @@ def test_the_hourly_job_brings_the_trail_up_to_date_after_the_purge_and_notices(
     (job,) = [line for line in cron.splitlines() if line.startswith(POLICY.retention.purge_schedule)]
     after_notices = job.split("notify-expiring --quiet; }", 1)[1]
     assert after_notices == f"; {paths.EXCHANGE} trail ingest --quiet"  # with site data or without
+
+
+def test_the_command_names_a_distrusted_line_even_when_quiet_and_escaped(logs, capsys):
+    logs.add("audit", audit("\x1b[2Jstudy-packaged", uid=1001, account="cardiology"), packaged())
+    trail_ingest.show(logs.run(), quiet=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "\x1b" not in err
+    assert err.startswith("distrusted: audit:") and err.endswith(": \\x1b[2Jstudy-packaged written by uid 1001\n")
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    trail_ingest.show(logs.run(), quiet=False)
+    out, err = capsys.readouterr()
+    assert out == "trail: 2 records from sftp.log 6 lines, logins.log 0 lines, audit.log 0 lines\n" and err == ""
