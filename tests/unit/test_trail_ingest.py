@@ -315,3 +315,17 @@ def test_the_command_names_a_distrusted_line_even_when_quiet_and_escaped(logs, c
     trail_ingest.show(logs.run(), quiet=False)
     out, err = capsys.readouterr()
     assert out == "trail: 2 records from sftp.log 6 lines, logins.log 0 lines, audit.log 0 lines\n" and err == ""
+
+
+def test_an_index_rebuilt_from_the_chain_resumes_each_log_after_its_last_line_read(logs):
+    """Writers' clocks interleave in audit.log (a record is stamped when made, filed when received):
+    the chain keeps each log's records in the order read, so the index's positions, rebuilt from
+    the records' sources, are each log's furthest."""
+    logs.add("audit", packaged(time="2026-12-04T18:05:00+00:00"), packaged(name="second.zip"))
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    assert logs.run().records == 4
+    for lost in Path(logs.trail.folder).glob("index.sqlite*"):
+        lost.unlink()
+    assert logs.run().records == 0
+    assert len(logs.records()) == 4
