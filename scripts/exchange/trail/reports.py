@@ -298,14 +298,20 @@ def render(
     raise ReportError(f"--format {untrusted.printable(form)}: one of {', '.join(FORMATS)}")
 
 
+def bring_up_to_date(policy: Any, trail: Any) -> None:
+    """The logs read since the last run into the trail (exchange.trail.ingest): a report never
+    misses what happened a minute ago."""
+    from exchange.trail.ingest import ingest
+
+    ingest(policy, trail)
+
+
 def read(query: Query, policy: Any, trail: Any | None = None) -> list[AccessRecord]:
-    """The trail brought up to date (the logs read since the last run), then asked: a report
-    never misses what happened a minute ago. NoRecords when nothing is on record."""
-    from exchange.trail.ingest import ingest  # Part of the trail that reads the logs
+    """The trail brought up to date, then asked. NoRecords when nothing is on record."""
     from exchange.trail.store import Trail
 
-    trail = trail or Trail()
-    ingest(policy, trail)
+    trail = trail or Trail(paths.TRAIL_DIR, paths.TOOL_RUN_DIR)
+    bring_up_to_date(policy, trail)
     records = trail.query(**query.filters())
     if not records:
         window = " in that period" if query.since or query.until else ""
@@ -314,7 +320,16 @@ def read(query: Query, policy: Any, trail: Any | None = None) -> list[AccessReco
 
 
 def record_read(query: Query, form: str, results: int) -> None:
-    """Reading the trail is itself an access (NEN 7513): who read what, and how much."""
+    """Reading the trail is itself an access (NEN 7513): who read what, and how much. A patient's
+    report names the patient, so the read shows in that patient's own trail."""
     from exchange import auditlog
 
-    auditlog.record("trail-read", by=auditlog.actor(), **query.described(), format=form, results=results)
+    auditlog.record(
+        "trail-read",
+        by=auditlog.actor(),
+        report=query.report,
+        subject=query.subject,
+        query={**query.described(), "format": form},
+        results=results,
+        patient_ids=[query.subject] if query.report == "patient" else [],
+    )

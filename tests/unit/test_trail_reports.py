@@ -1,0 +1,219 @@
+"""`exchange trail patient|account|staff`: each format over a real trail in a tmp folder, what
+others named escaped where it lands, the period filters and the refusals."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import re
+import zoneinfo
+
+import pytest
+
+from exchange.trail import reports
+from exchange.trail.record import AccessRecord
+from exchange.trail.reports import Query, ReportError
+
+AMSTERDAM = zoneinfo.ZoneInfo("Europe/Amsterdam")
+UTC = datetime.UTC
+# What a partner may name a file, and a browser call itself: markup, a formula, a terminal escape.
+HOSTILE_FILE = '<script>alert(1)</script>=HYPERLINK("http://evil.example/x")\x1b[2J.zip'
+HOSTILE_AGENT = "Mozilla/5.0 \x1b]0;owned\x07[bold]x[/bold]"
+
+
+def download(time: str = "2026-12-03T13:02:00+00:00", complete: bool = True, **changes) -> AccessRecord:
+    fields = {
+        "time": time,
+        "event": "download",
+        "account": "link-k7m2p9qa",
+        "actor": "p***@example.org",
+        "access_point": {"via": "web", "address": "192.0.2.7", "agent": HOSTILE_AGENT},
+        "patient_ids": ("P123",),
+        "study_uids": ("1.2.840.1",),
+        "details": {"file": HOSTILE_FILE, "bytes": 2048, "offset": 0, "complete": complete},
+        **changes,
+    }
+    return AccessRecord(**fields)
+
+
+def packaged(time: str = "2026-12-03T12:58:00+00:00") -> AccessRecord:
+    return AccessRecord(
+        time=time,
+        event="package-made",
+        account="link-k7m2p9qa",
+        actor="staff-demo",
+        access_point={"via": "server"},
+        patient_ids=("P123",),
+        study_uids=("1.2.840.1",),
+        details={"package": "CT thorax.zip", "accession_numbers": ["A2026-77"], "bytes": 2048},
+    )
+
+
+# --since and --until
+
+
+def test_a_date_is_its_whole_day_in_the_sites_zone_until_inclusive():
+    assert reports.parse_moment("--since", "2026-12-03", AMSTERDAM) == datetime.datetime(2026, 12, 2, 23, tzinfo=UTC)
+    until = reports.parse_moment("--until", "2026-12-03", AMSTERDAM, until=True)
+    assert until == datetime.datetime(2026, 12, 3, 23, tzinfo=UTC)  # the next local midnight: the day is in
+
+
+def test_a_minute_is_in_until_its_end():
+    since = reports.parse_moment("--since", "2026-12-03T14:02", AMSTERDAM)
+    until = reports.parse_moment("--until", "2026-12-03T14:02", AMSTERDAM, until=True)
+    assert (since, until) == (
+        datetime.datetime(2026, 12, 3, 13, 2, tzinfo=UTC),
+        datetime.datetime(2026, 12, 3, 13, 3, tzinfo=UTC),
+    )
+
+
+def test_the_day_summer_time_ends_has_25_hours():
+    since = reports.parse_moment("--since", "2026-10-25", AMSTERDAM)
+    until = reports.parse_moment("--until", "2026-10-25", AMSTERDAM, until=True)
+    assert until - since == datetime.timedelta(hours=25)
+
+
+def test_without_site_data_times_are_utc():
+    assert reports.parse_moment("--since", "2026-12-03", UTC) == datetime.datetime(2026, 12, 3, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value", ["2026-13-01", "2026-12-1", "03-12-2026", "yesterday", "2026-12-03 14:02", "2026-12-03T14:02:00", ""]
+)
+def test_a_bad_date_names_the_option_and_the_form(value):
+    with pytest.raises(ReportError) as refused:
+        reports.parse_moment("--until", value, AMSTERDAM, until=True)
+    assert str(refused.value).startswith(f"--until {value}: not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    assert refused.value.status == 2
+
+
+def test_since_after_until_is_refused():
+    since = reports.parse_moment("--since", "2026-12-04", AMSTERDAM)
+    until = reports.parse_moment("--until", "2026-12-03", AMSTERDAM, until=True)
+    with pytest.raises(ReportError, match="--since must be before --until"):
+        Query("patient", "P123", since, until)
+    same_day = reports.parse_moment("--since", "2026-12-03", AMSTERDAM)
+    assert Query("patient", "P123", same_day, until).filters() == {
+        "patient_id": "P123",
+        "since": same_day,
+        "until": until,
+    }
+
+
+# What cannot be a patient ID or a name
+
+
+@pytest.mark.parametrize("patient_id", ["P1\x1b[2J", "P1\nP2", "x" * 65, "P1\\P2", " P1", "", "P1\u202e"])
+def test_what_cannot_be_a_patient_id_is_refused(patient_id):
+    with pytest.raises(ReportError, match="not a patient ID") as refused:
+        Query("patient", patient_id)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_patient_id_of_64_characters_with_spaces_inside_is_one():
+    assert Query("patient", "X" * 60 + " 1^2").filters()["patient_id"] == "X" * 60 + " 1^2"
+
+
+@pytest.mark.parametrize("report", ["account", "staff"])
+@pytest.mark.parametrize("name", ["Alice", "alice clinic", "a" * 33, "alice\x1b", "../root"])
+def test_what_cannot_be_an_account_or_login_is_refused(report, name):
+    with pytest.raises(ReportError, match="name"):
+        Query(report, name)
+
+
+def test_each_report_asks_the_trail_its_own_question():
+    assert Query("account", "alice-clinic").filters()["account"] == "alice-clinic"
+    assert Query("staff", "staff-demo").filters()["actor"] == "staff-demo"
+
+
+# The formats: what others named escaped where it lands
+
+
+def test_the_table_shows_local_times_and_escapes_what_others_named():
+    table = reports.as_table([packaged(), download()], AMSTERDAM, width=400)
+    assert "\x1b" not in table and "\x07" not in table
+    assert "\\x1b]0;owned\\x07[bold]x[/bold]" in table  # escaped, and no rich markup either
+    assert "2026-12-03 13:58:00" in table and "2026-12-03 14:02:00" in table
+    lines = table.splitlines()
+    assert lines[0].split() == list(reports.COLUMNS)
+    assert "package-made" in lines[1] and "download" in lines[2]
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_guards_every_formula_start(start):
+    assert reports.spreadsheet_safe(f"{start}1+1") == f"'{start}1+1"
+    assert reports.spreadsheet_safe(f"a{start}1") == f"a{start}1"
+
+
+def test_csv_cells_are_escaped_and_no_cell_starts_a_formula():
+    record = download(patient_ids=("=1+2",), actor="@SUM(A1)", account="-x")
+    text = reports.as_csv([record], AMSTERDAM)
+    assert "\x1b" not in text
+    header, row = list(csv.reader(io.StringIO(text)))
+    assert header == list(reports.COLUMNS)
+    cells = dict(zip(header, row, strict=True))
+    assert cells["patients"] == "'=1+2" and cells["actor"] == "'@SUM(A1)" and cells["account"] == "'-x"
+    assert cells["time"] == "2026-12-03T14:02:00+01:00"
+    assert cells["details"].startswith("file=<script>") and "\\x1b[2J" in cells["details"]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in row)
+
+
+def test_json_is_ascii_with_local_times_and_the_question():
+    query = Query("patient", "P123", reports.parse_moment("--since", "2026-12-01", AMSTERDAM))
+    text = reports.as_json([download()], AMSTERDAM, query)
+    assert text.isascii() and "\x1b" not in text
+    document = json.loads(text)
+    assert document["report"] == "patient" and document["subject"] == "P123" and document["zone"] == "Europe/Amsterdam"
+    assert document["since"] == "2026-11-30T23:00:00+00:00" and document["until"] is None
+    (shown,) = document["records"]
+    assert shown["local_time"] == "2026-12-03T14:02:00+01:00"
+    assert shown["details"]["file"] == HOSTILE_FILE  # the data itself, intact
+    assert "source" not in shown
+
+
+def _html(records, lang="en", **query):
+    return reports.render(records, Query("patient", "P123", **query), "html", AMSTERDAM, lang)
+
+
+def test_html_tells_a_patient_in_plain_language_in_their_zone():
+    english = _html([packaged(), download(), download("2026-12-03T15:00:00+00:00", complete=False)])
+    text = re.sub(r"<[^>]+>", "", english)
+    assert (
+        "On Thursday 3 December 2026 at 14:02 (CET), your images of study 1.2.840.1 (file " in text
+        and ") were downloaded completely by p***@example.org (account link-k7m2p9qa) from internet address "
+        "192.0.2.7, on the secure web page."
+        in text
+    )
+    assert (
+        "at 13:58 (CET), your images of study A2026-77 (file CT thorax.zip) were packed to be sent by staff-demo"
+        in (text)
+    )
+    assert "at 16:00 (CET), your images of study 1.2.840.1" in text and "were downloaded in part" in text
+    dutch = re.sub(r"<[^>]+>", "", _html([download()], "nl"))
+    assert "Op donderdag 3 december 2026 om 14:02 (CET) zijn uw beelden van onderzoek 1.2.840.1" in dutch
+    assert "volledig gedownload door p***@example.org (account link-k7m2p9qa) vanaf internetadres 192.0.2.7" in dutch
+    assert '<html lang="nl">' in _html([download()], "nl")
+
+
+def test_html_escapes_and_fetches_nothing():
+    page = _html([download()])
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "\x1b" not in page and "\\x1b[2J" in page
+    assert not re.search(r"\b(src|href|action)\s*=", page, re.I)  # no request leaves the page
+    assert "default-src 'none'" in page
+
+
+def test_html_names_the_period():
+    since = reports.parse_moment("--since", "2026-12-01", AMSTERDAM)
+    until = reports.parse_moment("--until", "2026-12-03", AMSTERDAM, until=True)
+    page = _html([download()], since=since, until=until)
+    assert "from Tuesday 1 December 2026 at 00:00 (CET) until Friday 4 December 2026 at 00:00 (CET)" in page
+
+
+def test_html_is_a_patients_page_and_speaks_nl_or_en():
+    with pytest.raises(ReportError, match="patient's overview"):
+        reports.render([download()], Query("account", "link-k7m2p9qa"), "html", AMSTERDAM)
+    with pytest.raises(ReportError, match="--lang de"):
+        _html([download()], "de")
