@@ -75,7 +75,7 @@ def test_the_day_summer_time_ends_has_25_hours():
     assert until - since == datetime.timedelta(hours=25)
 
 
-def test_without_site_data_times_are_utc():
+def test_a_date_without_a_zone_of_the_site_is_utc():
     assert reports.parse_moment("--since", "2026-12-03", UTC) == datetime.datetime(2026, 12, 3, tzinfo=UTC)
 
 
@@ -217,3 +217,182 @@ def test_html_is_a_patients_page_and_speaks_nl_or_en():
         reports.render([download()], Query("account", "link-k7m2p9qa"), "html", AMSTERDAM)
     with pytest.raises(ReportError, match="--lang de"):
         _html([download()], "de")
+
+
+# The commands, over a real trail in a tmp folder, brought up to date from a real audit log
+
+
+class Host:
+    """The trail's folder, its lock folder and the logs the ingest reads, all in tmp."""
+
+    def __init__(self, tmp_path, monkeypatch, audit_socket) -> None:
+        import functools
+
+        import yaml
+
+        from exchange import paths
+        from exchange.trail import ingest
+        from exchange.trail.store import Trail
+        from roles import REPO
+        from tests.sites import outbox_site
+
+        self.audit_socket = audit_socket
+        (tmp_path / "run").mkdir()
+        monkeypatch.setattr(paths, "TRAIL_DIR", str(tmp_path / "trail"))
+        monkeypatch.setattr(paths, "TOOL_RUN_DIR", str(tmp_path / "run"))
+        self.site = tmp_path / "site.yaml"
+        self.site.write_text(yaml.safe_dump(outbox_site()))  # Europe/Amsterdam, the default zone
+        monkeypatch.setenv("EXCHANGE_SITE", str(self.site))
+        monkeypatch.setenv("EXCHANGE_POLICY", str(REPO / "policies.yaml"))
+        monkeypatch.setenv("SUDO_USER", "auditor-ann")
+        self.audit_log = tmp_path / "audit.log"
+        self.audit_log.write_text("")
+        logs = functools.partial(
+            ingest.LogPaths,
+            audit=str(self.audit_log),
+            sftp=str(tmp_path / "sftp.log"),
+            logins=str(tmp_path / "logins.log"),
+            partners=str(tmp_path / "partners.yaml"),
+            site=str(self.site),
+        )
+        monkeypatch.setattr(ingest, "LogPaths", logs)
+        self.trail = Trail(str(tmp_path / "trail"), str(tmp_path / "run"))
+
+    def append(self, *records: AccessRecord) -> None:
+        with self.trail.writing() as writer:
+            writer.append(records)
+
+    def logged(self, **entry) -> None:
+        """One line of the audit log as rsyslog writes it, the writer's uid root's."""
+        with self.audit_log.open("a") as log:
+            log.write(json.dumps({**entry, "writer_uid": 0}) + "\n")
+
+    def run(self, *arguments: str):
+        from typer.testing import CliRunner
+
+        from exchange import cli
+
+        return CliRunner().invoke(cli.app, ["trail", *arguments])
+
+    def reads(self) -> list[dict]:
+        return [record for record in self.audit_socket.records() if record["event"] == "trail-read"]
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch, audit_socket):
+    return Host(tmp_path, monkeypatch, audit_socket)
+
+
+def test_a_patients_report_brings_the_trail_up_to_date_then_records_the_read(host):
+    host.append(packaged())
+    # Logged after the last ingest: the report reads it in before it asks.
+    host.logged(
+        event="study-packaged", time="2026-12-03T13:01:00+00:00", account="alice-clinic", by="staff-bob",
+        package="MR knee.zip", patient_ids=["P123"], study_uids=["1.2.840.9"], bytes=10, sha256="ab" * 32,
+    )  # fmt: skip
+    host.logged(
+        event="study-packaged", time="2026-12-03T13:05:00+00:00", account="alice-clinic", by="staff-bob",
+        package="other.zip", patient_ids=["P999"], study_uids=["1.2.840.10"], bytes=10, sha256="cd" * 32,
+    )  # fmt: skip
+    answer = host.run("patient", "P123")
+    assert answer.exit_code == 0, answer.output
+    lines = answer.stdout.splitlines()
+    assert lines[0].split() == list(reports.COLUMNS) and len(lines) == 3
+    assert "2026-12-03 13:58:00" in lines[1] and "staff-demo" in lines[1]  # local time, oldest first
+    assert "2026-12-03 14:01:00" in lines[2] and "staff-bob" in lines[2] and "MR knee.zip" in lines[2]
+    assert "P999" not in answer.stdout
+    assert answer.stderr == "2 records (times Europe/Amsterdam)\n"
+    (read,) = host.reads()
+    assert read["by"] == "auditor-ann" and read["report"] == "patient" and read["subject"] == "P123"
+    assert read["results"] == 2 and read["patient_ids"] == ["P123"]
+    assert read["query"] == {"report": "patient", "subject": "P123", "since": None, "until": None, "format": "table"}
+
+
+def test_since_and_until_are_days_in_the_sites_zone(host):
+    # 23:30 UTC on 2 December is 00:30 on 3 December in Amsterdam.
+    host.append(
+        download("2026-12-02T22:30:00+00:00"), download("2026-12-02T23:30:00+00:00"),
+        download("2026-12-03T22:59:59+00:00"), download("2026-12-03T23:00:00+00:00"),
+    )  # fmt: skip
+    answer = host.run("patient", "P123", "--since", "2026-12-03", "--until", "2026-12-03", "--format", "json")
+    assert answer.exit_code == 0, answer.output
+    document = json.loads(answer.stdout)
+    assert [record["local_time"] for record in document["records"]] == [
+        "2026-12-03T00:30:00+01:00",
+        "2026-12-03T23:59:59+01:00",
+    ]
+    assert host.reads()[0]["query"]["since"] == "2026-12-02T23:00:00+00:00"
+    answer = host.run("patient", "P123", "--since", "2026-12-03T23:59")
+    assert answer.exit_code == 0 and answer.stdout.count("download") == 2  # 23:59:59 and 00:00 local
+
+
+def test_an_account_and_a_staff_members_report_and_csv(host):
+    host.append(packaged(), download(), download(account="alice-clinic", actor="Huisartsen Oost"))
+    answer = host.run("account", "link-k7m2p9qa", "--format", "csv")
+    assert answer.exit_code == 0, answer.output
+    rows = list(csv.reader(io.StringIO(answer.stdout)))
+    assert [row[1] for row in rows[1:]] == ["package-made", "download"]
+    assert "\x1b" not in answer.stdout
+    answer = host.run("staff", "staff-demo")
+    assert answer.exit_code == 0 and "package-made" in answer.stdout and "download" not in answer.stdout
+    assert [read["report"] for read in host.reads()] == ["account", "staff"]
+
+
+def test_the_patients_page_in_dutch(host):
+    host.append(download())
+    answer = host.run("patient", "P123", "--format", "html", "--lang", "nl")
+    assert answer.exit_code == 0, answer.output
+    assert answer.stdout.startswith("<!DOCTYPE html>") and "volledig gedownload" in answer.stdout
+    assert "Afdeling Radiologie, het Testziekenhuis." in answer.stdout  # the site names itself
+    assert "&lt;script&gt;" in answer.stdout and "<script>" not in answer.stdout
+    assert host.reads()[0]["query"]["format"] == "html"
+
+
+def test_without_site_data_the_report_is_in_utc(host):
+    host.site.unlink()
+    host.append(download())
+    answer = host.run("patient", "P123")
+    assert answer.exit_code == 0, answer.output
+    assert "2026-12-03 13:02:00" in answer.stdout and answer.stderr.endswith("(times UTC)\n")
+
+
+def test_an_unknown_patient_says_so_and_nothing_is_recorded(host):
+    host.append(download())
+    answer = host.run("patient", "P404")
+    assert answer.exit_code == 1
+    assert answer.stdout == "" and answer.stderr == "no records for patient P404 in the trail\n"
+    answer = host.run("account", "link-zzzzzzzz", "--since", "2026-12-04")
+    assert answer.exit_code == 1 and "no records for account link-zzzzzzzz in that period" in answer.stderr
+    answer = host.run("patient", "P123", "--until", "2026-12-02")
+    assert answer.exit_code == 1 and "in that period" in answer.stderr
+    assert host.reads() == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["patient", "P123", "--since", "3-12-2026"],
+            "--since 3-12-2026: not a date; use YYYY-MM-DD or YYYY-MM-DDTHH:MM",
+        ),
+        (["patient", "P123", "--until", "2026-12-03 14:00"], "--until 2026-12-03 14:00: not a date; use YYYY-MM-DD"),
+        (["patient", "P123", "--since", "2026-12-04", "--until", "2026-12-03"], "--since must be before --until"),
+        (["patient", "P1\x1b[2J"], "P1\\x1b[2J: not a patient ID"),
+        (["patient", "P" * 65], "not a patient ID (1-64 characters"),
+        (["account", "Alice Clinic"], "Alice Clinic: not an account name"),
+        (["staff", "bob\n"], "bob\\n: not a staff member's login name"),
+        (["patient", "P123", "--format", "xml"], "--format xml: one of table, json, csv, html"),
+        (["patient", "P123", "--format", "html", "--lang", "de"], "--lang de: one of nl, en"),
+        (["account", "link-k7m2p9qa", "--format", "html"], "--format html is a patient's overview"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_read(host, arguments, message):
+    host.append(download())
+    host.logged(event="link-revoked", time="2026-12-03T14:00:00+00:00", account="link-k7m2p9qa", by="staff-demo")
+    answer = host.run(*arguments)
+    assert answer.exit_code == 2, answer.output
+    assert message in answer.stderr and answer.stdout == ""
+    assert "\x1b" not in answer.stderr
+    assert host.reads() == []
+    with host.trail.writing() as writer:  # not ingested either: refused before the trail was touched
+        assert writer.position("audit") is None

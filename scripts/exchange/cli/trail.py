@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from exchange.cli import base
+from exchange.cli.trail_ingest import ingest_command
 
 trail_app = base.ExchangeApp(help="The access trail: who saw which patient's images, when, from where.")
+trail_app.command("ingest")(ingest_command)
 
 Since = Annotated[
     str | None,

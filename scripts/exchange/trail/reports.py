@@ -29,10 +29,12 @@ FORMATS = ("table", "json", "csv", "html")
 LANGUAGES = ("nl", "en")
 DATE_FORM = "YYYY-MM-DD or YYYY-MM-DDTHH:MM"
 # A patient ID is a DICOM LO: at most 64 characters, no backslash (a value separator), no controls.
-PATIENT_ID = re.compile(r"^[^\\\x00-\x1f\x7f]{1,64}$")
-NAME = re.compile(paths.UNIX_NAME)  # partner and link accounts and staff members are all Unix logins
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_MINUTE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$")
+PATIENT_ID = re.compile(r"[^\\\x00-\x1f\x7f]{1,64}")
+# Partner and link accounts and staff members are all Unix logins. Matched whole (fullmatch): a
+# "$" alone lets a trailing newline through.
+NAME = re.compile(paths.UNIX_NAME)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MINUTE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 COLUMNS = ("time", "event", "outcome", "account", "actor", "from", "patients", "studies", "details")
@@ -85,12 +87,12 @@ def check_subject(report: str, subject: str) -> None:
     """Refuse what cannot be a patient ID or an account name before anything is read: a control
     character would reach the audit record and the terminal, a megabyte the index."""
     if report == "patient":
-        if not PATIENT_ID.match(subject) or not subject.isprintable() or subject != subject.strip():
+        if not PATIENT_ID.fullmatch(subject) or not subject.isprintable() or subject != subject.strip():
             raise ReportError(
                 f"{untrusted.printable(subject[:80])}: not a patient ID (1-64 characters, no control characters, "
                 "backslash or outer spaces); nothing was read"
             )
-    elif not NAME.match(subject):
+    elif not NAME.fullmatch(subject):
         what = "an account" if report == "account" else "a staff member's login"
         raise ReportError(
             f"{untrusted.printable(subject[:80])}: not {what} name (a-z, 0-9, _ and -, at most 32); nothing was read"
@@ -101,11 +103,11 @@ def parse_moment(option: str, value: str, zone: datetime.tzinfo, until: bool = F
     """--since/--until in the site's zone. A date is its whole day (until: through its end), a
     date and time its whole minute (until: through that minute), so `--until` is inclusive."""
     try:
-        if _DATE.match(value):
+        if _DATE.fullmatch(value):
             day = datetime.date.fromisoformat(value)
             moment = datetime.datetime.combine(day, datetime.time(), zone)
             step = datetime.timedelta(days=1)
-        elif _MINUTE.match(value):
+        elif _MINUTE.fullmatch(value):
             moment = datetime.datetime.fromisoformat(value).replace(tzinfo=zone)
             step = datetime.timedelta(minutes=1)
         else:
@@ -173,7 +175,8 @@ def rows(records: Sequence[AccessRecord], zone: datetime.tzinfo) -> list[dict[st
 
 
 def as_table(records: Sequence[AccessRecord], zone: datetime.tzinfo, width: int | None = None) -> str:
-    """For the terminal: every cell printable (no escape sequence reaches it) and no rich markup."""
+    """For the terminal: every cell printable (no escape sequence reaches it), no rich markup, and
+    one line per record (for grep; the terminal wraps what is wider)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -182,9 +185,9 @@ def as_table(records: Sequence[AccessRecord], zone: datetime.tzinfo, width: int 
     for row in rows(records, zone):
         row["time"] = row["time"][:19].replace("T", " ")
         table.add_row(*(Text(untrusted.printable(row[column])) for column in COLUMNS))
-    console = Console(width=width or 200, file=io.StringIO(), color_system=None, highlight=False)
+    console = Console(width=width or 100_000, file=io.StringIO(), color_system=None, highlight=False)
     console.print(table)
-    return console.file.getvalue()
+    return "".join(line.rstrip() + "\n" for line in console.file.getvalue().splitlines())
 
 
 def as_json(records: Sequence[AccessRecord], zone: datetime.tzinfo, query: Query) -> str:
@@ -315,7 +318,7 @@ def read(query: Query, policy: Any, trail: Any | None = None) -> list[AccessReco
     records = trail.query(**query.filters())
     if not records:
         window = " in that period" if query.since or query.until else ""
-        raise NoRecords(f"no records for {query.report} {query.subject}{window}; nothing was read")
+        raise NoRecords(f"no records for {query.report} {query.subject}{window} in the trail")
     return records
 
 
