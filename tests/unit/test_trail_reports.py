@@ -396,3 +396,16 @@ def test_bad_input_is_refused_before_anything_is_read(host, arguments, message):
     assert host.reads() == []
     with host.trail.writing() as writer:  # not ingested either: refused before the trail was touched
         assert writer.position("audit") is None
+
+
+def test_the_read_becomes_a_record_of_the_trail_under_its_reader(host):
+    """The trail-read audit record as the ingest maps it: the reader acts, the query is kept."""
+    host.append(download())
+    assert host.run("patient", "P123", "--format", "csv").exit_code == 0
+    (read,) = host.reads()
+    host.logged(**read)  # as rsyslog writes it to the audit log
+    answer = host.run("staff", "auditor-ann", "--format", "json")
+    assert answer.exit_code == 0, answer.output
+    (record,) = json.loads(answer.stdout)["records"]
+    assert record["event"] == "trail-read" and record["actor"] == "auditor-ann"
+    assert record["details"]["query"]["subject"] == "P123" and record["details"]["results"] == 1
