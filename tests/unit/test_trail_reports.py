@@ -132,7 +132,7 @@ def test_each_report_asks_the_trail_its_own_question():
 
 
 def test_the_table_shows_local_times_and_escapes_what_others_named():
-    table = reports.as_table([packaged(), download()], AMSTERDAM, width=400)
+    table = reports.as_table([packaged(), download()], AMSTERDAM)
     assert "\x1b" not in table and "\x07" not in table
     assert "\\x1b]0;owned\\x07[bold]x[/bold]" in table  # escaped, and no rich markup either
     assert "2026-12-03 13:58:00" in table and "2026-12-03 14:02:00" in table
@@ -409,3 +409,16 @@ def test_the_read_becomes_a_record_of_the_trail_under_its_reader(host):
     (record,) = json.loads(answer.stdout)["records"]
     assert record["event"] == "trail-read" and record["actor"] == "auditor-ann"
     assert record["details"]["query"]["subject"] == "P123" and record["details"]["results"] == 1
+
+
+def test_html_names_a_downloaded_package_by_the_accession_numbers_it_was_made_with():
+    over_sftp = download(
+        access_point={"via": "sftp", "address": "192.0.2.9", "auth": "password"},
+        details={"file": "/download/CT thorax.zip", "bytes": 2048, "complete": True},
+    )
+    elsewhere = download(account="alice-clinic", details={"file": "/download/CT thorax.zip", "complete": True})
+    text = re.sub(r"<[^>]+>", "", _html([packaged(), over_sftp, elsewhere]))
+    assert "your images of study A2026-77 (file /download/CT thorax.zip) were downloaded completely" in text
+    assert "over SFTP (a secure file transfer)" in text
+    # Another account's file of the same name is another package: its study stays the UID.
+    assert "your images of study 1.2.840.1 (file /download/CT thorax.zip)" in text

@@ -13,6 +13,7 @@ import csv
 import datetime
 import io
 import json
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,20 +175,17 @@ def rows(records: Sequence[AccessRecord], zone: datetime.tzinfo) -> list[dict[st
     ]
 
 
-def as_table(records: Sequence[AccessRecord], zone: datetime.tzinfo, width: int | None = None) -> str:
-    """For the terminal: every cell printable (no escape sequence reaches it), no rich markup, and
-    one line per record (for grep; the terminal wraps what is wider)."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(*COLUMNS, box=None)
+def as_table(records: Sequence[AccessRecord], zone: datetime.tzinfo) -> str:
+    """For the terminal: every cell printable (no escape sequence reaches it), one line per
+    record (for grep; the terminal wraps what is wider), columns padded to their widest cell.
+    Plain text, not rich: a year of a busy account is tens of thousands of lines."""
+    table = [list(COLUMNS)]
     for row in rows(records, zone):
         row["time"] = row["time"][:19].replace("T", " ")
-        table.add_row(*(Text(untrusted.printable(row[column])) for column in COLUMNS))
-    console = Console(width=width or 100_000, file=io.StringIO(), color_system=None, highlight=False)
-    console.print(table)
-    return "".join(line.rstrip() + "\n" for line in console.file.getvalue().splitlines())
+        table.append([untrusted.printable(row[column]) for column in COLUMNS])
+    widths = [max(len(line[index]) for line in table) for index in range(len(COLUMNS))]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
+                   for line in table)  # fmt: skip
 
 
 def as_json(records: Sequence[AccessRecord], zone: datetime.tzinfo, query: Query) -> str:
@@ -230,13 +228,28 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _item(record: AccessRecord, zone: datetime.tzinfo, lang: str) -> dict[str, Any]:
+def _accessions(records: Sequence[AccessRecord]) -> dict[tuple[str | None, str], list[str]]:
+    """(account, package) -> the accession numbers its package-made record names: a patient
+    knows a study by those (on the letter, the request) far sooner than by its UID."""
+    return {
+        (record.account, str(record.details["package"])): list(record.details.get("accession_numbers") or ())
+        for record in records
+        if record.event == "package-made" and record.details.get("package")
+    }
+
+
+def _item(
+    record: AccessRecord, zone: datetime.tzinfo, lang: str, accessions: dict[tuple[str | None, str], list[str]]
+) -> dict[str, Any]:
     """What a sentence of the patient's page says of one record."""
     from exchange.messaging.messages import day_and_time
 
     day, clock = day_and_time(record.moment, lang, zone)
     info = record.details
     complete = info.get("complete")
+    # A download or view names the file (over SFTP with its folder, "/download/x.zip").
+    named = posixpath.basename(str(info.get("file") or info.get("package") or ""))
+    studies = info.get("accession_numbers") or accessions.get((record.account, named)) or record.study_uids
     return {
         "event": record.event,
         "outcome": record.outcome,
@@ -246,7 +259,7 @@ def _item(record: AccessRecord, zone: datetime.tzinfo, lang: str) -> dict[str, A
         "account": record.account if record.actor and record.account else "",
         "address": record.access_point.get("address", ""),
         "via": record.access_point.get("via", ""),
-        "studies": ", ".join(info.get("accession_numbers") or record.study_uids),
+        "studies": ", ".join(str(study) for study in studies),
         "file": str(info.get("file") or info.get("package") or ""),
         "complete": complete if isinstance(complete, bool) else None,
         "recipient": str(info.get("recipient") or ""),
@@ -263,13 +276,14 @@ def as_html(
     from exchange.messaging.messages import when
 
     now = datetime.datetime.now(datetime.UTC)
+    accessions = _accessions(records)
     return (
         _environment()
         .get_template(f"patient.{lang}.htm.j2")
         .render(
             lang=lang,
             patient=query.subject,
-            items=[_item(record, zone, lang) for record in records],
+            items=[_item(record, zone, lang, accessions) for record in records],
             since=when(query.since, lang, zone) if query.since else None,
             until=when(query.until, lang, zone) if query.until else None,
             made=when(now, lang, zone),
@@ -285,11 +299,10 @@ def render(
     zone: datetime.tzinfo,
     lang: str = "nl",
     site: Any | None = None,
-    width: int | None = None,
 ) -> str:
     """The records in one of FORMATS."""
     if form == "table":
-        return as_table(records, zone, width)
+        return as_table(records, zone)
     if form == "json":
         return as_json(records, zone, query)
     if form == "csv":
