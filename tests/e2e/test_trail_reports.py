@@ -86,6 +86,8 @@ def test_the_auditor_reads_the_reports_through_sudo_and_nothing_else(downloaded)
     account = auditor(exchange, f"sudo -n exchange trail account {PARTNER}")
     assert account.returncode == 0 and package in account.stdout, account.stderr
     assert auditor(exchange, f"sudo -n exchange trail staff {exchange.host.staff_user}").returncode == 0
+    verified = auditor(exchange, "sudo -n exchange trail verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("intact: "), verified.stdout + verified.stderr
     for refused in ("sudo -n exchange trail ingest", "sudo -n exchange link list", "sudo -n exchange trail verify x"):
         answer = auditor(exchange, refused)
         assert (answer.returncode, answer.stdout) == (1, ""), (refused, answer.stderr)
