@@ -80,7 +80,17 @@ def test_a_date_without_a_zone_of_the_site_is_utc():
 
 
 @pytest.mark.parametrize(
-    "value", ["2026-13-01", "2026-12-1", "03-12-2026", "yesterday", "2026-12-03 14:02", "2026-12-03T14:02:00", ""]
+    "value",
+    [
+        "2026-13-01",
+        "2026-12-1",
+        "03-12-2026",
+        "yesterday",
+        "2026-12-03 14:02",
+        "2026-12-03T14:02:00",
+        "",
+        "２０２６-12-03",
+    ],
 )
 def test_a_bad_date_names_the_option_and_the_form(value):
     with pytest.raises(ReportError) as refused:

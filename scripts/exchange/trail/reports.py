@@ -34,8 +34,8 @@ PATIENT_ID = re.compile(r"[^\\\x00-\x1f\x7f]{1,64}")
 # Partner and link accounts and staff members are all Unix logins. Matched whole (fullmatch): a
 # "$" alone lets a trailing newline through.
 NAME = re.compile(paths.UNIX_NAME)
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_MINUTE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MINUTE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 COLUMNS = ("time", "event", "outcome", "account", "actor", "from", "patients", "studies", "details")
