@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exchange import paths
+from exchange.cli import trail_ingest
 from exchange.policy import load_policy
 from exchange.portal import sftp as portal_sftp
 from exchange.trail.ingest import LogPaths, ingest
@@ -302,3 +303,29 @@ def test_the_hourly_job_brings_the_trail_up_to_date_after_the_purge_and_notices(
     (job,) = [line for line in cron.splitlines() if line.startswith(POLICY.retention.purge_schedule)]
     after_notices = job.split("notify-expiring --quiet; }", 1)[1]
     assert after_notices == f"; {paths.EXCHANGE} trail ingest --quiet"  # with site data or without
+
+
+def test_the_command_names_a_distrusted_line_even_when_quiet_and_escaped(logs, capsys):
+    logs.add("audit", audit("\x1b[2Jstudy-packaged", uid=1001, account="cardiology"), packaged())
+    trail_ingest.show(logs.run(), quiet=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "\x1b" not in err
+    assert err.startswith("distrusted: audit:") and err.endswith(": \\x1b[2Jstudy-packaged written by uid 1001\n")
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    trail_ingest.show(logs.run(), quiet=False)
+    out, err = capsys.readouterr()
+    assert out == "trail: 2 records from sftp.log 6 lines, logins.log 0 lines, audit.log 0 lines\n" and err == ""
+
+
+def test_an_index_rebuilt_from_the_chain_resumes_each_log_after_its_last_line_read(logs):
+    """Writers' clocks interleave in audit.log (a record is stamped when made, filed when received):
+    the chain keeps each log's records in the order read, so the index's positions, rebuilt from
+    the records' sources, are each log's furthest."""
+    logs.add("audit", packaged(time="2026-12-04T18:05:00+00:00"), packaged(name="second.zip"))
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    assert logs.run().records == 4
+    for lost in Path(logs.trail.folder).glob("index.sqlite*"):
+        lost.unlink()
+    assert logs.run().records == 0
+    assert len(logs.records()) == 4
