@@ -24,6 +24,7 @@ MODULE_SECONDS = {
     "tests/e2e/test_trail_store.py": 90,
     "tests/e2e/test_retention.py": 85,
     "tests/e2e/test_trail_ingest.py": 100,
+    "tests/e2e/test_trail_reports.py": 100,
 }
 
 

@@ -33,6 +33,7 @@ class Baseline(BaseModel):
     jails: dict[Literal["sshd", "portal"], str]
     never_banned: tuple[str, ...] = Field(min_length=1)
     bans_off_text: str
+    sudo: dict[Literal["staff", "auditor"], tuple[str, ...]]
 
     def templates(self) -> list[str]:
         """Every text with placeholders: the chroots, and the folders' paths and owners."""
@@ -85,3 +86,8 @@ class Expected:
 
     def tree(self) -> dict[str, tuple[str, str, str]]:
         return self._owned(self.baseline.tree)
+
+    def sudo_rights(self, kind: str) -> list[str]:
+        """What `sudo -l` lists for one kind of account: one line, its commands comma-separated."""
+        commands = self.baseline.sudo.get(kind, ())
+        return [f"(root) NOPASSWD: {', '.join(commands)}"] if commands else []

@@ -6,6 +6,7 @@ import shlex
 import pytest
 
 from exchange import paths
+from tests.audit.baseline import Expected
 from tests.audit.catalogue import control
 
 # The audit log's one way in: rsyslog's socket in this folder, which only root and the web
@@ -93,12 +94,13 @@ def test_sftp_sessions_are_logged(host, read, policy, control):
 
 
 @control("SUDO-01")
-def test_auditor_may_only_read(host, read, control):
+def test_auditor_may_only_read(host, read, policy, control):
+    """The baseline's reads only: audit-read, the trail's reports and its verify."""
     if read.is_root:
         pytest.skip("the audit runs as root; run it as the auditor account to check the auditor's sudo rights")
     listing = host.run("sudo -n -l").stdout
     commands = [line.strip() for line in listing.splitlines() if line.strip().startswith("(")]
-    control.verify(["(root) NOPASSWD: /usr/local/bin/exchange audit-read *"], commands)
+    control.verify(Expected(policy).sudo_rights("auditor"), commands)
 
 
 def sudo_rights(listing: str) -> list[str]:
@@ -119,10 +121,10 @@ def sudo_rights(listing: str) -> list[str]:
 def test_sudo_rights_of_the_exchange_accounts(read, policy, control):
     """Each account's rights as sudo itself resolves them (`sudo -l -U`), not the sudoers text:
     a user list, a continued line, a %#gid or an alias grants as much as a plain %group line."""
-    accounts = policy.accounts
+    accounts, baseline = policy.accounts, Expected(policy)
     rights_of_group = {
-        accounts.staff_group: [f"(root) NOPASSWD: {paths.EXCHANGE}"],
-        accounts.auditor_group: [f"(root) NOPASSWD: {paths.EXCHANGE} audit-read *"],
+        accounts.staff_group: baseline.sudo_rights("staff"),
+        accounts.auditor_group: baseline.sudo_rights("auditor"),
         accounts.partner_group: [],  # SFTP accounts: nothing at all
         accounts.link_group: [],
     }

@@ -73,3 +73,16 @@ def test_source_bans_are_the_deploys():
     assert tuple(ours.jails.values()) == bans.JAILS
     assert ours.never_banned == bans.NEVER_BANNED
     assert ours.bans_off_text == bans.OFF_TEXT
+
+
+def test_sudo_rights_are_the_deploys():
+    """SUDO-01, SUDO-02: the commands the audit expects are the ones the deploy's sudo rules grant,
+    as `sudo -l` lists one rule: its commands on one line, comma-separated."""
+    from roles.auditor import AUDITOR_COMMANDS
+
+    ours = baseline().sudo
+    assert ours["auditor"] == AUDITOR_COMMANDS
+    assert ours["staff"] == (paths.EXCHANGE,)
+    assert Expected(load_policy(POLICY_FILE).policy).sudo_rights("auditor") == [
+        "(root) NOPASSWD: " + ", ".join(AUDITOR_COMMANDS)
+    ]
