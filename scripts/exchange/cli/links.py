@@ -25,6 +25,12 @@ def link_issue(
     days: Annotated[
         int | None, typer.Option("--days", help="Validity in days (default and maximum: the policy's).")
     ] = None,
+    notify_downloaded: Annotated[
+        bool,
+        typer.Option(
+            "--notify-downloaded", help="E-mail the staff mailbox once all the link's packages were downloaded."
+        ),
+    ] = False,
     show_password: base.ShowPassword = False,
 ) -> None:
     """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
@@ -33,7 +39,9 @@ def link_issue(
 
     base.require_root("link issue")
     policy = base.policy_or_exit().policy
-    request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
+    request = validate_request(
+        policy, email=email, phone=phone, lang=lang, note=note, days=days, notify_downloaded=notify_downloaded
+    )
     tools = base.tools("link issue")
     issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
     record = issued.record
@@ -41,6 +49,8 @@ def link_issue(
     typer.echo(f"  expires  {when(record.expires, 'en', tools.site.zone)}")
     typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
     typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
+    if record.notify_downloaded:
+        typer.echo(f"  notice   to {tools.site.staff_mailbox} once all its packages were downloaded")
     if show_password:
         base.show_password(issued.password)
 
