@@ -73,6 +73,7 @@ def test_link_issue_passes_the_downloaded_notice_on_only_when_asked(monkeypatch)
         "--notify-downloaded",
     )  # fmt: skip
     assert asked == [*base, "--notify-downloaded"]
-    assert server_command(
-        monkeypatch, "link-issue", "--email", "p@example.org", "--phone", "+31612345678", "--lang", "en"
-    ) == base
+    assert (
+        server_command(monkeypatch, "link-issue", "--email", "p@example.org", "--phone", "+31612345678", "--lang", "en")
+        == base
+    )

@@ -59,13 +59,21 @@ def link_issue(
 def link_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
 ) -> None:
-    """Link accounts: recipient (masked), created, expires, files waiting, last login."""
+    """Link accounts: recipient (masked), created, expires, files waiting, last login, and each
+    package: downloaded completely or not, when, from where (the access trail, brought up to date)."""
+    from exchange.errors import ExchangeError
     from exchange.links import LinkStore
     from exchange.linkstatus import link_rows
+    from exchange.trail.delivery import bring_up_to_date
+    from exchange.trail.store import Trail
 
     tools = base.tools("link list")
-    store = LinkStore()
-    rows = link_rows(tools.policy, store)
+    store, trail = LinkStore(), Trail()
+    try:
+        bring_up_to_date(tools.policy, trail)
+    except (ExchangeError, OSError) as error:  # the list still answers, and says what it may lack
+        typer.echo(f"the trail is not up to date, downloads may be missing: {untrusted.printable(error)}", err=True)
+    rows = link_rows(tools.policy, store, trail)
     for problem in store.unreadable():
         typer.echo(f"left out: {untrusted.printable_lines(problem)}", err=True)
     if as_json:
@@ -76,7 +84,9 @@ def link_list(
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("account", "e-mail", "created", "expires", "download", "upload", "last login", "note", box=None)
+    table = Table(
+        "account", "e-mail", "created", "expires", "download", "upload", "last login", "packages", "note", box=None
+    )
     for row in rows:
         table.add_row(
             row["account"],
@@ -86,10 +96,21 @@ def link_list(
             str(row["download_files"]),
             str(row["upload_files"]),
             (row["last_login"] or "never")[:16].replace("T", " "),
+            "\n".join(escape(_package_line(package)) for package in row["packages"]) or "none",
             escape(untrusted.printable(row["note"])),
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     typer.echo(f"{len(rows)} link accounts (times UTC)", err=True)
+
+
+def _package_line(package: dict) -> str:
+    """One package of `link list`: "CT-thorax.zip: downloaded 2026-12-04 10:12 from 192.0.2.7 (web)"."""
+    name = untrusted.printable(package["package"])
+    if not package["tries"]:
+        return f"{name}: not downloaded"
+    state = "downloaded" if package["downloaded"] else f"partly ({package['percent']}%)"
+    when = package["when"][:16].replace("T", " ")
+    return f"{name}: {state} {when} from {untrusted.printable(package['from'])}"
 
 
 @link_app.command("resend")
