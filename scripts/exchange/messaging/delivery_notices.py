@@ -129,13 +129,13 @@ def _mail(due: delivery.Due, site: Site, messages: Messages):
         return mail, "reminder-sent", fields
     if due.kind == "downloaded":
         link = due.link
-        who = f"link for {link.recipient}" + (f", {link.note}" if link.note else "")
         mail = messages.email(
             "delivery-downloaded-email",
             site.staff_language,
             to=site.staff_mailbox,
             account=due.account,
-            who=who,
+            recipient=link.recipient,
+            note=link.note,
             expires=link.expires,
             **_listed(due.deliveries),
         )
