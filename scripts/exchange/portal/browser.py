@@ -12,6 +12,7 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
+from exchange import untrusted
 from exchange.portal.sessions import SessionStore, WebSession
 
 SESSION_COOKIE = "exchange_session"
@@ -51,6 +52,11 @@ async def read_form(request: Request) -> dict[str, str] | None:
 
 def session_of(request: Request, sessions: SessionStore) -> WebSession | None:
     return sessions.get(request.cookies.get(SESSION_COOKIE))
+
+
+def user_agent(request: Request) -> str:
+    """The browser's own name for itself, for the access trail: what it says, bounded, never interpreted."""
+    return untrusted.cut(request.headers.get("user-agent", ""))
 
 
 def client_ip(request: Request) -> str:

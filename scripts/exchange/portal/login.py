@@ -27,6 +27,7 @@ from exchange.portal.browser import (
     read_form,
     session_of,
     set_cookie,
+    user_agent,
 )
 from exchange.portal.pages import Pages
 from exchange.portal.sessions import LoginLimit, SessionStore, TooManySessions
@@ -74,7 +75,14 @@ class Logins:
             return self.pages.page(request, "link.htm.j2", status=429, error="too_many", expires=None)
         found = self.links.by_token(request.path_params["token"], now())
         if found is None:
-            auditlog.record("portal-login-failed", kind="link", account=None, ip=ip, reason="unknown-token")
+            auditlog.record(
+                "portal-login-failed",
+                kind="link",
+                account=None,
+                ip=ip,
+                agent=user_agent(request),
+                reason="unknown-token",
+            )
             return await self.failed(request, "link.htm.j2", started, ip, expires=None)
         account, expires = found
         return await self.login(
@@ -130,7 +138,9 @@ class Logins:
             context["expires"] = None  # every answer below reads the same for any token
         if kind == "partner" and not self.is_partner(account):
             # Only partners log in by name; nobody else's name reaches sshd from here.
-            auditlog.record("portal-login-failed", kind=kind, account=None, ip=ip, reason="not-a-partner")
+            auditlog.record(
+                "portal-login-failed", kind=kind, account=None, ip=ip, agent=user_agent(request), reason="not-a-partner"
+            )
             return await self.failed(request, template, started, ip, **context)
         try:
             ssh = await open_session(self.target, account, password, new_password)
@@ -144,18 +154,20 @@ class Logins:
                 reasons=rejected.reasons,
             )  # fmt: skip
         except LoginRefused:
-            auditlog.record("portal-login-failed", kind=kind, account=account, ip=ip, reason="refused")
+            auditlog.record(
+                "portal-login-failed", kind=kind, account=account, ip=ip, agent=user_agent(request), reason="refused"
+            )
             return await self.failed(request, template, started, ip, **context)
         except ServerUnavailable as down:
             auditlog.record("portal-unavailable", account=account, ip=ip, reason=str(down))
             return self.pages.page(request, template, status=503, error="unavailable", **context)
         try:
-            session = self.sessions.open(account, kind, ip, ssh, expires)
+            session = self.sessions.open(account, kind, ip, ssh, expires, agent=user_agent(request))
         except TooManySessions:
             return self.pages.page(request, template, status=503, error="busy", **context)
         if ssh.password_changed:
             auditlog.record("portal-password-changed", kind=kind, account=account, ip=ip)
-        auditlog.record("portal-login", kind=kind, account=account, ip=ip)
+        auditlog.record("portal-login", kind=kind, account=account, ip=ip, agent=session.agent)
         response = RedirectResponse("/files", 303)
         set_cookie(response, SESSION_COOKIE, session.id)
         set_cookie(response, CSRF_COOKIE, new_csrf_token())  # a fresh token for the session

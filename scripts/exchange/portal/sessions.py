@@ -29,6 +29,7 @@ class WebSession:
     ip: str
     ssh: SshLogin
     expires: datetime.datetime | None = None  # a link account's end
+    agent: str = ""  # the browser's user agent at login (bounded), for the access trail's records
     last_seen: float = field(default_factory=lambda: time.monotonic())  # looked up at each call: a test's clock
     transfers: int = 0  # downloads and uploads in progress
     # What the view page read of studies, by (folder, name): exchange.portal.viewing.
@@ -129,7 +130,7 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, account: str, kind: str, ip: str, ssh: SshLogin, expires=None) -> WebSession:
+    def open(self, account: str, kind: str, ip: str, ssh: SshLogin, expires=None, agent: str = "") -> WebSession:
         self.close_idle()
         own = [session for session in self._sessions.values() if session.account == account]
         if len(own) >= self.per_account:
@@ -143,7 +144,7 @@ class SessionStore:
         if len(self._sessions) >= self.max_sessions:
             ssh.close()
             raise TooManySessions()
-        session = WebSession(secrets.token_urlsafe(32), account, kind, ip, ssh, expires)
+        session = WebSession(secrets.token_urlsafe(32), account, kind, ip, ssh, expires, agent)
         self._sessions[session.id] = session
         return session
 

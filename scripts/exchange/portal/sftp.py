@@ -10,10 +10,14 @@ round, messages on the lines before the prompt:
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
+
+from exchange import auditlog
 
 LOGIN_TIMEOUT = 30
 
@@ -116,14 +120,37 @@ def loopback_order(ciphers: tuple[str, ...]) -> list[str]:
     return sorted(ciphers, key=lambda name: ("gcm" not in name, "128" not in name))
 
 
+async def announced_socket(target: SshTarget, username: str) -> socket.socket:
+    """A connection to sshd from a local port the audit log named first (portal-ssh-connection):
+    the access trail tells this login, which sshd logs with that port, from an SFTP client's."""
+    family, kind, protocol, _, address = (
+        await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    )[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setblocking(False)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))  # the port is ours from here
+        auditlog.record("portal-ssh-connection", account=username, port=sock.getsockname()[1])
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), LOGIN_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def open_session(target: SshTarget, username: str, password: str, new_password: str | None = None) -> SshLogin:
     """The user's own SFTP session, or one of the exceptions above."""
     conversation = _PamConversation(password, new_password)
+    try:
+        sock = await announced_socket(target, username)
+    except (TimeoutError, OSError) as exc:
+        raise ServerUnavailable(str(exc)) from None
     try:
         connection, _ = await asyncssh.create_connection(
             lambda: conversation,
             target.host,
             target.port,
+            sock=sock,
             username=username,
             known_hosts=target.known_hosts(),
             client_keys=None,

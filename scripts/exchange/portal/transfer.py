@@ -98,8 +98,8 @@ class Transfers:
             finally:
                 slot.release()
                 auditlog.record(
-                    "portal-download", account=session.account, ip=ip, file=name, bytes=sent,
-                    offset=start, complete=sent == length,
+                    "portal-download", account=session.account, ip=ip, agent=session.agent, file=name, bytes=sent,
+                    offset=start, size=size, complete=sent == length,
                 )  # fmt: skip
 
         stream = body()
@@ -149,7 +149,14 @@ class Transfers:
                             csrf += event.data.decode("ascii", "replace")
                     elif upload is not None:  # the end of a file part
                         name = await upload.finish()
-                        auditlog.record("portal-upload", account=session.account, ip=ip, file=name, bytes=upload.size)
+                        auditlog.record(
+                            "portal-upload",
+                            account=session.account,
+                            ip=ip,
+                            agent=session.agent,
+                            file=name,
+                            bytes=upload.size,
+                        )
                         done.append(name)
                         upload = None
         except files.BadName:

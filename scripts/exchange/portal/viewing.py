@@ -29,7 +29,7 @@ import asyncssh
 from starlette.requests import Request
 from starlette.responses import Response
 
-from exchange import auditlog
+from exchange import auditlog, untrusted
 from exchange.portal import files, folder_view, package_view
 from exchange.portal.browser import client_ip, session_of
 from exchange.portal.folder_view import FolderView
@@ -47,6 +47,13 @@ STUDY_READS_PER_ACCOUNT = 1
 RENDERS_PER_ACCOUNT = 1
 
 View = PackageView | FolderView
+
+
+def seen_patients(view: View, series: int | None) -> list[str]:
+    """The patient IDs a view showed (one series, or the overview's all), for the access trail:
+    as the sender's files name them, bounded."""
+    shown = view.series if series is None else view.series[series - 1 : series]
+    return sorted({untrusted.cut(one.texts.get("patient_id") or "") for one in shown} - {""})[:100]
 
 
 class Viewing:
@@ -80,8 +87,8 @@ class Viewing:
             return self.pages.message(request, status=404, error="no_such_series")
         shown = len(series.pictures) if series else len(view.series)
         auditlog.record(
-            "portal-view", account=session.account, ip=ip, folder=which, file=name, series=number, pictures=shown,
-            by="page",
+            "portal-view", account=session.account, ip=ip, agent=session.agent, folder=which, file=name, series=number,
+            pictures=shown, patient_ids=seen_patients(view, number if series else None), by="page",
         )  # fmt: skip
         view.recorded.add(number if series else None)
         shown_page = {**page, "view": view, "series": series, "package": isinstance(view, PackageView)}
@@ -147,8 +154,8 @@ class Viewing:
             return
         view.recorded.add(number)
         auditlog.record(
-            "portal-view", account=session.account, ip=ip, folder=which, file=name, series=number, pictures=None,
-            by="picture",
+            "portal-view", account=session.account, ip=ip, agent=session.agent, folder=which, file=name, series=number,
+            pictures=None, patient_ids=seen_patients(view, number), by="picture",
         )  # fmt: skip
 
     def _path(self, which: str, name: str) -> str:
@@ -177,8 +184,9 @@ class Viewing:
                 view = await self._read(session, path, name, attrs)
             if record:
                 auditlog.record(
-                    "portal-view", account=session.account, ip=record["ip"], folder=which, file=name,
-                    series=record["series"], pictures=None, by="picture",
+                    "portal-view", account=session.account, ip=record["ip"], agent=session.agent, folder=which,
+                    file=name, series=record["series"], pictures=None, patient_ids=seen_patients(view, record["series"]),
+                    by="picture",
                 )  # fmt: skip
                 view.recorded.add(record["series"])
             session.views.pop(key, None)

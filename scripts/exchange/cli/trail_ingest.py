@@ -1,0 +1,30 @@
+"""`exchange trail ingest`: bring the access trail up to date from the logs (cron runs it hourly
+after the purge; the reports run it first). Registered in exchange.cli.trail."""
+
+from __future__ import annotations
+
+import typer
+
+from exchange import untrusted
+from exchange.cli import base
+
+
+def ingest_command(quiet: base.Quiet = False) -> None:
+    """Read the audit log, the SFTP log and sshd's logins from where the last run stopped into the trail."""
+    from exchange.trail.ingest import ingest
+
+    base.require_root("trail ingest")
+    result = ingest(base.policy_or_exit().policy)
+    # A line the trail does not believe is someone writing in another's name: said even with --quiet.
+    for line in result.distrusted:
+        typer.echo(f"distrusted: {untrusted.printable(line)}", err=True)
+    for gap in result.gaps:
+        typer.echo(f"warning: {untrusted.printable(gap)}", err=True)
+    if result.problems > len(result.distrusted) + len(result.unreadable):
+        typer.echo(f"... {result.problems} distrusted or unreadable lines in all", err=True)
+    if not quiet:
+        for line in result.unreadable:
+            typer.echo(f"unreadable: {untrusted.printable(line)}", err=True)
+        read = ", ".join(f"{log}.log {count} lines" for log, count in result.lines.items())
+        web = f"; {result.web_sessions} SFTP sessions of the web page itself left out" if result.web_sessions else ""
+        typer.echo(f"trail: {result.records} records from {read}{web}")
