@@ -137,7 +137,10 @@ def test_each_package_is_downloaded_completely_or_not_when_and_from_where(world)
         downloaded(account, "CT.zip", NOW - DAY, via="sftp"),  # SFTP names the path in the chroot
         downloaded(account, "MR.zip", NOW - 4 * DAY),  # before this MR.zip was made: another file
         downloaded("link-bbbbbbbb", "MR.zip", NOW - DAY),  # another account's
-    )
+        # Read over SFTP from the upload folder: no package, so the ingest could not judge it.
+        AccessRecord(time=at(NOW - DAY), event="download", account=account, actor="p***@example.org",
+                     details={"file": "/upload/MR.zip", "bytes": 1000}),
+    )  # fmt: skip
     ct, mr = delivery.deliveries(world.trail, account)
     assert (ct.delivered, ct.completed.time, ct.completed.where) == (True, NOW - DAY, "192.0.2.7 (sftp)")
     assert len(ct.downloads) == 2 and ct.most_bytes == 1000
@@ -312,3 +315,13 @@ def test_an_old_link_record_without_the_notice_choice_still_loads(tmp_path):
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "link-aaaaaaaa.json").write_text(json.dumps(data))
     assert store.get("link-aaaaaaaa") == record and record.notify_downloaded is False
+
+
+def test_link_list_names_each_package_escaped(world):
+    from exchange.cli.links import _package_line
+
+    row = {"package": "CT\x1b[2J[bold].zip", "downloaded": False, "percent": 40, "tries": 1,
+           "when": at(NOW), "from": "192.0.2.7 (web)"}  # fmt: skip
+    assert _package_line(row) == "CT\\x1b[2J[bold].zip: partly (40%) 2026-12-04 12:00 from 192.0.2.7 (web)"
+    assert _package_line({**row, "tries": 0}) == "CT\\x1b[2J[bold].zip: not downloaded"
+    assert _package_line({**row, "downloaded": True}).endswith(": downloaded 2026-12-04 12:00 from 192.0.2.7 (web)")
