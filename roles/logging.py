@@ -75,6 +75,7 @@ def logging(portal_user: str | None) -> None:
             "logging/rsyslog.conf.j2",
             log_dir=paths.LOG_DIR,
             audit_log=paths.AUDIT_LOG,
+            logins_log=paths.LOGINS_LOG,
             socket_dir=paths.LOG_SOCKETS_DIR,
             audit_socket=paths.AUDIT_SOCKET,
             audit_socket_dir=paths.AUDIT_SOCKET_DIR,
@@ -85,6 +86,8 @@ def logging(portal_user: str | None) -> None:
     config_file(
         name="Rotate the exchange logs",
         dest=paths.LOGROTATE_CONF,
-        content=render("logging/logrotate.j2", log_dir=paths.LOG_DIR, audit_log=paths.AUDIT_LOG),
+        content=render(
+            "logging/logrotate.j2", log_dir=paths.LOG_DIR, audit_log=paths.AUDIT_LOG, logins_log=paths.LOGINS_LOG
+        ),
     )
     append_only(name="The audit log can only grow", path=paths.AUDIT_LOG)

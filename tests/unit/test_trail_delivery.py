@@ -325,3 +325,14 @@ def test_link_list_names_each_package_escaped(world):
     assert _package_line(row) == "CT\\x1b[2J[bold].zip: partly (40%) 2026-12-04 12:00 from 192.0.2.7 (web)"
     assert _package_line({**row, "tries": 0}) == "CT\\x1b[2J[bold].zip: not downloaded"
     assert _package_line({**row, "downloaded": True}).endswith(": downloaded 2026-12-04 12:00 from 192.0.2.7 (web)")
+
+
+def test_the_hourly_job_sends_the_follow_ups_after_the_trail_is_up_to_date_when_there_is_site_data():
+    from exchange import paths
+    from roles.templating import render
+
+    cron = render("retention/cron.j2", policy=POLICY, site_path=paths.SITE, exchange=paths.EXCHANGE)
+    (job,) = [line for line in cron.splitlines() if line.startswith(POLICY.retention.purge_schedule)]
+    assert job.endswith(
+        f"; {paths.EXCHANGE} trail ingest --quiet; [ ! -f {paths.SITE} ] || {paths.EXCHANGE} notify-delivery --quiet"
+    )

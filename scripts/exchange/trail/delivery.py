@@ -72,9 +72,10 @@ class Delivery:
 
 def _file_name(record: AccessRecord) -> str | None:
     """The package a download record names: the zip's name in the download folder (the web page
-    names the file, SFTP its path in the chroot)."""
+    names the file, SFTP its path in the chroot). Only a download the ingest could judge complete
+    or not is one of a package (SFTP: a file in the download folder with a manifest)."""
     named = record.details.get("package") or record.details.get("file")
-    return PurePosixPath(str(named)).name if named else None
+    return PurePosixPath(str(named)).name if named and "complete" in record.details else None
 
 
 def _download(record: AccessRecord) -> Download:

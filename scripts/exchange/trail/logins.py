@@ -35,7 +35,7 @@ SESSION_KEPT = datetime.timedelta(days=30)  # an open session whose close was ne
 MOST_KEPT = 10_000  # of each kind of state, so a flood of logins cannot grow it without end
 
 _ACCEPTED = re.compile(
-    r"^(?P<time>\S+) sshd\[\d+\]: Accepted (?P<method>[\w/-]+) for (?P<account>\S+) from (?P<address>\S+) "
+    r"^(?P<time>\S+) sshd(?:-session)?\[\d+\]: ?Accepted (?P<method>[\w/-]+) for (?P<account>\S+) from (?P<address>\S+) "
     r"port (?P<port>\d+) ssh2(?:: (?P<key>\S+) (?P<fingerprint>SHA256:[A-Za-z0-9+/=]+))?"
 )
 _SFTP = re.compile(r"^(?P<time>\S+) account=(?P<account>\S+) internal-sftp\[(?P<pid>\d+)\]: ?(?P<message>.*)$")
