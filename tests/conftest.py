@@ -15,7 +15,6 @@ MODULE_SECONDS = {
     "tests/e2e/test_audit.py": 210,
     "tests/e2e/test_source_bans.py": 180,
     "tests/e2e/test_links.py": 170,
-    "tests/e2e/test_trail_delivery.py": 150,
     "tests/e2e/test_passwords.py": 165,
     "tests/e2e/test_deploy.py": 150,
     "tests/e2e/test_boundaries.py": 140,
@@ -23,6 +22,7 @@ MODULE_SECONDS = {
     "tests/e2e/test_isolation.py": 95,
     "tests/e2e/test_staff_accounts.py": 95,
     "tests/e2e/test_retention.py": 85,
+    "tests/e2e/test_trail_delivery.py": 80,
 }
 
 
