@@ -167,6 +167,9 @@ def tools(policy: LoadedPolicy) -> None:
         content=render("tools/tmpfiles.conf.j2", run_dir=paths.TOOL_RUN_DIR),
         apply=f"systemd-tmpfiles --create {paths.TOOLS_TMPFILES}",
     )
+    # Who saw which patient's images, kept for years: root only, outside the exchange root the
+    # purge walks (exchange.trail; the purge removes its months past audit.retention_years only).
+    files.directory(name="The access trail: root only", path=paths.TRAIL_DIR, user="root", group="root", mode="700")
     staff = policy.policy.accounts.staff_group
     server.group(name=f"Group {staff}", group=staff, system=True)
     sudo_rule(

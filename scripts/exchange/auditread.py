@@ -2,7 +2,7 @@
 
 Auditors get sudo for this command only. It checks its arguments, runs the system's own
 tool (sshd -T, chage -l, passwd -S, stat, find, lsattr, sudo -l -U, nginx -T, fail2ban-client
-status and get) and prints that
+status and get, and `exchange trail verify`) and prints that
 tool's raw output, so the evidence comes from the system, not from an interpretation of ours.
 """
 
@@ -30,6 +30,8 @@ TOOL_PATHS = frozenset({paths.STATE_DIR, paths.LINK_TOKENS_DIR})
 # A token file's name is its token's SHA-256: twelve characters name the file to an admin,
 # the rest of the index key stays root's.
 TOKEN_FILE_FORMAT = "%.12f|%u|%g|%m|%y\n"
+# The access trail's folder and each file in it (TRAIL-01, TRAIL-03): name, owner, group, mode, kind.
+TRAIL_FILE_FORMAT = "%f|%u|%g|%m|%y\n"
 # What BAN-01 asks a jail of the running fail2ban: `JAIL` its status, `JAIL:SETTING` one setting.
 FAIL2BAN_SETTINGS = frozenset({"maxretry", "findtime", "bantime", "ignoreip", "actions"})
 
@@ -148,6 +150,15 @@ def command(policy: Policy, what: str, argument: str | None, *more: str) -> list
         ]
     if what == "fail2ban":
         return ["/usr/bin/fail2ban-client", *fail2ban_query(argument or "")]
+    if what == "trail-files":  # the folder (depth 0) and its entries, a symlink not followed
+        no_argument(what, argument)
+        return ["/usr/bin/find", paths.TRAIL_DIR, "-maxdepth", "1", "-printf", TRAIL_FILE_FORMAT]
+    if what == "trail-attributes":  # append-only (a) and immutable (i) of each file
+        no_argument(what, argument)
+        return ["/usr/bin/lsattr", paths.TRAIL_DIR]
+    if what == "trail-verify":  # the chain checked by the tool itself: "intact: ..." or each break
+        no_argument(what, argument)
+        return [paths.EXCHANGE, "trail", "verify"]
     raise AuditReadError(f"unknown read {what!r}")
 
 

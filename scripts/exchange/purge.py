@@ -15,6 +15,9 @@ by path alone: its folders are opened again one by one from a root-only folder, 
 a symlink, each checked to be the folder the plan saw, and its entry to be the one planned (same
 device and inode) and still due. A step whose entry changed is skipped and named
 (`purge-step-skipped`); the next run looks again.
+
+The access trail (exchange.trail) is not walked: it lives outside the exchange root and is kept for
+years. The purge removes its months older than `audit.retention_years` and compresses ended ones.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from exchange.errors import ExchangeError
 from exchange.layout import Layout
 from exchange.partners import PartnerDataError, load_partners
 from exchange.policy import Policy
+from exchange.trail.store import Trail
 
 OPEN_DIR = safefs.OPEN_DIR
 
@@ -59,6 +63,8 @@ class PurgeReport:
     failed: list[str] = field(default_factory=list)  # what went wrong, a sentence each (tried again next run)
     holding: set[str] = field(default_factory=set)  # accounts with files younger than retention
     changed: list[str] = field(default_factory=list)  # planned steps not taken: their entry changed meanwhile
+    trail_removed: list[str] = field(default_factory=list)  # months of the access trail past its retention
+    trail_compressed: list[str] = field(default_factory=list)  # ended months of the access trail
 
 
 @contextlib.contextmanager
@@ -296,6 +302,62 @@ class RemoveAccount(PurgeStep):
         report.accounts += 1
 
 
+@dataclass(frozen=True)
+class RemoveTrailMonth(PurgeStep):
+    """A month of the access trail whose last day is more than `audit.retention_years` ago."""
+
+    month: str
+    years: int
+
+    def record(self) -> tuple[str, dict]:
+        return "trail-month-removed", {"month": self.month, "retention_years": self.years}
+
+    def tally(self, report: PurgeReport) -> None:
+        report.trail_removed.append(self.month)
+
+
+@dataclass(frozen=True)
+class CompressTrailMonth(PurgeStep):
+    """An ended month of the access trail, gzipped and then immutable."""
+
+    month: str
+
+    def record(self) -> tuple[str, dict]:
+        return "trail-month-compressed", {"month": self.month}
+
+    def tally(self, report: PurgeReport) -> None:
+        report.trail_compressed.append(self.month)
+
+
+def _next_month(month: str) -> str:
+    year, number = int(month[:4]), int(month[5:7])
+    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
+
+
+def first_kept_month(today: datetime.date, years: int) -> str:
+    """The oldest month kept: a month goes once its last day is more than `years` before today."""
+    try:
+        cutoff = today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        cutoff = today.replace(year=today.year - years, day=28)
+    return cutoff.strftime("%Y-%m")
+
+
+def plan_trail(policy: Policy, now: float, trail: Trail) -> list[PurgeStep]:
+    """The trail's months past retention, then its ended months not yet compressed."""
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    years = policy.audit.retention_years
+    first_kept = first_kept_month(moment.date(), years)
+    current = moment.strftime("%Y-%m")
+    steps: list[PurgeStep] = []
+    for month, compressed in trail.month_states():
+        if month < first_kept:
+            steps.append(RemoveTrailMonth(month, years))
+        elif month < current and not compressed:
+            steps.append(CompressTrailMonth(month))
+    return steps
+
+
 @dataclass
 class PurgePlan:
     now: float  # the clock the plan judged by
@@ -315,11 +377,12 @@ class PurgePlan:
 # Planning: reads, changes nothing.
 
 
-def plan(layout: Layout, now: float, store: links.LinkStore) -> PurgePlan:
+def plan(layout: Layout, now: float, store: links.LinkStore, trail: Trail | None = None) -> PurgePlan:
     """Every step of a purge at `now`: the files first, then the accounts (judged by what the file
-    steps leave)."""
+    steps leave), then the access trail's months."""
     result = plan_files(layout, now)
     plan_accounts(layout, now, store, result)
+    result.steps.extend(plan_trail(layout.policy, now, Trail() if trail is None else trail))
     return result
 
 
@@ -535,10 +598,12 @@ def carry_out(
     report: PurgeReport,
     out: Callable[[str], None] = print,
     store: links.LinkStore | None = None,
+    trail: Trail | None = None,
 ) -> None:
     """Take the steps in order, each writing its line once taken; one whose entry changed since
     the plan is skipped and named."""
     store = links.LinkStore() if store is None else store
+    trail = Trail() if trail is None else trail
     report.holding |= planned.holding
     folders = _Folders()
     failed: set[str] = set()  # accounts whose removal failed: their later steps wait for the next run
@@ -563,6 +628,13 @@ def carry_out(
                 return False  # removed by its account meanwhile (the account's SFTP session is live)
             except Changed as change:
                 skip(step, step.entry.fields(), step.entry.shown, str(change))
+                return False
+        elif isinstance(step, RemoveTrailMonth | CompressTrailMonth):
+            try:
+                if not _take_on_trail(step, trail):
+                    return False
+            except (OSError, ExchangeError) as failure:  # named; the next run tries again
+                report.failed.append(f"access trail {step.month}: {failure}")
                 return False
         elif isinstance(step, HoldUploads):
             try:
@@ -596,6 +668,15 @@ def carry_out(
                 step.tally(report)
     finally:
         folders.close()
+
+
+def _take_on_trail(step: RemoveTrailMonth | CompressTrailMonth, trail: Trail) -> bool:
+    """The month removed or compressed; False if it was not there to (another run did it)."""
+    # In month order: each step takes its month (the older ones went before it).
+    if isinstance(step, RemoveTrailMonth):
+        return step.month in trail.remove_months_before(_next_month(step.month))
+    start = datetime.datetime.fromisoformat(f"{_next_month(step.month)}-01T00:00:00+00:00")
+    return step.month in trail.compress_ended_months(start)
 
 
 def _take_on_entry(step: DeleteFile | RemoveFolder | ResetFutureTime, dir_fd: int, planned: PurgePlan) -> None:
@@ -681,9 +762,14 @@ def purge_files(layout: Layout, now: float, emit: Callable, dry_run: bool, repor
 
 
 def purge(
-    policy: Policy, dry_run: bool = False, out: Callable[[str], None] = print, now: float | None = None
+    policy: Policy,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+    now: float | None = None,
+    trail: Trail | None = None,
 ) -> PurgeReport:
     layout = Layout(policy)
+    trail = Trail() if trail is None else trail
     report = PurgeReport()
     now = time.time() if now is None else now
 
@@ -695,9 +781,9 @@ def purge(
 
     with purge_lock():  # held from the plan to its last step: no other purge plans meanwhile
         store = links.LinkStore()
-        steps = plan(layout, now, store)
+        steps = plan(layout, now, store, trail)
         if dry_run:
             show(steps, emit, report)
         else:
-            carry_out(steps, layout, emit, report, out, store)
+            carry_out(steps, layout, emit, report, out, store, trail)
     return report

@@ -81,14 +81,19 @@ class Reader:
         control that records a failing read as what it found)."""
         if len(arguments) == 1 and (what, arguments[0]) in self._read:
             return self._read[what, arguments[0]]
-        parts = [paths.AUDIT_READ, what, *(shlex.quote(a) for a in arguments if a)]
-        command = " ".join(parts) if self.is_root else "sudo -n " + " ".join(parts)
-        result = self.host.run(command)
+        command, result = self.run(what, *arguments)
         if result.rc != 0:
             if not check:
                 return None
             pytest.fail(f"`{command}` failed ({result.rc}): {result.stderr.strip()}")
         return result.stdout
+
+    def run(self, what: str, *arguments: str | None):
+        """(the command line, its result) of one read, whatever its exit status: for a read
+        whose failure says what it found (`exchange trail verify` names each break)."""
+        parts = [paths.AUDIT_READ, what, *(shlex.quote(a) for a in arguments if a)]
+        command = " ".join(parts) if self.is_root else "sudo -n " + " ".join(parts)
+        return command, self.host.run(command)
 
     def prefetch(self, what: str, names) -> None:
         """Read `what` (sshd, chage, password-status, sudo-rights) for many accounts in one

@@ -35,6 +35,9 @@ def test_the_reads_are_the_systems_own_tools():
     assert command(POLICY, "nginx", None) == ["/usr/sbin/nginx", "-q", "-T"]
     assert command(POLICY, "token-files", None)[:2] == ["/usr/bin/find", "/var/lib/imaging-exchange/link-tokens"]
     assert command(POLICY, "fail2ban", "sshd") == ["/usr/bin/fail2ban-client", "status", "sshd"]
+    assert command(POLICY, "trail-files", None)[:4] == ["/usr/bin/find", paths.TRAIL_DIR, "-maxdepth", "1"]
+    assert command(POLICY, "trail-attributes", None) == ["/usr/bin/lsattr", paths.TRAIL_DIR]
+    assert command(POLICY, "trail-verify", None) == ["/usr/local/bin/exchange", "trail", "verify"]
     assert command(POLICY, "fail2ban", "imaging-exchange-portal:ignoreip") == [
         "/usr/bin/fail2ban-client",
         "get",
@@ -98,6 +101,9 @@ def test_sudo_rights_and_password_status_of_no_one_else(accounts, account, words
         ("stat", "/var/lib/imaging-exchange/link-tokens/../links", "not a normalised absolute path"),
         ("nginx", "-c /tmp/evil.conf", "nginx takes no argument"),
         ("token-files", "/etc", "token-files takes no argument"),
+        ("trail-files", "/etc", "trail-files takes no argument"),
+        ("trail-attributes", "/etc", "trail-attributes takes no argument"),
+        ("trail-verify", "--help", "trail-verify takes no argument"),
         ("sudoers", None, "unknown read 'sudoers'"),
         ("shell", None, "unknown read 'shell'"),
         ("old-files", None, "not a number of days"),

@@ -343,3 +343,27 @@ def test_the_folder_must_be_roots_own(trail):
     with trail.writing():
         pass
     assert stat.S_IMODE(os.stat(trail.folder).st_mode) == 0o700
+
+
+def test_exchange_trail_verify_says_intact_or_names_each_break(trail, clock, monkeypatch, audit_socket):
+    from typer.testing import CliRunner
+
+    from exchange import cli, paths
+
+    monkeypatch.setattr(paths, "TRAIL_DIR", trail.folder)
+    monkeypatch.setattr(paths, "TOOL_RUN_DIR", trail.run_dir)
+    write_months(trail, clock, [(2026, 10), (2026, 11)])
+    result = CliRunner().invoke(cli.app, ["trail", "verify"])
+    assert (result.exit_code, result.stdout) == (0, "intact: 6 records in 2 months (first 2026-10, last 2026-11)\n")
+    lines = file_lines(trail, "2026-10.jsonl")
+    rewrite(trail, "2026-10.jsonl", [lines[0], lines[1].replace(b"P1", b"P7"), lines[2]])
+    result = CliRunner().invoke(cli.app, ["trail", "verify"])
+    assert result.exit_code == 1
+    assert result.stdout == (
+        "broken: 6 records in 2 months (first 2026-10, last 2026-11), 1 break\n"
+        "2026-10.jsonl line 2: record changed (line 3 names another hash for it)\n"
+    )
+    assert [(r["event"], r["records"], r["breaks"]) for r in audit_socket.records()] == [
+        ("trail-verified", 6, 0),
+        ("trail-verified", 6, 1),
+    ]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from exchange import __version__
-from exchange.cli import audit, base, checks, imports, jobs, links, packages, pacs, partners
+from exchange.cli import audit, base, checks, imports, jobs, links, packages, pacs, partners, trail
 
 app = base.ExchangeApp(
     help="imaging-exchange: secure exchange of imaging studies over SFTP and the web.",
@@ -21,6 +21,7 @@ app.add_typer(links.link_app, name="link")
 app.add_typer(partners.partner_app, name="partner")
 app.add_typer(checks.portal_app, name="portal")
 app.add_typer(pacs.pacs_app, name="pacs")
+app.add_typer(trail.trail_app, name="trail")
 for commands in (packages.app, jobs.app, audit.app, imports.app):
     app.registered_commands += commands.registered_commands
 

@@ -19,7 +19,7 @@ def audit_read(
         str,
         typer.Argument(
             help="sshd | chage | password-status | stat | old-files | audit-log | sudo-rights | nginx | token-files"
-            " | fail2ban"
+            " | fail2ban | trail-files | trail-attributes | trail-verify"
         ),
     ],
     arguments: Annotated[

@@ -111,6 +111,17 @@ def purge(
             f"{report.accounts} accounts",
             err=True,
         )
+        years = loaded.policy.audit.retention_years
+        if report.trail_removed:
+            typer.echo(
+                f"{verb} access trail months {', '.join(report.trail_removed)} (older than {years} years)", err=True
+            )
+        if report.trail_compressed:
+            typer.echo(
+                f"{'would compress' if dry_run else 'compressed'} access trail months "
+                f"{', '.join(report.trail_compressed)}",
+                err=True,
+            )
     for note in report.skipped:
         typer.echo(f"skipped {untrusted.printable_lines(note)}", err=True)
     if not quiet:

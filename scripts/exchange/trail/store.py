@@ -221,6 +221,16 @@ class Trail:
         finally:
             os.close(fd)
 
+    def month_states(self) -> list[tuple[str, bool]]:
+        """("YYYY-MM", compressed) oldest first: what the purge plans by."""
+        fd = self._open_folder(create=False)
+        if fd is None:
+            return []
+        try:
+            return [(month, name.endswith(".gz")) for month, name in chain.month_files(fd)]
+        finally:
+            os.close(fd)
+
     def remove_months_before(self, first_kept: str) -> list[str]:
         """Older month files and their index rows removed (the retention); the removed months."""
         with self.writing() as writer:
