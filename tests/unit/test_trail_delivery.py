@@ -50,7 +50,8 @@ def world(tmp_path, servers):
 
     class World:
         state = tmp_path / "state"
-        trail = Trail(folder=str(tmp_path / "trail"), run_dir=str(tmp_path / "run"))
+        run = str(tmp_path / "run")
+        trail = Trail(folder=str(tmp_path / "trail"), run_dir=run)
         store = LinkStore(tmp_path / "state")
         site = site_of(servers)
         before = len(servers[0].received)
@@ -59,7 +60,7 @@ def world(tmp_path, servers):
             site = site or self.site
             lines: list[str] = []
             result = notify_delivery(
-                policy, site, Messages(site, templates.MESSAGES), lines.append, self.state, self.trail, now
+                policy, site, Messages(site, templates.MESSAGES), lines.append, self.state, self.trail, now, self.run
             )
             return (*result, [json.loads(line) for line in lines])
 
@@ -336,3 +337,21 @@ def test_the_hourly_job_sends_the_follow_ups_after_the_trail_is_up_to_date_when_
     assert job.endswith(
         f"; {paths.EXCHANGE} trail ingest --quiet; [ ! -f {paths.SITE} ] || {paths.EXCHANGE} notify-delivery --quiet"
     )
+
+
+def test_a_second_run_waits_for_the_first_so_nothing_goes_twice(world):
+    import threading
+
+    from exchange import locks
+    from exchange.messaging.delivery_notices import LOCK
+
+    world.store.save(link("link-aaaaaaaa", NOW - 6 * DAY))
+    world.append(made("link-aaaaaaaa", "CT.zip", NOW - 5 * DAY))
+    results = []
+    with locks.held(LOCK, wait=True, folder=world.run):  # the first run, still sending
+        second = threading.Thread(target=lambda: results.append(world.send()[:2]))
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive() and world.mails() == []  # waits, sends nothing meanwhile
+    second.join(timeout=30)
+    assert results == [(1, [])] and len(world.mails()) == 1

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange import auditlog, paths, safefs, untrusted
+from exchange import auditlog, locks, paths, safefs, untrusted
 from exchange.links import ACCOUNT_NAME, LinkStore
 from exchange.messaging.messages import Messages, mask_email
 from exchange.messaging.transports import DeliveryError, send_email
@@ -34,6 +34,8 @@ from exchange.trail.store import Trail
 
 MAX_LISTED = 20  # packages named in one mail; more are counted
 BY = "notify-delivery"
+# In TOOL_RUN_DIR: one run at a time (cron's and one by hand), so none is sent twice.
+LOCK = "delivery-notices.lock"
 
 
 class Told:
@@ -160,10 +162,24 @@ def notify_delivery(
     state_dir: Path = Path(paths.STATE_DIR),
     trail: Trail | None = None,
     now: datetime.datetime | None = None,
+    run_dir: str = paths.TOOL_RUN_DIR,
 ) -> tuple[int, list[str]]:
     """(follow-ups sent, failures). A failed one is tried again on the next run."""
-    trail = trail or Trail()
-    now = now or datetime.datetime.now(datetime.UTC)
+    with locks.held(LOCK, wait=True, folder=run_dir):
+        return _notify(
+            policy, site, messages, out, state_dir, trail or Trail(), now or datetime.datetime.now(datetime.UTC)
+        )
+
+
+def _notify(
+    policy: Policy,
+    site: Site,
+    messages: Messages,
+    out: Callable[[str], None],
+    state_dir: Path,
+    trail: Trail,
+    now: datetime.datetime,
+) -> tuple[int, list[str]]:
     store, told = LinkStore(state_dir), Told(state_dir)
     links = store.all()
     sent, failures = 0, []
