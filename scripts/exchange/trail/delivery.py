@@ -162,16 +162,18 @@ class Due:
 
 
 def _ended_link(trail: Trail, record: AccessRecord) -> Ended:
-    issued = trail.query(account=record.account, events={"link-issued"})
-    first = issued[-1] if issued else None
+    issued = [
+        found for found in trail.query(account=record.account, events={"link-issued"}) if found.moment <= record.moment
+    ]
+    latest = issued[-1] if issued else None  # the issue this end belongs to
     return Ended(
         account=record.account or "",
         event=record.event,
         time=record.moment,
         by=record.actor if record.event == "link-revoked" else None,
-        recipient=(first.details.get("recipient") if first else None) or None,
-        issued_by=first.actor if first else None,
-        issued=first.moment if first else None,
+        recipient=(latest.details.get("recipient") if latest else None) or None,
+        issued_by=latest.actor if latest else None,
+        issued=latest.moment if latest else None,
     )
 
 
