@@ -150,6 +150,9 @@ def test_a_write_cut_short_is_stepped_over_and_named(trail):
     lines = file_lines(trail, "2026-11.jsonl")
     assert json.loads(lines[2])["n"] == 2 and json.loads(lines[2])["previous"] == chain.digest(lines[0])
     assert trail.verify().breaks == [Break("2026-11.jsonl", 2, "not a trail line")]
+    connection = index.connect(trail.index_path, read_only=True)
+    assert connection.execute("SELECT n, line FROM records ORDER BY n").fetchall() == [(1, 1), (2, 3)]
+    connection.close()
 
 
 def test_query_filters_by_patient_account_actor_events_and_time(trail):

@@ -350,7 +350,7 @@ class TrailWriter:
             fd, month, torn = self._current_file()
             try:
                 data = [b"\n"] if torn else []  # a cut-short line ends; the chain steps over it
-                n, previous, number = self._n, self._previous, self._lines + (1 if torn else 0)
+                n, previous, number = self._n, self._previous, self._lines  # a cut-short line is counted
                 for record in records:
                     n, number = n + 1, number + 1
                     line = chain.encode(n, previous, record.as_dict())
