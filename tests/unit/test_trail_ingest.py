@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from exchange import paths
+from exchange.cli import trail_ingest
 from exchange.policy import load_policy
 from exchange.portal import sftp as portal_sftp
 from exchange.trail.ingest import LogPaths, ingest
@@ -135,6 +136,7 @@ def test_the_web_pages_own_ssh_session_is_no_sftp_access_but_another_loopback_on
                                         account="cardiology", port=50000))  # fmt: skip
     logs.add(
         "logins",
+        accepted("19:00:01.000000", "publickey", "127.0.0.1", 49999),  # a login whose session never started
         accepted("19:02:11.401337", "keyboard-interactive/pam", "127.0.0.1", 50000),
         accepted("19:05:11.401337", "publickey", "127.0.0.1", 50001),  # someone's own client on the host
     )
@@ -212,14 +214,15 @@ def test_a_rotated_log_is_finished_first_nothing_read_twice_and_a_half_line_wait
     opened, *rest = session(2345, "192.0.2.10", SIZE)
     logs.add("sftp", opened)
     logs.add("sftp", rest[0][:30], end="")  # rsyslog is still writing this one
-    assert logs.run().records == 2  # the package and the login; the session goes on
+    first = logs.run()
+    assert first.records == 2 and first.unreadable == [] and first.lines["sftp"] == 1  # the session goes on
     assert logs.run().records == 0  # nothing new: nothing twice
     logs.add("sftp", rest[0][30:], *rest[1:3])  # ... up to the download's close
     os.rename(logs.paths.sftp, logs.paths.sftp + ".1")  # logrotate (delaycompress), then rsyslog's new file
     logs.add("sftp", rest[3], *session(2346, "192.0.2.10", SIZE, at="19:09"))
     logs.add("logins", accepted("19:09:11.401337", "publickey", "192.0.2.10", 40001))
     result = logs.run()
-    assert result.gaps == [] and result.lines["sftp"] == 3 + 7
+    assert result.gaps == [] and result.unreadable == [] and result.lines["sftp"] == 3 + 7
     events = [r.event for r in logs.records()]
     assert events == ["package-made", "sftp-login", "download", "sftp-login", "download"]
     assert logs.records(events={"sftp-login"})[1].details == {"port": 40001}
@@ -301,3 +304,29 @@ def test_the_hourly_job_brings_the_trail_up_to_date_after_the_purge_and_notices(
     after_notices = job.split("notify-expiring --quiet; }", 1)[1]
     # With site data or without; the delivery follow-ups come after it (tests/unit/test_trail_delivery.py).
     assert after_notices.startswith(f"; {paths.EXCHANGE} trail ingest --quiet; ")
+
+
+def test_the_command_names_a_distrusted_line_even_when_quiet_and_escaped(logs, capsys):
+    logs.add("audit", audit("\x1b[2Jstudy-packaged", uid=1001, account="cardiology"), packaged())
+    trail_ingest.show(logs.run(), quiet=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "\x1b" not in err
+    assert err.startswith("distrusted: audit:") and err.endswith(": \\x1b[2Jstudy-packaged written by uid 1001\n")
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    trail_ingest.show(logs.run(), quiet=False)
+    out, err = capsys.readouterr()
+    assert out == "trail: 2 records from sftp.log 6 lines, logins.log 0 lines, audit.log 0 lines\n" and err == ""
+
+
+def test_an_index_rebuilt_from_the_chain_resumes_each_log_after_its_last_line_read(logs):
+    """Writers' clocks interleave in audit.log (a record is stamped when made, filed when received):
+    the chain keeps each log's records in the order read, so the index's positions, rebuilt from
+    the records' sources, are each log's furthest."""
+    logs.add("audit", packaged(time="2026-12-04T18:05:00+00:00"), packaged(name="second.zip"))
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    logs.add("sftp", *session(2345, "192.0.2.10", SIZE))
+    assert logs.run().records == 4
+    for lost in Path(logs.trail.folder).glob("index.sqlite*"):
+        lost.unlink()
+    assert logs.run().records == 0
+    assert len(logs.records()) == 4

@@ -3,10 +3,15 @@ after the purge; the reports run it first). Registered in exchange.cli.trail."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from exchange import untrusted
 from exchange.cli import base
+
+if TYPE_CHECKING:
+    from exchange.trail.ingest import Ingested
 
 
 def ingest_command(quiet: base.Quiet = False) -> None:
@@ -14,17 +19,21 @@ def ingest_command(quiet: base.Quiet = False) -> None:
     from exchange.trail.ingest import ingest
 
     base.require_root("trail ingest")
-    result = ingest(base.policy_or_exit().policy)
-    # A line the trail does not believe is someone writing in another's name: said even with --quiet.
+    show(ingest(base.policy_or_exit().policy), quiet)
+
+
+def show(result: Ingested, quiet: bool) -> None:
+    """A line the trail does not believe is someone writing in another's name: said even with
+    --quiet, so cron mails it. (The lines' own text came escaped from the ingest.)"""
     for line in result.distrusted:
-        typer.echo(f"distrusted: {untrusted.printable(line)}", err=True)
+        typer.echo(f"distrusted: {untrusted.printable(line, backslashes=False)}", err=True)
     for gap in result.gaps:
-        typer.echo(f"warning: {untrusted.printable(gap)}", err=True)
+        typer.echo(f"warning: {untrusted.printable(gap, backslashes=False)}", err=True)
     if result.problems > len(result.distrusted) + len(result.unreadable):
         typer.echo(f"... {result.problems} distrusted or unreadable lines in all", err=True)
     if not quiet:
         for line in result.unreadable:
-            typer.echo(f"unreadable: {untrusted.printable(line)}", err=True)
+            typer.echo(f"unreadable: {untrusted.printable(line, backslashes=False)}", err=True)
         read = ", ".join(f"{log}.log {count} lines" for log, count in result.lines.items())
         web = f"; {result.web_sessions} SFTP sessions of the web page itself left out" if result.web_sessions else ""
         typer.echo(f"trail: {result.records} records from {read}{web}")
