@@ -70,6 +70,7 @@ def test_sftp_and_web_downloads_name_the_patient_and_the_web_pages_own_session_i
         whole = http.get(f"/files/download/{package}")
         assert hashlib.sha256(whole.content).hexdigest() == sha256
         assert http.get(f"/files/download/{package}", headers={"Range": "bytes=0-999"}).status_code == 206
+        assert http.get(f"/files/view/download/{package}").status_code == 200
     assert "Accepted keyboard-interactive/pam for " + link.account in web.host.ssh(f"cat {paths.LOGINS_LOG}").stdout
 
     ingested = web.host.ssh("exchange trail ingest")  # (the hourly job may have run it meanwhile)
@@ -77,8 +78,12 @@ def test_sftp_and_web_downloads_name_the_patient_and_the_web_pages_own_session_i
 
     records = trail_of(web, patient_id=PATIENT_ID)
     mine = [r for r in records if r["account"] == link.account]
-    assert [r["event"] for r in mine] == ["package-made", "download", "download", "download"]
-    made, by_sftp, *by_web = mine
+    assert sorted(r["event"] for r in mine) == ["download", "download", "download", "package-made", "web-view"]
+    (made,) = [r for r in mine if r["event"] == "package-made"]
+    (viewed,) = [r for r in mine if r["event"] == "web-view"]
+    by_sftp, *by_web = [r for r in mine if r["event"] == "download"]  # in time order: SFTP's came first
+    by_web.sort(key=lambda r: r["details"]["bytes"], reverse=True)  # the whole, then the piece (same second)
+    assert viewed["access_point"]["agent"] == AGENT and viewed["details"]["file"] == package
     assert made["details"]["sha256"] == sha256 and made["patient_ids"] == [PATIENT_ID]
     assert by_sftp["access_point"]["via"] == "sftp" and by_sftp["access_point"]["auth"] == "password"
     assert by_sftp["outcome"] == "ok" and by_sftp["details"]["complete"] is True

@@ -567,7 +567,7 @@ def _routes(tmp_path: Path, made, asks: list[str]) -> list:
     """Each path asked of the view routes in one web session (_account's folders)."""
 
     async def work(viewing, store, login):
-        session = store.open("alice", "partner", "192.0.2.1", login)
+        session = store.open("alice", "partner", "192.0.2.1", login, agent="Browser/1.0")
         return [await _ask(viewing, session, ask) for ask in asks]
 
     return _portal(tmp_path, _account(tmp_path, made), work)
@@ -601,6 +601,9 @@ def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(ma
         ("download", "study.zip", None, "page"), ("download", "study.zip", 1, "page"),
         ("upload", "scans", None, "page"),
     ]  # fmt: skip
+    # For the access trail: whose images the view showed, and to which browser.
+    seen = [(r["patient_ids"], r["agent"]) for r in records if r["event"] == "portal-view"]
+    assert seen == [(["SYN0001"], "Browser/1.0")] * 3
     refused = [r["reason"] for r in records if r["event"] == "portal-view-refused"]
     assert refused[0] == "it is not a zip file, or a damaged one" and refused.count("no such file") == 2
 

@@ -93,7 +93,10 @@ def ingest(policy: Policy, trail: Trail | None = None, logs: LogPaths | None = N
             stored=lambda account, name: _manifest(writer, account, name),
         )
         sessions = Sessions(context, writer.state(SFTP_STATE), upload_folder=policy.accounts.upload_folder)
-        records = list(_records(lines, context, sessions, _believed_uids(policy), result))
+        # Made in the order things happened, appended in the order they were read: each log's last
+        # record in the chain is its furthest, where a recovery of the index resumes (exchange.trail.store).
+        made = sorted(_records(lines, context, sessions, _believed_uids(policy), result), key=lambda pair: pair[0])
+        records = [record for _number, record in made]
         result.web_sessions = sessions.web_sessions
         state = {SFTP_STATE: sessions.state(), LINKS_STATE: context.recipients}
         kept = {log: position for log, position in positions.items() if position is not None}
@@ -152,8 +155,8 @@ def _position(position: str | None) -> tuple[int | None, int]:
 
 def _records(
     lines: list[Line], context: Context, sessions: Sessions, believed: dict[str, int | None], result: Ingested
-) -> Iterator[AccessRecord]:
-    """Every line's record, in the order things happened (the logs merged by time)."""
+) -> Iterator[tuple[int, AccessRecord]]:
+    """Every line's record with its line's number, in the order things happened (the logs merged by time)."""
     timed: list[tuple[datetime.datetime, int, int, Line, Any]] = []
     for number, line in enumerate(lines):
         parsed = _parsed(line, believed, result)
@@ -169,7 +172,7 @@ def _records(
             continue
         timed.append((moment, LOGS.index(line.log), number, line, what))
     timed.sort(key=lambda item: item[:3])
-    for _moment, _order, _number, line, what in timed:
+    for _moment, _order, number, line, what in timed:
         made = None
         if line.log == "audit":
             try:
@@ -183,7 +186,7 @@ def _records(
         else:
             made = sessions.line(what, source=line.source)
         if made is not None:
-            yield made
+            yield number, made
 
 
 def _parsed(line: Line, believed: dict[str, int | None], result: Ingested) -> tuple[datetime.datetime, Any] | None:
