@@ -1,6 +1,6 @@
 """Staff tools from a workstation, over SSH with sudo (Fabric):
 
-    fab -H staff-jdoe@exchange01 link-issue --email patient@example.org --phone +31612345678 [--lang en]
+    fab -H staff-jdoe@exchange01 link-issue --email patient@example.org --phone +31612345678 [--lang en] [--notify-downloaded]
     fab -H staff-jdoe@exchange01 link-list
     fab -H staff-jdoe@exchange01 link-resend link-k7m2p9qa
     fab -H staff-jdoe@exchange01 link-revoke link-k7m2p9qa
@@ -44,9 +44,10 @@ def _exchange(c: Connection, *args: str) -> None:
         "note": "a note for staff, never sent",
         "days": "validity in days (default and maximum: the policy's)",
         "show-password": "print the password once, to read it out on the phone",
+        "notify-downloaded": "e-mail the staff mailbox once all the link's packages were downloaded",
     }
 )
-def link_issue(c, email, phone, lang="nl", note="", days=0, show_password=False):
+def link_issue(c, email, phone, lang="nl", note="", days=0, show_password=False, notify_downloaded=False):
     """Issue a one-time link: link by e-mail, password by SMS."""
     args = ["link", "issue", "--email", email, "--phone", phone, "--lang", lang]
     if note:
@@ -55,6 +56,8 @@ def link_issue(c, email, phone, lang="nl", note="", days=0, show_password=False)
         args += ["--days", str(days)]
     if show_password:
         args.append("--show-password")
+    if notify_downloaded:
+        args.append("--notify-downloaded")
     _exchange(c, *args)
 
 

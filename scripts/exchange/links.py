@@ -55,6 +55,7 @@ class LinkRequest(BaseModel):
     lang: Literal["nl", "en"] = "nl"
     note: Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
     days: int = Field(ge=1)
+    notify_downloaded: bool = False
 
 
 class LinkRecord(BaseModel):
@@ -69,16 +70,23 @@ class LinkRecord(BaseModel):
     expires: datetime.datetime
     issued_by: str
     token_sha256: str
+    # Staff asked to hear when all its packages were downloaded (exchange.trail.delivery); a
+    # record from before this existed has no such key and means no.
+    notify_downloaded: bool = False
 
     @property
     def recipient(self) -> str:
         return f"{mask_email(self.email)} {mask_phone(self.phone)}"
 
 
-def validate_request(policy: Policy, email: str, phone: str, lang: str, note: str, days: int | None) -> LinkRequest:
+def validate_request(
+    policy: Policy, email: str, phone: str, lang: str, note: str, days: int | None, notify_downloaded: bool = False
+) -> LinkRequest:
     days = policy.links.validity_days if days is None else days
     try:
-        request = LinkRequest(email=email, phone=phone, lang=lang, note=note, days=days)
+        request = LinkRequest(
+            email=email, phone=phone, lang=lang, note=note, days=days, notify_downloaded=notify_downloaded
+        )
     except ValidationError as exc:
         message = describe("link issue", exc, prefix="--")
         if "--phone" in message:
@@ -262,6 +270,7 @@ class Links:
             expires=expires,
             issued_by=actor(),
             token_sha256=token_hash(token),
+            notify_downloaded=request.notify_downloaded,
         )
         created = False
         try:
@@ -300,6 +309,7 @@ class Links:
             recipient=record.recipient,
             expires=expires.isoformat(),
             days=request.days,
+            notify_downloaded=request.notify_downloaded,
         )
         return Issued(record=record, password=password)
 

@@ -1,4 +1,5 @@
-"""What `exchange link list` shows: each link account with its files and last login."""
+"""What `exchange link list` shows: each link account with its files, last login, and whether
+each of its packages was downloaded (from the access trail: exchange.trail.delivery)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from exchange.layout import Layout
 from exchange.links import LinkStore
 from exchange.messaging.messages import mask_email
 from exchange.policy import Policy
+from exchange.trail.delivery import Delivery, deliveries
+from exchange.trail.store import Trail
 
 # rsyslog's line (roles/logging.py): "<rfc3339 time> account=<name> internal-sftp[pid]: session opened for ..."
 _SESSION = re.compile(r"^(\S+) account=(\S+) internal-sftp\[\d+\]: session opened for local user ")
@@ -52,9 +55,33 @@ def count_files(folder: str, max_depth: int) -> int:
         os.close(top)
 
 
-def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
+def package_rows(found: list[Delivery]) -> list[dict]:
+    """Each package: downloaded completely or not, when (the first complete download, else the
+    latest try) and from where."""
+    rows = []
+    for item in found:
+        download = item.completed or item.latest
+        size = item.package.size
+        rows.append(
+            {
+                "package": item.package.name,
+                "made": item.package.made,
+                "bytes": size,
+                "downloaded": item.delivered,
+                # How far the furthest try came, for one not (yet) complete.
+                "percent": 100 if item.delivered else min(99, item.most_bytes * 100 // size) if size else 0,
+                "when": download.time.isoformat(timespec="seconds") if download else None,
+                "from": download.where if download else None,
+                "tries": len(item.downloads),
+            }
+        )
+    return rows
+
+
+def link_rows(policy: Policy, store: LinkStore | None = None, trail: Trail | None = None) -> list[dict]:
     layout = Layout(policy)
     store = store or LinkStore()
+    trail = trail or Trail()
     # The link validity is shorter than a log rotation period: the current and previous file suffice.
     logins = last_logins([Path(paths.SFTP_LOG + ".1"), Path(paths.SFTP_LOG)])
     rows, depth = [], policy.accounts.max_folder_depth
@@ -71,6 +98,8 @@ def link_rows(policy: Policy, store: LinkStore | None = None) -> list[dict]:
                 "last_login": logins.get(record.account),
                 "issued_by": record.issued_by,
                 "note": record.note,
+                "packages": package_rows(deliveries(trail, record.account)),
+                "notify_downloaded": record.notify_downloaded,
             }
         )
     return rows

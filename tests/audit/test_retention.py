@@ -1,4 +1,5 @@
-"""Retention: the purge job, no file past retention, no link account past its validity."""
+"""Retention: the purge job, no file past retention, no link account past its validity, and the
+hourly delivery follow-ups."""
 
 import datetime
 
@@ -56,3 +57,24 @@ def test_no_link_account_past_validity(read, policy, control):
         elif day > latest:
             wrong[name] = f"valid until {day}, beyond {policy.links.validity_days} days"
     control.verify({}, wrong)
+
+
+@control("LINK-02")
+def test_delivery_follow_ups_run_hourly_after_the_trail_ingest(host, policy, control):
+    """The reminder and notices are judged from the trail: the job must bring it up to date first."""
+    cron = host.file(paths.PURGE_CRON)
+    job = ""
+    if cron.exists:
+        schedule = f"{policy.retention.purge_schedule} root "
+        job = next((line for line in cron.content_string.splitlines() if line.startswith(schedule)), "")
+    commands = [command.strip() for command in job.split(";")]
+    ingest = f"{paths.EXCHANGE} trail ingest --quiet"
+    follow_ups = f"[ ! -f {paths.SITE} ] || {paths.EXCHANGE} notify-delivery --quiet"
+    found = {
+        "trail ingest": ingest in commands,
+        "notify-delivery where the site data is": follow_ups in commands,
+        "after the ingest": ingest in commands
+        and follow_ups in commands
+        and commands.index(ingest) < commands.index(follow_ups),
+    }
+    control.verify(dict.fromkeys(found, True), found)

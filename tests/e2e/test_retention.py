@@ -128,6 +128,7 @@ def test_purge_runs_from_cron_on_the_policy_schedule(exchange):
     assert (
         "\n17 * * * * root /usr/local/bin/exchange purge --quiet; /usr/local/bin/exchange password-aging --quiet; "
         "[ ! -f /etc/imaging-exchange/site.yaml ] || { /usr/local/bin/exchange notify-uploads --quiet; "
-        "/usr/local/bin/exchange notify-expiring --quiet; }\n"
+        "/usr/local/bin/exchange notify-expiring --quiet; }; /usr/local/bin/exchange trail ingest --quiet; "
+        "[ ! -f /etc/imaging-exchange/site.yaml ] || /usr/local/bin/exchange notify-delivery --quiet\n"
     ) in cron
     assert exchange.host.ssh("systemctl is-active cron").stdout.strip() == "active"

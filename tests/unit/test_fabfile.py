@@ -64,3 +64,16 @@ def test_import_takes_the_path_as_given_after_the_options(monkeypatch):
     assert server_command(monkeypatch, "import", "/data/disc.zip", "--to-pacs", "main") == [
         "import", "--to-pacs", "main", "--", "/data/disc.zip",
     ]  # fmt: skip
+
+
+def test_link_issue_passes_the_downloaded_notice_on_only_when_asked(monkeypatch):
+    base = ["link", "issue", "--email", "p@example.org", "--phone", "+31612345678", "--lang", "en"]
+    asked = server_command(
+        monkeypatch, "link-issue", "--email", "p@example.org", "--phone", "+31612345678", "--lang", "en",
+        "--notify-downloaded",
+    )  # fmt: skip
+    assert asked == [*base, "--notify-downloaded"]
+    assert (
+        server_command(monkeypatch, "link-issue", "--email", "p@example.org", "--phone", "+31612345678", "--lang", "en")
+        == base
+    )

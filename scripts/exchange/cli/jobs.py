@@ -41,6 +41,28 @@ def notify_expiring(quiet: base.Quiet = False) -> None:
     _send_notices("notify-expiring", send, "password expiry notices", quiet)
 
 
+@app.command("notify-delivery")
+def notify_delivery(quiet: base.Quiet = False) -> None:
+    """After bringing the access trail up to date: e-mail staff once when a link's packages were all
+    downloaded (if asked) or it ended with some never downloaded, and its recipient one reminder
+    before it ends."""
+    from exchange.messaging.delivery_notices import notify_delivery as notify
+    from exchange.trail.delivery import bring_up_to_date
+    from exchange.trail.store import Trail
+
+    def send(policy, site, messages, out):
+        trail = Trail()
+        try:
+            bring_up_to_date(policy, trail)
+        except OSError as error:  # a follow-up on a trail behind the logs could be wrong: none
+            raise base.fail(
+                f"no delivery follow-ups: the trail is not up to date: {untrusted.printable(error)}"
+            ) from None
+        return notify(policy, site, messages, out=out, trail=trail)
+
+    _send_notices("notify-delivery", send, "delivery reminders and notices", quiet)
+
+
 @app.command("password-aging")
 def password_aging(quiet: base.Quiet = False) -> None:
     """Give every partner's password the policy's aging, and a partner without one none, as the

@@ -25,6 +25,12 @@ def link_issue(
     days: Annotated[
         int | None, typer.Option("--days", help="Validity in days (default and maximum: the policy's).")
     ] = None,
+    notify_downloaded: Annotated[
+        bool,
+        typer.Option(
+            "--notify-downloaded", help="E-mail the staff mailbox once all the link's packages were downloaded."
+        ),
+    ] = False,
     show_password: base.ShowPassword = False,
 ) -> None:
     """Create a link account, e-mail the link and text the password. Nothing is left if sending fails."""
@@ -33,7 +39,9 @@ def link_issue(
 
     base.require_root("link issue")
     policy = base.policy_or_exit().policy
-    request = validate_request(policy, email=email, phone=phone, lang=lang, note=note, days=days)
+    request = validate_request(
+        policy, email=email, phone=phone, lang=lang, note=note, days=days, notify_downloaded=notify_downloaded
+    )
     tools = base.tools("link issue")
     issued = Links(tools.policy, tools.site, tools.messages, LinkStore()).issue(request)
     record = issued.record
@@ -41,6 +49,8 @@ def link_issue(
     typer.echo(f"  expires  {when(record.expires, 'en', tools.site.zone)}")
     typer.echo(f"  e-mail   link sent to {mask_email(record.email)}")
     typer.echo(f"  SMS      password sent to {mask_phone(record.phone)}")
+    if record.notify_downloaded:
+        typer.echo(f"  notice   to {tools.site.staff_mailbox} once all its packages were downloaded")
     if show_password:
         base.show_password(issued.password)
 
@@ -49,13 +59,21 @@ def link_issue(
 def link_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, for scripts.")] = False,
 ) -> None:
-    """Link accounts: recipient (masked), created, expires, files waiting, last login."""
+    """Link accounts: recipient (masked), created, expires, files waiting, last login, and each
+    package: downloaded completely or not, when, from where (the access trail, brought up to date)."""
+    from exchange.errors import ExchangeError
     from exchange.links import LinkStore
     from exchange.linkstatus import link_rows
+    from exchange.trail.delivery import bring_up_to_date
+    from exchange.trail.store import Trail
 
     tools = base.tools("link list")
-    store = LinkStore()
-    rows = link_rows(tools.policy, store)
+    store, trail = LinkStore(), Trail()
+    try:
+        bring_up_to_date(tools.policy, trail)
+    except (ExchangeError, OSError) as error:  # the list still answers, and says what it may lack
+        typer.echo(f"the trail is not up to date, downloads may be missing: {untrusted.printable(error)}", err=True)
+    rows = link_rows(tools.policy, store, trail)
     for problem in store.unreadable():
         typer.echo(f"left out: {untrusted.printable_lines(problem)}", err=True)
     if as_json:
@@ -66,7 +84,9 @@ def link_list(
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("account", "e-mail", "created", "expires", "download", "upload", "last login", "note", box=None)
+    table = Table(
+        "account", "e-mail", "created", "expires", "download", "upload", "last login", "packages", "note", box=None
+    )
     for row in rows:
         table.add_row(
             row["account"],
@@ -76,10 +96,21 @@ def link_list(
             str(row["download_files"]),
             str(row["upload_files"]),
             (row["last_login"] or "never")[:16].replace("T", " "),
+            "\n".join(escape(_package_line(package)) for package in row["packages"]) or "none",
             escape(untrusted.printable(row["note"])),
         )
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     typer.echo(f"{len(rows)} link accounts (times UTC)", err=True)
+
+
+def _package_line(package: dict) -> str:
+    """One package of `link list`: "CT-thorax.zip: downloaded 2026-12-04 10:12 from 192.0.2.7 (web)"."""
+    name = untrusted.printable(package["package"])
+    if not package["tries"]:
+        return f"{name}: not downloaded"
+    state = "downloaded" if package["downloaded"] else f"partly ({package['percent']}%)"
+    when = package["when"][:16].replace("T", " ")
+    return f"{name}: {state} {when} from {untrusted.printable(package['from'])}"
 
 
 @link_app.command("resend")
