@@ -20,12 +20,11 @@ MODULE_SECONDS = {
     "tests/e2e/test_boundaries.py": 140,
     "tests/e2e/test_pacs.py": 110,
     "tests/e2e/test_trail_ingest.py": 100,
+    "tests/e2e/test_trail_reports.py": 100,
     "tests/e2e/test_isolation.py": 95,
     "tests/e2e/test_staff_accounts.py": 95,
     "tests/e2e/test_trail_store.py": 90,
     "tests/e2e/test_retention.py": 85,
-    "tests/e2e/test_trail_ingest.py": 100,
-    "tests/e2e/test_trail_reports.py": 100,
     "tests/e2e/test_trail_delivery.py": 80,
 }
 
