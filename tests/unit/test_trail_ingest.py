@@ -263,6 +263,21 @@ def test_a_package_purged_names_its_patients_and_server_events_their_staff(logs)
     assert len(logs.records()) == 4
 
 
+def test_a_read_of_a_patients_trail_is_in_that_patients_trail(logs):
+    logs.add(
+        "audit",
+        audit("trail-read", by="auditor-ann", report="patient", subject="P-1001", results=3, patient_ids=["P-1001"],
+              query={"report": "patient", "subject": "P-1001", "since": None, "until": None, "format": "html"}),
+        audit("trail-read", by="staff-bert", report="staff", subject="staff-anna", results=9, patient_ids=[]),
+    )  # fmt: skip
+    logs.run()
+    (read,) = logs.records(patient_id="P-1001")
+    assert (read.event, read.actor, read.details["report"], read.details["results"]) == (
+        "trail-read", "auditor-ann", "patient", 3,
+    )  # fmt: skip
+    assert len(logs.records(events={"trail-read"})) == 2
+
+
 def test_the_web_page_names_its_local_port_before_it_connects(audit_socket):
     """The port sshd will log for the login is in the audit log before the connection exists."""
     seen: dict = {}

@@ -259,6 +259,16 @@ def _purged(entry, context, account, by) -> dict:
     }
 
 
+def _trail_read(entry, context, account, by) -> dict:
+    """A read of a patient's trail is in that patient's trail: a patient may ask who looked."""
+    return {
+        "actor": by,
+        "access_point": {"via": "server"},
+        "patient_ids": strings(entry.get("patient_ids")),
+        "details": _details(entry, "report", "subject", "query", "results"),
+    }
+
+
 _MAPPERS = {
     "study-packaged": _packaged,
     "link-issued": _link_issued,
@@ -270,4 +280,5 @@ _MAPPERS = {
     "pacs-retrieve": _pacs,
     "pacs-import": _pacs,
     "file-purged": _purged,
+    "trail-read": _trail_read,
 }
