@@ -279,7 +279,7 @@ class TrailWriter:
             # A compressed last month (a new month with no record yet) is unzipped, not decoded.
             last = chain.last_line(self._fd, name) if not name.endswith(".gz") else _last(chain.lines(self._fd, name))
             decoded = chain.decode(last) if last is not None else None
-            if decoded and decoded[0] == tail.n and chain.digest(last) == tail.digest:  # type: ignore[arg-type]
+            if last is not None and decoded and decoded[0] == tail.n and chain.digest(last) == tail.digest:
                 self._n, self._previous, self._month, self._lines = tail.n, tail.digest, month, tail.line
                 return
         self._scan(files, tail)
