@@ -195,7 +195,12 @@ class Trail:
             return [manifest(record) for record in index.package_rows(connection, account)]
 
     def verify(self) -> Verified:
-        """Every month file read in order, each line's hash checked against the next line and the index."""
+        """Every month file read in order, each line's hash checked against the next line and the
+        index. Under the writer's lock: an append or a compression under way is no break."""
+        with locks.held(paths.TRAIL_LOCK, wait=True, folder=self.run_dir):
+            return self._verify()
+
+    def _verify(self) -> Verified:
         fd = self._open_folder(create=False)
         if fd is None:
             return Verified(0, [], [])
