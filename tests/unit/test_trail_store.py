@@ -398,3 +398,18 @@ def test_a_new_month_after_every_month_was_compressed_goes_on_without_reading_th
         writer.append([record("2026-12-01T00:29:00+00:00")])
     assert json.loads(file_lines(trail, "2026-12.jsonl")[0])["n"] == 7
     assert trail.verify().intact
+
+
+def test_verify_waits_for_the_writer(trail):
+    import threading
+
+    found = []
+    with trail.writing() as writer:
+        writer.append([record("2026-11-20T08:00:00+00:00")])
+        reader = threading.Thread(target=lambda: found.append(trail.verify()))
+        reader.start()
+        reader.join(0.5)
+        assert found == []  # an append half written is not read as a break
+        writer.append([record("2026-11-20T08:01:00+00:00")])
+    reader.join(10)
+    assert found[0].intact and found[0].records == 2

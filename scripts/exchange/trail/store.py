@@ -195,7 +195,12 @@ class Trail:
             return [manifest(record) for record in index.package_rows(connection, account)]
 
     def verify(self) -> Verified:
-        """Every month file read in order, each line's hash checked against the next line and the index."""
+        """Every month file read in order, each line's hash checked against the next line and the
+        index. Under the writer's lock: an append or a compression under way is no break."""
+        with locks.held(paths.TRAIL_LOCK, wait=True, folder=self.run_dir):
+            return self._verify()
+
+    def _verify(self) -> Verified:
         fd = self._open_folder(create=False)
         if fd is None:
             return Verified(0, [], [])
@@ -279,7 +284,7 @@ class TrailWriter:
             # A compressed last month (a new month with no record yet) is unzipped, not decoded.
             last = chain.last_line(self._fd, name) if not name.endswith(".gz") else _last(chain.lines(self._fd, name))
             decoded = chain.decode(last) if last is not None else None
-            if decoded and decoded[0] == tail.n and chain.digest(last) == tail.digest:  # type: ignore[arg-type]
+            if last is not None and decoded and decoded[0] == tail.n and chain.digest(last) == tail.digest:
                 self._n, self._previous, self._month, self._lines = tail.n, tail.digest, month, tail.line
                 return
         self._scan(files, tail)
