@@ -366,7 +366,9 @@ def test_without_site_data_the_report_is_in_utc(host):
     assert "2026-12-03 13:02:00" in answer.stdout and answer.stderr.endswith("(times UTC)\n")
 
 
-def test_an_unknown_patient_says_so_and_nothing_is_recorded(host):
+def test_an_unknown_patient_says_so_and_the_read_is_recorded_with_no_results(host):
+    """NEN 7513: a read that finds nothing is a read too (someone probing whether a patient's
+    images were ever exchanged)."""
     host.append(download())
     answer = host.run("patient", "P404")
     assert answer.exit_code == 1
@@ -375,7 +377,24 @@ def test_an_unknown_patient_says_so_and_nothing_is_recorded(host):
     assert answer.exit_code == 1 and "no records for account link-zzzzzzzz in that period" in answer.stderr
     answer = host.run("patient", "P123", "--until", "2026-12-02")
     assert answer.exit_code == 1 and "in that period" in answer.stderr
-    assert host.reads() == []
+    assert [(read["report"], read["subject"], read["results"]) for read in host.reads()] == [
+        ("patient", "P404", 0),
+        ("account", "link-zzzzzzzz", 0),
+        ("patient", "P123", 0),
+    ]
+    assert host.reads()[0]["patient_ids"] == ["P404"]
+
+
+def test_a_report_that_fails_to_render_is_still_recorded_as_a_read(host, monkeypatch):
+    host.append(download())
+
+    def broken(*arguments, **keywords):
+        raise RuntimeError("the template is broken")
+
+    monkeypatch.setattr(reports, "render", broken)
+    answer = host.run("patient", "P123")
+    assert answer.exit_code != 0 and answer.stdout == ""
+    assert [(read["subject"], read["results"]) for read in host.reads()] == [("P123", 1)]
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,8 @@ def _site():
 
 
 def _report(report: str, subject: str, since: str | None, until: str | None, form: str, lang: str) -> None:
-    """Check the input, bring the trail up to date, ask it, print, record the read."""
+    """Check the input, bring the trail up to date, ask it, record the read (also one that found
+    nothing or failed), print."""
     from exchange.trail import reports
 
     base.require_root(f"trail {report}")
@@ -72,9 +73,14 @@ def _report(report: str, subject: str, since: str | None, until: str | None, for
         reports.parse_moment("--since", since, zone) if since else None,
         reports.parse_moment("--until", until, zone, until=True) if until else None,
     )
-    records = reports.read(query, policy)
-    text = reports.render(records, query, form, zone, lang, site)
-    reports.record_read(query, form, len(records))
+    # A read is on record whatever it found (NEN 7513: nothing found is an answer too, to
+    # someone probing whether a patient's images were ever exchanged), and if it fails to render.
+    records: list = []
+    try:
+        records = reports.read(query, policy)
+        text = reports.render(records, query, form, zone, lang, site)
+    finally:
+        reports.record_read(query, form, len(records))
     typer.echo(text, nl=False)
     if form == "table":
         typer.echo(f"{len(records)} records (times {zone})", err=True)

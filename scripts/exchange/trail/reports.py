@@ -48,7 +48,7 @@ class ReportError(ExchangeError):
 
 
 class NoRecords(ReportError):
-    """Nothing on record for the subject: said, exit 1, nothing else written."""
+    """Nothing on record for the subject: said, exit 1, nothing printed (the read is still recorded)."""
 
     status = 1
 
