@@ -300,12 +300,14 @@ def test_old_months_are_removed_with_their_index_rows_and_the_chain_still_verifi
     assert [r.time[:7] for r in trail.query(patient_id="P0")] == ["2026-10", "2026-11"]
     assert trail.remove_months_before("2026-10") == []
     verified = trail.verify()
-    assert verified.intact and verified.records == 6
+    assert verified.intact and verified.records == 7  # and the removal's own record
     # The retention removes whole months only: a month file removed by hand is still found.
     folder = os.open(trail.folder, os.O_RDONLY)
     with chain.lifted(folder, "2026-10.jsonl.gz"):
         os.unlink("2026-10.jsonl.gz", dir_fd=folder)
-    assert trail.verify().breaks == [Break("2026-11.jsonl", 1, "3 records missing before it (sequence 10 follows 6)")]
+    assert trail.verify().breaks == [
+        Break("2026-11.jsonl", 1, "3 records missing at the start (the first is sequence 10, the trail starts at 7)")
+    ]
 
 
 def test_the_chain_goes_on_after_every_month_was_removed(trail, clock):
@@ -413,3 +415,124 @@ def test_verify_waits_for_the_writer(trail):
         writer.append([record("2026-11-20T08:01:00+00:00")])
     reader.join(10)
     assert found[0].intact and found[0].records == 2
+
+
+INDEX_MISSING = Break("index.sqlite", 0, "index missing: the end of the chain cannot be checked against it")
+
+
+def unlink_month(trail: Trail, name: str) -> None:
+    """A month file removed by hand, its flags lifted first (what root without scruples does)."""
+    folder = os.open(trail.folder, os.O_RDONLY)
+    with chain.lifted(folder, name):
+        os.unlink(name, dir_fd=folder)
+    os.close(folder)
+
+
+def test_verify_finds_the_first_month_removed_without_a_retention_removal(trail, clock):
+    write_months(trail, clock, [(2026, 9), (2026, 10), (2026, 11)])
+    unlink_month(trail, "2026-09.jsonl")
+    missing = Break(
+        "2026-10.jsonl", 1, "3 records missing at the start (the first is sequence 4, the trail starts at 1)"
+    )
+    assert trail.verify().breaks == [missing]
+    os.unlink(trail.index_path)  # the chain alone says so too
+    assert trail.verify().breaks == [INDEX_MISSING, missing]
+
+
+@pytest.mark.parametrize("cut", ["last month", "last 2 lines"])
+def test_verify_without_the_index_is_not_intact(trail, clock, cut):
+    write_months(trail, clock, [(2026, 9), (2026, 10), (2026, 11)])
+    if cut == "last month":
+        unlink_month(trail, "2026-11.jsonl")
+    else:
+        rewrite(trail, "2026-11.jsonl", file_lines(trail, "2026-11.jsonl")[:-2])
+    os.unlink(trail.index_path)
+    verified = trail.verify()
+    assert not verified.intact and verified.breaks == [INDEX_MISSING]
+
+
+def test_the_index_start_is_kept_from_the_first_append(trail):
+    with trail.writing() as writer:
+        writer.append([record("2026-11-20T08:00:00+00:00")])
+    connection = index.connect(trail.index_path, read_only=True)
+    assert index.meta(connection, "start") == {"n": 1, "previous": chain.GENESIS}
+    connection.close()
+
+
+def test_a_retention_removal_is_a_record_of_the_chain_and_verify_checks_the_start_against_it(trail, clock):
+    write_months(trail, clock, [(2026, 8), (2026, 9), (2026, 10), (2026, 11)])
+    clock.moment = datetime.datetime(2026, 11, 20, tzinfo=UTC)
+    assert trail.remove_months_before("2026-10") == ["2026-08", "2026-09"]
+    last = json.loads(file_lines(trail, "2026-11.jsonl")[-1])
+    first_kept = json.loads(file_lines(trail, "2026-10.jsonl")[0])
+    assert last["n"] == 13 and last["record"]["event"] == "trail-months-removed"
+    assert last["record"]["details"] == {
+        "months": ["2026-08", "2026-09"],
+        "first_kept": "2026-10",
+        "start": {"n": 7, "previous": first_kept["previous"]},
+    }
+    assert trail.verify().intact and trail.verify().records == 7
+    os.unlink(trail.index_path)  # without the index, the chain's own record says where it starts
+    assert trail.verify().breaks == [INDEX_MISSING]
+    with trail.writing():  # rebuilt
+        pass
+    assert trail.verify().intact
+    # A month removed by hand after the retention's is still found, with the index and without.
+    unlink_month(trail, "2026-10.jsonl")
+    missing = Break(
+        "2026-11.jsonl", 1, "3 records missing at the start (the first is sequence 10, the trail starts at 7)"
+    )
+    assert trail.verify().breaks == [missing]
+    os.unlink(trail.index_path)
+    assert trail.verify().breaks == [INDEX_MISSING, missing]
+
+
+def test_a_rebuilt_index_is_said_on_stderr_and_in_the_audit_log(trail, clock, capsys, audit_socket):
+    write_months(trail, clock, [(2026, 10), (2026, 11)])
+    assert capsys.readouterr().err == ""
+    assert [r for r in audit_socket.records() if r["event"] == "trail-index-rebuilt"] == []
+    os.unlink(trail.index_path)
+    assert len(trail.query(patient_id="P1")) == 2
+    assert capsys.readouterr().err == (
+        f"warning: the trail's index {trail.index_path} was missing and is rebuilt from the chain (6 records): "
+        "a cut end of the chain can no longer be found by trail verify\n"
+    )
+    (rebuilt,) = [r for r in audit_socket.records() if r["event"] == "trail-index-rebuilt"]
+    assert (rebuilt["records"], rebuilt["last"], rebuilt["months"]) == (6, 6, ["2026-10", "2026-11"])
+    trail.query(patient_id="P1")
+    assert capsys.readouterr().err == ""  # once
+
+
+def test_exchange_trail_verify_without_the_index_exits_1(trail, clock, monkeypatch):
+    from typer.testing import CliRunner
+
+    from exchange import cli, paths
+
+    monkeypatch.setattr(paths, "TRAIL_DIR", trail.folder)
+    monkeypatch.setattr(paths, "TOOL_RUN_DIR", trail.run_dir)
+    write_months(trail, clock, [(2026, 10), (2026, 11)])
+    os.unlink(trail.index_path)
+    result = CliRunner().invoke(cli.app, ["trail", "verify"])
+    assert result.exit_code == 1
+    assert result.stdout == (
+        "broken: 6 records in 2 months (first 2026-10, last 2026-11), 1 break\n"
+        "index.sqlite: index missing: the end of the chain cannot be checked against it\n"
+    )
+
+
+def test_a_retention_removal_cut_short_after_its_record_is_no_break_and_finished_by_the_next(trail, clock, monkeypatch):
+    write_months(trail, clock, [(2026, 8), (2026, 9), (2026, 10)])
+    clock.moment = datetime.datetime(2026, 11, 20, tzinfo=UTC)
+
+    def crash(*arguments):
+        raise KeyboardInterrupt  # the power lost after the record, before a file went
+
+    with monkeypatch.context() as patched:
+        patched.setattr(chain, "lifted", crash)
+        with pytest.raises(KeyboardInterrupt):
+            trail.remove_months_before("2026-10")
+    assert trail.months() == ["2026-08", "2026-09", "2026-10", "2026-11"]
+    assert trail.verify().intact  # the months it named still there: nothing is missing
+    assert trail.remove_months_before("2026-10") == ["2026-08", "2026-09"]
+    verified = trail.verify()
+    assert verified.intact and verified.records == 5

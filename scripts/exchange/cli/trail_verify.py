@@ -25,5 +25,6 @@ def verify_command() -> None:
     breaks = len(verified.breaks)
     typer.echo(f"broken: {summary}, {breaks} {'break' if breaks == 1 else 'breaks'}")
     for found in verified.breaks:
-        typer.echo(untrusted.printable(f"{found.file} line {found.line}: {found.problem}"))
+        where = f"{found.file} line {found.line}" if found.line else found.file  # line 0: the file as a whole
+        typer.echo(untrusted.printable(f"{where}: {found.problem}"))
     raise typer.Exit(1)

@@ -24,6 +24,7 @@ from typing import Any
 from exchange.trail.record import canonical
 
 GENESIS = "0" * 64  # what the very first line names as the one before it
+REMOVED = "trail-months-removed"  # the retention's record of what it removed, and where the chain now starts
 MONTH_FILE = re.compile(r"^(\d{4}-\d{2})\.jsonl(\.gz)?$")
 
 # linux/fs.h: the inode flags chattr sets.
@@ -103,20 +104,36 @@ class Walk:
     problems: list[Problem] = field(default_factory=list)
 
 
+def removal_start(record: dict[str, Any]) -> tuple[int, str] | None:
+    """(n, previous) of the first line a retention removal kept, from its `trail-months-removed`
+    record; None for any other record."""
+    if record.get("event") != REMOVED:
+        return None
+    details = record.get("details")
+    anchor = details.get("start") if isinstance(details, dict) else None
+    if not isinstance(anchor, dict) or type(anchor.get("n")) is not int or not isinstance(anchor.get("previous"), str):
+        return None
+    return anchor["n"], anchor["previous"]
+
+
 def check(folder_fd: int, start: tuple[int, str] | None = None, known: Iterable[tuple[int, str]] = ()) -> Walk:
-    """Walk the chain. `start` is (first n, the hash it names) when the retention removed older
-    months; without it the first line must be the chain's very first, unless its n says older
-    months were removed. `known` is the index's (n, hash), ascending: it also finds the last
-    line edited or removed, which no later line names. A line that is not a trail line (a
-    write cut short by a crash) is reported and stepped over: the next line names the one before."""
+    """Walk the chain. Where it must start: (1, GENESIS), unless the retention removed older
+    months: then as its last `trail-months-removed` record in the chain says (the first line it
+    kept), or else `start`, the index's anchor (a trail whose removal predates that record). A
+    first line later than that is records missing at the start; an earlier one is months the
+    retention named and has not removed yet (a purge cut short), no loss. `known` is the index's
+    (n, hash), ascending: it also finds the last line edited or removed, which no later line
+    names. A line that is not a trail line (a write cut short by a crash) is reported and
+    stepped over: the next line names the one before."""
     walk = Walk()
     found: dict[tuple[str, int], str] = {}  # the chain's own finding wins over the index's at a place
     indexed = iter(known)
     pending = next(indexed, None)
-    previous_n, previous_hash = (start[0] - 1, start[1]) if start else (0, GENESIS)
+    previous_n, previous_hash = 0, GENESIS
     previous_place: tuple[str, int] | None = None
     bad_run = 0  # not-trail lines just before: a record made garbage explains a gap of one each
-    first = start is None
+    first: tuple[int, str, tuple[str, int]] | None = None  # the first trail line: n, the hash it names, where
+    removed: tuple[int, str] | None = None  # the start the chain's last retention record names
     name, number = "", 0
     for month, name in month_files(folder_fd):
         walk.months.append(month)
@@ -128,23 +145,22 @@ def check(folder_fd: int, start: tuple[int, str] | None = None, known: Iterable[
                 bad_run += 1
                 continue
             walk.records += 1
-            n, named, _ = decoded
+            n, named, record = decoded
             hashed = digest(line)
-            if first and n > 1 and named != GENESIS:  # older months removed, no anchor kept
-                previous_n, previous_hash = n - 1, named
-            first = False
+            if first is None:  # checked against the start once the whole chain is read
+                first = (n, named, (name, number))
+                previous_n, previous_hash, bad_run = n - 1, named, 0
+            if (anchor := removal_start(record)) is not None:
+                removed = anchor
             if n > previous_n + 1 + bad_run:
                 missing = n - previous_n - 1
                 what = "1 record" if missing == 1 else f"{missing} records"
                 found[(name, number)] = f"{what} missing before it (sequence {n} follows {previous_n})"
             elif n <= previous_n and previous_n >= 0:
                 found[(name, number)] = f"out of sequence (sequence {n} follows {previous_n})"
-            elif named != previous_hash and not bad_run:
-                if previous_place is None:
-                    found[(name, number)] = "names another hash for the line before the trail's first"
-                else:
-                    here = f"line {number}" if previous_place[0] == name else f"line {number} of {name}"
-                    found[previous_place] = f"record changed ({here} names another hash for it)"
+            elif named != previous_hash and not bad_run and previous_place is not None:
+                here = f"line {number}" if previous_place[0] == name else f"line {number} of {name}"
+                found[previous_place] = f"record changed ({here} names another hash for it)"
             while pending is not None and pending[0] < n:
                 pending = next(indexed, None)
             if pending is not None and pending[0] == n and pending[1] != hashed:
@@ -152,6 +168,17 @@ def check(folder_fd: int, start: tuple[int, str] | None = None, known: Iterable[
             previous_n, previous_hash, previous_place, bad_run = n, hashed, (name, number), 0
         if number == 0:
             found[(name, 1)] = "empty month file"
+    if first is not None:
+        start_n, start_previous = removed or start or (1, GENESIS)
+        n, named, place = first
+        if n > start_n:
+            missing = n - start_n
+            what = "1 record" if missing == 1 else f"{missing} records"
+            found.setdefault(
+                place, f"{what} missing at the start (the first is sequence {n}, the trail starts at {start_n})"
+            )
+        elif n == start_n and named != start_previous:
+            found.setdefault(place, "names another hash for the line before the trail's first")
     last_indexed = pending[0] if pending is not None else None
     for last_indexed_n, _ in indexed:
         last_indexed = last_indexed_n

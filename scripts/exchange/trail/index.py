@@ -21,14 +21,16 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from exchange.trail.record import EVENTS, AccessRecord, canonical
+from exchange.trail.record import AccessRecord, canonical
 
 # The index's format: an index of another one is dropped and rebuilt from the chain.
 FORMAT = 1
 # What records spell alike, most alike last (zlib looks back from the end): never to change
 # within a FORMAT, or the index could not be read.
 _SHARED = (
-    " ".join(EVENTS)
+    "package-made link-issued link-password-resent credentials-issued reminder-sent web-login web-login-failed "
+    "sftp-login download upload web-view pacs-retrieve pacs-import file-purged link-revoked link-expired "
+    "account-removed trail-read"  # the events of FORMAT 1 as they were: EVENTS may grow, this may not
     + canonical(
         {
             "access_point": {"address": "10.0.0.", "agent": "Mozilla/5.0 (", "auth": "SHA256:", "via": "sftp"},

@@ -32,6 +32,7 @@ EVENTS = (
     "link-expired",
     "account-removed",
     "trail-read",  # someone read the trail itself
+    "trail-months-removed",  # the retention removed the oldest months: which, and where the chain now starts
 )
 OUTCOMES = ("ok", "incomplete", "refused", "failed")
 

@@ -15,6 +15,7 @@ import gzip
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,9 +47,12 @@ class PackageManifest:
 
 @dataclass(frozen=True)
 class Break:
-    file: str  # e.g. "2026-11.jsonl.gz"
-    line: int  # 1-based line in that file
+    file: str  # e.g. "2026-11.jsonl.gz", or the index ("index.sqlite", line 0)
+    line: int  # 1-based line in that file; 0: the file as a whole
     problem: str
+
+
+INDEX_MISSING = "index missing: the end of the chain cannot be checked against it"
 
 
 @dataclass(frozen=True)
@@ -133,15 +137,39 @@ class Trail:
             fd = self._open_folder(create=True)
             assert fd is not None
             try:
+                lost = not os.path.exists(self.index_path) and bool(chain.month_files(fd))
                 connection = index.connect(self.index_path)
                 try:
                     writer = TrailWriter(self, fd, connection)
                     writer._recover()
+                    if lost:
+                        self._rebuilt(fd, connection)
                     yield writer
                 finally:
                     connection.close()
             finally:
                 os.close(fd)
+
+    def _rebuilt(self, folder_fd: int, connection: Any) -> None:
+        """A lost index, rebuilt from the chain, is said: what the chain lost at its end before
+        (the last lines cut, the last month removed) the index can no longer show, so the
+        rebuild itself must (the command's stderr and the audit log, `trail-index-rebuilt`)."""
+        from exchange import auditlog
+
+        records = connection.execute("SELECT count(*) FROM records").fetchone()[0]
+        last = index.tail(connection)
+        print(
+            f"warning: the trail's index {self.index_path} was missing and is rebuilt from the chain "
+            f"({records} records): a cut end of the chain can no longer be found by trail verify",
+            file=sys.stderr,
+        )
+        auditlog.record(
+            "trail-index-rebuilt",
+            by=auditlog.actor(),
+            records=records,
+            last=last.n if last else 0,
+            months=[month for month, _ in chain.month_files(folder_fd)],
+        )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
@@ -204,11 +232,14 @@ class Trail:
         fd = self._open_folder(create=False)
         if fd is None:
             return Verified(0, [], [])
+        lost: list[Break] = []
         try:
             start = None
             connection = None
             if os.path.exists(self.index_path):
                 connection = index.connect(self.index_path, read_only=True)
+            elif chain.month_files(fd):  # the end of the chain is known to the index only
+                lost.append(Break(paths.TRAIL_INDEX, 0, INDEX_MISSING))
             try:
                 known: Any = ()
                 if connection is not None:
@@ -221,7 +252,7 @@ class Trail:
                     connection.close()
         finally:
             os.close(fd)
-        return Verified(walk.records, walk.months, [Break(p.file, p.line, p.problem) for p in walk.problems])
+        return Verified(walk.records, walk.months, lost + [Break(p.file, p.line, p.problem) for p in walk.problems])
 
     def months(self) -> list[str]:
         """ "YYYY-MM", oldest first."""
@@ -379,6 +410,8 @@ class TrailWriter:
             self._n, self._previous, self._lines = n, previous, number
         with index.transaction(self._db):
             index.add(self._db, rows)
+            if rows and rows[0].n == 1:  # the chain's start, kept from its first line on
+                index.set_meta(self._db, "start", {"n": 1, "previous": chain.GENESIS})
             index.set_positions(self._db, dict(positions or {}))
             index.set_state(self._db, dict(state or {}))
 
@@ -396,25 +429,42 @@ class TrailWriter:
     # -- retention --
 
     def _remove_months_before(self, first_kept: str) -> list[str]:
-        removed: list[str] = []
+        """The retention's removal, first written into the chain itself (a `trail-months-removed`
+        record naming the months and where the chain now starts: verify checks the start against
+        it, with the index or without), then the files, then their index rows."""
+        files = chain.month_files(self._fd)
+        removed = [month for month, _ in files if month < first_kept]
+        if not removed:
+            return []
         anchor = None
-        for month, name in chain.month_files(self._fd):
+        for month, name in files:
             if month >= first_kept:
-                if anchor is None:
-                    for line in chain.lines(self._fd, name):
-                        if (decoded := chain.decode(line)) is not None:
-                            anchor = {"n": decoded[0], "previous": decoded[1]}
-                            break
-                continue
+                for line in chain.lines(self._fd, name):
+                    if (decoded := chain.decode(line)) is not None:
+                        anchor = {"n": decoded[0], "previous": decoded[1]}
+                        break
+                if anchor is not None:
+                    break
+        if anchor is None:  # nothing kept: the record itself is the chain's first line
+            anchor = {"n": self._n + 1, "previous": self._previous}
+        now = self._trail.clock().astimezone(datetime.UTC)
+        self.append(
+            [
+                AccessRecord(
+                    time=now.isoformat(timespec="seconds"),
+                    event=chain.REMOVED,
+                    account=None,
+                    actor=None,
+                    access_point={"via": "server"},
+                    details={"months": removed, "first_kept": first_kept, "start": anchor},
+                )
+            ]
+        )
+        for month in removed:
             for file in (chain.plain_name(month), chain.compressed_name(month)):
                 with contextlib.suppress(FileNotFoundError), chain.lifted(self._fd, file):
                     os.unlink(file, dir_fd=self._fd)
-            removed.append(month)
-        if not removed:
-            return []
         os.fsync(self._fd)
-        if anchor is None:  # nothing kept: the next line continues the chain
-            anchor = {"n": self._n + 1, "previous": self._previous}
         with index.transaction(self._db):
             index.remove_before(self._db, first_kept)
             index.set_meta(self._db, "start", anchor)
