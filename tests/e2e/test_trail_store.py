@@ -1,7 +1,7 @@
 """The access trail's store on a real host: records written by the installed tools' code,
-`exchange trail verify` finding an edited and a removed record at their place, `exchange purge`
-removing a month past `audit.retention_years` and keeping the month after it, and the auditors'
-controls TRAIL-01..03."""
+`exchange trail verify` finding an edited and a removed record at their place, the first month
+removed by hand and the index removed, `exchange purge` removing a month past
+`audit.retention_years` and keeping the month after it, and the auditors' controls TRAIL-01..03."""
 
 from __future__ import annotations
 
@@ -87,7 +87,12 @@ def test_purge_removes_the_month_past_retention_and_keeps_the_next(own_exchange,
     assert "i" in flags[f"{months['kept']}.jsonl.gz"] and "a" in flags[f"{months['current']}.jsonl"]
     removed = host.ssh(f'grep -h \'"event": "trail-month-removed"\' {paths.AUDIT_LOG}').stdout.splitlines()
     assert [json.loads(line)["month"] for line in removed] == [months["removed"]]
-    assert verify(host) == (0, [f"intact: 6 records in 2 months (first {months['kept']}, last {months['current']})"])
+    # The removal is a record of the chain itself: where the chain now starts.
+    last = json.loads(host.ssh(f"tail -n 1 {paths.TRAIL_DIR}/{months['current']}.jsonl").stdout)
+    assert (last["n"], last["record"]["event"]) == (10, "trail-months-removed")
+    assert last["record"]["details"]["months"] == [months["removed"]]
+    assert last["record"]["details"]["start"]["n"] == 4
+    assert verify(host) == (0, [f"intact: 7 records in 2 months (first {months['kept']}, last {months['current']})"])
     _, controls = run_audit(host, tmp_path, "test_trail.py")
     assert {name: controls[name]["failed"] for name in ("TRAIL-01", "TRAIL-02", "TRAIL-03")} == dict.fromkeys(
         ("TRAIL-01", "TRAIL-02", "TRAIL-03"), False
@@ -109,8 +114,28 @@ def test_verify_finds_an_edited_and_a_removed_record_at_their_place(own_exchange
     assert verify(host) == (
         1,
         [
-            f"broken: 5 records in 2 months (first {months['kept']}, last {months['current']}), 2 breaks",
+            f"broken: 6 records in 2 months (first {months['kept']}, last {months['current']}), 2 breaks",
             f"{kept} line 2: 1 record missing before it (sequence 6 follows 4)",
             f"{current} line 2: record changed (line 3 names another hash for it)",
         ],
     )
+
+
+def test_verify_finds_the_first_month_removed_and_the_index_missing(own_exchange, months):
+    host = own_exchange.host
+    kept, current = f"{months['kept']}.jsonl.gz", f"{months['current']}.jsonl"
+    host.ssh(f"set -e; cd {paths.TRAIL_DIR}; chattr -i {kept}; rm {kept}")  # after the retention's removal
+    changed = f"{current} line 2: record changed (line 3 names another hash for it)"  # the test before's
+    missing = f"{current} line 1: 3 records missing at the start (the first is sequence 7, the trail starts at 4)"
+    summary = f"4 records in 1 month (first {months['current']}, last {months['current']})"
+    assert verify(host) == (1, [f"broken: {summary}, 2 breaks", missing, changed])
+    # Without the index the chain's own record of the retention still says where it starts.
+    host.ssh(f"cd {paths.TRAIL_DIR} && rm -f index.sqlite index.sqlite-wal index.sqlite-shm")
+    index_missing = "index.sqlite: index missing: the end of the chain cannot be checked against it"
+    assert verify(host) == (1, [f"broken: {summary}, 3 breaks", index_missing, missing, changed])
+    # A report rebuilds the index, and says so: on stderr and in the audit log.
+    result = host.ssh("exchange trail account alice-clinic", check=False)
+    assert "index.sqlite was missing and is rebuilt from the chain (4 records)" in result.stderr
+    rebuilt = host.ssh(f'grep -h \'"event": "trail-index-rebuilt"\' {paths.AUDIT_LOG}').stdout.splitlines()
+    assert [json.loads(line)["records"] for line in rebuilt] == [4]
+    assert verify(host)[1][1:] == [missing, changed]

@@ -1,7 +1,8 @@
 """The index beside the chained files: SQLite, so that a patient's, an account's or a staff
 member's records over years are found without reading (and unzipping) every month.
 
-The chain is the record; the index only a copy, rebuilt from the chain when lost or behind. Each
+The chain is the record; the index a copy (rebuilt from the chain when lost, and said: see
+exchange.trail.store; caught up when behind), except that it alone knows where the chain ended. Each
 record's row keeps its canonical JSON (a query reads no month file), its month and line (where
 verify and recovery look), and its line's hash (so verify also sees the chain's last line edited
 or removed, which no later line would name). Patients are a table of their own, one row per

@@ -173,7 +173,7 @@ class Trail:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
-        """A read-only index connection; None if there is no trail yet. A lost index is rebuilt first."""
+        """A read-only index connection; None if there is no trail yet. A lost index is rebuilt first (and said)."""
         fd = self._open_folder(create=False)
         if fd is None:
             yield None
