@@ -107,3 +107,24 @@ def test_sftp_and_web_downloads_name_the_patient_and_the_web_pages_own_session_i
     assert web_login["access_point"] == {"via": "web", "address": "127.0.0.1", "agent": AGENT}
 
     assert trail_of(web, patient_id=PATIENT_ID) == records  # read again from where it stopped: nothing twice
+
+    # A local account (not root) can reach the chroot's /dev/log: its line names the account (the
+    # socket's stamp) but also its sender's uid, from the kernel: not the account's, not believed.
+    conf = f"{paths.LOG_SOCKETS_DIR}/{partner.name}.conf"
+    socket_path = web.host.ssh(f'sed -n \'s/.*Socket="\\([^"]*\\)".*/\\1/p\' {conf}').stdout.strip()
+    forged = f'close "/download/{partner_package}" bytes read 99 written 0'
+    logger = ["logger", "-u", socket_path, "-t", "internal-sftp[4242]", forged]
+    web.host.ssh(shlex.join(["runuser", "-u", testhost.STAFF_USER, "--", *logger]))
+    web.host.ssh(f"timeout 30 sh -c 'until grep -qF {shlex.quote(forged)} {paths.SFTP_LOG}; do sleep 0.2; done'")
+    line = next(x for x in web.host.ssh(f"cat {paths.SFTP_LOG}").stdout.splitlines() if forged in x)
+    assert (
+        f"account={partner.name} uid=" in line
+        and f"uid={web.host.ssh('id -u ' + testhost.STAFF_USER).stdout.strip()} " in line
+    )
+    ingested = web.host.ssh("exchange trail ingest --quiet")
+    assert "distrusted: sftp:" in ingested.stderr and f"a line of {partner.name} written by uid" in ingested.stderr
+    theirs = [r for r in trail_of(web, account=partner.name) if r["event"] == "download"]
+    assert [r["details"]["bytes"] for r in theirs] == [theirs[0]["details"]["bytes"]] and theirs[0]["details"][
+        "bytes"
+    ] != 99
+    assert "uid" not in theirs[0]["details"]  # the real download's lines carry the account's own uid
