@@ -379,7 +379,7 @@ def test_a_forced_close_at_the_end_of_a_session_is_a_download(logs):
     assert download.details["bytes"] == SIZE and download.details["complete"] is True
 
 
-def test_a_log_line_cut_at_500_characters_is_a_download_of_every_package_of_the_account(logs):
+def test_a_log_line_cut_at_500_characters_is_a_download_of_every_package_of_the_account(logs, capsys):
     """OpenSSH's log.c writes at most 500 characters of a message: a long path ("./" repeated)
     cuts the line before its end. Which file is not known: each of the account's packages may be it."""
     logs.add("audit", packaged(), packaged(name="MR-KNEE.zip", time="2026-12-04T18:01:00+00:00"),
@@ -406,6 +406,9 @@ def test_a_log_line_cut_at_500_characters_is_a_download_of_every_package_of_the_
     assert downloaded == ["cardiology", "cardiology"]  # its two packages of P-1001, not radiology's
     assert [r.event for r in logs.records(patient_id="P-3")] == ["package-made", "download"]  # made in this run
     assert logs.records(account="radiology", events={"download"}) == []
+    trail_ingest.show(result, quiet=True)  # as cron runs it: the cut lines are mailed
+    err = capsys.readouterr().err
+    assert err.count("unreadable: sftp:") == 2 and "close line cut at 500 characters" in err
 
 
 def test_a_cut_close_of_a_file_whose_open_was_whole_is_a_download_of_that_file(logs):
@@ -511,3 +514,17 @@ def test_each_chroot_socket_and_sftp_log_line_name_the_senders_uid_from_the_kern
     assert "account=%hostname% uid=%$!uid% %syslogtag%%msg%" in conf
     line = parse_sftp(sftp("19:02:11.5", 77, 'close "/download/x.zip" bytes read 9 written 0'))
     assert line is not None and line.uid == "5001" and line.message.startswith("close ")
+
+
+def test_batches_of_a_few_lines_read_a_rotated_log_the_same_and_a_line_too_long_is_skipped(logs, monkeypatch):
+    from exchange.trail import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "BATCH_LINES", 2)
+    test_a_rotated_log_is_finished_first_nothing_read_twice_and_a_half_line_waits(logs)
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 1_000)
+    logs.add("audit", audit("portal-login", uid=PORTAL_UID, junk="x" * 5_000), packaged(name="after.zip"))
+    result = logs.run()
+    assert result.unreadable == [
+        f"audit:{os.stat(logs.paths.audit).st_ino}:{os.stat(logs.paths.audit).st_size - len(packaged(name='after.zip')) - 1}: a line longer than 1000 bytes"
+    ]
+    assert logs.records(events={"package-made"})[-1].details["package"] == "after.zip"

@@ -259,12 +259,12 @@ class Sessions:
         why = {"log_line": f"cut at {LOGGED_CHARS} characters by OpenSSH's log"}
         logged, whole = _logged_path(logged, '" bytes read ')
         matching = [path for path in session["files"] if _same_file(path, logged, whole)]
-        if len(matching) == 1 and not matching[0].startswith(CUT) or not matching and whole:
+        if (len(matching) == 1 and not matching[0].startswith(CUT)) or (not matching and whole):
             path = matching[0] if matching else logged
             flags = (self._take(session, path) or "") if matching else ""
             closed = self._closed(session, line, path, flags, None, None, source, why)
             return [closed] if closed else []
-        if len(matching) == 1:
+        if matching:  # which of them is not known: one taken, so the session's close does not count it again
             self._take(session, matching[0])
         return self._every_package(
             session, line, source, why | {"log_line": why["log_line"] + ": which file is not known"}
