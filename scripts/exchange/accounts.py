@@ -59,10 +59,12 @@ def _write_file(path: str, content: str, mode: str = "0644") -> str:
 
 
 def log_socket_config(socket_path: str, account: str) -> str:
-    # HostName stamps every line from this chroot with its account.
+    # HostName stamps every line from this chroot with its account; the socket is open to every
+    # local user, so rsyslog also takes the sender's uid from the kernel (Annotate, ParseTrusted:
+    # $!uid, in sftp.log's lines) and the trail believes only the account's own (exchange.trail.ingest).
     return (
         f'input(type="imuxsock" Socket="{socket_path}" CreatePath="on" '
-        f'HostName="{account}" UseSysTimeStamp="on" RateLimit.Interval="0")\n'
+        f'HostName="{account}" UseSysTimeStamp="on" RateLimit.Interval="0" Annotate="on" ParseTrusted="on")\n'
     )
 
 

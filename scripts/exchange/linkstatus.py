@@ -16,8 +16,9 @@ from exchange.policy import Policy
 from exchange.trail.delivery import Delivery, deliveries
 from exchange.trail.store import Trail
 
-# rsyslog's line (roles/logging.py): "<rfc3339 time> account=<name> internal-sftp[pid]: session opened for ..."
-_SESSION = re.compile(r"^(\S+) account=(\S+) internal-sftp\[\d+\]: session opened for local user ")
+# rsyslog's line (roles/logging.py): "<rfc3339 time> account=<name> uid=<sender> internal-sftp[pid]: session
+# opened for ..." (no uid= in lines written before rsyslog logged it).
+_SESSION = re.compile(r"^(\S+) account=(\S+) (?:uid=\S* )?internal-sftp\[\d+\]: session opened for local user ")
 
 
 def last_logins(logs: list[Path]) -> dict[str, str]:

@@ -69,7 +69,7 @@ AUDIT_SOCKET_DIR = "/run/imaging-exchange-audit"
 AUDIT_SOCKET = f"{AUDIT_SOCKET_DIR}/log"
 LOG_DIR = "/var/log/imaging-exchange"
 AUDIT_LOG = f"{LOG_DIR}/audit.log"
-SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<name>
+SFTP_LOG = f"{LOG_DIR}/sftp.log"  # internal-sftp, every line stamped account=<name> uid=<sender's>
 LOGINS_LOG = f"{LOG_DIR}/logins.log"  # sshd's accepted logins: account, address, port, key or password
 RSYSLOG_CONF = "/etc/rsyslog.d/30-imaging-exchange.conf"
 LOGROTATE_CONF = "/etc/logrotate.d/imaging-exchange"

@@ -107,3 +107,24 @@ def test_sftp_and_web_downloads_name_the_patient_and_the_web_pages_own_session_i
     assert web_login["access_point"] == {"via": "web", "address": "127.0.0.1", "agent": AGENT}
 
     assert trail_of(web, patient_id=PATIENT_ID) == records  # read again from where it stopped: nothing twice
+
+    # A local account (not root) can reach the chroot's /dev/log: its line names the account (the
+    # socket's stamp) but also its sender's uid, from the kernel: not the account's, not believed.
+    conf = f"{paths.LOG_SOCKETS_DIR}/{partner.name}.conf"
+    socket_path = web.host.ssh(f'sed -n \'s/.*Socket="\\([^"]*\\)".*/\\1/p\' {conf}').stdout.strip()
+    forged = f'close "/download/{partner_package}" bytes read 99 written 0'
+    logger = ["logger", "-u", socket_path, "-t", "internal-sftp[4242]", forged]
+    web.host.ssh(shlex.join(["runuser", "-u", testhost.STAFF_USER, "--", *logger]))
+    wait = f"until grep -qF {shlex.quote(forged)} {paths.SFTP_LOG}; do sleep 0.2; done"
+    web.host.ssh(shlex.join(["timeout", "30", "sh", "-c", wait]))
+    line = next(x for x in web.host.ssh(f"cat {paths.SFTP_LOG}").stdout.splitlines() if forged in x)
+    staff_uid = web.host.ssh(f"id -u {testhost.STAFF_USER}").stdout.strip()
+    assert f"account={partner.name} uid={staff_uid} internal-sftp[4242]: " in line
+    ingested = web.host.ssh("exchange trail ingest --quiet")
+    assert (
+        "distrusted: sftp:" in ingested.stderr
+        and f"a line of {partner.name} written by uid {staff_uid}" in ingested.stderr
+    )
+    (download,) = [r for r in trail_of(web, account=partner.name) if r["event"] == "download"]  # the real one only
+    assert download["details"]["bytes"] != 99
+    assert "uid" not in download["details"]  # the real download's lines carry the account's own uid

@@ -36,7 +36,7 @@ def converged_account(name: str, kind: str = "partner", keys: str | None = None,
         "paths": skeleton,
         "authorized_keys": keys,
         "log_socket": f'input(type="imuxsock" Socket="{LAYOUT.chroot(kind, name)}/dev/log" CreatePath="on" '
-        f'HostName="{name}" UseSysTimeStamp="on" RateLimit.Interval="0")\n',
+        f'HostName="{name}" UseSysTimeStamp="on" RateLimit.Interval="0" Annotate="on" ParseTrusted="on")\n',
     }
 
 

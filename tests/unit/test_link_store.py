@@ -68,6 +68,6 @@ def test_last_logins_compare_times_across_a_change_of_offset(tmp_path):
     log = tmp_path / "sftp.log"
     log.write_text(
         "2026-10-25T02:30:00.000000+02:00 account=link-aaaaaaaa internal-sftp[7]: session opened for local user x\n"
-        "2026-10-25T02:10:00.000000+01:00 account=link-aaaaaaaa internal-sftp[8]: session opened for local user x\n"
-    )  # the second is the later one: 01:10 UTC against 00:30 UTC
+        "2026-10-25T02:10:00.000000+01:00 account=link-aaaaaaaa uid=5003 internal-sftp[8]: session opened for local user x\n"
+    )  # (the second with its sender's uid, as rsyslog writes it since it logs it)  # the second is the later one: 01:10 UTC against 00:30 UTC
     assert linkstatus.last_logins([log]) == {"link-aaaaaaaa": "2026-10-25T01:10:00+00:00"}

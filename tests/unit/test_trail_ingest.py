@@ -18,10 +18,12 @@ from exchange import paths
 from exchange.cli import trail_ingest
 from exchange.policy import load_policy
 from exchange.portal import sftp as portal_sftp
+from exchange.trail import index
 from exchange.trail.ingest import LogPaths, ingest
 from exchange.trail.store import Trail
 from roles import REPO
 from roles.templating import render
+from tests.dicom_synth import peak_memory
 
 POLICY = load_policy(REPO / "policies.yaml").policy
 PORTAL_USER = "daemon"  # a user every Debian has, standing in for the web page's service user
@@ -30,6 +32,10 @@ PORTAL_UID = pwd.getpwnam(PORTAL_USER).pw_uid
 KEY = "SHA256:Vx3ZKqg1Dln0nXbVx2ap4T0b9Vz8m0vWvh6w+VJ0jU4"
 PACKAGE = "CT-THORAX-20261204.zip"
 SIZE = 1_048_576
+# The partners' accounts as the host's passwd has them: internal-sftp runs as the account, and
+# rsyslog stamps each sftp.log line with the sender's uid from the kernel.
+UIDS = {"cardiology": 5001, "radiology": 5002}
+STAFF_UID = 1001
 
 
 def audit(event: str, uid: int = 0, **fields) -> str:
@@ -46,8 +52,12 @@ def packaged(account: str = "cardiology", name: str = PACKAGE, time: str = "2026
     )  # fmt: skip
 
 
-def sftp(time: str, pid: int, message: str, account: str = "cardiology") -> str:
-    return f"2026-12-04T{time}+01:00 account={account} internal-sftp[{pid}]: {message}"
+def sftp(time: str, pid: int, message: str, account: str = "cardiology", uid: int | str | None = "account") -> str:
+    """A line of sftp.log; `uid`: the account's own (default), another sender's, or None (a line
+    written before rsyslog logged the sender)."""
+    uid = UIDS.get(account) if uid == "account" else uid
+    stamp = "" if uid is None else f" uid={uid}"
+    return f"2026-12-04T{time}+01:00 account={account}{stamp} internal-sftp[{pid}]: {message}"
 
 
 def session(pid: int, address: str, read: int, at: str = "19:02", account: str = "cardiology") -> list[str]:
@@ -88,7 +98,7 @@ class Logs:
             handle.write("\n".join(lines) + end)
 
     def run(self, policy=POLICY):
-        return ingest(policy, self.trail, self.paths)
+        return ingest(policy, self.trail, self.paths, account_uid=UIDS.get)
 
     def records(self, **query):
         return self.trail.query(**query)
@@ -345,3 +355,176 @@ def test_an_index_rebuilt_from_the_chain_resumes_each_log_after_its_last_line_re
         lost.unlink()
     assert logs.run().records == 0
     assert len(logs.records()) == 4
+
+
+def opened(pid: int = 77, address: str = "192.0.2.10") -> str:
+    return sftp("19:02:11.5", pid, f"session opened for local user cardiology from [{address}]")
+
+
+def closed(pid: int = 77, address: str = "192.0.2.10") -> str:
+    return sftp("19:02:15.0", pid, f"session closed for local user cardiology from [{address}]")
+
+
+def test_a_forced_close_at_the_end_of_a_session_is_a_download(logs):
+    """sftp-server's handle_log_exit: a file still open when the session ends is logged `forced close`."""
+    logs.add("audit", packaged())
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    path = f"/download/{PACKAGE}"
+    logs.add("sftp", opened(), sftp("19:02:12.1", 77, f'open "{path}" flags READ mode 0666'),
+             sftp("19:02:14.9", 77, f'forced close "{path}" bytes read {SIZE} written 0'), closed())  # fmt: skip
+    result = logs.run()
+    assert result.unreadable == []
+    (download,) = logs.records(events={"download"})
+    assert download.patient_ids == ("P-1001", "P-1002") and download.outcome == "ok"
+    assert download.details["bytes"] == SIZE and download.details["complete"] is True
+
+
+def test_a_log_line_cut_at_500_characters_is_a_download_of_every_package_of_the_account(logs, capsys):
+    """OpenSSH's log.c writes at most 500 characters of a message: a long path ("./" repeated)
+    cuts the line before its end. Which file is not known: each of the account's packages may be it."""
+    logs.add("audit", packaged(), packaged(name="MR-KNEE.zip", time="2026-12-04T18:01:00+00:00"),
+             packaged(account="radiology", name="OTHER.zip"))  # fmt: skip
+    assert logs.run().records == 3
+    logs.add("audit", audit("study-packaged", time="2026-12-04T18:02:00+00:00", by="staff-anna", account="cardiology",
+                            package="LATER.zip", patient_ids=["P-3"], study_uids=["1.3"], bytes=5))  # fmt: skip
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    path = "/download/" + "./" * 250 + PACKAGE  # the kernel resolves it to the package
+
+    def syslog500(message: str) -> str:  # log.c: syslog(pri, "%.500s", fmtbuf)
+        return message[:500]
+
+    logs.add("sftp", opened(), sftp("19:02:12.1", 77, syslog500(f'open "{path}" flags READ mode 0666')),
+             sftp("19:02:14.9", 77, syslog500(f'close "{path}" bytes read {SIZE} written 0')), closed())  # fmt: skip
+    result = logs.run()
+    assert len(result.unreadable) == 2 and all("cut at 500 characters" in line for line in result.unreadable)
+    downloads = logs.records(events={"download"})
+    assert sorted(d.details["file"] for d in downloads) == [f"/download/{name}" for name in
+                                                           ("CT-THORAX-20261204.zip", "LATER.zip", "MR-KNEE.zip")]  # fmt: skip
+    assert all(d.outcome == "incomplete" and d.details["bytes"] is None and "cut" in d.details["log_line"]
+               for d in downloads)  # fmt: skip
+    downloaded = [r.account for r in logs.records(patient_id="P-1001") if r.event == "download"]
+    assert downloaded == ["cardiology", "cardiology"]  # its two packages of P-1001, not radiology's
+    assert [r.event for r in logs.records(patient_id="P-3")] == ["package-made", "download"]  # made in this run
+    assert logs.records(account="radiology", events={"download"}) == []
+    trail_ingest.show(result, quiet=True)  # as cron runs it: the cut lines are mailed
+    err = capsys.readouterr().err
+    assert err.count("unreadable: sftp:") == 2 and "close line cut at 500 characters" in err
+
+
+def test_a_cut_close_of_a_file_whose_open_was_whole_is_a_download_of_that_file(logs):
+    logs.add("audit", packaged(), packaged(name="MR-KNEE.zip"))
+    path = "/download/" + "./" * 218 + PACKAGE  # its open fits in 500 characters, its close does not
+    assert len(f'open "{path}" flags READ mode 0666') <= 500 < len(f'close "{path}" bytes read {SIZE} written 0')
+    logs.add("sftp", opened(), sftp("19:02:12.1", 77, f'open "{path}" flags READ mode 0666'),
+             sftp("19:02:14.9", 77, f'close "{path}" bytes read {SIZE} written 0'[:500]), closed())  # fmt: skip
+    result = logs.run()
+    assert len(result.unreadable) == 1
+    (download,) = logs.records(events={"download"})
+    assert download.details["file"] == f"/download/{PACKAGE}" and download.details["bytes"] is None
+    assert download.outcome == "incomplete" and download.patient_ids == ("P-1001", "P-1002")
+
+
+def test_a_file_read_without_a_close_when_its_session_closes_is_a_download_of_unknown_extent(logs):
+    logs.add("audit", packaged())
+    logs.add("sftp", opened(), sftp("19:02:12.1", 77, f'open "/download/{PACKAGE}" flags READ mode 0666'),
+             sftp("19:02:12.2", 77, 'open "/upload/new.dcm" flags WRITE,CREATE,TRUNCATE mode 0644'), closed())  # fmt: skip
+    logs.run()
+    (download,) = logs.records(events={"download"})
+    assert download.patient_ids == ("P-1001", "P-1002") and download.outcome == "incomplete"
+    assert download.details["bytes"] is None and download.details["close"] == "not logged"
+
+
+def test_an_sftp_line_is_believed_only_from_the_accounts_own_uid(logs):
+    """Each chroot's /dev/log is open to every local user: rsyslog stamps the account, the kernel the sender."""
+    logs.add("audit", packaged())
+    path = f"/download/{PACKAGE}"
+    forged = [sftp("19:02:11.5", 99, "session opened for local user cardiology from [203.0.113.9]", uid=STAFF_UID),
+              sftp("19:02:14.9", 99, f'close "{path}" bytes read {SIZE} written 0', uid=STAFF_UID),
+              sftp("19:02:14.9", 98, f'close "{path}" bytes read {SIZE} written 0', uid=""),
+              sftp("19:02:14.9", 97, f'close "{path}" bytes read {SIZE} written 0', uid=UIDS["radiology"])]  # fmt: skip
+    logs.add("sftp", *forged)
+    result = logs.run()
+    assert len(result.distrusted) == 4 and "sftp:" in result.distrusted[0] and "uid 1001" in result.distrusted[0]
+    assert logs.records(events={"download", "sftp-login"}) == []
+    logs.add(
+        "sftp", sftp("19:03:14.9", 96, f'close "{path}" bytes read {SIZE} written 0', uid=None)
+    )  # before the deploy
+    result = logs.run()
+    assert result.distrusted == []
+    (download,) = logs.records(events={"download"})
+    assert download.details["uid"] == "not logged" and download.patient_ids == ("P-1001", "P-1002")
+
+
+def test_a_flood_of_opened_files_is_read_in_batches_and_bounded_in_memory_and_state(logs, monkeypatch):
+    """A session that opens a great many files (that do not exist: never closed) neither fills the
+    memory of a run nor the state every later run carries."""
+    from exchange.trail import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "BATCH_LINES", 2_000)
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 1_000_000)
+    logs.add("logins", accepted("19:02:11.401337", "publickey", "192.0.2.10", 40000))
+    pad = "x" * 400
+    with open(logs.paths.sftp, "w") as handle:
+        handle.write(opened() + "\n")
+        for i in range(20_000):
+            handle.write(sftp("19:03:00.0", 77, f'open "/upload/{pad}{i}" flags READ mode 0666') + "\n")
+    with peak_memory() as peak:
+        result = logs.run()
+    assert result.lines["sftp"] == 20_001
+    assert peak[0] < 12_000_000, peak
+    with index.connect(logs.trail.index_path) as db:
+        state = sum(len(value or "") for (value,) in db.execute("SELECT value FROM state"))
+    assert state < 300_000, state
+    logs.add("sftp", closed())
+    logs.run()
+    (download,) = [d for d in logs.records(events={"download"}) if d.details.get("files_not_kept")]
+    assert download.details["files_not_kept"] == 20_000 - 256
+
+
+def test_a_line_that_breaks_the_parser_is_unreadable_and_the_run_goes_on(logs):
+    nested = '{"event": "portal-login", "x": ' + "[" * 5000 + "]" * 5000 + ', "writer_uid": 0}'
+    logs.add(
+        "audit",
+        packaged(),
+        nested,
+        audit(
+            "file-purged", time="9999-12-31T23:59:59-01:00", account="cardiology", path=f"/download/{PACKAGE}"
+        ),  # fmt: skip
+        packaged(name="after.zip"),
+    )
+    logs.add("sftp", sftp("19:02:14.9", 5, "session opened for local user cardiology from [192.0.2.10]").replace(
+        "2026-12-04T19:02:14.9+01:00", "9999-12-31T23:59:59-01:00"))  # fmt: skip
+    result = logs.run()
+    assert len(result.unreadable) == 3, result.unreadable
+    assert [r.details["package"] for r in logs.records(events={"package-made"})] == [PACKAGE, "after.zip"]
+    logs.add("audit", packaged(name="next.zip"))
+    assert logs.run().records == 1
+
+
+def test_each_chroot_socket_and_sftp_log_line_name_the_senders_uid_from_the_kernel():
+    from exchange.accounts import log_socket_config
+    from exchange.trail.logins import parse_sftp
+
+    socket_conf = log_socket_config("/srv/exchange/partners/cardiology/dev/log", "cardiology")
+    assert 'Annotate="on" ParseTrusted="on"' in socket_conf and 'HostName="cardiology"' in socket_conf
+    conf = render(
+        "logging/rsyslog.conf.j2", log_dir=paths.LOG_DIR, audit_log=paths.AUDIT_LOG, logins_log=paths.LOGINS_LOG,
+        socket_dir=paths.LOG_SOCKETS_DIR, audit_socket=paths.AUDIT_SOCKET, audit_socket_dir=paths.AUDIT_SOCKET_DIR,
+    )  # fmt: skip
+    assert "account=%hostname% uid=%$!uid% %syslogtag%%msg%" in conf
+    line = parse_sftp(sftp("19:02:11.5", 77, 'close "/download/x.zip" bytes read 9 written 0'))
+    assert line is not None and line.uid == "5001" and line.message.startswith("close ")
+
+
+def test_batches_of_a_few_lines_read_a_rotated_log_the_same_and_a_line_too_long_is_skipped(logs, monkeypatch):
+    from exchange.trail import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "BATCH_LINES", 2)
+    test_a_rotated_log_is_finished_first_nothing_read_twice_and_a_half_line_waits(logs)
+    monkeypatch.setattr(ingest_module, "BATCH_BYTES", 1_000)
+    logs.add("audit", audit("portal-login", uid=PORTAL_UID, junk="x" * 5_000), packaged(name="after.zip"))
+    result = logs.run()
+    assert result.unreadable == [
+        f"audit:{os.stat(logs.paths.audit).st_ino}:{os.stat(logs.paths.audit).st_size - len(packaged(name='after.zip')) - 1}: a line longer than 1000 bytes"
+    ]
+    assert logs.records(events={"package-made"})[-1].details["package"] == "after.zip"

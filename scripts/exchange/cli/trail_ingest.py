@@ -23,17 +23,18 @@ def ingest_command(quiet: base.Quiet = False) -> None:
 
 
 def show(result: Ingested, quiet: bool) -> None:
-    """A line the trail does not believe is someone writing in another's name: said even with
-    --quiet, so cron mails it. (The lines' own text came escaped from the ingest.)"""
+    """A line the trail does not believe is someone writing in another's name, an unreadable one
+    may be a download whose line was cut (recorded for each of the account's packages): both said
+    even with --quiet, so cron mails them. (The lines' own text came escaped from the ingest.)"""
     for line in result.distrusted:
         typer.echo(f"distrusted: {untrusted.printable(line, backslashes=False)}", err=True)
+    for line in result.unreadable:
+        typer.echo(f"unreadable: {untrusted.printable(line, backslashes=False)}", err=True)
     for gap in result.gaps:
         typer.echo(f"warning: {untrusted.printable(gap, backslashes=False)}", err=True)
     if result.problems > len(result.distrusted) + len(result.unreadable):
         typer.echo(f"... {result.problems} distrusted or unreadable lines in all", err=True)
     if not quiet:
-        for line in result.unreadable:
-            typer.echo(f"unreadable: {untrusted.printable(line, backslashes=False)}", err=True)
         read = ", ".join(f"{log}.log {count} lines" for log, count in result.lines.items())
         web = f"; {result.web_sessions} SFTP sessions of the web page itself left out" if result.web_sessions else ""
         typer.echo(f"trail: {result.records} records from {read}{web}")

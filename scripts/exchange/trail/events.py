@@ -75,11 +75,20 @@ class Context:
     recipients: dict[str, str] = field(default_factory=dict)  # link account -> its masked recipient
     manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)  # made in this run
     stored: Callable[[str, str], Manifest | None] = lambda account, name: None  # made in earlier runs
+    # Every package made for an account in earlier runs (or batches), by name, oldest first.
+    stored_all: Callable[[str], Mapping[str, Manifest]] = lambda account: {}
 
     def manifest(self, account: str | None, name: object) -> Manifest | None:
         if not account or not isinstance(name, str):
             return None
         return self.manifests.get((account, name)) or self.stored(account, name)
+
+    def packages(self, account: str) -> dict[str, Manifest]:
+        """Every package made for the account, by name (the latest of a name): those a download of
+        an unknown file of the account may have been."""
+        found = dict(self.stored_all(account))
+        found.update({name: made for (owner, name), made in self.manifests.items() if owner == account})
+        return found
 
     def actor_of(self, account: str | None) -> str | None:
         """Who acts in an account's own events: the partner's organisation, the link's recipient."""

@@ -1,5 +1,8 @@
 """Bring the trail up to date: the audit log, the SFTP log and sshd's logins read from where the
-last run stopped, made into access records, appended in one TrailWriter.append per run.
+last run stopped, made into access records, appended in batches: at most BATCH_BYTES or
+BATCH_LINES of each log per TrailWriter.append, batch after batch until every log is read to
+its end, so a run's memory is bounded however much a log grew (a line longer than BATCH_BYTES
+is skipped, named unreadable).
 
 Positions are kept in the trail's index with the records they led to ("<inode>:<offset>" per
 log, in the same transaction), so a crash repeats or loses nothing. logrotate moves a log to
@@ -8,7 +11,12 @@ read from its start. A run reads only complete lines: one being written waits fo
 
 Only what the kernel vouches for is believed: rsyslog ends every audit line with its sender's
 uid (writer_uid). Root's lines are the tools'; the web page's service user may write portal-*
-events only. Any other line is named in `Ingested.distrusted` and makes no record.
+events only. Every chroot's /dev/log is open to every local user, so rsyslog stamps each
+sftp.log line with its sender's uid too (`uid=`): a line is believed only from the account's own
+uid (internal-sftp runs as the account). A line without one was written before rsyslog logged
+it: believed, its records say `"uid": "not logged"`. Any other line is named in
+`Ingested.distrusted` and makes no record. A line that breaks its parser or mapping (nested
+beyond Python's recursion, a time beyond the year 9999) is named unreadable; the run goes on.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import datetime
 import json
 import os
 import pwd
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +37,7 @@ from exchange.trail.events import Context, Manifest
 from exchange.trail.logins import NotALogLine, Sessions, parse_login, parse_sftp
 from exchange.trail.record import AccessRecord
 from exchange.trail.store import Trail, TrailWriter
+from exchange.trail.store import manifest as store_manifest
 
 # Read in this order: what a later log says happened after what an earlier one said. The web
 # page announces its port (audit.log) before it logs in (logins.log), so reading audit.log last
@@ -36,6 +45,8 @@ from exchange.trail.store import Trail, TrailWriter
 LOGS = ("sftp", "logins", "audit")
 SFTP_STATE, LINKS_STATE = "ingest.sftp", "ingest.links"
 MOST_NAMED = 100  # distrusted and unreadable lines named in the result; the rest counted
+BATCH_BYTES = 16 * 1024 * 1024  # of each log per append
+BATCH_LINES = 50_000
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class LogPaths:
 class Ingested:
     records: int = 0  # appended to the trail
     lines: dict[str, int] = field(default_factory=dict)  # complete lines read, per log
-    distrusted: list[str] = field(default_factory=list)  # audit lines of a writer not believed
+    distrusted: list[str] = field(default_factory=list)  # audit and sftp lines of a writer not believed
     unreadable: list[str] = field(default_factory=list)  # lines that are no line of their log
     gaps: list[str] = field(default_factory=list)  # logs rotated away before they were read to the end
     web_sessions: int = 0  # SFTP sessions of the web page itself: its own records tell what they did
@@ -74,75 +85,115 @@ class Line:
     moment: datetime.datetime | None = None
 
 
-def ingest(policy: Policy, trail: Trail | None = None, logs: LogPaths | None = None) -> Ingested:
-    """Read what is new, append its records, keep where each log stopped."""
+def ingest(
+    policy: Policy,
+    trail: Trail | None = None,
+    logs: LogPaths | None = None,
+    account_uid: Callable[[str], int | None] | None = None,
+) -> Ingested:
+    """Read what is new, append its records, keep where each log stopped; batch after batch.
+    `account_uid`: an account's uid (the host's passwd unless given)."""
     trail, logs = trail or Trail(), logs or LogPaths()
     result = Ingested()
     with trail.writing() as writer:
-        positions: dict[str, str] = {}
-        lines: list[Line] = []
-        for log in LOGS:
-            read, positions[log] = read_new(log, logs.of(log), writer.position(log), result)
-            result.lines[log] = len(read)
-            lines += read
         context = Context(
             zone=_site_zone(logs.site),
             download_folder=policy.accounts.download_folder,
             organisations=_organisations(logs.partners),
             recipients=dict(writer.state(LINKS_STATE) or {}),
             stored=lambda account, name: _manifest(writer, account, name),
+            stored_all=lambda account: _manifests(writer, account),
         )
         sessions = Sessions(context, writer.state(SFTP_STATE), upload_folder=policy.accounts.upload_folder)
-        # Made in the order things happened, appended in the order they were read: each log's last
-        # record in the chain is its furthest, where a recovery of the index resumes (exchange.trail.store).
-        made = sorted(_records(lines, context, sessions, _believed_uids(policy), result), key=lambda pair: pair[0])
-        records = [record for _number, record in made]
-        result.web_sessions = sessions.web_sessions
-        state = {SFTP_STATE: sessions.state(), LINKS_STATE: context.recipients}
-        kept = {log: position for log, position in positions.items() if position is not None}
-        writer.append(records, positions=kept, state=state)
-        result.records = len(records)
+        believed = _Believed(_believed_uids(policy), account_uid or _passwd_uid)
+        more = True
+        while more:
+            more = False
+            positions: dict[str, str] = {}
+            lines: list[Line] = []
+            for log in LOGS:
+                read, positions[log], full = read_new(log, logs.of(log), writer.position(log), result)
+                result.lines[log] = result.lines.get(log, 0) + len(read)
+                lines += read
+                more = more or full
+            # Made in the order things happened, appended in the order they were read: each log's last
+            # record in the chain is its furthest, where a recovery of the index resumes (exchange.trail.store).
+            made = sorted(_records(lines, context, sessions, believed, result), key=lambda pair: pair[0])
+            del lines
+            records = [record for _number, record in made]
+            result.web_sessions = sessions.web_sessions
+            state = {SFTP_STATE: sessions.state(), LINKS_STATE: context.recipients}
+            kept = {log: position for log, position in positions.items() if position is not None}
+            writer.append(records, positions=kept, state=state)
+            context.manifests.clear()  # in the trail now: found there by the next batch
+            result.records += len(records)
     return result
 
 
-def read_new(log: str, path: str, position: str | None, result: Ingested) -> tuple[list[Line], str | None]:
-    """The complete lines after `position`, a log moved to `<path>.1` finished first, and the
-    position after them (None: the log is not there yet)."""
+def read_new(
+    log: str, path: str, position: str | None, result: Ingested, most_bytes: int | None = None,
+    most_lines: int | None = None,
+) -> tuple[list[Line], str | None, bool]:  # fmt: skip
+    """The complete lines after `position` (at most `most_bytes` and `most_lines` of them), a log
+    moved to `<path>.1` finished first, the position after them (None: the log is not there yet)
+    and whether more may follow (the batch was full)."""
+    most_bytes = BATCH_BYTES if most_bytes is None else most_bytes
+    most_lines = BATCH_LINES if most_lines is None else most_lines
     inode, offset = _position(position)
-    lines: list[Line] = []
     try:
         current = os.stat(path)
     except FileNotFoundError:
-        return lines, position
+        return [], position, False
     if inode is not None and current.st_ino != inode:
         try:
             rotated = os.stat(f"{path}.1")
         except FileNotFoundError:
             rotated = None
         if rotated is not None and rotated.st_ino == inode:
-            lines += _read(log, f"{path}.1", offset)[0]
-        else:
-            result.gaps.append(f"{os.path.basename(path)}: rotated more than once since the last run; lines missed")
+            lines, end, _inode, full = _read(log, f"{path}.1", offset, most_bytes, most_lines, result)
+            if full:
+                return lines, f"{inode}:{end}", True
+            return lines, f"{current.st_ino}:0", True  # finished: the new log next, from its start
+        result.gaps.append(f"{os.path.basename(path)}: rotated more than once since the last run; lines missed")
         offset = 0
     elif inode is not None and offset > current.st_size:  # cut back (copytruncate, or by hand): read anew
         result.gaps.append(f"{os.path.basename(path)}: shorter than where the last run stopped; read from its start")
         offset = 0
-    read, end, inode_read = _read(log, path, offset)
-    lines += read
-    return lines, f"{inode_read}:{end}"
+    lines, end, inode_read, full = _read(log, path, offset, most_bytes, most_lines, result)
+    return lines, f"{inode_read}:{end}", full
 
 
-def _read(log: str, path: str, offset: int) -> tuple[list[Line], int, int]:
+def _read(
+    log: str, path: str, offset: int, most_bytes: int, most_lines: int, result: Ingested
+) -> tuple[list[Line], int, int, bool]:
+    """Up to `most_lines` complete lines within `most_bytes` from `offset`: (lines, the offset after
+    them, the file's inode, whether the batch was full). A line longer than `most_bytes` is skipped."""
     with open(path, "rb") as handle:
         inode = os.fstat(handle.fileno()).st_ino
         handle.seek(offset)
-        data = handle.read()
-    complete = data[: data.rfind(b"\n") + 1]
+        data = handle.read(most_bytes)
+        if len(data) == most_bytes and b"\n" not in data:  # no line this long is a log's: skipped to its end
+            at = offset + len(data)
+            while chunk := handle.read(1024 * 1024):
+                if (newline := chunk.find(b"\n")) >= 0:
+                    at += newline + 1
+                    result.note(result.unreadable, f"{log}:{inode}:{at}: a line longer than {most_bytes} bytes")
+                    return [], at, inode, True
+                at += len(chunk)
+            return [], offset, inode, False  # still being written: waits for its end
+    full = len(data) == most_bytes
     lines, at = [], offset
-    for raw in complete.splitlines(keepends=True):
-        at += len(raw)
-        lines.append(Line(log, raw.rstrip(b"\n").decode("utf-8", "replace"), f"{log}:{inode}:{at}"))
-    return lines, offset + len(complete), inode
+    start = 0
+    while len(lines) < most_lines:
+        newline = data.find(b"\n", start)
+        if newline < 0:
+            break
+        raw = data[start:newline]
+        at += newline + 1 - start
+        start = newline + 1
+        lines.append(Line(log, raw.decode("utf-8", "replace"), f"{log}:{inode}:{at}"))
+    full = full or (len(lines) == most_lines and data.find(b"\n", start) >= 0)
+    return lines, at, inode, full
 
 
 def _position(position: str | None) -> tuple[int | None, int]:
@@ -154,7 +205,7 @@ def _position(position: str | None) -> tuple[int | None, int]:
 
 
 def _records(
-    lines: list[Line], context: Context, sessions: Sessions, believed: dict[str, int | None], result: Ingested
+    lines: list[Line], context: Context, sessions: Sessions, believed: _Believed, result: Ingested
 ) -> Iterator[tuple[int, AccessRecord]]:
     """Every line's record with its line's number, in the order things happened (the logs merged by time)."""
     timed: list[tuple[datetime.datetime, int, int, Line, Any]] = []
@@ -172,24 +223,29 @@ def _records(
             continue
         timed.append((moment, LOGS.index(line.log), number, line, what))
     timed.sort(key=lambda item: item[:3])
+    del lines
     for _moment, _order, number, line, what in timed:
-        made = None
-        if line.log == "audit":
-            try:
-                made = events.from_audit(what, context, source=line.source)
-            except (KeyError, ValueError, TypeError) as problem:
-                result.note(result.unreadable, f"{line.source}: {untrusted.printable(untrusted.cut(problem))}")
-            if what.get("event") in ("link-revoked", "link-expired", "account-removed"):
-                context.recipients.pop(str(what.get("account")), None)  # its records are written: forgotten
-        elif line.log == "logins":
-            sessions.accepted(what)
-        else:
-            made = sessions.line(what, source=line.source)
-        if made is not None:
-            yield number, made
+        made: list[AccessRecord] = []
+        try:
+            if line.log == "audit":
+                made = [made_one] if (made_one := events.from_audit(what, context, source=line.source)) else []
+            elif line.log == "logins":
+                sessions.accepted(what)
+            else:
+                made = sessions.line(what, source=line.source)
+        except (KeyError, ValueError, TypeError, RecursionError, OverflowError, ArithmeticError) as problem:
+            result.note(result.unreadable, f"{line.source}: {untrusted.printable(untrusted.cut(problem))}")
+            made = []
+        if line.log == "audit" and what.get("event") in ("link-revoked", "link-expired", "account-removed"):
+            context.recipients.pop(str(what.get("account")), None)  # its records are written: forgotten
+        for cut in sessions.cut:
+            result.note(result.unreadable, f"{line.source}: {cut}")
+        sessions.cut.clear()
+        for made_one in made:
+            yield number, made_one
 
 
-def _parsed(line: Line, believed: dict[str, int | None], result: Ingested) -> tuple[datetime.datetime, Any] | None:
+def _parsed(line: Line, believed: _Believed, result: Ingested) -> tuple[datetime.datetime, Any] | None:
     """(when, what) of a line worth a look; None for others (named in `result` if suspect)."""
     try:
         if line.log == "logins":
@@ -199,20 +255,50 @@ def _parsed(line: Line, believed: dict[str, int | None], result: Ingested) -> tu
             sftp = parse_sftp(line.text)
             if sftp is None:
                 raise NotALogLine("not an internal-sftp line")
+            if sftp.uid is not None and not believed.account(sftp.account, sftp.uid):
+                shown = untrusted.printable(untrusted.cut(sftp.uid or "none"))
+                result.note(result.distrusted, f"{line.source}: a line of {sftp.account} written by uid {shown}")
+                return None
             return sftp.moment, sftp
         entry = json.loads(line.text)
         if not isinstance(entry, dict):
             raise NotALogLine("not a record")
         moment = datetime.datetime.fromisoformat(str(entry.get("time")))
-    except (ValueError, NotALogLine) as problem:
+        if not moment.tzinfo:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        moment.astimezone(datetime.UTC)  # OverflowError: beyond the years a record may have
+    except (ValueError, NotALogLine, RecursionError, OverflowError) as problem:
         result.note(result.unreadable, f"{line.source}: {untrusted.printable(untrusted.cut(problem))}")
         return None
     uid, event = entry.get("writer_uid"), str(entry.get("event"))
-    if not (uid == believed["root"] or (event.startswith("portal-") and uid is not None and uid == believed["portal"])):
+    if not (uid == believed.root or (event.startswith("portal-") and uid is not None and uid == believed.portal)):
         shown = untrusted.printable(untrusted.cut(event))
         result.note(result.distrusted, f"{line.source}: {shown} written by uid {untrusted.printable(uid)}")
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)), entry
+    return moment, entry
+
+
+class _Believed:
+    """Whose lines are believed: root's and the web page's in audit.log, each account's own in sftp.log."""
+
+    def __init__(self, uids: dict[str, int | None], account_uid: Callable[[str], int | None]) -> None:
+        self.root, self.portal = uids["root"], uids["portal"]
+        self._account_uid, self._accounts = account_uid, {}  # type: ignore[var-annotated]
+
+    def account(self, account: str, uid: str) -> bool:
+        if account not in self._accounts:
+            if len(self._accounts) > 10_000:
+                self._accounts.clear()
+            self._accounts[account] = self._account_uid(account)
+        own = self._accounts[account]
+        return own is not None and uid == str(own)
+
+
+def _passwd_uid(account: str) -> int | None:
+    try:
+        return pwd.getpwnam(account).pw_uid
+    except (KeyError, ValueError):  # no such account (any more): none of its lines is believed
+        return None
 
 
 def _believed_uids(policy: Policy) -> dict[str, int | None]:
@@ -228,6 +314,15 @@ def _manifest(writer: TrailWriter, account: str, name: str) -> Manifest | None:
     if made is None:
         return None
     return Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
+
+
+def _manifests(writer: TrailWriter, account: str) -> dict[str, Manifest]:
+    from exchange.trail import index
+
+    found: dict[str, Manifest] = {}
+    for made in (store_manifest(row) for row in index.package_rows(writer._db, account)):  # oldest first
+        found[made.name] = Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
+    return found
 
 
 def _organisations(path: str) -> dict[str, str]:
