@@ -125,6 +125,7 @@ def test_drift_fails_exactly_the_broken_controls(own_exchange, tmp_path):
         "SFTP-01",
         "RET-01",
         "RET-02",
+        "LINK-02",  # the hourly job removed runs no delivery follow-ups either
         "SUDO-02",
         "TOOLS-01",
     }, result.stdout[-4000:]
