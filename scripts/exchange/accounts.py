@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import pwd
 import shlex
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -261,6 +262,9 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
     `event` with `audit_fields` to the audit log."""
     q = shlex.quote(name)
     chroot = shlex.quote(layout.chroot(kind, name))
+    # Its uid on record: the access trail believes the SFTP lines of an account removed before
+    # they were read by that uid (exchange.trail.ingest).
+    audit_fields = {"uid": account_uid(name), **audit_fields}
     commands = [
         # Closed first (expiry day 1 also marks it for the purge to retry), so whatever fails
         # after this leaves no account that opens.
@@ -274,6 +278,13 @@ def removal_steps(layout: Layout, name: str, kind: str, event: str = "account-re
         "systemctl restart rsyslog",
     ]
     return [Step(name, f"remove {kind} account", command) for command in commands]
+
+
+def account_uid(name: str) -> int | None:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
 
 
 class StepFailed(ExchangeError):

@@ -26,7 +26,16 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, ValidationError
 
 from exchange import auditlog, credentials, held, observe, paths
-from exchange.accounts import Step, StepFailed, WantedAccount, account_lock, plan, removal_steps, run_steps
+from exchange.accounts import (
+    Step,
+    StepFailed,
+    WantedAccount,
+    account_lock,
+    account_uid,
+    plan,
+    removal_steps,
+    run_steps,
+)
 from exchange.auditlog import actor
 from exchange.errors import FAILED, REFUSED, ExchangeError
 from exchange.layout import Layout
@@ -305,6 +314,7 @@ class Links:
         auditlog.record(
             "link-issued",
             account=name,
+            uid=account_uid(name),  # the access trail believes this account's SFTP lines from this uid only
             by=record.issued_by,
             recipient=record.recipient,
             expires=expires.isoformat(),

@@ -1,8 +1,12 @@
 """exchange.accounts.plan: what the deploy and the tools would do, from an observation."""
 
+import json
+import pwd
+import shlex
+
 import pytest
 
-from exchange.accounts import AccountConflict, WantedAccount, plan
+from exchange.accounts import AccountConflict, WantedAccount, plan, removal_steps
 from exchange.layout import Layout
 from exchange.policy import load_policy
 from roles import REPO
@@ -193,3 +197,12 @@ def test_locks_come_before_other_accounts_and_before_the_accounts_own_repairs():
     steps = plan(LAYOUT, [WantedAccount("alice", "partner")], observation(zz_old=dropped), {"partner"})
     assert [step.summary for step in steps if step.account == "zz-old"][0] == "lock and end sessions"
     assert steps[0].account == "zz-old" and "usermod --expiredate" in steps[0].command
+
+
+def test_an_account_removal_puts_its_uid_on_record():
+    """The access trail weighs the SFTP lines of an account removed before they were read by it."""
+    (record,) = [
+        step.command for step in removal_steps(LAYOUT, "daemon", "partner") if "account-removed" in step.command
+    ]
+    line = record.split(" -- ", 1)[1].split("; ")[0]
+    assert json.loads(shlex.split(line)[0])["uid"] == pwd.getpwnam("daemon").pw_uid

@@ -455,6 +455,31 @@ def test_an_sftp_line_is_believed_only_from_the_accounts_own_uid(logs):
     assert download.details["uid"] == "not logged" and download.patient_ids == ("P-1001", "P-1002")
 
 
+def test_the_sftp_lines_of_an_account_removed_before_they_were_read_are_weighed_by_its_own_uid(logs):
+    """The purge removes an ended link before the hourly ingest, a revoke at once: its uid is on
+    record (link-issued, link-revoked), and remembered from one run to the next."""
+    path = f"/download/{PACKAGE}"
+
+    def root_record(event: str, **fields) -> str:  # audit(uid=) is the writer's
+        return json.dumps({"event": event, "time": "2026-12-04T18:00:00+00:00", **fields})[:-1] + ', "writer_uid": 0}'
+
+    issued = root_record(
+        "link-issued", account="link-abcdefgh", uid=5101, by="staff-anna", recipient="j***@example.org"
+    )
+    revoked = root_record("link-revoked", account="link-abcdefgh", uid=5101, kind="link", by="staff-anna")
+    logs.add("audit", issued, packaged(account="link-abcdefgh"))
+    logs.add("sftp", sftp("19:02:14.9", 95, f'close "{path}" bytes read {SIZE} written 0', "link-abcdefgh", uid=5101))
+    logs.add("audit", revoked)
+    result = logs.run()  # passwd no longer knows the account
+    assert result.distrusted == []
+    (download,) = logs.records(events={"download"})
+    assert download.patient_ids == ("P-1001", "P-1002") and download.details["complete"] is True
+    logs.add("sftp", sftp("19:04:14.9", 94, f'close "{path}" bytes read {SIZE} written 0', "link-abcdefgh", uid=5101),
+             sftp("19:04:15.9", 93, f'close "{path}" bytes read {SIZE} written 0', "link-abcdefgh", uid=STAFF_UID))  # fmt: skip
+    result = logs.run()  # a later run remembers it; staff's uid is still not the account's
+    assert len(logs.records(events={"download"})) == 2 and len(result.distrusted) == 1
+
+
 def test_a_flood_of_opened_files_is_read_in_batches_and_bounded_in_memory_and_state(logs, monkeypatch):
     """A session that opens a great many files (that do not exist: never closed) neither fills the
     memory of a run nor the state every later run carries."""

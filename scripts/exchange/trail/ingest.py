@@ -43,7 +43,9 @@ from exchange.trail.store import manifest as store_manifest
 # page announces its port (audit.log) before it logs in (logins.log), so reading audit.log last
 # finds every announcement of a login read before it.
 LOGS = ("sftp", "logins", "audit")
-SFTP_STATE, LINKS_STATE = "ingest.sftp", "ingest.links"
+SFTP_STATE, LINKS_STATE, UIDS_STATE = "ingest.sftp", "ingest.links", "ingest.account-uids"
+UIDS_PER_ACCOUNT = 4  # a partner's name may be given again, to a new account of another uid
+MOST_ACCOUNTS = 20_000  # accounts whose uids are remembered: a busy year's links
 MOST_NAMED = 100  # distrusted and unreadable lines named in the result; the rest counted
 BATCH_BYTES = 16 * 1024 * 1024  # of each log per append
 BATCH_LINES = 50_000
@@ -105,7 +107,7 @@ def ingest(
             stored_all=lambda account: _manifests(writer, account),
         )
         sessions = Sessions(context, writer.state(SFTP_STATE), upload_folder=policy.accounts.upload_folder)
-        believed = _Believed(_believed_uids(policy), account_uid or _passwd_uid)
+        believed = _Believed(_believed_uids(policy), account_uid or _passwd_uid, writer.state(UIDS_STATE))
         more = True
         while more:
             more = False
@@ -118,11 +120,12 @@ def ingest(
                 more = more or full
             # Made in the order things happened, appended in the order they were read: each log's last
             # record in the chain is its furthest, where a recovery of the index resumes (exchange.trail.store).
+            believed.learn(lines)
             made = sorted(_records(lines, context, sessions, believed, result), key=lambda pair: pair[0])
             del lines
             records = [record for _number, record in made]
             result.web_sessions = sessions.web_sessions
-            state = {SFTP_STATE: sessions.state(), LINKS_STATE: context.recipients}
+            state = {SFTP_STATE: sessions.state(), LINKS_STATE: context.recipients, UIDS_STATE: believed.remembered}
             kept = {log: position for log, position in positions.items() if position is not None}
             writer.append(records, positions=kept, state=state)
             context.manifests.clear()  # in the trail now: found there by the next batch
@@ -279,19 +282,52 @@ def _parsed(line: Line, believed: _Believed, result: Ingested) -> tuple[datetime
 
 
 class _Believed:
-    """Whose lines are believed: root's and the web page's in audit.log, each account's own in sftp.log."""
+    """Whose lines are believed: root's and the web page's in audit.log, each account's own in
+    sftp.log. An account's uids are remembered (passwd's, and those the tools put on record when
+    they issue or remove an account), so the lines of one removed before they were read, by the
+    purge or a revoke, are still weighed by its own uid."""
 
-    def __init__(self, uids: dict[str, int | None], account_uid: Callable[[str], int | None]) -> None:
+    def __init__(
+        self, uids: dict[str, int | None], account_uid: Callable[[str], int | None], remembered: dict | None
+    ) -> None:
         self.root, self.portal = uids["root"], uids["portal"]
-        self._account_uid, self._accounts = account_uid, {}  # type: ignore[var-annotated]
+        self._account_uid, self._looked_up = account_uid, set()  # type: ignore[var-annotated]
+        self.remembered: dict[str, list[int]] = {
+            account: [uid for uid in kept if isinstance(uid, int)][-UIDS_PER_ACCOUNT:]
+            for account, kept in (remembered or {}).items()
+            if isinstance(kept, list)
+        }
+
+    def remember(self, account: str, uid: int) -> None:
+        kept = self.remembered.pop(account, [])  # to the end: the least recently seen go first
+        self.remembered[account] = [*[u for u in kept if u != uid], uid][-UIDS_PER_ACCOUNT:]
+        while len(self.remembered) > MOST_ACCOUNTS:
+            del self.remembered[next(iter(self.remembered))]
+
+    def learn(self, lines: list[Line]) -> None:
+        """The uids root's audit lines of this batch put on record, before any SFTP line is weighed."""
+        for line in lines:
+            if line.log != "audit" or '"uid"' not in line.text:
+                continue
+            try:
+                entry = json.loads(line.text)
+            except (ValueError, RecursionError):
+                continue  # named when the line itself is read
+            if not isinstance(entry, dict) or entry.get("writer_uid") != self.root:
+                continue
+            account, uid = entry.get("account"), entry.get("uid")
+            if isinstance(account, str) and isinstance(uid, int) and not isinstance(uid, bool):
+                self.remember(account, uid)
 
     def account(self, account: str, uid: str) -> bool:
-        if account not in self._accounts:
-            if len(self._accounts) > 10_000:
-                self._accounts.clear()
-            self._accounts[account] = self._account_uid(account)
-        own = self._accounts[account]
-        return own is not None and uid == str(own)
+        if account not in self._looked_up:
+            if len(self._looked_up) > MOST_ACCOUNTS:
+                self._looked_up.clear()
+            self._looked_up.add(account)
+            own = self._account_uid(account)
+            if own is not None:
+                self.remember(account, own)
+        return uid in {str(known) for known in self.remembered.get(account, ())}
 
 
 def _passwd_uid(account: str) -> int | None:
