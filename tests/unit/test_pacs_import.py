@@ -506,3 +506,57 @@ def test_a_study_of_more_files_than_select_can_watch_is_imported(exchange, ortha
         for descriptor in spare:
             os.close(descriptor)
     assert (done.stored, done.failed) == (8, [])
+
+
+def test_a_long_study_goes_on_two_associations_at_once(exchange, orthanc, monkeypatch):
+    """A PACS files each instance in turn; two associations hide its wait for one (as import
+    stations send), each taking the next instance when its last is answered."""
+    layout, dicom = exchange
+    ct_study(upload_of(layout, "ct-two"), 24, patient_id="SENDER-TWO")
+    opened = store.association
+    at_once, most = [0], [0]
+
+    @contextlib.contextmanager
+    def counted(*args, **kwargs):
+        with opened(*args, **kwargs) as assoc:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+            try:
+                yield assoc
+            finally:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(store, "association", counted)
+    before = orthanc.count()
+    done, _ = run(layout, dicom, upload_of(layout, "ct-two"))
+    assert (done.stored, done.failed, orthanc.count(), most[0]) == (24, [], before + 24, 2)
+
+
+def test_a_rejected_instance_of_a_long_study_is_named_and_the_rest_stored(exchange, orthanc):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "ct-rejected"), 24, patient_id="SENDER-REJ")
+    before = orthanc.count()
+    with faulty(orthanc.refuse_store, files[10]):
+        failed = failed_import(layout, dicom, upload_of(layout, "ct-rejected"))
+    assert orthanc.count() == before + 23 and "1 of 24 instances are not in the PACS" in str(failed)
+    assert f"{files[10].name}: 0xA700" in str(failed)
+
+
+def test_a_file_of_a_long_study_changed_after_inspection_stops_both_associations(exchange, orthanc, monkeypatch):
+    layout, dicom = exchange
+    files = ct_study(upload_of(layout, "ct-changing"), 40, patient_id="SENDER-CHG")
+    changed = sorted(files)[4]
+
+    def change():
+        with open(changed, "ab") as file:
+            file.write(b"\0" * 16)
+
+    rewritten_after_inspection(monkeypatch, change)
+    before = orthanc.count()
+    with pytest.raises(ImportFailed) as failed:
+        run(layout, dicom, upload_of(layout, "ct-changing"))
+    assert f"{changed.name}: changed since it was inspected" in str(failed.value)
+    assert orthanc.count() < before + 12  # the rest stopped: at most the other stream's one in flight
+    uid = str(dcmread(changed, force=True).SOPInstanceUID)
+    assert not orthanc.http.post("/tools/lookup", content=uid).json()  # never the changed one
+    assert upload_of(layout, "ct-changing").is_dir()

@@ -5,6 +5,8 @@ stored, stored with a warning (named), or failed (named, PS3.4's meaning)."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,6 +22,7 @@ from exchange.pacs.query import StudyQuery
 from exchange.site import Dicom, PacsNode
 
 MAX_CONTEXTS = 128  # presentation contexts in one association (PS3.8: odd IDs 1 to 255)
+STREAMS = 2  # associations sending at once (`exchange import`): as import stations do
 MAX_ANSWERS = 100_000  # C-FIND answers to one question; a PACS that sends more is not believed
 T = TypeVar("T")
 
@@ -129,27 +132,72 @@ def store_group(
     items: list[tuple[T, tuple[str, str]]],
     dataset_of: Callable[[T], Dataset],
     done: Callable[[T, Stored], None],
+    streams: int = STREAMS,
 ) -> None:
-    """C-STORE of each item, with its (SOP class, transfer syntax) in `group`, on one association
-    (PacsError if there is none). `dataset_of(item)` reads it (an error it raises ends the
-    association and goes on); `done(item, stored)` is told each outcome."""
-    ae = own_ae(dicom, node)
-    for sop_class, syntax in group:
-        ae.add_requested_context(sop_class, _offered(syntax))
-    with association(name, node, dicom, ae) as assoc:
-        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
-        for item, (sop_class, syntax) in items:
-            if not _sendable(accepted, sop_class, syntax):
-                stored = Stored(
-                    "failed",
-                    f"not sent: the PACS accepted SOP class {sop_class} in none of the transfer syntaxes offered "
-                    f"({', '.join(_offered(syntax))})",
-                )
-            elif not assoc.is_established:
-                stored = Stored("failed", "not sent: the association ended (aborted or timed out)")
-            else:
-                stored = _store_one(assoc, dataset_of(item))
-            done(item, stored)
+    """C-STORE of each item, with its (SOP class, transfer syntax) in `group`, on up to `streams`
+    associations at once, each taking the next item when its last is answered (PacsError if none
+    is had). `dataset_of(item)` reads it (an error it raises stops every stream and is raised
+    here); `done(item, stored)` is told each outcome. Both are called one at a time."""
+    waiting = deque(items)
+    turn = threading.Lock()  # dataset_of, done and the queue: one stream at a time
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    sent_on: list[bool] = []
+
+    def stream() -> None:
+        try:
+            ae = own_ae(dicom, node)
+            for sop_class, syntax in group:
+                ae.add_requested_context(sop_class, _offered(syntax))
+            with association(name, node, dicom, ae) as assoc:
+                sent_on.append(True)
+                accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+                while not stop.is_set():
+                    with turn:
+                        if not waiting:
+                            return
+                        item, (sop_class, syntax) = waiting.popleft()
+                        dataset = dataset_of(item) if _sendable(accepted, sop_class, syntax) else None
+                    if dataset is None:
+                        stored = Stored(
+                            "failed",
+                            f"not sent: the PACS accepted SOP class {sop_class} in none of the transfer syntaxes "
+                            f"offered ({', '.join(_offered(syntax))})",
+                        )
+                    elif not assoc.is_established:  # left for another stream, or named by the caller
+                        with turn:
+                            waiting.appendleft((item, (sop_class, syntax)))
+                        raise PacsError(f"{describe(name, node)}: the association ended (aborted or timed out)")
+                    else:
+                        stored = _store_one(assoc, dataset)
+                    with turn:
+                        done(item, stored)
+        except BaseException as failure:  # noqa: BLE001 - raised again by the caller's thread below
+            failures.append(failure)
+            if not isinstance(failure, PacsError):
+                stop.set()  # a changed file: nothing more is sent
+
+    # A second association only for more than a few instances: a PACS files each in turn, and
+    # two at once hide its wait for one; the second is taken only if the PACS grants it.
+    threads = [
+        threading.Thread(target=stream, name=f"c-store-{n}") for n in range(max(1, min(streams, len(items) // 8)))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # Ctrl-C and SIGTERM reach this thread: it stops the others
+    except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    stopped = [failure for failure in failures if not isinstance(failure, PacsError)]
+    if stopped:
+        raise stopped[0]
+    if failures and (not sent_on or waiting):
+        raise failures[0]  # no association at all (or none left to send the rest): named by the caller
 
 
 def _sendable(accepted: set[tuple[str, str]], sop_class: str, syntax: str) -> bool:
