@@ -2,7 +2,8 @@
 
 Issues a one-time link for a made-up patient, packs a small synthetic CT study into that
 link account's download folder, and shows what the recipient gets: the e-mail (the link)
-and the SMS (the password) from the host's outbox, and the package over SFTP.
+and the SMS (the password) from the host's outbox, the package over SFTP and on the web page,
+and then the access trail of the patient and the link list with its delivery.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def main() -> int:
         sys.exit(f"the package downloaded from the web page differs from the one staff made ({package})")
     print(f"   logged in at {link[:40]}..., downloaded {unquote(package)}: SHA-256 matches its .sha256")
     print(f"   open the link yourself: {link}  (self-signed test certificate: the browser warns)")
+    print()
+    print("== the access trail: who saw the patient's images (exchange trail patient DEMO0001)")
+    print(run("exchange trail patient DEMO0001"))
+    print(run("exchange link list"))
     return 0
 
 

@@ -181,7 +181,7 @@ def as_table(records: Sequence[AccessRecord], zone: datetime.tzinfo) -> str:
     Plain text, not rich: a year of a busy account is tens of thousands of lines."""
     table = [list(COLUMNS)]
     for row in rows(records, zone):
-        row["time"] = row["time"][:19].replace("T", " ")
+        row["time"] = row["time"].replace("T", " ")  # with its offset: the site's zone, summer or winter
         table.append([untrusted.printable(row[column]) for column in COLUMNS])
     widths = [max(len(line[index]) for line in table) for index in range(len(COLUMNS))]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
