@@ -743,14 +743,14 @@ def policy():
 # -- the view page: a study before download --------------------------------------------------
 
 
-def put_ct(web, account: str, tmp_path: Path, count: int, patient_id: str) -> str:
+def put_ct(web, account: str, tmp_path: Path, count: int, patient_id: str, label: str = "CT view") -> str:
     """Staff pack a synthetic CT series of `count` slices into the account; returns the package's name."""
     ct_study(tmp_path / "ct", count, patient_id=patient_id)
     tar = subprocess.run(["tar", "-C", str(tmp_path / "ct"), "-c", "."], check=True, capture_output=True).stdout
     subprocess.run(
         [*web.host.ssh_args(), "rm -rf /tmp/ct && mkdir /tmp/ct && tar -C /tmp/ct -x"], input=tar, check=True
     )
-    out = web.host.ssh(f"exchange package --to {account} /tmp/ct --label 'CT view'").stdout
+    out = web.host.ssh(f"exchange package --to {account} /tmp/ct --label '{label}'").stdout
     return re.search(r"/download/(\S+\.zip)", out)[1]
 
 
@@ -819,7 +819,9 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
 def test_a_partner_views_its_own_packages_only_and_crafted_urls_open_nothing(web, page, tmp_path):
     alice, bob = web.logins["alice-clinic"], web.logins["bob-hospital"]
     own = put_ct(web, "alice-clinic", tmp_path / "a", 3, "ALICE001")
-    bobs = put_ct(web, "bob-hospital", tmp_path / "b", 3, "BOBONLY1")
+    # Its own label: two packages made in the same second would share a name, and Alice's own
+    # of that name is hers to view.
+    bobs = put_ct(web, "bob-hospital", tmp_path / "b", 3, "BOBONLY1", label="CT bob")
     web.host.ssh(
         "cd /srv/exchange/partners/alice-clinic/download && echo 'no zip' > notes.zip && "
         f"cp /srv/exchange/partners/bob-hospital/download/{bobs} /srv/exchange/partners/bob-hospital/upload/b.zip"
