@@ -37,7 +37,6 @@ from exchange.trail.events import Context, Manifest
 from exchange.trail.logins import NotALogLine, Sessions, parse_login, parse_sftp
 from exchange.trail.record import AccessRecord
 from exchange.trail.store import Trail, TrailWriter
-from exchange.trail.store import manifest as store_manifest
 
 # Read in this order: what a later log says happened after what an earlier one said. The web
 # page announces its port (audit.log) before it logs in (logins.log), so reading audit.log last
@@ -353,12 +352,11 @@ def _manifest(writer: TrailWriter, account: str, name: str) -> Manifest | None:
 
 
 def _manifests(writer: TrailWriter, account: str) -> dict[str, Manifest]:
-    from exchange.trail import index
-
-    found: dict[str, Manifest] = {}
-    for made in (store_manifest(row) for row in index.package_rows(writer._db, account)):  # oldest first
-        found[made.name] = Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
-    return found
+    """The latest package of each name (packages come oldest first)."""
+    return {
+        made.name: Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
+        for made in writer.packages(account)
+    }
 
 
 def _organisations(path: str) -> dict[str, str]:

@@ -426,6 +426,10 @@ class TrailWriter:
         found = index.package_rows(self._db, account, name)
         return manifest(found[-1]) if found else None
 
+    def packages(self, account: str) -> list[PackageManifest]:
+        """Every package made for the account, oldest first."""
+        return [manifest(row) for row in index.package_rows(self._db, account)]
+
     # -- retention --
 
     def _remove_months_before(self, first_kept: str) -> list[str]:
