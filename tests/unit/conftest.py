@@ -1,4 +1,5 @@
-"""Unit tests: the audit socket is a real datagram socket of the test's own."""
+"""Unit tests: the audit socket is a real datagram socket of the test's own; mail and SMS go to real
+servers on loopback (tests/messaging.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exchange import paths
+from tests.messaging import SmsGateway, SmtpServer, make_ca
 
 _MARK = b"\0mark"
 
@@ -69,3 +71,14 @@ def audit_socket(monkeypatch):
         monkeypatch.setattr(paths, "AUDIT_SOCKET", str(receiver.path))
         yield receiver
         receiver.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """(SMTP server with a certificate of its own CA, SMS gateway, that CA), for a module."""
+    ca, cert, key = make_ca(tmp_path_factory.mktemp("ca"))
+    smtp = SmtpServer(cert=cert, key=key).start()
+    sms = SmsGateway().start()
+    yield smtp, sms, ca
+    smtp.stop()
+    sms.stop()

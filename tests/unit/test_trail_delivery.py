@@ -20,23 +20,13 @@ from exchange.trail import delivery
 from exchange.trail.record import AccessRecord
 from exchange.trail.store import Trail
 from roles import REPO
-from tests.messaging import SmsGateway, SmtpServer, free_port, make_ca
+from tests.messaging import free_port
 from tests.sites import relay_site
 
 POLICY = load_policy(REPO / "policies.yaml").policy  # links: 7 days, reminder 2 days before the end
 NOW = datetime.datetime(2026, 12, 4, 12, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
 PATIENT = "1234567"
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    ca, cert, key = make_ca(tmp_path_factory.mktemp("ca"))
-    smtp = SmtpServer(cert=cert, key=key).start()
-    sms = SmsGateway().start()
-    yield smtp, sms, ca
-    smtp.stop()
-    sms.stop()
 
 
 def site_of(servers, smtp_port: int | None = None):

@@ -7,18 +7,8 @@ import pytest
 from exchange.messaging.messages import Email
 from exchange.messaging.transports import DeliveryError, send_email, send_sms
 from exchange.site import parse_site
-from tests.messaging import SmsGateway, SmtpServer, free_port, make_ca
+from tests.messaging import free_port
 from tests.sites import SMS_TOKEN, outbox_site, relay_site
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    ca, cert, key = make_ca(tmp_path_factory.mktemp("ca"))
-    smtp = SmtpServer(cert=cert, key=key).start()
-    sms = SmsGateway().start()
-    yield smtp, sms, ca
-    smtp.stop()
-    sms.stop()
 
 
 def site(servers, **changes):
