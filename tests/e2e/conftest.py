@@ -18,6 +18,7 @@ from exchange import aging, paths
 from exchange.policy import load_policy
 from roles import REPO
 from tests import testhost
+from tests.messaging import SmsGateway, SmtpServer, make_ca
 from tests.pyinfra_run import pyinfra
 
 PARTNERS = ("alice-clinic", "bob-hospital")
@@ -144,3 +145,24 @@ def own_exchange(shared_hosts, tmp_path_factory, request) -> Exchange:
     name = module_host_name(request)
     with deployed_host(name, shared_hosts, tmp_path_factory.mktemp(name)) as deployed:
         yield deployed
+
+
+# Where a test host keeps the CA of the test's own mail relay (it verifies the relay's certificate).
+CA_ON_HOST = f"{paths.CONFIG_DIR}/test-relay-ca.pem"
+
+
+@dataclass
+class Relay:
+    smtp: SmtpServer
+    sms: SmsGateway
+    ca: Path
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    """A real SMTP server (STARTTLS, AUTH, a certificate of its own test CA) and SMS gateway on loopback."""
+    ca, cert, key = make_ca(tmp_path_factory.mktemp("relay"))
+    smtp, sms = SmtpServer(cert=cert, key=key).start(), SmsGateway().start()
+    yield Relay(smtp, sms, ca)
+    smtp.stop()
+    sms.stop()

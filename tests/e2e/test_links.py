@@ -24,8 +24,7 @@ from exchange.messaging.messages import when
 from tests import testhost
 from tests.dicom_synth import clone, ct_study
 from tests.e2e.clients import ISSUED, issued_account, openssh_sftp, paramiko_sftp
-from tests.e2e.conftest import PARTNERS, make_exchange
-from tests.messaging import SmsGateway, SmtpServer, make_ca
+from tests.e2e.conftest import CA_ON_HOST, PARTNERS, make_exchange
 from tests.pyinfra_run import REPO
 from tests.sites import relay_site
 
@@ -33,26 +32,8 @@ pytestmark = pytest.mark.e2e
 
 J2K = Path(get_testdata_file("JPEG2000.dcm", download=False))
 
-CA_ON_HOST = f"{paths.CONFIG_DIR}/test-relay-ca.pem"
 LINK_URL = re.compile(r"https://exchange\.test\.example/l/([A-Za-z0-9_-]{43})\b")
 PASSWORD = re.compile(r"\b([A-Za-z2-9]{4}(?:-[A-Za-z2-9]{4}){3,})\b")
-
-
-@dataclass
-class Relay:
-    smtp: SmtpServer
-    sms: SmsGateway
-    ca: Path
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("relay")
-    ca, cert, key = make_ca(directory)
-    smtp, sms = SmtpServer(cert=cert, key=key).start(), SmsGateway().start()
-    yield Relay(smtp, sms, ca)
-    smtp.stop()
-    sms.stop()
 
 
 @pytest.fixture(scope="module")

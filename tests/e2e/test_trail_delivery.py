@@ -17,23 +17,13 @@ from exchange import paths
 from tests import testhost
 from tests.dicom_synth import ct_study
 from tests.e2e.clients import paramiko_sftp
-from tests.e2e.conftest import make_exchange
-from tests.e2e.test_links import CA_ON_HOST, Relay, audit_events, issue, run
-from tests.messaging import SmsGateway, SmtpServer, make_ca
+from tests.e2e.conftest import CA_ON_HOST, make_exchange
+from tests.e2e.test_links import audit_events, issue, run
 from tests.sites import relay_site
 
 pytestmark = pytest.mark.e2e
 
 STAFF = "desk@hospital.example"  # the test site's staff mailbox (staff_language en)
-
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory):
-    ca, cert, key = make_ca(tmp_path_factory.mktemp("relay"))
-    smtp, sms = SmtpServer(cert=cert, key=key).start(), SmsGateway().start()
-    yield Relay(smtp, sms, ca)
-    smtp.stop()
-    sms.stop()
 
 
 @pytest.fixture(scope="module")
