@@ -36,7 +36,7 @@ from exchange.trail import events
 from exchange.trail.events import Context, Manifest
 from exchange.trail.logins import NotALogLine, Sessions, parse_login, parse_sftp
 from exchange.trail.record import AccessRecord
-from exchange.trail.store import Trail, TrailWriter
+from exchange.trail.store import PackageManifest, Trail, TrailWriter
 
 # Read in this order: what a later log says happened after what an earlier one said. The web
 # page announces its port (audit.log) before it logs in (logins.log), so reading audit.log last
@@ -346,17 +346,17 @@ def _believed_uids(policy: Policy) -> dict[str, int | None]:
 
 def _manifest(writer: TrailWriter, account: str, name: str) -> Manifest | None:
     made = writer.package(account, name)
-    if made is None:
-        return None
-    return Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
+    return None if made is None else _as_manifest(made)
 
 
 def _manifests(writer: TrailWriter, account: str) -> dict[str, Manifest]:
     """The latest package of each name (packages come oldest first)."""
-    return {
-        made.name: Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
-        for made in writer.packages(account)
-    }
+    return {made.name: _as_manifest(made) for made in writer.packages(account)}
+
+
+def _as_manifest(made: PackageManifest) -> Manifest:
+    """The store's package as the events map downloads by it."""
+    return Manifest(tuple(made.patient_ids), tuple(made.study_uids), made.sha256, made.size)
 
 
 def _organisations(path: str) -> dict[str, str]:
