@@ -195,6 +195,28 @@ def test_a_deflated_file_is_read_to_its_header_and_one_that_expands_beyond_it_is
     assert len(series["pictures"]) == 1 and series["problems"] == {}
 
 
+def test_a_deflated_file_larger_than_a_header_read_is_counted_to_its_end_and_a_cut_one_named(tmp_path):
+    """A deflated image of 12 MB inflated: its header's read stops at 8 MB, so its pixel data's
+    length is checked against the whole stream counted (nothing kept); cut short, it is named."""
+    source = dcmread(CT_SMALL)
+    source.Rows, source.Columns, source.BitsAllocated, source.BitsStored, source.HighBit = 2048, 3072, 16, 12, 11
+    source.PixelData = os.urandom(1 << 14) * (12 << 6)  # 12 MB that deflate small: its 16 KB piece repeats
+    source.save_as(tmp_path / "plain.dcm")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = deflated(tmp_path / "plain.dcm", tmp_path / "in" / "big.dcm")
+    cut = tmp_path / "cut" / "big.dcm"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 3 // 4])
+    with peak_memory() as peak:
+        reports = [inspect_media(tmp_path / "in"), inspect_media(tmp_path / "cut")]
+    assert peak[0] < 40 << 20
+    assert reports[0].problems == [] and len(reports[0].instances) == 1
+    (problem,) = reports[1].problems
+    assert problem.startswith("big.dcm: truncated: pixel data needs ") and not reports[1].instances
+    with pytest.raises(PackageError, match="big.dcm: truncated: pixel data needs"):
+        package(tmp_path, tmp_path / "cut")
+
+
 def test_a_received_dicomdir_that_expands_beyond_its_bound_is_refused_unread(tmp_path):
     directory = Dataset()
     directory.file_meta = FileMetaDataset()

@@ -5,8 +5,8 @@ rights of whoever named them) and received media among it: a zip file (with or w
 DICOMDIR), within the caps that keep a zip bomb out. Every candidate is read up to its pixel data
 (`stop_before_pixels`, `specific_tags`; a deflated dataset no further, exchange.dicom.reading),
 then the pixel data element's own length is checked against the file's size, so a truncated
-file is caught without reading its images (a deflated one's, when the header's bound holds
-all of it). What is not DICOM is listed; what is broken is named with the reason. The values
+file is caught without reading its images (a deflated one's inflated size counted, nothing
+kept, up to what a preview would inflate). What is not DICOM is listed; what is broken is named with the reason. The values
 kept are cut to what any valid one may hold (untrusted.TEXT_LIMIT): thousands stay small.
 """
 
@@ -255,10 +255,13 @@ def read_header(source: Source) -> Instance | str:
             if not isinstance(syntax, UID):  # e.g. two values (a backslash in it)
                 return f"broken: the transfer syntax is no single UID ({syntax!r})"
             # Zip members seek too (a deflated one by decompressing forward, in bounded memory). A
-            # deflated dataset inflated only as far as its header's bound: its previews check the rest.
+            # deflated dataset the header's read inflated only in part is counted to its end (the
+            # pixel data must fit in it), unless it goes beyond what a preview inflates at all.
             size = source.size if read.inflated is None else read.inflated
+            if read.cut:
+                size = reading.inflated_size(handle, read)
             encoding = (syntax.is_implicit_VR, syntax.is_little_endian)
-            problem = None if read.cut else _pixel_data_complete(read.data, size, *encoding)
+            problem = None if size is None else _pixel_data_complete(read.data, size, *encoding)
             if problem:
                 return f"broken: {problem}"
             return Instance(source, compact(header), str(syntax), syntax.is_compressed)

@@ -42,6 +42,7 @@ class Read:
     encoding: UID | None  # how `data` is encoded: the file's transfer syntax, Explicit VR Little Endian once inflated
     inflated: int | None = None  # the bytes `data` holds when it is the dataset inflated (None: the file itself)
     cut: bool = False  # inflated only as far as the bound, past the pixel data: the rest is not in `data`
+    stream_start: int | None = None  # where the file's deflated dataset starts (None: not deflated)
 
 
 def header(handle: BinaryIO, specific_tags: list | None = None, most: int = HEADER_BYTES) -> Read:
@@ -87,7 +88,25 @@ def _read(handle: BinaryIO, most: int, specific_tags: list | None, stop_before_p
     if cut and not stopped:
         raise TooLarge(f"{beyond} before its pixel data")
     found = FileDataset(data, dataset, preamble, meta, is_implicit_VR=False, is_little_endian=True)
-    return Read(found, data, ExplicitVRLittleEndian, len(data.getbuffer()), cut)
+    return Read(found, data, ExplicitVRLittleEndian, len(data.getbuffer()), cut, begin)
+
+
+def inflated_size(handle: BinaryIO, read: Read) -> int | None:
+    """How many bytes a header read's deflated dataset inflates to in all, counted without
+    keeping them (a stream the file cuts short counts what it holds); None if it goes on beyond
+    what a whole read may inflate (WHOLE_BYTES, MAX_RATIO times the file)."""
+    if read.stream_start is None:
+        raise ValueError("not a deflated dataset")
+    size = handle.seek(0, io.SEEK_END) - read.stream_start
+    handle.seek(read.stream_start)
+    most, total = min(WHOLE_BYTES, size * MAX_RATIO), 0
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    while not inflater.eof and total <= most:
+        chunk = inflater.unconsumed_tail or handle.read(_CHUNK)
+        if not chunk:
+            break
+        total += len(inflater.decompress(chunk, _CHUNK * 16))  # in pieces: a bomb's output is never held
+    return None if total > most else total
 
 
 def _inflate(handle: BinaryIO, most: int) -> tuple[io.BytesIO, bool]:
