@@ -10,14 +10,17 @@ session cookie of a real login: each web session is the user's own SFTP session)
 rounds (which side goes first alternates), medians of the ratios taken round by round:
 
   first image   a patient on the files page clicks View: a new login (not timed), the files page
-                (timed, both sides), then the view page `/files/view/download/NAME` (the session's
-                first view: the zip's central directory is read) and the picture its first <img>
-                names (the series' middle picture); against, in a session of its own after the
-                same files page, the download of that same JPEG as a plain file
-                (`/files/download/NAME.jpg`). Printed beside: against the files page plus the
-                plain JPEG (a page and a picture on both sides; not the target).
+                (timed, both sides; it starts reading the newest packages' directories in the
+                background), then the view page `/files/view/download/NAME` (the session's first
+                view) and its first picture (the series' middle one: carried in the page as a
+                data: URL, so no time of its own; a URL would be asked for and timed); against, in
+                a session of its own after the same files page, the download of that same JPEG
+                as a plain file (`/files/download/NAME.jpg`). Printed beside, not the target:
+                against the files page plus the plain JPEG (a page and a picture on both sides),
+                and the view page opened directly in a session of its own, no files page before
+                it (a bookmark: the page reads the zip's directory itself).
   series page   in the same session: the series' page `?series=1` (the directory kept) and its
-                first picture, against the plain download of that picture.
+                first picture (in the page too), against the plain download of that picture.
   per image     in one session, after the series' page: pictures 1..`--plain` one at a time, in
                 order, and the plain JPEGs of the same pictures one at a time.
   floor         in the same rounds, as many GETs of /brand/accent.css: what any request through
@@ -53,6 +56,7 @@ status 1 if a target is missed.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -230,7 +234,18 @@ def plain_url(name: str) -> str:
     return f"/files/download/{quote(name)}"
 
 
-FIRST_IMG = re.compile(r'<img src="(/files/picture/[^"]+)"')
+FIRST_IMG = re.compile(r'<img src="([^"]+)"')
+INLINE = "data:image/jpeg;base64,"
+
+
+def first_picture(portal: Portal, web: httpx.Client, page: httpx.Response) -> tuple[float, bytes]:
+    """The page's first picture: carried in the page itself (a data: URL, no time of its own) or
+    asked for by its URL; seconds and its bytes."""
+    source = FIRST_IMG.search(page.text)[1]
+    if source.startswith(INLINE):
+        return 0.0, base64.b64decode(source.removeprefix(INLINE), validate=True)
+    seconds, response = portal.get(web, source.replace("&amp;", "&"), "image/jpeg")
+    return seconds, response.content
 
 
 def check_bytes(portal: Portal, package: dict) -> None:
@@ -238,11 +253,11 @@ def check_bytes(portal: Portal, package: dict) -> None:
     overview's first picture is the one the plain copy was made of."""
     web = portal.login()
     try:
-        _, page = portal.get(web, view_url(package["name"]), "text/html")
-        first = FIRST_IMG.search(page.text)
-        if first is None or first[1] != picture_url(package["name"], package["middle"]):
-            raise SystemExit(f"the overview's first picture is {first and first[1]}, not the middle one")
-        portal.get(web, view_url(package["name"], 1), "text/html")
+        middle, first = package["plain"][package["middle"]], package["plain"][1]
+        for url, plain in ((view_url(package["name"]), middle), (view_url(package["name"], 1), first)):
+            _, page = portal.get(web, url, "text/html")
+            if first_picture(portal, web, page)[1] != portal.get(web, plain_url(plain), "image/jpeg")[1].content:
+                raise SystemExit(f"the first picture of {url} is not {plain}")
         for index, name in package["plain"].items():
             picture = portal.get(web, picture_url(package["name"], index), "image/jpeg")[1].content
             if picture != portal.get(web, plain_url(name), "image/jpeg")[1].content:
@@ -256,15 +271,19 @@ def first_image(portal: Portal, package: dict, view_first: bool) -> dict[str, fl
     the same JPEGs as plain files; each logs in (not timed) and opens the files page first."""
     name, plain = package["name"], package["plain"]
     times = {}
-    for which in ("view", "plain") if view_first else ("plain", "view"):
+    for which in ("view", "plain", "direct") if view_first else ("plain", "view", "direct"):
         web = portal.login()
         try:
+            if which == "direct":  # no files page before: the view page reads the directory itself
+                times["direct view page"], page = portal.get(web, view_url(name), "text/html")
+                times["direct view picture"], _ = first_picture(portal, web, page)
+                continue
             times[f"files page ({which})"], _ = portal.get(web, "/files", "text/html")
             if which == "view":
                 times["view page"], page = portal.get(web, view_url(name), "text/html")
-                times["view picture"], _ = portal.get(web, FIRST_IMG.search(page.text)[1], "image/jpeg")
-                times["series page"], _ = portal.get(web, view_url(name, 1), "text/html")
-                times["series picture 1"], _ = portal.get(web, picture_url(name, 1), "image/jpeg")
+                times["view picture"], _ = first_picture(portal, web, page)
+                times["series page"], page = portal.get(web, view_url(name, 1), "text/html")
+                times["series picture 1"], _ = first_picture(portal, web, page)
             else:
                 times["plain middle"], _ = portal.get(web, plain_url(plain[package["middle"]]), "image/jpeg")
                 times["plain 1"], _ = portal.get(web, plain_url(plain[1]), "image/jpeg")
@@ -320,9 +339,12 @@ def memory(portal: Portal, package: dict, sessions: int) -> list[dict[str, int]]
 
 BROWSER_SHOWN = """selector => {
   const image = document.querySelector(selector);
-  const entry = performance.getEntriesByName(image.src)[0];
+  const page = performance.getEntriesByType("navigation")[0].responseEnd;
+  // A picture carried in the page (a data: URL) is in with the page's HTML: no request of its own.
+  const entry = image.src.startsWith("data:") ? {responseEnd: page, startTime: page, requestStart: page}
+                                              : performance.getEntriesByName(image.src)[0];
   return {loaded: image.complete && image.naturalWidth > 0, end: entry.responseEnd, asked: entry.startTime,
-          request: entry.responseEnd - entry.requestStart, page: performance.getEntriesByType("navigation")[0].responseEnd};
+          request: entry.responseEnd - entry.requestStart, page: page};
 }"""
 BROWSER_PLAIN = """url => new Promise((done, failed) => {
   const start = performance.now();
@@ -486,6 +508,11 @@ def report(results: dict, args: argparse.Namespace) -> int:
         print(
             f"    first image   view page {ms(m['view page'])} + its picture {ms(m['view picture'])}, together "
             f"{ms(median(view))}; plain JPEG {ms(m['plain middle'])}: {verdict(per_round(view, first['plain middle']))}"
+        )
+        direct = [a + b for a, b in zip(first["direct view page"], first["direct view picture"], strict=True)]
+        print(
+            f"                  opened directly, no files page before (its directory read in the request): "
+            f"{ms(median(direct))}, {per_round(direct, first['plain middle']):.2f}x (not the target)"
         )
         print(
             f"                  files page first (view side {ms(m['files page (view)'])}, plain side "

@@ -85,7 +85,7 @@ FETCH = """
 import http.client, json, ssl, sys
 context = ssl._create_unverified_context()  # the audit checks headers; the certificate is the site's
 connection = http.client.HTTPSConnection(sys.argv[1], int(sys.argv[2]), context=context, timeout=20)
-connection.request("GET", "/login")
+connection.request("GET", "/login", headers={"Accept-Encoding": "gzip, deflate, br"})  # as browsers ask
 response = connection.getresponse()
 print(json.dumps({"status": response.status, "headers": [[k.lower(), v] for k, v in response.getheaders()]}))
 """
@@ -101,7 +101,7 @@ def test_security_headers_and_cookies(host, https_address, control):
     cookies = headers.get("set-cookie", [])
     control.verify(
         {"status": 200, "hsts": True, "csp": True, "frame": "DENY", "referrer": "no-referrer", "cache": "no-store",
-         "cookies secure, httponly, samesite=strict": True, "server version hidden": True},
+         "cookies secure, httponly, samesite=strict": True, "server version hidden": True, "compressed": None},
         {"status": fetched["status"],
          "hsts": hsts_max_age(headers.get("strict-transport-security", [""])[0]) >= HSTS_MIN_SECONDS,
          "csp": "default-src 'none'" in headers.get("content-security-policy", [""])[0],
@@ -109,7 +109,9 @@ def test_security_headers_and_cookies(host, https_address, control):
          "cache": headers.get("cache-control", [None])[0],
          "cookies secure, httponly, samesite=strict": bool(cookies) and all(
              "Secure" in c and "HttpOnly" in c and "SameSite=strict" in c for c in cookies),
-         "server version hidden": "/" not in headers.get("server", [""])[0]},
+         "server version hidden": "/" not in headers.get("server", [""])[0],
+         # BREACH: a compressed page's length gives its CSRF token (or a link's) away by guesses.
+         "compressed": headers.get("content-encoding", [None])[0]},
     )  # fmt: skip
 
 

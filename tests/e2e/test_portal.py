@@ -620,6 +620,10 @@ def test_headers_cookies_and_tls(web):
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
         assert headers["referrer-policy"] == "no-referrer" and headers["cache-control"] == "no-store"
         assert "nginx/" not in headers.get("server", "")
+        # No compression (BREACH): a page's length would tell an eavesdropper its CSRF token,
+        # or a link page's token, a guess at a time, since pages show the path asked for.
+        assert response.request.headers["accept-encoding"].startswith("gzip") and len(response.text) > 1400
+        assert "content-encoding" not in headers
         cookie = response.headers["set-cookie"]
         assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=strict"))
         # The logo the deploy installed, through nginx: the admin's file, byte for byte, nothing in it to run.
@@ -784,6 +788,8 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
     assert "Not for diagnosis" in page.inner_text("main")
     thumbs = page.evaluate("() => [...document.querySelectorAll('ul.series img')].map(i => i.naturalWidth)")
     assert len(thumbs) == 1 and thumbs[0] > 0, thumbs
+    # The picture seen first comes in the page itself, and the page's CSP lets it show.
+    assert page.get_attribute("ul.series img", "src").startswith("data:image/jpeg;base64,")
     assert "VIEW0001" in page.inner_text("main")
     shot(page, "view-01-link-overview")
     page.click("ul.series a")
@@ -791,6 +797,7 @@ def test_a_link_recipient_views_the_study_on_a_phone_before_download(web, phone,
     page.wait_for_function("() => document.querySelector('.stack-image')?.naturalWidth > 0")
     seen = stack_seen(page)
     assert seen["on"] and seen["figures"] == 24 and seen["current"] == "1" and seen["loaded"], seen
+    assert seen["src"].startswith("data:image/jpeg;base64,"), seen["src"][:40]
     assert seen["scrollWidth"] <= seen["innerWidth"] == 390, seen
     page.focus(".stack-view")
     for _ in range(3):

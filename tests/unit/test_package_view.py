@@ -5,8 +5,10 @@ test folder (the e2e tests do the same through the test host's sshd and its chro
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -573,6 +575,17 @@ def _routes(tmp_path: Path, made, asks: list[str]) -> list:
     return _portal(tmp_path, _account(tmp_path, made), work)
 
 
+def _first_img(page: bytes) -> str:
+    return re.search(rb'<img src="([^"]+)"', page)[1].decode()
+
+
+def _routes_picture(made, series: int, index: int) -> bytes:
+    """The package's picture as STACKS.JSON lists it, read straight from the zip."""
+    with zipfile.ZipFile(made.path) as archive:
+        listed = json.loads(archive.read(pdi.STACKS))["series"][series - 1]["pictures"]
+        return archive.read(listed[index - 1]["name"])
+
+
 def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(made, tmp_path, audit_socket):
     answers = _routes(tmp_path, made, [
         "/files/view/download/study.zip",
@@ -589,8 +602,12 @@ def test_the_view_routes_show_a_package_a_folder_and_refuse_what_is_not_there(ma
     codes = [answer.status_code for answer in answers]
     assert codes == [200, 200, 200, 200, 200, 200, 404, 404, 404, 404]
     overview, stack, picture, letter, folder, rendered = (answer.body for answer in answers[:6])
-    assert b"/files/picture/download/1/15/study.zip" in overview and b'class="stack"' not in overview
+    # The picture a patient sees first comes in the page itself: the overview's middle one, a series' first.
+    assert _first_img(overview) == "data:image/jpeg;base64," + base64.b64encode(_routes_picture(made, 1, 15)).decode()
+    assert b"/files/picture/download/1/15/study.zip" not in overview and b'class="stack"' not in overview
     assert stack.count(b"<figure>") == 30 and b"/static/viewer/stack.js" in stack
+    assert _first_img(stack) == "data:image/jpeg;base64," + base64.b64encode(_routes_picture(made, 1, 1)).decode()
+    assert b"/files/picture/download/1/1/study.zip" not in stack and b"/files/picture/download/1/2/study.zip" in stack
     assert picture.startswith(b"\xff\xd8\xff") and answers[2].media_type == "image/jpeg"
     assert b"This file cannot be shown here: it is not a zip file" in letter and b"/files/download/letter.zip" in letter
     assert b"/files/picture/upload/1/1/scans" in folder and b"/files/download/" not in folder
@@ -854,3 +871,48 @@ def test_a_folder_refused_midway_has_its_listing_closed_at_once(tmp_path, monkey
         return list(closed)
 
     assert over_sftp(tmp_path / "share", work) == ["/scans"]
+
+
+def test_the_files_page_reads_the_newest_packages_ahead_and_their_view_page_uses_it(
+    made, tmp_path, monkeypatch, audit_socket
+):
+    """What a patient opens after the files page is a package's View: the files page starts
+    reading the newest packages' directories (two, newest first; a damaged one skipped), once
+    at a time per session; the view page then reads nothing again, and only it is recorded."""
+    from exchange.portal import files
+
+    account = _account(tmp_path, made)
+    for age, name in enumerate(["letter.zip", "c.zip", "b.zip", "a.zip", "study.zip"]):
+        path = account / "download" / name
+        if not path.exists():
+            path.write_bytes(made.path.read_bytes())
+        os.utime(path, (time.time() - 60 * (age + 1),) * 2)
+    reads = []
+    real = package_view.open_package
+
+    async def watched(sftp, path, name):
+        reads.append(name)
+        return await real(sftp, path, name)
+
+    monkeypatch.setattr(package_view, "open_package", watched)
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        listed = await files.listing(session.ssh.sftp, "/download")
+        viewing.read_ahead(session, listed)
+        task = viewing.reading_ahead[session.id]
+        viewing.read_ahead(session, listed)  # while one runs, no second
+        await task
+        ahead, kept, before_page = list(reads), list(session.views), audit_socket.records()
+        page = await _ask(viewing, session, "/files/view/download/c.zip")
+        viewing.read_ahead(session, listed)  # what it holds is not read again
+        return ahead, kept, before_page, page, list(reads), session.id in viewing.reading_ahead
+
+    ahead, kept, before_page, page, after, again = _portal(tmp_path, account, work)
+    assert ahead == ["letter.zip", "c.zip"], ahead
+    assert kept == [("download", "c.zip")], kept
+    assert not [r for r in before_page if r["event"].startswith("portal-view")]
+    assert page.status_code == 200 and b"data:image/jpeg;base64," in page.body
+    assert after == ahead and not again
+    views = [(r["file"], r["by"]) for r in audit_socket.records() if r["event"] == "portal-view"]
+    assert views == [("c.zip", "page")]

@@ -534,7 +534,7 @@ def view_context(why: str | None = None, series: bool = False) -> dict:
     view = None if why else PackageView("a.zip", 1, 1, [stack], {})
     chosen = stack if series and not why else None
     return {"session": None, "name": "a.zip", "quote": quote, "folder": "download", "view": view, "series": chosen,
-            "why": why, "package": view is not None}  # fmt: skip
+            "why": why, "package": view is not None, "inline": {}}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -1033,3 +1033,17 @@ def test_an_account_takes_a_bounded_number_of_turns_at_once_over_its_sessions_an
     assert asyncio.run(main()) == 0  # nothing kept of an account that waits for nothing
     assert order.index("first ends") < order.index("second starts")
     assert order.index("other starts") < order.index("first ends")  # another account is not held back
+
+
+def test_a_series_stack_is_made_of_escaped_figures_the_first_one_given():
+    from exchange.portal.pages import stack_figures
+    from exchange.portal.study_view import Picture
+
+    pictures = [Picture("a", 512, 400), Picture("b", 0, 0)]
+    made = str(stack_figures(pictures, '/p/"1/', "/x<y>.zip", "data:image/jpeg;base64,AB+/", "Pic & <b>", 'of"'))
+    assert made == (
+        '<figure><img src="data:image/jpeg;base64,AB+/" width="512" height="400" fetchpriority="high" '
+        'alt="Pic &amp; &lt;b&gt; 1 of&#34; 2"><figcaption>1 / 2</figcaption></figure>\n'
+        '<figure><img src="/p/&#34;1/2/x&lt;y&gt;.zip" loading="lazy" alt="Pic &amp; &lt;b&gt; 2 of&#34; 2">'
+        "<figcaption>2 / 2</figcaption></figure>\n"
+    )

@@ -25,6 +25,7 @@ from exchange import templates as package_templates
 from exchange.layout import Layout
 from exchange.links import LinkStore
 from exchange.policy import Policy, load_policy
+from exchange.portal import transfer
 from exchange.portal.config import PortalConfig, load_portal_config
 from exchange.portal.headers import SecurityHeaders
 from exchange.portal.login import Logins, reap
@@ -61,9 +62,9 @@ class Portal:
             self.target,
             Layout(policy),
         )
-        self.transfers = Transfers(self.pages, self.sessions, policy)
-        folders = {which: self.transfers.folder(which) for which in ("download", "upload")}
+        folders = {which: transfer.folder(policy, which) for which in ("download", "upload")}
         self.viewing = Viewing(self.pages, self.sessions, folders, policy.accounts.max_folder_depth)
+        self.transfers = Transfers(self.pages, self.sessions, policy, listed=self.viewing.read_ahead)
 
     def check(self) -> None:
         """Every page template compiles and every host key is there (`exchange portal check`)."""

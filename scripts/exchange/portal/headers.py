@@ -4,8 +4,9 @@ site's logo and colour."""
 
 from __future__ import annotations
 
+# data: images: a view page carries its first picture (exchange.portal.viewing); an image runs nothing.
 PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 # The logo and the colour's style sheet are no documents: opened on their own, nothing in them may run.

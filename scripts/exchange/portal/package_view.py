@@ -16,19 +16,24 @@ are, nothing else of the directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import struct
 import zipfile
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import asyncssh
 
 from exchange import untrusted
 from exchange.dicom import pdi
 from exchange.portal.study_view import TEXTS, NotViewable, Picture, SeriesStack, parsed
+
+if TYPE_CHECKING:
+    from exchange.portal.files import Listed
 
 # The central directory: about 300,000 entries of a package's names (550,000 of the shortest); a
 # package's DICOM files are most of them, a few thousand for a study.
@@ -82,7 +87,7 @@ class PackageView:
         pictures = self.series[series - 1].pictures
         return self.entries.get(pictures[index - 1].name) if 1 <= index <= len(pictures) else None
 
-    def same_file(self, attrs: asyncssh.SFTPAttrs) -> bool:
+    def same_file(self, attrs: asyncssh.SFTPAttrs | Listed) -> bool:  # a stat, or the files page's listing
         return (attrs.size, attrs.mtime) == (self.size, self.mtime)
 
 
@@ -197,9 +202,31 @@ async def read_entry(handle: asyncssh.SFTPClientFile | _Tail, info: Entry, most:
     return content
 
 
+_closing: set[asyncio.Task] = set()
+
+
+@contextlib.asynccontextmanager
+async def _opened(sftp: asyncssh.SFTPClient, path: str) -> AsyncIterator[asyncssh.SFTPClientFile]:
+    """The file open for reading, closed afterwards without waiting for the server's answer (a
+    session's requests are answered in order, so the close comes before anything asked after it):
+    a round trip less for every page and picture."""
+    handle = await sftp.open(path, "rb")
+    try:
+        yield handle
+    finally:
+        task = asyncio.create_task(_close(handle))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+async def _close(handle: asyncssh.SFTPClientFile) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):  # a broken session closes its files itself
+        await handle.close()
+
+
 async def open_package(sftp: asyncssh.SFTPClient, path: str, name: str) -> PackageView:
     """The package's view, or NotViewable. OSError and asyncssh.Error: the session broke."""
-    async with sftp.open(path, "rb") as handle:
+    async with _opened(sftp, path) as handle:
         attrs = await handle.stat()
         tail = await _Tail.read_end(handle, attrs.size or 0)
         reader = _RemoteReader(tail, attrs.size or 0, asyncio.get_running_loop())
@@ -293,10 +320,17 @@ JPEG_START = b"\xff\xd8\xff"
 async def read_picture(sftp: asyncssh.SFTPClient, path: str, view: PackageView, info: Entry) -> bytes | None:
     """The picture's JPEG; None if the file under this name is no longer the one `view` was made
     of (a new package of the same name: the caller reads its directory again)."""
-    async with sftp.open(path, "rb") as handle:
-        if not view.same_file(await handle.stat()):
-            return None
-        data = await read_entry(handle, info, MAX_PICTURE_BYTES)
+    async with _opened(sftp, path) as handle:
+        # Asked together, a round trip: what was read counts only if the file is the view's.
+        attrs, data = await asyncio.gather(
+            handle.stat(), read_entry(handle, info, MAX_PICTURE_BYTES), return_exceptions=True
+        )
+    if isinstance(attrs, BaseException):
+        raise attrs
+    if not view.same_file(attrs):
+        return None
+    if isinstance(data, BaseException):
+        raise data
     if not data.startswith(JPEG_START):
         raise NotViewable(f"{info.filename} is no JPEG picture")
     return data

@@ -5,6 +5,7 @@ happened, and help."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -36,6 +37,7 @@ class Pages:
         )
         self.env.filters["size"] = human_size
         self.env.filters["breakable"] = breakable
+        self.env.filters["stack_figures"] = stack_figures
         self.env.filters["person"], self.env.filters["dicom_date"] = person, dicom_date  # as the package's pages
         # The messages' own wording, in the site's time zone (not the server's clock zone).
         self.env.filters["when"] = lambda value, lang: when(value, lang, config.site.zone)
@@ -126,3 +128,22 @@ def human_size(size: int, lang: str = "en") -> str:
             return text.replace(".", ",") if lang == "nl" else text
         size /= 1000
     return str(size)
+
+
+def stack_figures(
+    pictures: Sequence, url_start: str, url_end: str, first: str, word: str, of: str
+) -> markupsafe.Markup:
+    """A series' stack on the view page (view.htm.j2): a figure a picture, its URL `url_start`,
+    its number, `url_end` (the first's `first`, which may be the picture itself), "`word` 3
+    `of` 200" as its text. What all share is escaped once; each figure is one format."""
+    start, end, word, of = (markupsafe.escape(text) for text in (url_start, url_end, word, of))
+    count, made = len(pictures), []
+    for index, picture in enumerate(pictures, start=1):
+        source = markupsafe.escape(first) if index == 1 else f"{start}{index}{end}"
+        size = f' width="{int(picture.width)}" height="{int(picture.height)}"' if picture.width else ""
+        loading = ' fetchpriority="high"' if index == 1 else ' loading="lazy"'
+        made.append(
+            f'<figure><img src="{source}"{size}{loading} alt="{word} {index} {of} {count}">'
+            f"<figcaption>{index} / {count}</figcaption></figure>\n"
+        )
+    return markupsafe.Markup("".join(made))

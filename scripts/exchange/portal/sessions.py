@@ -36,6 +36,7 @@ class WebSession:
     views: dict[tuple[str, str], PackageView | FolderView] = field(default_factory=dict)
     picture_reads: asyncio.Semaphore | None = None  # made on the event loop (exchange.portal.viewing)
     study_read: asyncio.Lock = field(default_factory=asyncio.Lock)  # one study's reading at a time
+    read_ahead: set[tuple[str, int, int]] = field(default_factory=set)  # the files page's last: name, size, mtime
 
     @contextlib.contextmanager
     def transfer(self) -> Iterator[None]:

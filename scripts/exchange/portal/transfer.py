@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mimetypes
 import weakref
+from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -18,18 +19,27 @@ from exchange.policy import Policy
 from exchange.portal import files, multipart
 from exchange.portal.browser import client_ip, csrf_ok, session_of
 from exchange.portal.pages import Pages
-from exchange.portal.sessions import SessionStore, TooManyTransfers
+from exchange.portal.sessions import SessionStore, TooManyTransfers, WebSession
 
 DRAIN_MAX_BYTES = 64 << 20  # a refused upload's body read on for a clean answer; a bigger one is cut off
 
 
+def folder(policy: Policy, which: str) -> str:
+    """The chroot's path of the account's download or upload folder."""
+    accounts = policy.accounts
+    return "/" + (accounts.download_folder if which == "download" else accounts.upload_folder)
+
+
 class Transfers:
-    def __init__(self, pages: Pages, sessions: SessionStore, policy: Policy) -> None:
-        self.pages, self.sessions, self.policy = pages, sessions, policy
+    def __init__(
+        self, pages: Pages, sessions: SessionStore, policy: Policy,
+        listed: Callable[[WebSession, list[files.Listed]], None] = lambda session, downloads: None,
+    ) -> None:  # fmt: skip
+        # listed: told the download folder a files page shows (exchange.portal.viewing reads ahead)
+        self.pages, self.sessions, self.policy, self.listed = pages, sessions, policy, listed
 
     def folder(self, which: str) -> str:
-        accounts = self.policy.accounts
-        return "/" + (accounts.download_folder if which == "download" else accounts.upload_folder)
+        return folder(self.policy, which)
 
     async def folders(self, request: Request) -> Response:
         session = session_of(request, self.sessions)
@@ -41,6 +51,7 @@ class Transfers:
         except (OSError, asyncssh.Error):  # the SSH session broke (account removed, sshd restarted)
             self.sessions.close(session.id)
             return self.pages.message(request, status=401, error="session_ended")
+        self.listed(session, downloads)
         notices = request.query_params.getlist("uploaded")
         error = request.query_params.get("error")  # set by our own redirects; anything else is ignored
         return self.pages.page(

@@ -23,6 +23,7 @@ pictures of a folder at a time (the render workers, exchange.portal.rendering).
 from __future__ import annotations
 
 import asyncio
+import base64
 from urllib.parse import quote
 
 import asyncssh
@@ -37,14 +38,20 @@ from exchange.portal.package_view import PackageView
 from exchange.portal.pages import Pages
 from exchange.portal.rendering import Renderer
 from exchange.portal.sessions import AccountTurns, SessionStore, WebSession
-from exchange.portal.study_view import NotViewable
+from exchange.portal.study_view import NotViewable, SeriesStack
 
 VIEWS_PER_SESSION = 2  # studies' directories kept per session: the one open, and the one before
+# The files page reads the directories of the download folder's newest packages in the background
+# (what a patient opens next is its View): the view page then shows at once (bench/portal_view.py).
+READ_AHEAD = VIEWS_PER_SESSION
 PICTURE_READS_PER_SESSION = 4  # a page asks for its pictures all at once: they wait their turn, not the others
 # Fewer than there are parsing threads (study_view.PARSING_THREADS) and render workers
 # (rendering.RENDER_WORKERS): one account never holds them all.
 STUDY_READS_PER_ACCOUNT = 1
 RENDERS_PER_ACCOUNT = 1
+# A package's page carries the picture a patient sees first in itself (a data: URL): it shows with
+# the page, not after a second request (bench/portal_view.py). A 512 px preview is about 30 KB.
+INLINE_MOST = 256 << 10
 
 View = PackageView | FolderView
 
@@ -61,6 +68,34 @@ class Viewing:
         self.pages, self.sessions, self.folders, self.max_depth = pages, sessions, folders, max_depth
         self.renderer = Renderer()
         self.study_reads, self.renders = AccountTurns(STUDY_READS_PER_ACCOUNT), AccountTurns(RENDERS_PER_ACCOUNT)
+        self.reading_ahead: dict[str, asyncio.Task] = {}  # by session id: one at a time
+
+    def read_ahead(self, session: WebSession, downloads: list[files.Listed]) -> None:
+        """After the files page: the newest packages of the download folder (as listed, newest
+        first) that the session does not hold read in the background, newest first, with the
+        same turns as a view page's (one study read per session and per account at a time). A
+        view page asked for meanwhile waits for it and uses what it read; nothing is shown, so
+        nothing is recorded until a page shows it. One read-ahead per session at a time, and a
+        file read ahead before (one that is not viewable, or a view since dropped) not again."""
+        if session.id in self.reading_ahead:
+            return
+        newest = [one for one in downloads if not one.folder and one.name.lower().endswith(".zip")][:READ_AHEAD]
+        tried, session.read_ahead = session.read_ahead, {(one.name, one.size, one.mtime) for one in newest}
+        wanted = [one for one in newest if not _holds(session, one) and (one.name, one.size, one.mtime) not in tried]
+        if wanted:
+            task = asyncio.create_task(self._read_ahead(session, wanted))
+            self.reading_ahead[session.id] = task
+            task.add_done_callback(lambda _: self.reading_ahead.pop(session.id, None))
+
+    async def _read_ahead(self, session: WebSession, wanted: list[files.Listed]) -> None:
+        for listed in wanted:
+            if _holds(session, listed):  # a view page read it meanwhile
+                continue
+            session.views.pop(("download", listed.name), None)  # what it holds under this name is another file's
+            try:
+                await self._study(session, "download", files.check_name(listed.name), fresh=False)
+            except (files.BadName, NotViewable, OSError, asyncssh.Error):
+                continue  # the view page, if asked for, reads it again and says why
 
     async def view(self, request: Request) -> Response:
         session = session_of(request, self.sessions)
@@ -68,7 +103,7 @@ class Viewing:
             return self.pages.message(request, status=401, error="session_ended")
         ip, which, asked = client_ip(request), request.path_params["folder"], request.path_params["name"]
         page = {"session": session, "quote": quote, "folder": which, "view": None, "series": None, "why": None,
-                "package": False}  # fmt: skip
+                "package": False, "inline": {}}  # fmt: skip
         try:
             name = files.check_name(asked)
             view = await self._study(session, which, name, fresh=True)
@@ -91,7 +126,14 @@ class Viewing:
             pictures=shown, patient_ids=seen_patients(view, number if series else None), by="page",
         )  # fmt: skip
         view.recorded.add(number if series else None)
-        shown_page = {**page, "view": view, "series": series, "package": isinstance(view, PackageView)}
+        inline = await self._first_picture(session, which, name, view, series)
+        shown_page = {
+            **page,
+            "view": view,
+            "series": series,
+            "package": isinstance(view, PackageView),
+            "inline": inline,
+        }
         return self.pages.page(request, "view.htm.j2", **shown_page, name=name)
 
     async def picture(self, request: Request) -> Response:
@@ -144,6 +186,28 @@ class Viewing:
         if isinstance(rendered, str):  # it cannot be shown: the image's place says so by its alt text
             return Response(rendered, status_code=422, media_type="text/plain")
         return Response(rendered, media_type="image/jpeg")
+
+    async def _first_picture(
+        self, session: WebSession, which: str, name: str, view: View, series: SeriesStack | None
+    ) -> dict[tuple[int, int], str]:
+        """The picture a package's page shows first, as a data: URL by (series, index): the
+        overview's first preview (the first series with pictures, its middle one), a series'
+        first picture. Covered by the page's own record. Nothing when it cannot be read now
+        (the picture's own URL then says why) and for a folder (rendered only when asked for)."""
+        shown = [series] if series else [one for one in view.series if one.pictures][:1]
+        if not isinstance(view, PackageView) or not shown or not shown[0].pictures:
+            return {}
+        first = (shown[0].number, 1 if series else shown[0].middle)
+        entry = view.picture(*first)
+        if entry is None or entry.file_size > INLINE_MOST:
+            return {}
+        try:
+            data = await package_view.read_picture(session.ssh.sftp, self._path(which, name), view, entry)
+        except (NotViewable, OSError, asyncssh.Error):  # its own request then answers (and a broken session ends)
+            return {}
+        if data is None:
+            return {}
+        return {first: "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")}
 
     def _covered(
         self, session: WebSession, ip: str, which: str, name: str, view: View, number: int, index: int
@@ -204,7 +268,14 @@ class Viewing:
         raise NotViewable("it is neither a file nor a folder")
 
     async def close(self) -> None:
+        for task in list(self.reading_ahead.values()):
+            task.cancel()
         await self.renderer.close()
+
+
+def _holds(session: WebSession, listed: files.Listed) -> bool:
+    kept = session.views.get(("download", listed.name))
+    return isinstance(kept, PackageView) and kept.same_file(listed)
 
 
 def _reads(session: WebSession) -> asyncio.Semaphore:
