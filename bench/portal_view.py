@@ -10,7 +10,7 @@ session cookie of a real login: each web session is the user's own SFTP session)
 rounds (which side goes first alternates), medians of the ratios taken round by round:
 
   first image   a patient on the files page clicks View: a new login (not timed), the files page
-                (timed, both sides; it starts reading the newest packages' directories in the
+                (timed, both sides; it starts reading the newest package's directory in the
                 background), then the view page `/files/view/download/NAME` (the session's first
                 view) and its first picture (the series' middle one: carried in the page as a
                 data: URL, so no time of its own; a URL would be asked for and timed); against, in

@@ -873,16 +873,16 @@ def test_a_folder_refused_midway_has_its_listing_closed_at_once(tmp_path, monkey
     assert over_sftp(tmp_path / "share", work) == ["/scans"]
 
 
-def test_the_files_page_reads_the_newest_packages_ahead_and_their_view_page_uses_it(
+def test_the_files_page_reads_the_newest_package_ahead_and_its_view_page_uses_it(
     made, tmp_path, monkeypatch, audit_socket
 ):
     """What a patient opens after the files page is a package's View: the files page starts
-    reading the newest packages' directories (two, newest first; a damaged one skipped), once
-    at a time per session; the view page then reads nothing again, and only it is recorded."""
+    reading the newest package's directory, once at a time per session, a file that was not
+    viewable not again; the view page then reads nothing again, and only it is recorded."""
     from exchange.portal import files
 
     account = _account(tmp_path, made)
-    for age, name in enumerate(["letter.zip", "c.zip", "b.zip", "a.zip", "study.zip"]):
+    for age, name in enumerate(["letter.zip", "c.zip", "study.zip"]):
         path = account / "download" / name
         if not path.exists():
             path.write_bytes(made.path.read_bytes())
@@ -896,23 +896,119 @@ def test_the_files_page_reads_the_newest_packages_ahead_and_their_view_page_uses
 
     monkeypatch.setattr(package_view, "open_package", watched)
 
+    async def files_page(viewing, session):
+        viewing.read_ahead(session, await files.listing(session.ssh.sftp, "/download"))
+        task = viewing.reading_ahead.get(session.id)
+        viewing.read_ahead(session, await files.listing(session.ssh.sftp, "/download"))  # while one runs, no second
+        if task:
+            await task
+
     async def work(viewing, store, login):
         session = store.open("alice", "partner", "192.0.2.1", login)
-        listed = await files.listing(session.ssh.sftp, "/download")
-        viewing.read_ahead(session, listed)
-        task = viewing.reading_ahead[session.id]
-        viewing.read_ahead(session, listed)  # while one runs, no second
-        await task
+        await files_page(viewing, session)  # letter.zip, the newest, is no zip
+        await files_page(viewing, session)  # and is not read again
+        os.utime(account / "download" / "c.zip")  # now the newest
+        await files_page(viewing, session)
         ahead, kept, before_page = list(reads), list(session.views), audit_socket.records()
         page = await _ask(viewing, session, "/files/view/download/c.zip")
-        viewing.read_ahead(session, listed)  # what it holds is not read again
-        return ahead, kept, before_page, page, list(reads), session.id in viewing.reading_ahead
+        await files_page(viewing, session)  # what it holds is not read again
+        return ahead, kept, before_page, page, list(reads)
 
-    ahead, kept, before_page, page, after, again = _portal(tmp_path, account, work)
+    ahead, kept, before_page, page, after = _portal(tmp_path, account, work)
     assert ahead == ["letter.zip", "c.zip"], ahead
     assert kept == [("download", "c.zip")], kept
     assert not [r for r in before_page if r["event"].startswith("portal-view")]
     assert page.status_code == 200 and b"data:image/jpeg;base64," in page.body
-    assert after == ahead and not again
+    assert after == ahead
     views = [(r["file"], r["by"]) for r in audit_socket.records() if r["event"] == "portal-view"]
     assert views == [("c.zip", "page")]
+
+
+def test_a_package_replaced_while_read_ahead_is_not_shown_as_it_was(made, tmp_path, monkeypatch, audit_socket):
+    """A view page that waited for the files page's read-ahead took its view unchecked: staff
+    replaced the package meanwhile, and the page showed the old study's patient. Now its own
+    stat decides, as for any kept view."""
+    from exchange.portal import files
+
+    account = _account(tmp_path, made)
+    target = account / "download" / "study.zip"
+    os.utime(account / "download" / "letter.zip", (time.time() - 600,) * 2)
+    real = package_view.open_package
+
+    async def work(viewing, store, login):
+        gate, started = asyncio.Event(), asyncio.Event()
+
+        async def slow(sftp, path, name):
+            view = await real(sftp, path, name)
+            if name == "study.zip":
+                started.set()
+                await gate.wait()
+            return view
+
+        monkeypatch.setattr(package_view, "open_package", slow)
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        viewing.read_ahead(session, await files.listing(session.ssh.sftp, "/download"))
+        await started.wait()
+        target.write_bytes(b"replaced: not a zip any more" * 10)
+        page = asyncio.create_task(_ask(viewing, session, "/files/view/download/study.zip"))
+        await asyncio.sleep(0.2)
+        gate.set()
+        return await page
+
+    page = _portal(tmp_path, account, work)
+    assert page.status_code == 200 and b"it is not a zip file" in page.body and b"SYN0001" not in page.body
+    records = [r for r in audit_socket.records() if r["event"].startswith("portal-view")]
+    assert [r["event"] for r in records] == ["portal-view-refused"]
+
+
+def test_a_read_ahead_stops_for_a_session_that_ended(made, tmp_path, monkeypatch):
+    from exchange.portal import files
+
+    account = _account(tmp_path, made)
+    reads = []
+    real = package_view.open_package
+
+    async def watched(sftp, path, name):
+        reads.append(name)
+        return await real(sftp, path, name)
+
+    monkeypatch.setattr(package_view, "open_package", watched)
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        viewing.read_ahead(session, await files.listing(session.ssh.sftp, "/download"))
+        task = viewing.reading_ahead[session.id]
+        store._sessions.pop(session.id)  # logged out (the test's connection is shared: not closed)
+        await task
+        return list(session.views), session.id in viewing.reading_ahead
+
+    assert _portal(tmp_path, account, work) == ([], False) and reads == []
+
+
+def test_a_pages_own_picture_waits_its_turn_with_the_sessions_other_pictures(made, tmp_path, monkeypatch):
+    """The picture a page carries was read outside the session's turns: many pages at once
+    read as many pictures at once. Now at most PICTURE_READS_PER_SESSION."""
+    from exchange.portal import viewing as viewing_module
+
+    reading, most = [0], [0]
+    real = package_view.read_picture
+
+    async def watched(*args):
+        reading[0] += 1
+        most[0] = max(most[0], reading[0])
+        try:
+            await asyncio.sleep(0.05)
+            return await real(*args)
+        finally:
+            reading[0] -= 1
+
+    monkeypatch.setattr(package_view, "read_picture", watched)
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        await _ask(viewing, session, "/files/view/download/study.zip")
+        asks = [f"/files/view/download/study.zip?series=1&n={n}" for n in range(12)]
+        return {a.status_code for a in await asyncio.gather(*(_ask(viewing, session, ask) for ask in asks))}
+
+    assert _portal(tmp_path, _account(tmp_path, made), work) == {200}
+    assert most[0] == viewing_module.PICTURE_READS_PER_SESSION

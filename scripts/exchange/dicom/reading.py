@@ -103,9 +103,11 @@ def inflated_size(handle: BinaryIO, read: Read) -> int | None:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     while not inflater.eof and total <= most:
         chunk = inflater.unconsumed_tail or handle.read(_CHUNK)
-        if not chunk:
+        # In pieces, a bomb's output never held; at the file's end, what zlib still holds.
+        piece = inflater.decompress(chunk, _CHUNK * 16)
+        total += len(piece)
+        if not chunk and not piece:
             break
-        total += len(inflater.decompress(chunk, _CHUNK * 16))  # in pieces: a bomb's output is never held
     return None if total > most else total
 
 

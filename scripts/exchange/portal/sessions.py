@@ -162,6 +162,10 @@ class SessionStore:
         session.last_seen = now
         return session
 
+    def holds(self, session: WebSession) -> bool:
+        """Whether this session is still open (not touched: work in the background keeps no session alive)."""
+        return self._sessions.get(session.id) is session and not session.ssh.connection.is_closed()
+
     def _ended(self, session: WebSession, now: float) -> bool:
         idle = session.transfers == 0 and now - session.last_seen > self.idle_seconds
         return idle or session.past_its_end() or session.ssh.connection.is_closed()

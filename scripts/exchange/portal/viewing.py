@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from urllib.parse import quote
 
 import asyncssh
@@ -41,9 +42,10 @@ from exchange.portal.sessions import AccountTurns, SessionStore, WebSession
 from exchange.portal.study_view import NotViewable, SeriesStack
 
 VIEWS_PER_SESSION = 2  # studies' directories kept per session: the one open, and the one before
-# The files page reads the directories of the download folder's newest packages in the background
+# The files page reads the directory of the download folder's newest package in the background
 # (what a patient opens next is its View): the view page then shows at once (bench/portal_view.py).
-READ_AHEAD = VIEWS_PER_SESSION
+# One, so the view the session is on stays kept beside it.
+READ_AHEAD = 1
 PICTURE_READS_PER_SESSION = 4  # a page asks for its pictures all at once: they wait their turn, not the others
 # Fewer than there are parsing threads (study_view.PARSING_THREADS) and render workers
 # (rendering.RENDER_WORKERS): one account never holds them all.
@@ -71,12 +73,13 @@ class Viewing:
         self.reading_ahead: dict[str, asyncio.Task] = {}  # by session id: one at a time
 
     def read_ahead(self, session: WebSession, downloads: list[files.Listed]) -> None:
-        """After the files page: the newest packages of the download folder (as listed, newest
-        first) that the session does not hold read in the background, newest first, with the
-        same turns as a view page's (one study read per session and per account at a time). A
-        view page asked for meanwhile waits for it and uses what it read; nothing is shown, so
-        nothing is recorded until a page shows it. One read-ahead per session at a time, and a
-        file read ahead before (one that is not viewable, or a view since dropped) not again."""
+        """After the files page: the download folder's newest package (as listed, newest first),
+        if the session does not hold it, read in the background with the same turns as a view
+        page's (one study read per session and per account at a time). A view page asked for
+        meanwhile waits for it and uses what it read, once its own stat says it is still that
+        file; nothing is shown, so nothing is recorded until a page shows it. One read-ahead
+        per session at a time, none for a closed session, and a file read ahead before (one
+        that is not viewable, or a view since dropped) not again."""
         if session.id in self.reading_ahead:
             return
         newest = [one for one in downloads if not one.folder and one.name.lower().endswith(".zip")][:READ_AHEAD]
@@ -85,10 +88,17 @@ class Viewing:
         if wanted:
             task = asyncio.create_task(self._read_ahead(session, wanted))
             self.reading_ahead[session.id] = task
-            task.add_done_callback(lambda _: self.reading_ahead.pop(session.id, None))
+            task.add_done_callback(lambda done: self._read_ahead_done(session.id, done))
+
+    def _read_ahead_done(self, session_id: str, task: asyncio.Task) -> None:
+        self.reading_ahead.pop(session_id, None)
+        if not task.cancelled() and task.exception() is not None:  # a fault of ours: said, never silent
+            logging.getLogger(__name__).warning("reading ahead failed", exc_info=task.exception())
 
     async def _read_ahead(self, session: WebSession, wanted: list[files.Listed]) -> None:
         for listed in wanted:
+            if not self.sessions.holds(session):  # logged out or ended meanwhile
+                return
             if _holds(session, listed):  # a view page read it meanwhile
                 continue
             session.views.pop(("download", listed.name), None)  # what it holds under this name is another file's
@@ -202,7 +212,8 @@ class Viewing:
         if entry is None or entry.file_size > INLINE_MOST:
             return {}
         try:
-            data = await package_view.read_picture(session.ssh.sftp, self._path(which, name), view, entry)
+            async with _reads(session):  # a picture read as the others: in the session's turn
+                data = await package_view.read_picture(session.ssh.sftp, self._path(which, name), view, entry)
         except (NotViewable, OSError, asyncssh.Error):  # its own request then answers (and a broken session ends)
             return {}
         if data is None:
@@ -242,8 +253,12 @@ class Viewing:
         async with session.study_read:  # one study read per session at a time
             meanwhile = session.views.get(key)
             if meanwhile is not None and meanwhile is not stale:  # read by the request this one waited for
-                session.views[key] = session.views.pop(key)
-                return meanwhile
+                if fresh and isinstance(meanwhile, PackageView):  # a read-ahead's: not checked since it was read
+                    attrs = await session.ssh.sftp.stat(path)
+                    meanwhile = meanwhile if meanwhile.same_file(attrs) else None
+                if meanwhile is not None:
+                    session.views[key] = session.views.pop(key)
+                    return meanwhile
             async with self.study_reads.turn(session.account):
                 view = await self._read(session, path, name, attrs)
             if record:
@@ -268,8 +283,10 @@ class Viewing:
         raise NotViewable("it is neither a file nor a folder")
 
     async def close(self) -> None:
-        for task in list(self.reading_ahead.values()):
+        reading = list(self.reading_ahead.values())
+        for task in reading:
             task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
         await self.renderer.close()
 
 
