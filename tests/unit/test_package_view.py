@@ -873,6 +873,19 @@ def test_a_folder_refused_midway_has_its_listing_closed_at_once(tmp_path, monkey
     assert over_sftp(tmp_path / "share", work) == ["/scans"]
 
 
+def _package_reads(monkeypatch) -> list[str]:
+    """The names of the packages whose directory is read from now on, in order."""
+    reads = []
+    real = package_view.open_package
+
+    async def watched(sftp, path, name):
+        reads.append(name)
+        return await real(sftp, path, name)
+
+    monkeypatch.setattr(package_view, "open_package", watched)
+    return reads
+
+
 def test_the_files_page_reads_the_newest_package_ahead_and_its_view_page_uses_it(
     made, tmp_path, monkeypatch, audit_socket
 ):
@@ -887,14 +900,7 @@ def test_the_files_page_reads_the_newest_package_ahead_and_its_view_page_uses_it
         if not path.exists():
             path.write_bytes(made.path.read_bytes())
         os.utime(path, (time.time() - 60 * (age + 1),) * 2)
-    reads = []
-    real = package_view.open_package
-
-    async def watched(sftp, path, name):
-        reads.append(name)
-        return await real(sftp, path, name)
-
-    monkeypatch.setattr(package_view, "open_package", watched)
+    reads = _package_reads(monkeypatch)
 
     async def files_page(viewing, session):
         viewing.read_ahead(session, await files.listing(session.ssh.sftp, "/download"))
@@ -965,14 +971,7 @@ def test_a_read_ahead_stops_for_a_session_that_ended(made, tmp_path, monkeypatch
     from exchange.portal import files
 
     account = _account(tmp_path, made)
-    reads = []
-    real = package_view.open_package
-
-    async def watched(sftp, path, name):
-        reads.append(name)
-        return await real(sftp, path, name)
-
-    monkeypatch.setattr(package_view, "open_package", watched)
+    reads = _package_reads(monkeypatch)
 
     async def work(viewing, store, login):
         session = store.open("alice", "partner", "192.0.2.1", login)
