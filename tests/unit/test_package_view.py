@@ -1011,3 +1011,24 @@ def test_a_pages_own_picture_waits_its_turn_with_the_sessions_other_pictures(mad
 
     assert _portal(tmp_path, _account(tmp_path, made), work) == {200}
     assert most[0] == viewing_module.PICTURE_READS_PER_SESSION
+
+
+@pytest.mark.parametrize("ask", ["/files/view/download/study.zip", "/files/view/download/study.zip?series=1"])
+def test_a_package_replaced_after_it_was_viewed_is_read_anew_by_its_next_page(made, tmp_path, audit_socket, ask):
+    """A page of a package the session holds is checked by its picture's own read: a file
+    replaced since is never shown with the directory held."""
+    account = _account(tmp_path, made)
+    target = account / "download" / "study.zip"
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        first = await _ask(viewing, session, ask)
+        target.write_bytes(b"replaced: not a zip any more" * 10)
+        return first, await _ask(viewing, session, ask), list(session.views)
+
+    first, second, kept = _portal(tmp_path, account, work)
+    assert first.status_code == 200 and b"SYN0001" in first.body
+    assert second.status_code == 200 and b"it is not a zip file" in second.body and b"SYN0001" not in second.body
+    assert kept == []
+    events = [r["event"] for r in audit_socket.records() if r["event"].startswith("portal-view")]
+    assert events == ["portal-view", "portal-view-refused"]

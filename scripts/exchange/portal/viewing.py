@@ -114,9 +114,10 @@ class Viewing:
         ip, which, asked = client_ip(request), request.path_params["folder"], request.path_params["name"]
         page = {"session": session, "quote": quote, "folder": which, "view": None, "series": None, "why": None,
                 "package": False, "inline": {}}  # fmt: skip
+        asked_series = request.query_params.get("series")
         try:
             name = files.check_name(asked)
-            view = await self._study(session, which, name, fresh=True)
+            view, series, inline = await self._shown(session, which, name, _number(asked_series))
         except (files.BadName, KeyError, asyncssh.SFTPError):
             auditlog.record("portal-view-refused", account=session.account, ip=ip, file=asked, reason="no such file")
             return self.pages.message(request, status=404, error="no_such_file")
@@ -126,17 +127,14 @@ class Viewing:
         except (OSError, asyncssh.Error):  # the SSH session broke
             self.sessions.close(session.id)
             return self.pages.message(request, status=401, error="session_ended")
-        number = _number(request.query_params.get("series"))
-        series = view.series[number - 1] if number and number <= len(view.series) else None
-        if request.query_params.get("series") is not None and series is None:
+        if asked_series is not None and series is None:
             return self.pages.message(request, status=404, error="no_such_series")
-        shown = len(series.pictures) if series else len(view.series)
+        number, shown = (series.number, len(series.pictures)) if series else (None, len(view.series))
         auditlog.record(
             "portal-view", account=session.account, ip=ip, agent=session.agent, folder=which, file=name, series=number,
-            pictures=shown, patient_ids=seen_patients(view, number if series else None), by="page",
+            pictures=shown, patient_ids=seen_patients(view, number), by="page",
         )  # fmt: skip
-        view.recorded.add(number if series else None)
-        inline = await self._first_picture(session, which, name, view, series)
+        view.recorded.add(number)
         shown_page = {
             **page,
             "view": view,
@@ -197,28 +195,51 @@ class Viewing:
             return Response(rendered, status_code=422, media_type="text/plain")
         return Response(rendered, media_type="image/jpeg")
 
+    async def _shown(
+        self, session: WebSession, which: str, name: str, number: int | None
+    ) -> tuple[View, SeriesStack | None, dict[tuple[int, int], str]]:
+        """The study's view as it is now under `name`, its series `number` (None: the overview,
+        or no such series) and the picture its page carries. A package the session holds is
+        checked by that picture's own read (the file's stat asked with it: a round trip less),
+        or by a stat when the page carries none; if the file is another now, it is read anew."""
+        held = isinstance(session.views.get((which, name)), PackageView)
+        view = await self._study(session, which, name, fresh=not held)
+        series = view.series[number - 1] if number and number <= len(view.series) else None
+        inline, same = await self._first_picture(session, which, name, view, series)
+        if held and same is None:
+            same = view.same_file(await session.ssh.sftp.stat(self._path(which, name)))
+        if held and not same:
+            session.views.pop((which, name), None)
+            view = await self._study(session, which, name, fresh=True)
+            series = view.series[number - 1] if number and number <= len(view.series) else None
+            inline, _ = await self._first_picture(session, which, name, view, series)
+        return view, series, inline
+
     async def _first_picture(
         self, session: WebSession, which: str, name: str, view: View, series: SeriesStack | None
-    ) -> dict[tuple[int, int], str]:
+    ) -> tuple[dict[tuple[int, int], str], bool | None]:
         """The picture a package's page shows first, as a data: URL by (series, index): the
         overview's first preview (the first series with pictures, its middle one), a series'
-        first picture. Covered by the page's own record. Nothing when it cannot be read now
-        (the picture's own URL then says why) and for a folder (rendered only when asked for)."""
+        first picture; covered by the page's own record. Nothing when it cannot be read now
+        (the picture's own URL then says why) and for a folder (rendered only when asked for).
+        And whether the file is still the view's: None when nothing was read."""
         shown = [series] if series else [one for one in view.series if one.pictures][:1]
         if not isinstance(view, PackageView) or not shown or not shown[0].pictures:
-            return {}
+            return {}, None
         first = (shown[0].number, 1 if series else shown[0].middle)
         entry = view.picture(*first)
         if entry is None or entry.file_size > INLINE_MOST:
-            return {}
+            return {}, None
         try:
             async with _reads(session):  # a picture read as the others: in the session's turn
                 data = await package_view.read_picture(session.ssh.sftp, self._path(which, name), view, entry)
-        except (NotViewable, OSError, asyncssh.Error):  # its own request then answers (and a broken session ends)
-            return {}
+        except NotViewable:  # the view's file (read_picture checks that first), its picture damaged
+            return {}, True
+        except (OSError, asyncssh.Error):  # gone, or the session broke: a stat says which
+            return {}, None
         if data is None:
-            return {}
-        return {first: "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")}
+            return {}, False
+        return {first: "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")}, True
 
     def _covered(
         self, session: WebSession, ip: str, which: str, name: str, view: View, number: int, index: int
