@@ -14,6 +14,11 @@ then reads with the study's directory it keeps (at most VIEWS_PER_SESSION); a pi
 when that directory is not kept reads it again, and that reading is a record too; a picture no
 record covers names its series in one more, once per series.
 
+A package's page carries the picture it shows first (a data: URL), so it shows with the page;
+the files page reads the newest package's directory ahead (READ_AHEAD), which the view page
+that follows uses once the file is checked to be the same. Neither shows anything by itself:
+the page's record is the one.
+
 What every account shares is held to a share per account: a session reads one study at a time
 (its other requests for it wait and use what it read), an account STUDY_READS_PER_ACCOUNT over
 all its sessions (the parsing threads, exchange.portal.study_view), and RENDERS_PER_ACCOUNT
@@ -28,6 +33,7 @@ import logging
 from urllib.parse import quote
 
 import asyncssh
+import markupsafe
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -197,7 +203,7 @@ class Viewing:
 
     async def _shown(
         self, session: WebSession, which: str, name: str, number: int | None
-    ) -> tuple[View, SeriesStack | None, dict[tuple[int, int], str]]:
+    ) -> tuple[View, SeriesStack | None, dict[tuple[int, int], markupsafe.Markup]]:
         """The study's view as it is now under `name`, its series `number` (None: the overview,
         or no such series) and the picture its page carries. A package the session holds is
         checked by that picture's own read (the file's stat asked with it: a round trip less),
@@ -217,7 +223,7 @@ class Viewing:
 
     async def _first_picture(
         self, session: WebSession, which: str, name: str, view: View, series: SeriesStack | None
-    ) -> tuple[dict[tuple[int, int], str], bool | None]:
+    ) -> tuple[dict[tuple[int, int], markupsafe.Markup], bool | None]:
         """The picture a package's page shows first, as a data: URL by (series, index): the
         overview's first preview (the first series with pictures, its middle one), a series'
         first picture; covered by the page's own record. Nothing when it cannot be read now
@@ -239,7 +245,9 @@ class Viewing:
             return {}, None
         if data is None:
             return {}, False
-        return {first: "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")}, True
+        # Markup: base64 holds no character HTML escapes, and 75 kB need no scan for them on every page.
+        encoded = markupsafe.Markup("data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"))
+        return {first: encoded}, True
 
     def _covered(
         self, session: WebSession, ip: str, which: str, name: str, view: View, number: int, index: int
