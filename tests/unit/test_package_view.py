@@ -1032,3 +1032,20 @@ def test_a_package_replaced_after_it_was_viewed_is_read_anew_by_its_next_page(ma
     assert kept == []
     events = [r["event"] for r in audit_socket.records() if r["event"].startswith("portal-view")]
     assert events == ["portal-view", "portal-view-refused"]
+
+
+def test_a_hostile_package_name_shows_escaped_on_both_pages(made, tmp_path):
+    """A name staff (or a sender's file) chose, markup and all: in the URLs quoted, in the text escaped."""
+    from urllib.parse import quote
+
+    hostile = 'x"><img src=x onerror=alert(1)>&amp;.zip'
+    account = _account(tmp_path, made)
+    (account / "download" / hostile).write_bytes(made.path.read_bytes())
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        return [await _ask(viewing, session, f"/files/view/download/{quote(hostile)}{q}") for q in ("", "?series=1")]
+
+    for page in _portal(tmp_path, account, work):
+        assert page.status_code == 200 and b"<img src=x" not in page.body and b'x"><' not in page.body
+        assert quote(hostile).encode() in page.body
