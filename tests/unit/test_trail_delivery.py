@@ -96,13 +96,15 @@ def made(account: str, name: str, when: datetime.datetime, size: int = 1000) -> 
     )  # fmt: skip
 
 
-def downloaded(account: str, name: str, when: datetime.datetime, size: int = 1000, via: str = "web") -> AccessRecord:
-    complete = size == 1000
+def downloaded(
+    account: str, name: str, when: datetime.datetime, size: int = 1000, via: str = "web", offset: int = 0
+) -> AccessRecord:
+    complete = offset == 0 and size == 1000
     return AccessRecord(
         time=at(when), event="download", account=account, actor="p***@example.org",
         outcome="ok" if complete else "incomplete", access_point={"address": "192.0.2.7", "via": via},
         patient_ids=(PATIENT,), details={"file": name if via == "web" else f"/download/{name}", "bytes": size,
-                                         "offset": 0, "complete": complete},
+                                         "offset": offset, "complete": complete},
     )  # fmt: skip
 
 
@@ -145,6 +147,27 @@ def test_each_package_is_downloaded_completely_or_not_when_and_from_where(world)
         {"package": "MR.zip", "made": at(NOW - 3 * DAY), "bytes": 1000, "downloaded": False, "percent": 0,
          "when": None, "from": None, "tries": 0},
     ]  # fmt: skip
+
+
+def test_a_web_download_resumed_in_ranges_is_complete_once_its_pieces_cover_the_package(world):
+    """A phone's broken download resumes by ranges: each range a record, none of them whole. It
+    counted as never downloaded, so the recipient was reminded and staff told it never arrived."""
+    account = "link-aaaaaaaa"
+    world.append(
+        made(account, "CT.zip", NOW - 3 * DAY), made(account, "MR.zip", NOW - 3 * DAY),
+        downloaded(account, "CT.zip", NOW - 2 * DAY, size=600),  # broken off
+        downloaded(account, "CT.zip", NOW - 2 * DAY + datetime.timedelta(minutes=1), size=300, offset=500),
+        downloaded(account, "CT.zip", NOW - DAY, size=200, offset=800),  # the last piece
+        downloaded(account, "MR.zip", NOW - 2 * DAY, size=400),
+        downloaded(account, "MR.zip", NOW - DAY, size=400, offset=600),  # 400 to 600 never came
+        downloaded(account, "MR.zip", NOW - DAY, size=400, offset=200, via="sftp"),  # SFTP: no ranges known
+    )  # fmt: skip
+    ct, mr = delivery.deliveries(world.trail, account)
+    assert (ct.delivered, ct.completed.time, ct.most_bytes) == (True, NOW - DAY, 1000)
+    assert (mr.delivered, mr.most_bytes) == (False, 800)
+    world.store.save(link(account, NOW - 3 * DAY))
+    (row,) = linkstatus.link_rows(POLICY, world.store, world.trail)
+    assert [(p["downloaded"], p["percent"], p["tries"]) for p in row["packages"]] == [(True, 100, 3), (False, 80, 3)]
 
 
 def test_a_package_made_again_under_its_name_needs_a_download_of_its_own(world):

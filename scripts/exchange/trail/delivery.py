@@ -36,6 +36,7 @@ class Download:
     time: datetime.datetime
     complete: bool
     bytes: int | None
+    offset: int | None  # where a web download's range began (a resumed one's pieces); None from SFTP
     address: str | None  # the access point's IP address
     via: str | None  # "sftp" or "web"
 
@@ -53,8 +54,18 @@ class Delivery:
 
     @property
     def completed(self) -> Download | None:
-        """The first complete download: when it arrived."""
-        return next((download for download in self.downloads if download.complete), None)
+        """The download that completed the package, when it arrived: the first whole one, or the
+        piece by which the pieces so far cover all of it (a web download resumed by ranges is a
+        record a range, none of them whole)."""
+        pieces: list[tuple[int, int]] = []
+        for download in self.downloads:
+            if download.complete:
+                return download
+            if download.offset is not None and download.bytes:
+                pieces = _joined([*pieces, (download.offset, download.offset + download.bytes)])
+                if self.package.size and pieces[0][0] <= 0 and pieces[0][1] >= self.package.size:
+                    return download
+        return None
 
     @property
     def delivered(self) -> bool:
@@ -66,8 +77,21 @@ class Delivery:
 
     @property
     def most_bytes(self) -> int:
-        """The most any one download got: how far an incomplete one came."""
-        return max((download.bytes or 0 for download in self.downloads), default=0)
+        """How far the downloads came: the most any one got, or the resumed pieces together."""
+        one = max((download.bytes or 0 for download in self.downloads), default=0)
+        ranges = [(d.offset, d.offset + d.bytes) for d in self.downloads if d.offset is not None and d.bytes]
+        return max(one, sum(end - start for start, end in _joined(ranges)))
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) joined where they meet or overlap, in order."""
+    joined: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if joined and start <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], end))
+        else:
+            joined.append((start, end))
+    return joined
 
 
 def _file_name(record: AccessRecord) -> str | None:
@@ -79,11 +103,12 @@ def _file_name(record: AccessRecord) -> str | None:
 
 
 def _download(record: AccessRecord) -> Download:
-    size = record.details.get("bytes")
+    size, offset = record.details.get("bytes"), record.details.get("offset")
     return Download(
         time=record.moment,
         complete=record.details.get("complete") is True,
-        bytes=size if isinstance(size, int) else None,
+        bytes=size if isinstance(size, int) and size >= 0 else None,
+        offset=offset if isinstance(offset, int) and offset >= 0 and record.access_point.get("via") == "web" else None,
         address=record.access_point.get("address"),
         via=record.access_point.get("via"),
     )
