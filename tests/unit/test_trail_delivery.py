@@ -97,14 +97,20 @@ def made(account: str, name: str, when: datetime.datetime, size: int = 1000) -> 
 
 
 def downloaded(
-    account: str, name: str, when: datetime.datetime, size: int = 1000, via: str = "web", offset: int = 0
+    account: str,
+    name: str,
+    when: datetime.datetime,
+    size: int = 1000,
+    via: str = "web",
+    offset: int = 0,
+    file_size: object = 1000,
 ) -> AccessRecord:
     complete = offset == 0 and size == 1000
     return AccessRecord(
         time=at(when), event="download", account=account, actor="p***@example.org",
         outcome="ok" if complete else "incomplete", access_point={"address": "192.0.2.7", "via": via},
         patient_ids=(PATIENT,), details={"file": name if via == "web" else f"/download/{name}", "bytes": size,
-                                         "offset": offset, "complete": complete},
+                                         "offset": offset, "size": file_size, "complete": complete},
     )  # fmt: skip
 
 
@@ -161,13 +167,36 @@ def test_a_web_download_resumed_in_ranges_is_complete_once_its_pieces_cover_the_
         downloaded(account, "MR.zip", NOW - 2 * DAY, size=400),
         downloaded(account, "MR.zip", NOW - DAY, size=400, offset=600),  # 400 to 600 never came
         downloaded(account, "MR.zip", NOW - DAY, size=400, offset=200, via="sftp"),  # SFTP: no ranges known
+        # A piece of another file under the name (staff replaced it in the folder), or one its record garbles.
+        downloaded(account, "MR.zip", NOW - DAY, size=200, offset=400, file_size=2000),
+        downloaded(account, "MR.zip", NOW - DAY, size=200, offset=400, file_size=True),
     )  # fmt: skip
     ct, mr = delivery.deliveries(world.trail, account)
     assert (ct.delivered, ct.completed.time, ct.most_bytes) == (True, NOW - DAY, 1000)
     assert (mr.delivered, mr.most_bytes) == (False, 800)
     world.store.save(link(account, NOW - 3 * DAY))
     (row,) = linkstatus.link_rows(POLICY, world.store, world.trail)
-    assert [(p["downloaded"], p["percent"], p["tries"]) for p in row["packages"]] == [(True, 100, 3), (False, 80, 3)]
+    assert [(p["downloaded"], p["percent"], p["tries"]) for p in row["packages"]] == [(True, 100, 3), (False, 80, 5)]
+
+
+def test_thousands_of_ranges_complete_the_package_with_the_one_that_fills_the_last_gap():
+    """Found by halving over the downloads, not by joining them all again after each one."""
+    from exchange.trail.store import PackageManifest
+
+    package = PackageManifest("link-aaaaaaaa", "CT.zip", "ab" * 32, 10_000, (PATIENT,), ("1.2.3",), at(NOW - DAY))
+    pieces = [(offset, 1) for offset in range(10_000) if offset != 4321] + [
+        (4000, 300),
+        (9999, 1),
+        (4321, 1),
+    ]  # overlaps, not the gap
+    downloads = tuple(
+        delivery.Download(NOW + datetime.timedelta(seconds=n), False, size, offset, 10_000, "192.0.2.7", "web")
+        for n, (offset, size) in enumerate(pieces)
+    )
+    found = delivery.Delivery(package, downloads)
+    assert found.completed == downloads[-1] and found.most_bytes == 10_000
+    assert delivery.Delivery(package, downloads[:-1]).completed is None
+    assert delivery.Delivery(package, downloads[:-1]).most_bytes == 9_999
 
 
 def test_a_package_made_again_under_its_name_needs_a_download_of_its_own(world):

@@ -15,6 +15,7 @@ The trail says what happened; whether a follow-up already went out is the sender
 from __future__ import annotations
 
 import datetime
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -37,6 +38,7 @@ class Download:
     complete: bool
     bytes: int | None
     offset: int | None  # where a web download's range began (a resumed one's pieces); None from SFTP
+    size: int | None  # the file's size when the web page gave the range
     address: str | None  # the access point's IP address
     via: str | None  # "sftp" or "web"
 
@@ -57,15 +59,27 @@ class Delivery:
         """The download that completed the package, when it arrived: the first whole one, or the
         piece by which the pieces so far cover all of it (a web download resumed by ranges is a
         record a range, none of them whole)."""
-        pieces: list[tuple[int, int]] = []
-        for download in self.downloads:
+        covered, waiting = 0, []  # the bytes from 0 on that the pieces so far hold; pieces beyond them
+        for download in self.downloads:  # a heap, not all joined again a piece: thousands of ranges stay cheap
             if download.complete:
                 return download
-            if download.offset is not None and download.bytes:
-                pieces = _joined([*pieces, (download.offset, download.offset + download.bytes)])
-                if self.package.size and pieces[0][0] <= 0 and pieces[0][1] >= self.package.size:
-                    return download
+            for piece in self._pieces((download,)):
+                heapq.heappush(waiting, piece)
+            while waiting and waiting[0][0] <= covered:
+                covered = max(covered, heapq.heappop(waiting)[1])
+            if self.package.size and covered >= self.package.size:
+                return download
         return None
+
+    def _pieces(self, downloads: Iterable[Download]) -> list[tuple[int, int]]:
+        """The byte ranges [start, end) web downloads gave of this package: of a file of its size
+        (a piece of the file another package replaced under the name is none of this one's)."""
+        size = self.package.size
+        return [
+            (d.offset, d.offset + d.bytes)
+            for d in downloads
+            if d.offset is not None and d.bytes and d.size == size and d.offset + d.bytes <= size
+        ]
 
     @property
     def delivered(self) -> bool:
@@ -79,8 +93,11 @@ class Delivery:
     def most_bytes(self) -> int:
         """How far the downloads came: the most any one got, or the resumed pieces together."""
         one = max((download.bytes or 0 for download in self.downloads), default=0)
-        ranges = [(d.offset, d.offset + d.bytes) for d in self.downloads if d.offset is not None and d.bytes]
-        return max(one, sum(end - start for start, end in _joined(ranges)))
+        return max(one, sum(end - start for start, end in _joined(self._pieces(self.downloads))))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -103,12 +120,13 @@ def _file_name(record: AccessRecord) -> str | None:
 
 
 def _download(record: AccessRecord) -> Download:
-    size, offset = record.details.get("bytes"), record.details.get("offset")
+    details, web = record.details, record.access_point.get("via") == "web"
     return Download(
         time=record.moment,
-        complete=record.details.get("complete") is True,
-        bytes=size if isinstance(size, int) and size >= 0 else None,
-        offset=offset if isinstance(offset, int) and offset >= 0 and record.access_point.get("via") == "web" else None,
+        complete=details.get("complete") is True,
+        bytes=_count(details.get("bytes")),
+        offset=_count(details.get("offset")) if web else None,
+        size=_count(details.get("size")) if web else None,
         address=record.access_point.get("address"),
         via=record.access_point.get("via"),
     )
