@@ -1049,3 +1049,31 @@ def test_a_hostile_package_name_shows_escaped_on_both_pages(made, tmp_path):
     for page in _portal(tmp_path, account, work):
         assert page.status_code == 200 and b"<img src=x" not in page.body and b'x"><' not in page.body
         assert quote(hostile).encode() in page.body
+
+
+def test_a_page_reads_no_picture_for_a_series_it_lacks_and_reads_anew_a_file_replaced_just_after(
+    made, tmp_path, monkeypatch
+):
+    """A series the package lacks is a 404 without a picture read first; a file found replaced
+    by the page's picture read (None: not the view's file) is read anew, held or not."""
+    reads = _package_reads(monkeypatch)
+    pictures = []
+    real = package_view.read_picture
+
+    async def replaced_once(*args):
+        pictures.append(args[3].filename)
+        return None if len(pictures) == 1 else await real(*args)
+
+    monkeypatch.setattr(package_view, "read_picture", replaced_once)
+
+    async def work(viewing, store, login):
+        session = store.open("alice", "partner", "192.0.2.1", login)
+        first = await _ask(viewing, session, "/files/view/download/study.zip")
+        asked = len(pictures)
+        missing = await _ask(viewing, session, "/files/view/download/study.zip?series=9")
+        return first, asked, missing
+
+    first, asked, missing = _portal(tmp_path, _account(tmp_path, made), work)
+    assert first.status_code == 200 and b"data:image/jpeg;base64," in first.body
+    assert reads == ["study.zip", "study.zip"] and asked == 2
+    assert missing.status_code == 404 and len(pictures) == 2

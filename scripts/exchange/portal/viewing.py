@@ -123,7 +123,7 @@ class Viewing:
         asked_series = request.query_params.get("series")
         try:
             name = files.check_name(asked)
-            view, series, inline = await self._shown(session, which, name, _number(asked_series))
+            view, series, inline = await self._shown(session, which, name, asked_series)
         except (files.BadName, KeyError, asyncssh.SFTPError):
             auditlog.record("portal-view-refused", account=session.account, ip=ip, file=asked, reason="no such file")
             return self.pages.message(request, status=404, error="no_such_file")
@@ -202,24 +202,32 @@ class Viewing:
         return Response(rendered, media_type="image/jpeg")
 
     async def _shown(
-        self, session: WebSession, which: str, name: str, number: int | None
+        self, session: WebSession, which: str, name: str, asked_series: str | None
     ) -> tuple[View, SeriesStack | None, dict[tuple[int, int], markupsafe.Markup]]:
-        """The study's view as it is now under `name`, its series `number` (None: the overview,
-        or no such series) and the picture its page carries. A package the session holds is
-        checked by that picture's own read (the file's stat asked with it: a round trip less),
-        or by a stat when the page carries none; if the file is another now, it is read anew."""
+        """The study's view as it is now under `name`, the series asked for (None: the
+        overview, or no such series: nothing more is read) and the picture its page carries. A
+        package the session holds is checked by that picture's own read (the file's stat asked
+        with it: a round trip less), or by a stat when the page carries none; a file found to be
+        another now (also one replaced just after it was read) is read anew."""
         held = isinstance(session.views.get((which, name)), PackageView)
-        view = await self._study(session, which, name, fresh=not held)
-        series = view.series[number - 1] if number and number <= len(view.series) else None
-        inline, same = await self._first_picture(session, which, name, view, series)
+        view, series, inline, same = await self._page(session, which, name, asked_series, fresh=not held)
         if held and same is None:
             same = view.same_file(await session.ssh.sftp.stat(self._path(which, name)))
-        if held and not same:
+        if same is False:
             session.views.pop((which, name), None)
-            view = await self._study(session, which, name, fresh=True)
-            series = view.series[number - 1] if number and number <= len(view.series) else None
-            inline, _ = await self._first_picture(session, which, name, view, series)
+            view, series, inline, _ = await self._page(session, which, name, asked_series, fresh=True)
         return view, series, inline
+
+    async def _page(
+        self, session: WebSession, which: str, name: str, asked_series: str | None, fresh: bool
+    ) -> tuple[View, SeriesStack | None, dict[tuple[int, int], markupsafe.Markup], bool | None]:
+        """What _shown shows, once, and whether the file is still the view's (_first_picture)."""
+        view = await self._study(session, which, name, fresh)
+        number = _number(asked_series)
+        series = view.series[number - 1] if number and number <= len(view.series) else None
+        if asked_series is not None and series is None:
+            return view, None, {}, None  # no such series: no picture to read
+        return view, series, *await self._first_picture(session, which, name, view, series)
 
     async def _first_picture(
         self, session: WebSession, which: str, name: str, view: View, series: SeriesStack | None
