@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +98,18 @@ def can_login(exchange, account: str, password: str) -> bool:
         return False
 
 
-def audit_events(exchange, event: str) -> list[dict]:
-    """Audit lines whose event is `event`, or starts with it if it ends in "-"."""
+def audit_events(exchange, event: str, until=None) -> list[dict]:
+    """Audit lines whose event is `event`, or starts with it if it ends in "-". With `until`,
+    read again (for up to 10 s) until `until(lines)` holds: a tool's record is taken by rsyslog
+    before the tool ends, but written to the file a moment later."""
     pattern = f'"event": "{event}' + ("" if event.endswith("-") else '"')
-    text = exchange.host.ssh(f"grep -hF {shlex.quote(pattern)} {paths.AUDIT_LOG} || true").stdout
-    return [json.loads(line) for line in text.splitlines()]
+    deadline = time.monotonic() + 10
+    while True:
+        text = exchange.host.ssh(f"grep -hF {shlex.quote(pattern)} {paths.AUDIT_LOG} || true").stdout
+        found = [json.loads(line) for line in text.splitlines()]
+        if until is None or until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def link_state(exchange) -> str:
@@ -450,7 +458,9 @@ def test_staff_run_the_tools_from_their_workstation_with_fabric(linked, relay, w
     assert listed.returncode == 0 and account in listed.stdout and email not in listed.stdout
     revoked = fab("link-revoke", account)
     assert revoked.returncode == 0, revoked.stderr
-    by = {e["event"]: e["by"] for e in audit_events(linked, "link-") if e["account"] == account}
+    revoked_here = lambda found: any(e["event"] == "link-revoked" and e["account"] == account for e in found)  # noqa: E731
+    events = audit_events(linked, "link-", until=revoked_here)
+    by = {e["event"]: e["by"] for e in events if e["account"] == account}
     assert by == {"link-issued": "staff-jdoe", "link-revoked": "staff-jdoe"}
     # Staff may run `exchange` as root and nothing else.
     other = fab("link-revoke", "link-nosuch1")
