@@ -63,7 +63,7 @@ class Delivery:
         for download in self.downloads:  # a heap, not all joined again a piece: thousands of ranges stay cheap
             if download.complete:
                 return download
-            for piece in self._pieces((download,)):
+            if piece := self._piece(download):
                 heapq.heappush(waiting, piece)
             while waiting and waiting[0][0] <= covered:
                 covered = max(covered, heapq.heappop(waiting)[1])
@@ -71,15 +71,13 @@ class Delivery:
                 return download
         return None
 
-    def _pieces(self, downloads: Iterable[Download]) -> list[tuple[int, int]]:
-        """The byte ranges [start, end) web downloads gave of this package: of a file of its size
+    def _piece(self, download: Download) -> tuple[int, int] | None:
+        """The byte range [start, end) a web download gave of this package: of a file of its size
         (a piece of the file another package replaced under the name is none of this one's)."""
-        size = self.package.size
-        return [
-            (d.offset, d.offset + d.bytes)
-            for d in downloads
-            if d.offset is not None and d.bytes and d.size == size and d.offset + d.bytes <= size
-        ]
+        size, offset, got = self.package.size, download.offset, download.bytes
+        if offset is None or not got or download.size != size or offset + got > size:
+            return None
+        return offset, offset + got
 
     @property
     def delivered(self) -> bool:
@@ -93,7 +91,8 @@ class Delivery:
     def most_bytes(self) -> int:
         """How far the downloads came: the most any one got, or the resumed pieces together."""
         one = max((download.bytes or 0 for download in self.downloads), default=0)
-        return max(one, sum(end - start for start, end in _joined(self._pieces(self.downloads))))
+        pieces = [piece for download in self.downloads if (piece := self._piece(download))]
+        return max(one, sum(end - start for start, end in _joined(pieces)))
 
 
 def _count(value: object) -> int | None:
